@@ -1,0 +1,47 @@
+# nvme-csi — see README.md. Every target here is what CI and the README use.
+SHELL := /bin/bash
+SWIFT ?= swift
+PLUGINS := .build-protoc/release
+PROTOC_GEN := --plugin=protoc-gen-swift=$(PLUGINS)/protoc-gen-swift \
+              --plugin=protoc-gen-grpc-swift-2=$(PLUGINS)/protoc-gen-grpc-swift-2
+SWIFT_OPTS := --swift_opt=Visibility=Public --grpc-swift-2_opt=Visibility=Public
+
+.PHONY: all build test demo proto verify-proto plugins deps clean
+
+all: build
+
+## Install the Debian packages the build, tests and demo need.
+deps:
+	./scripts/install-deps.sh
+
+build:
+	$(SWIFT) build
+
+## The test suite: unit tests, store/exporter contract tests, and the controller
+## conformance suite over a real unix socket against a real `nvme-csi target` process.
+test: build
+	$(SWIFT) test
+
+## Start a target and a controller locally and walk a volume through its life.
+demo: build
+	./scripts/demo.sh
+
+plugins: $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
+$(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
+	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-swift --scratch-path ../../.build-protoc
+	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-grpc-swift-2 --scratch-path ../../.build-protoc
+
+## Regenerate Sources/CSIProto and Sources/TargetProto from proto/.
+proto: plugins
+	./scripts/generate-proto.sh Sources
+
+## Fail when the committed generated code differs from what proto/ produces.
+verify-proto: plugins
+	rm -rf .build-proto-check && mkdir -p .build-proto-check
+	./scripts/generate-proto.sh .build-proto-check
+	diff -r Sources/CSIProto .build-proto-check/CSIProto
+	diff -r Sources/TargetProto .build-proto-check/TargetProto
+	@echo "generated code is up to date"
+
+clean:
+	rm -rf .build .build-protoc .build-proto-check

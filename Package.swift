@@ -1,0 +1,74 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let grpc: [Target.Dependency] = [
+  .product(name: "GRPCCore", package: "grpc-swift-2"),
+  .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+  .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+]
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+
+let package = Package(
+  name: "nvme-csi",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "nvme-csi", targets: ["nvme-csi"])
+  ],
+  dependencies: [
+    .package(url: "https://github.com/grpc/grpc-swift-2.git", exact: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", exact: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", exact: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+  ],
+  targets: [
+    // Generated code only (`make proto`).
+    .target(
+      name: "CSIProto",
+      dependencies: grpc + [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+    .target(
+      name: "TargetProto",
+      dependencies: grpc + [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+
+    // CSI-agnostic domain: IDs, NQNs, sizes, capabilities, locks, errors. No gRPC.
+    .target(name: "NVMeCSICore"),
+
+    // Where volume data lives (sparse files with reflink snapshots).
+    .target(name: "VolumeStore", dependencies: ["NVMeCSICore"]),
+    // How volumes are exported (Linux nvmet through configfs).
+    .target(name: "NVMetExporter", dependencies: ["NVMeCSICore"]),
+
+    // gRPC plumbing shared by every role: endpoints, serving, error mapping, logging.
+    .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", log,
+      .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+
+    // `nvme-csi target`: the target API over a store and an exporter.
+    .target(
+      name: "TargetAgent",
+      dependencies: grpc + ["NVMeCSICore", "VolumeStore", "NVMetExporter", "TargetProto", "CSIServer", log]),
+    // `nvme-csi controller`: CSI Identity + Controller over target clients.
+    .target(
+      name: "ControllerPlugin",
+      dependencies: grpc + ["NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", log]),
+
+    // Thin executable: flags → configuration → services.
+    .executableTarget(
+      name: "nvme-csi",
+      dependencies: grpc + [
+        "NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", "TargetAgent", "ControllerPlugin",
+        "VolumeStore", "NVMetExporter", log,
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]),
+
+    .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore"]),
+    .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore"]),
+    .testTarget(name: "NVMetExporterTests", dependencies: ["NVMetExporter", "NVMeCSICore"]),
+    .testTarget(
+      name: "ControllerPluginTests",
+      dependencies: grpc + ["ControllerPlugin", "CSIProto", "TargetProto", "NVMeCSICore", "CSIServer", log]),
+  ],
+  swiftLanguageModes: [.v6]
+)

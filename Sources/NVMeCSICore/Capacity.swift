@@ -1,0 +1,41 @@
+/// Volume sizes: what a request asks for and what we allocate.
+public enum Capacity {
+  public static let mebibyte: UInt64 = 1 << 20
+  public static let gibibyte: UInt64 = 1 << 30
+  /// Sizes are multiples of this (whole MiB: every file system and sector size fits).
+  public static let alignment: UInt64 = mebibyte
+  /// The size of a volume whose request names none.
+  public static let defaultSize: UInt64 = gibibyte
+
+  /// Picks the size for a CSI capacity range (0 means "not set" for either bound):
+  /// the required size rounded up to the alignment, or the default, never above the
+  /// limit. Throws `outOfRange` when no aligned size fits.
+  public static func resolve(required: UInt64, limit: UInt64, minimum: UInt64 = 0) throws(NVMeCSIError) -> UInt64 {
+    if limit != 0 && required > limit {
+      throw .outOfRange("capacity_range is unsatisfiable: required_bytes \(required) exceeds limit_bytes \(limit)")
+    }
+    let floor = max(required, minimum)
+    var size: UInt64
+    if floor == 0 {
+      size = defaultSize
+      if limit != 0 && limit < size { size = alignDown(limit) }
+    } else {
+      guard let up = alignUp(floor) else {
+        throw .outOfRange("capacity_range is unsatisfiable: \(floor) bytes is too large")
+      }
+      size = up
+    }
+    if size == 0 || (limit != 0 && size > limit) {
+      throw .outOfRange(
+        "capacity_range is unsatisfiable: sizes are whole MiB and no multiple of \(alignment) bytes lies between \(max(required, minimum)) and \(limit) bytes")
+    }
+    return size
+  }
+
+  public static func alignUp(_ n: UInt64) -> UInt64? {
+    let (sum, overflow) = n.addingReportingOverflow(alignment - 1)
+    return overflow ? nil : sum / alignment * alignment
+  }
+
+  public static func alignDown(_ n: UInt64) -> UInt64 { n / alignment * alignment }
+}

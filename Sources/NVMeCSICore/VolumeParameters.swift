@@ -1,0 +1,88 @@
+/// NVMe/TCP connection knobs the node uses when it connects a volume. A StorageClass
+/// may set each one; the defaults favour quick failure detection and recovery.
+/// They travel from CreateVolume to the node in `volume_context` under the same keys.
+public struct ConnectionParameters: Hashable, Sendable {
+  /// Seconds the kernel keeps reconnecting a lost controller before removing it (-1: forever).
+  public var ctrlLossTmo: Int = 600
+  /// Seconds between reconnect attempts.
+  public var reconnectDelay: Int = 2
+  /// Seconds after a path loss before I/O fails instead of queueing (-1: never).
+  public var fastIoFailTmo: Int = 20
+  /// Keep-alive timeout in seconds: how fast a dead target is noticed.
+  public var keepAliveTmo: Int = 5
+  /// I/O queues per controller (0: the kernel's default, one per CPU).
+  public var nrIoQueues: Int = 0
+
+  public init() {}
+
+  struct Knob {
+    let key: String
+    let range: ClosedRange<Int>
+    let allowsMinusOne: Bool
+    let keyPath: WritableKeyPath<ConnectionParameters, Int>
+  }
+
+  static var knobs: [Knob] {
+    [
+    Knob(key: "ctrlLossTmo", range: 0...86_400, allowsMinusOne: true, keyPath: \.ctrlLossTmo),
+    Knob(key: "reconnectDelay", range: 1...3_600, allowsMinusOne: false, keyPath: \.reconnectDelay),
+    Knob(key: "fastIoFailTmo", range: 0...3_600, allowsMinusOne: true, keyPath: \.fastIoFailTmo),
+    Knob(key: "keepAliveTmo", range: 1...3_600, allowsMinusOne: false, keyPath: \.keepAliveTmo),
+    Knob(key: "nrIoQueues", range: 0...1_024, allowsMinusOne: false, keyPath: \.nrIoQueues),
+    ]
+  }
+
+  public static var keys: [String] { knobs.map(\.key) }
+
+  /// Reads the knobs present in `values` (other keys are ignored), validating each.
+  public init(from values: [String: String]) throws(NVMeCSIError) {
+    for knob in Self.knobs {
+      guard let text = values[knob.key] else { continue }
+      guard let n = Int(text), knob.range.contains(n) || (knob.allowsMinusOne && n == -1) else {
+        let extra = knob.allowsMinusOne ? " or -1" : ""
+        throw .invalidArgument(
+          "parameter \(knob.key)=\(quoted(text)) is out of range: use an integer in \(knob.range.lowerBound)...\(knob.range.upperBound)\(extra)")
+      }
+      self[keyPath: knob.keyPath] = n
+    }
+    if ctrlLossTmo > 0 && reconnectDelay > ctrlLossTmo {
+      throw .invalidArgument(
+        "reconnectDelay (\(reconnectDelay)) must not exceed ctrlLossTmo (\(ctrlLossTmo)): the kernel would never retry")
+    }
+    if ctrlLossTmo > 0 && fastIoFailTmo >= ctrlLossTmo {
+      throw .invalidArgument(
+        "fastIoFailTmo (\(fastIoFailTmo)) must be below ctrlLossTmo (\(ctrlLossTmo)), or the kernel ignores it")
+    }
+  }
+
+  /// Every knob with its value, for `volume_context`.
+  public var asContext: [String: String] {
+    Dictionary(uniqueKeysWithValues: Self.knobs.map { ($0.key, String(self[keyPath: $0.keyPath])) })
+  }
+}
+
+/// What a StorageClass's `parameters` mean to the controller.
+public struct VolumeParameters: Hashable, Sendable {
+  /// Keys Kubernetes' sidecars add (`csi.storage.k8s.io/pvc/name`, …): accepted, unused.
+  public static let sidecarPrefix = "csi.storage.k8s.io/"
+  /// Pins volumes to one storage target.
+  public static let targetKey = "target"
+
+  public var target: TargetName?
+  public var connection: ConnectionParameters
+
+  public init(target: TargetName? = nil, connection: ConnectionParameters = .init()) {
+    self.target = target
+    self.connection = connection
+  }
+
+  public init(parsing parameters: [String: String]) throws(NVMeCSIError) {
+    let known = Set(ConnectionParameters.keys + [Self.targetKey])
+    for key in parameters.keys.sorted() where !known.contains(key) && !key.hasPrefix(Self.sidecarPrefix) {
+      throw .invalidArgument(
+        "unknown parameter \(quoted(key)): known parameters are \(known.sorted().joined(separator: ", "))")
+    }
+    self.target = try parameters[Self.targetKey].map { (s) throws(NVMeCSIError) in try TargetName(s) }
+    self.connection = try ConnectionParameters(from: parameters)
+  }
+}

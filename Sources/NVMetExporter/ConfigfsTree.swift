@@ -1,0 +1,130 @@
+import Foundation
+import NVMeCSICore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The configfs operations the exporter needs. Two implementations:
+/// `KernelConfigfs` (the real /sys/kernel/config: attributes exist, rmdir removes a
+/// directory together with its attributes and default groups) and `DirectoryConfigfs`
+/// (a plain directory that behaves the same way, for machines without nvmet and for
+/// tests; the same exporter test suite runs against the real kernel in the VM harness).
+///
+/// Every path is relative to the root and built only from validated names.
+public protocol ConfigfsTree: Sendable {
+  var root: String { get }
+  /// Creates a directory; an existing one is success. Returns whether it was created.
+  @discardableResult func makeDirectory(_ path: String) throws(NVMeCSIError) -> Bool
+  func read(_ path: String) -> String?
+  func write(_ path: String, _ value: String) throws(NVMeCSIError)
+  func link(_ path: String, to target: String) throws(NVMeCSIError)
+  func removeLink(_ path: String) throws(NVMeCSIError)
+  /// Removes a directory the exporter made (with its attributes); missing is success.
+  func removeDirectory(_ path: String) throws(NVMeCSIError)
+  func list(_ path: String) -> [String]
+  func exists(_ path: String) -> Bool
+}
+
+extension ConfigfsTree {
+  func absolute(_ path: String) -> String { root + "/" + path }
+
+  func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
+    .internalError("nvmet configfs: cannot \(what) \(absolute(path)): \(String(cString: strerror(code)))")
+  }
+
+  public func read(_ path: String) -> String? {
+    guard let data = FileManager.default.contents(atPath: absolute(path)) else { return nil }
+    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
+  public func makeDirectory(_ path: String) throws(NVMeCSIError) -> Bool {
+    if mkdir(absolute(path), 0o755) == 0 { return true }
+    if errno == EEXIST { return false }
+    throw failure("create", path)
+  }
+
+  public func link(_ path: String, to target: String) throws(NVMeCSIError) {
+    if symlink(absolute(target), absolute(path)) == 0 || errno == EEXIST { return }
+    throw failure("link", path)
+  }
+
+  public func removeLink(_ path: String) throws(NVMeCSIError) {
+    if unlink(absolute(path)) == 0 || errno == ENOENT { return }
+    throw failure("unlink", path)
+  }
+
+  public func list(_ path: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: absolute(path))) ?? []).sorted()
+  }
+
+  public func exists(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(absolute(path), &st) == 0
+  }
+}
+
+/// The kernel's configfs.
+public struct KernelConfigfs: ConfigfsTree {
+  public let root: String
+  public init(root: String) { self.root = root }
+
+  public func write(_ path: String, _ value: String) throws(NVMeCSIError) {
+    // Attributes exist already; never create files in configfs.
+    let fd = open(absolute(path), O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw failure("open attribute", path) }
+    defer { close(fd) }
+    let bytes = Array((value + "\n").utf8)
+    guard Glibc.write(fd, bytes, bytes.count) == bytes.count else { throw failure("write \(quoted(value)) to", path) }
+  }
+
+  public func removeDirectory(_ path: String) throws(NVMeCSIError) {
+    if rmdir(absolute(path)) == 0 || errno == ENOENT { return }
+    throw failure("remove", path)
+  }
+}
+
+/// A plain directory standing in for configfs: attributes are files, and removing a
+/// directory removes its attribute files and empty subdirectories (the kernel's
+/// default groups) but, like the kernel, refuses while links or user-made
+/// subdirectories remain.
+public struct DirectoryConfigfs: ConfigfsTree {
+  public let root: String
+  public init(root: String) { self.root = root }
+
+  public func write(_ path: String, _ value: String) throws(NVMeCSIError) {
+    do { try Data((value + "\n").utf8).write(to: URL(fileURLWithPath: absolute(path))) } catch {
+      throw .internalError("simulated configfs: cannot write \(absolute(path)): \(error)")
+    }
+  }
+
+  public func removeDirectory(_ path: String) throws(NVMeCSIError) {
+    guard exists(path) else { return }
+    for child in list(path) {
+      let childPath = path + "/" + child
+      var st = stat()
+      guard lstat(absolute(childPath), &st) == 0 else { continue }
+      switch st.st_mode & S_IFMT {
+      case S_IFREG: unlink(absolute(childPath))
+      case S_IFDIR where list(childPath).isEmpty: rmdir(absolute(childPath))
+      default: throw failure("remove", path, ENOTEMPTY)
+      }
+    }
+    if rmdir(absolute(path)) != 0 && errno != ENOENT { throw failure("remove", path) }
+  }
+}
+
+/// Whether `path` is on configfs (the kernel's, not a stand-in directory): the file
+/// system of the longest mount point containing it, from /proc/self/mounts.
+public func isConfigfs(_ path: String, mounts: String = "/proc/self/mounts") -> Bool {
+  guard let table = try? String(contentsOfFile: mounts, encoding: .utf8) else { return false }
+  var best: (point: String, type: String)?
+  for line in table.split(separator: "\n") {
+    let fields = line.split(separator: " ")
+    guard fields.count >= 3 else { continue }
+    let point = String(fields[1]).replacingOccurrences(of: "\\040", with: " ")
+    let contains = path == point || path.hasPrefix(point == "/" ? "/" : point + "/")
+    if contains && point.count >= (best?.point.count ?? -1) { best = (point, String(fields[2])) }
+  }
+  return best?.type == "configfs"
+}

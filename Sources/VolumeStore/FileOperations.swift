@@ -1,0 +1,173 @@
+import Foundation
+import NVMeCSICore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The few POSIX file operations the file store is built from, each turning errno
+/// into a message that names the path.
+enum FileOperations {
+  static func errorText(_ what: String, _ path: String, _ code: Int32 = errno) -> String {
+    "\(what) \(path): \(String(cString: strerror(code)))"
+  }
+
+  /// ENOSPC and EDQUOT become `resourceExhausted`; everything else is internal.
+  static func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
+    if code == ENOSPC || code == EDQUOT {
+      return .resourceExhausted(errorText(what, path, code) + " (free space on the storage target)")
+    }
+    return .internalError(errorText(what, path, code))
+  }
+
+  static func makeDirectory(_ path: String) throws(NVMeCSIError) {
+    if mkdir(path, 0o700) != 0 && errno != EEXIST { throw failure("cannot create directory", path) }
+  }
+
+  static func exists(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0
+  }
+
+  static func size(of path: String) throws(NVMeCSIError) -> UInt64 {
+    var st = stat()
+    guard stat(path, &st) == 0 else { throw failure("cannot stat", path) }
+    return UInt64(st.st_size)
+  }
+
+  static func syncDirectory(_ path: String) throws(NVMeCSIError) {
+    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { throw failure("cannot open directory", path) }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw failure("cannot fsync directory", path) }
+  }
+
+  /// Writes `data` so that `path` holds either its old content or all of `data`, even
+  /// across a crash: temp file in the same directory, fsync, rename, fsync directory.
+  static func writeAtomically(_ data: Data, to path: String) throws(NVMeCSIError) {
+    let directory = (path as NSString).deletingLastPathComponent
+    let temp = directory + "/." + (path as NSString).lastPathComponent + ".tmp"
+    let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw failure("cannot create", temp) }
+    var failed: NVMeCSIError?
+    data.withUnsafeBytes { raw in
+      var offset = 0
+      while offset < raw.count {
+        let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+        if n < 0 {
+          if errno == EINTR { continue }
+          failed = failure("cannot write", temp)
+          return
+        }
+        offset += n
+      }
+    }
+    if failed == nil && fsync(fd) != 0 { failed = failure("cannot fsync", temp) }
+    close(fd)
+    if let failed {
+      unlink(temp)
+      throw failed
+    }
+    guard rename(temp, path) == 0 else {
+      let error = failure("cannot rename into place", path)
+      unlink(temp)
+      throw error
+    }
+    try syncDirectory(directory)
+  }
+
+  /// Removes a file and makes the removal durable; a missing file is success.
+  static func removeDurably(_ path: String) throws(NVMeCSIError) {
+    if unlink(path) != 0 {
+      if errno == ENOENT { return }
+      throw failure("cannot remove", path)
+    }
+    try syncDirectory((path as NSString).deletingLastPathComponent)
+  }
+
+  static func list(_ directory: String) throws(NVMeCSIError) -> [String] {
+    guard let dir = opendir(directory) else { throw failure("cannot list", directory) }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
+  }
+
+  // Linux lseek whences (GNU extensions the Glibc module does not import).
+  static let seekData: Int32 = 3
+  static let seekHole: Int32 = 4
+
+  /// Linux FICLONE: make `dst` share all of `src`'s blocks (XFS, btrfs).
+  static let ficlone: UInt = 0x4004_9409
+
+  /// Makes `dst` (a new, empty file) hold `src`'s content: by reflink when the file
+  /// system can, otherwise by a sparse copy (holes stay holes). Returns whether it
+  /// was a reflink.
+  @discardableResult
+  static func copyContents(from src: Int32, to dst: Int32, srcPath: String, dstPath: String) throws(NVMeCSIError) -> Bool {
+    if ioctl(dst, ficlone, CInt(src)) == 0 { return true }
+    let total = try size(ofDescriptor: src, path: srcPath)
+    guard ftruncate(dst, off_t(total)) == 0 else { throw failure("cannot size", dstPath) }
+    var offset: off_t = 0
+    let bufferSize = 1 << 20
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096)
+    defer { buffer.deallocate() }
+    while offset < off_t(total) {
+      // Skip holes: only data extents are copied.
+      let data = lseek(src, offset, seekData)
+      if data < 0 { break }  // ENXIO: no more data
+      let hole = lseek(src, data, seekHole)
+      var position = data
+      while position < hole {
+        let n = pread(src, buffer, min(bufferSize, Int(hole - position)), position)
+        if n < 0 {
+          if errno == EINTR { continue }
+          throw failure("cannot read", srcPath)
+        }
+        if n == 0 { break }
+        var written = 0
+        while written < n {
+          let w = pwrite(dst, buffer + written, n - written, position + off_t(written))
+          if w < 0 {
+            if errno == EINTR { continue }
+            throw failure("cannot write", dstPath)
+          }
+          written += w
+        }
+        position += off_t(n)
+      }
+      offset = hole
+    }
+    return false
+  }
+
+  static func size(ofDescriptor fd: Int32, path: String) throws(NVMeCSIError) -> UInt64 {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw failure("cannot stat", path) }
+    return UInt64(st.st_size)
+  }
+
+  /// Whether this directory's file system supports reflinks (tried, not guessed).
+  static func supportsReflink(in directory: String) -> Bool {
+    let a = directory + "/.reflink-probe-a", b = directory + "/.reflink-probe-b"
+    defer {
+      unlink(a)
+      unlink(b)
+    }
+    let fa = open(a, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    let fb = open(b, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    defer {
+      if fa >= 0 { close(fa) }
+      if fb >= 0 { close(fb) }
+    }
+    guard fa >= 0, fb >= 0 else { return false }
+    var block = [UInt8](repeating: 1, count: 4096)
+    guard write(fa, &block, 4096) == 4096 else { return false }
+    return ioctl(fb, ficlone, CInt(fa)) == 0
+  }
+}
