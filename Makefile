@@ -2,9 +2,6 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 PLUGINS := .build-protoc/release
-PROTOC_GEN := --plugin=protoc-gen-swift=$(PLUGINS)/protoc-gen-swift \
-              --plugin=protoc-gen-grpc-swift-2=$(PLUGINS)/protoc-gen-grpc-swift-2
-SWIFT_OPTS := --swift_opt=Visibility=Public --grpc-swift-2_opt=Visibility=Public
 
 .PHONY: all build test demo proto verify-proto plugins deps clean
 

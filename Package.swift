@@ -41,7 +41,7 @@ let package = Package(
     .target(name: "NVMetExporter", dependencies: ["NVMeCSICore"]),
 
     // gRPC plumbing shared by every role: endpoints, serving, error mapping, logging.
-    .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", log,
+    .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", "CSIProto", log,
       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
 
     // `nvme-csi target`: the target API over a store and an exporter.

@@ -87,12 +87,27 @@ public struct KernelConfigfs: ConfigfsTree {
 /// A plain directory standing in for configfs: attributes are files, and removing a
 /// directory removes its attribute files and empty subdirectories (the kernel's
 /// default groups) but, like the kernel, refuses while links or user-made
-/// subdirectories remain.
+/// subdirectories remain. Like the kernel it rejects attributes nvmet does not have
+/// and identity changes on an enabled namespace.
 public struct DirectoryConfigfs: ConfigfsTree {
   public let root: String
   public init(root: String) { self.root = root }
 
+  /// The nvmet attributes (Linux 6.1) this stand-in accepts.
+  static let kernelAttributes: Set<String> = [
+    "attr_allow_any_host", "attr_serial", "attr_model", "attr_version", "attr_cntlid_min", "attr_cntlid_max",
+    "device_path", "device_uuid", "device_nguid", "enable", "buffered_io", "revalidate_size", "ana_grpid",
+    "addr_trtype", "addr_adrfam", "addr_traddr", "addr_trsvcid", "addr_treq", "param_inline_data_size",
+  ]
+  static let namespaceIdentity: Set<String> = ["device_path", "device_uuid", "device_nguid"]
+
   public func write(_ path: String, _ value: String) throws(NVMeCSIError) {
+    let name = String(path.split(separator: "/").last ?? "")
+    guard Self.kernelAttributes.contains(name) else { throw failure("open attribute", path, ENOENT) }
+    if Self.namespaceIdentity.contains(name) {
+      let enable = String(path.dropLast(name.count)) + "enable"
+      if read(enable) == "1" { throw failure("write \(quoted(value)) to", path, EBUSY) }
+    }
     do { try Data((value + "\n").utf8).write(to: URL(fileURLWithPath: absolute(path))) } catch {
       throw .internalError("simulated configfs: cannot write \(absolute(path)): \(error)")
     }

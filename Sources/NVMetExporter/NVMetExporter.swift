@@ -59,9 +59,11 @@ public struct NVMetExporter: VolumeExporter {
     try tree.makeDirectory(subsystem + "/namespaces")
     try tree.makeDirectory(subsystem + "/allowed_hosts")
     try setIfDifferent(subsystem + "/attr_allow_any_host", "0")
-    // Serial: 20 hex digits of the volume UUID, so `nvme list` shows which volume it is.
-    try setIfDifferent(subsystem + "/attr_serial", String(spec.volume.hexDigits.prefix(20)))
-    try setIfDifferent(subsystem + "/attr_model", "nvme-csi")
+    // Serial (20 hex digits of the volume UUID, so `nvme list` shows which volume it is)
+    // and model are cosmetic, and the kernel freezes them once a host has identified
+    // the controller: best effort.
+    try? setIfDifferent(subsystem + "/attr_serial", String(spec.volume.hexDigits.prefix(20)))
+    try? setIfDifferent(subsystem + "/attr_model", "nvme-csi")
 
     let namespace = subsystem + "/namespaces/1"
     try tree.makeDirectory(namespace)
@@ -70,7 +72,11 @@ public struct NVMetExporter: VolumeExporter {
       ("device_uuid", SubsystemNaming.namespaceUUID(for: spec.volume)),
       ("device_nguid", SubsystemNaming.namespaceNGUID(for: spec.volume)),
     ]
-    let stale = wanted.filter { tree.read(namespace + "/" + $0.0)?.lowercased() != $0.1 }
+    // The kernel reads UUIDs back in lowercase; paths compare exactly.
+    let stale = wanted.filter { name, value in
+      let current = tree.read(namespace + "/" + name)
+      return (name == "device_path" ? current : current?.lowercased()) != value
+    }
     if !stale.isEmpty {
       // Identity attributes can only change while the namespace is disabled.
       if tree.read(namespace + "/enable") == "1" { try tree.write(namespace + "/enable", "0") }
@@ -97,7 +103,7 @@ public struct NVMetExporter: VolumeExporter {
   public func refreshSize(of volume: ObjectUUID) throws(NVMeCSIError) {
     let namespace = "subsystems/\(SubsystemNaming.nqn(for: volume))/namespaces/1"
     guard tree.exists(namespace) else { throw .notFound("volume \(volume) is not exported") }
-    try tree.write(namespace + "/revalidate_bdev", "1")
+    try tree.write(namespace + "/revalidate_size", "1")
   }
 
   public func remove(_ volume: ObjectUUID) throws(NVMeCSIError) {

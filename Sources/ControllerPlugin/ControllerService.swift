@@ -1,0 +1,521 @@
+import CSIProto
+import Foundation
+import GRPCCore
+import Logging
+import NVMeCSICore
+import SwiftProtobuf
+import TargetProto
+
+/// CSI Controller over the storage targets. Stateless: every answer comes from the
+/// targets, so a restarted controller loses nothing.
+///
+/// Each handler reads top to bottom: validate → lock (names only; targets serialize
+/// per volume) → idempotent lookup → act. Errors are `NVMeCSIError`s, turned into
+/// statuses in one place (CSIServer).
+public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
+  let targets: TargetSet
+  let logger: Logger
+  private let locks = KeyedLock<String>()
+
+  public init(targets: TargetSet, logger: Logger) {
+    self.targets = targets
+    self.logger = logger
+  }
+
+  // MARK: CreateVolume / DeleteVolume
+
+  public func createVolume(request: Csi_V1_CreateVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_CreateVolumeResponse
+  {
+    let name = request.name
+    guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
+    let accesses = try VolumeAccess.parseAll(request.volumeCapabilities)
+    let parameters = try VolumeParameters(parsing: request.parameters)
+    let range = try CapacityBounds(request.capacityRange, given: request.hasCapacityRange)
+    let source = try await contentSource(of: request)
+    let size = try Capacity.resolve(required: range.required, limit: range.limit, minimum: source?.sizeBytes ?? 0)
+    let attributes = parameters.connection.asContext.reduce(into: [VolumeAttribute.capabilities: VolumeAccess.canonical(accesses)]) {
+      $0[VolumeAttribute.contextPrefix + $1.key] = $1.value
+    }
+
+    return try await locks.withLock("volume-name:" + name) {
+      let wanted = Wanted(range: range, source: source, attributes: attributes)
+      if let (target, existing) = try await findVolume(named: name) {
+        try wanted.check(existing, name: name)
+        return .with { $0.volume = csiVolume(existing, on: target) }
+      }
+      let target = try await chooseTarget(
+        size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
+      let created = try await target.api.createVolume(
+        .with {
+          $0.name = name
+          $0.sizeBytes = size
+          switch source?.kind {
+          case .snapshot?: $0.sourceSnapshotUuid = source!.id.uuid.value
+          case .volume?: $0.sourceVolumeUuid = source!.id.uuid.value
+          case nil: break
+          }
+          $0.attributes = attributes
+        })
+      if created.existed { try wanted.check(created.volume, name: name) }
+      return .with { $0.volume = csiVolume(created.volume, on: target) }
+    }
+  }
+
+  public func deleteVolume(request: Csi_V1_DeleteVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_DeleteVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    // An ID we could not have issued names no volume: deleting it is done already.
+    guard let id = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
+    guard let target = targets[id.target] else {
+      logger.warning("DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
+      return .init()
+    }
+    try await target.api.deleteVolume(uuid: id.uuid.value)
+    return .init()
+  }
+
+  // MARK: publish
+
+  public func controllerPublishVolume(request: Csi_V1_ControllerPublishVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_ControllerPublishVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    guard !request.nodeID.isEmpty else { throw NVMeCSIError.invalidArgument("node_id is required") }
+    guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
+    let access = try VolumeAccess(request.volumeCapability)
+    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let node = try NodeID(parsing: request.nodeID)
+    let target = try targets.holding(id)
+    let published = try await target.api.publishVolume(
+      .with {
+        $0.uuid = id.uuid.value
+        $0.nodeID = node.description
+        $0.hostNqn = node.hostNQN.value
+        $0.readonly = request.readonly
+        $0.exclusive = access.mode.isSingleNode
+      })
+    let publishContext = PublishContext(
+      paths: published.portals.map { .init(address: $0.address, port: UInt16(clamping: $0.port)) },
+      subsystemNQN: published.subsystemNqn, namespaceUUID: published.namespaceUuid)
+    return .with { $0.publishContext = publishContext.encoded }
+  }
+
+  public func controllerUnpublishVolume(request: Csi_V1_ControllerUnpublishVolumeRequest, context: ServerContext)
+    async throws -> Csi_V1_ControllerUnpublishVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    // A volume or node that cannot exist is not published: done already.
+    guard let id = try? ObjectID(parsing: request.volumeID, as: .volume), let target = targets[id.target] else {
+      return .init()
+    }
+    var nodeID = ""
+    if !request.nodeID.isEmpty {
+      guard let node = try? NodeID(parsing: request.nodeID) else { return .init() }
+      nodeID = node.description
+    }
+    do { try await target.api.unpublishVolume(uuid: id.uuid.value, nodeID: nodeID) } catch let error as NVMeCSIError
+    where error.kind == .notFound {}
+    return .init()
+  }
+
+  public func validateVolumeCapabilities(request: Csi_V1_ValidateVolumeCapabilitiesRequest, context: ServerContext)
+    async throws -> Csi_V1_ValidateVolumeCapabilitiesResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    guard !request.volumeCapabilities.isEmpty else {
+      throw NVMeCSIError.invalidArgument("volume_capabilities is empty: at least one is required")
+    }
+    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    _ = try await targets.holding(id).api.getVolume(uuid: id.uuid.value)
+    do {
+      _ = try VolumeAccess.parseAll(request.volumeCapabilities)
+      _ = try VolumeParameters(parsing: request.parameters)
+    } catch {
+      return .with { $0.message = error.message }
+    }
+    return .with {
+      $0.confirmed = .with {
+        $0.volumeContext = request.volumeContext
+        $0.volumeCapabilities = request.volumeCapabilities
+        $0.parameters = request.parameters
+        $0.mutableParameters = request.mutableParameters
+      }
+    }
+  }
+
+  // MARK: listing and capacity
+
+  public func listVolumes(request: Csi_V1_ListVolumesRequest, context: ServerContext) async throws
+    -> Csi_V1_ListVolumesResponse
+  {
+    let perTarget = try await targets.collect { try await $0.api.listVolumes(name: nil) }
+    var all: [(id: ObjectID, entry: Csi_V1_ListVolumesResponse.Entry)] = []
+    for (target, volumes) in perTarget {
+      for volume in volumes {
+        guard let uuid = try? ObjectUUID(volume.uuid) else { continue }
+        let entry = Csi_V1_ListVolumesResponse.Entry.with {
+          $0.volume = csiVolume(volume, on: target)
+          $0.status = .with {
+            $0.publishedNodeIds = volume.publications.map(\.nodeID)
+            $0.volumeCondition = condition(volume)
+          }
+        }
+        all.append((ObjectID(kind: .volume, target: target.name, uuid: uuid), entry))
+      }
+    }
+    let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
+    return .with {
+      $0.entries = page.entries
+      $0.nextToken = page.nextToken
+    }
+  }
+
+  public func controllerGetVolume(request: Csi_V1_ControllerGetVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_ControllerGetVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let target = try targets.holding(id)
+    let volume = try await target.api.getVolume(uuid: id.uuid.value)
+    return .with {
+      $0.volume = csiVolume(volume, on: target)
+      $0.status = .with {
+        $0.publishedNodeIds = volume.publications.map(\.nodeID)
+        $0.volumeCondition = condition(volume)
+      }
+    }
+  }
+
+  public func getCapacity(request: Csi_V1_GetCapacityRequest, context: ServerContext) async throws
+    -> Csi_V1_GetCapacityResponse
+  {
+    if !request.volumeCapabilities.isEmpty { _ = try VolumeAccess.parseAll(request.volumeCapabilities) }
+    let parameters = try VolumeParameters(parsing: request.parameters)
+    let candidates = targets.all.filter { target in
+      (parameters.target == nil || parameters.target == target.name)
+        && (!request.hasAccessibleTopology || target.isAccessible(from: request.accessibleTopology.segments))
+    }
+    let infos = await targets.reachableInfo(candidates, logger: logger)
+    let available = infos.reduce(UInt64(0)) { $0 + $1.info.availableBytes }
+    let largest = infos.map { Capacity.alignDown($0.info.availableBytes) }.max() ?? 0
+    return .with {
+      $0.availableCapacity = Int64(clamping: available)
+      $0.maximumVolumeSize = .init(Int64(clamping: largest))
+      $0.minimumVolumeSize = .init(Int64(Capacity.alignment))
+    }
+  }
+
+  public func controllerGetCapabilities(request: Csi_V1_ControllerGetCapabilitiesRequest, context: ServerContext)
+    async throws -> Csi_V1_ControllerGetCapabilitiesResponse
+  {
+    // MODIFY_VOLUME is deliberately absent: ControllerModifyVolume answers Unimplemented.
+    let supported: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
+      .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes, .getCapacity,
+      .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume, .expandVolume, .publishReadonly, .getVolume,
+      .volumeCondition, .singleNodeMultiWriter,
+    ]
+    return .with {
+      $0.capabilities = supported.map { type in .with { $0.rpc = .with { $0.type = type } } }
+    }
+  }
+
+  // MARK: snapshots
+
+  public func createSnapshot(request: Csi_V1_CreateSnapshotRequest, context: ServerContext) async throws
+    -> Csi_V1_CreateSnapshotResponse
+  {
+    let name = request.name
+    guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
+    guard !request.sourceVolumeID.isEmpty else { throw NVMeCSIError.invalidArgument("source_volume_id is required") }
+    for key in request.parameters.keys.sorted() where !key.hasPrefix(VolumeParameters.sidecarPrefix) {
+      throw NVMeCSIError.invalidArgument("unknown snapshot parameter \(quoted(key)): snapshots take no parameters")
+    }
+    let source = try ObjectID(parsing: request.sourceVolumeID, as: .volume)
+    let target = try targets.holding(source)
+
+    return try await locks.withLock("snapshot-name:" + name) {
+      let named = try await targets.collect { try await $0.api.listSnapshots(.with { $0.name = name }) }
+      if let (holder, existing) = named.lazy.flatMap({ t in t.value.map { (t.target, $0) } }).first {
+        guard holder.name == source.target, existing.sourceVolumeUuid == source.uuid.value else {
+          throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
+        }
+        return .with { $0.snapshot = csiSnapshot(existing, on: holder) }
+      }
+      let created = try await target.api.createSnapshot(name: name, sourceVolumeUUID: source.uuid.value)
+      guard created.snapshot.sourceVolumeUuid == source.uuid.value else {
+        throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
+      }
+      return .with { $0.snapshot = csiSnapshot(created.snapshot, on: target) }
+    }
+  }
+
+  public func deleteSnapshot(request: Csi_V1_DeleteSnapshotRequest, context: ServerContext) async throws
+    -> Csi_V1_DeleteSnapshotResponse
+  {
+    guard !request.snapshotID.isEmpty else { throw NVMeCSIError.invalidArgument("snapshot_id is required") }
+    guard let id = try? ObjectID(parsing: request.snapshotID, as: .snapshot), let target = targets[id.target] else {
+      return .init()
+    }
+    try await target.api.deleteSnapshot(uuid: id.uuid.value)
+    return .init()
+  }
+
+  public func listSnapshots(request: Csi_V1_ListSnapshotsRequest, context: ServerContext) async throws
+    -> Csi_V1_ListSnapshotsResponse
+  {
+    var filter = Nvmecsi_Target_V1_ListSnapshotsRequest()
+    var scope = targets.all
+    // Filters that name no object of ours match nothing.
+    if !request.snapshotID.isEmpty {
+      guard let id = try? ObjectID(parsing: request.snapshotID, as: .snapshot), let target = targets[id.target] else {
+        return .init()
+      }
+      filter.uuid = id.uuid.value
+      scope = [target]
+    }
+    if !request.sourceVolumeID.isEmpty {
+      guard let id = try? ObjectID(parsing: request.sourceVolumeID, as: .volume), let target = targets[id.target],
+        scope.contains(where: { $0.name == target.name })
+      else { return .init() }
+      filter.sourceVolumeUuid = id.uuid.value
+      scope = [target]
+    }
+    let perTarget = try await targets.collect(scope) { [filter] in try await $0.api.listSnapshots(filter) }
+    var all: [(id: ObjectID, entry: Csi_V1_ListSnapshotsResponse.Entry)] = []
+    for (target, snapshots) in perTarget {
+      for snapshot in snapshots {
+        guard let uuid = try? ObjectUUID(snapshot.uuid) else { continue }
+        all.append(
+          (ObjectID(kind: .snapshot, target: target.name, uuid: uuid), .with { $0.snapshot = csiSnapshot(snapshot, on: target) }))
+      }
+    }
+    let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
+    return .with {
+      $0.entries = page.entries
+      $0.nextToken = page.nextToken
+    }
+  }
+
+  public func getSnapshot(request: Csi_V1_GetSnapshotRequest, context: ServerContext) async throws
+    -> Csi_V1_GetSnapshotResponse
+  {
+    guard !request.snapshotID.isEmpty else { throw NVMeCSIError.invalidArgument("snapshot_id is required") }
+    let id = try ObjectID(parsing: request.snapshotID, as: .snapshot)
+    let target = try targets.holding(id)
+    guard let snapshot = try await target.api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
+      throw NVMeCSIError.notFound("snapshot \(id) does not exist")
+    }
+    return .with { $0.snapshot = csiSnapshot(snapshot, on: target) }
+  }
+
+  // MARK: expansion
+
+  public func controllerExpandVolume(request: Csi_V1_ControllerExpandVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_ControllerExpandVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    guard request.hasCapacityRange else { throw NVMeCSIError.invalidArgument("capacity_range is required") }
+    let range = try CapacityBounds(request.capacityRange, given: true)
+    let access = request.hasVolumeCapability ? try VolumeAccess(request.volumeCapability) : nil
+    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let target = try targets.holding(id)
+    let current = try await target.api.getVolume(uuid: id.uuid.value)
+    if range.limit != 0 && current.sizeBytes > range.limit {
+      throw NVMeCSIError.outOfRange(
+        "volume \(id) is already \(current.sizeBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
+    }
+    let size = try Capacity.resolve(required: range.required, limit: range.limit)
+    let grown = size > current.sizeBytes ? try await target.api.expandVolume(uuid: id.uuid.value, sizeBytes: size) : current
+    // Block volumes need nothing on the node; file systems must be grown there.
+    let isBlock = access.map { $0.type == .block }
+      ?? (grown.attributes[VolumeAttribute.capabilities]?.split(separator: ";").allSatisfy { $0.hasPrefix("block:") } ?? false)
+    return .with {
+      $0.capacityBytes = Int64(clamping: grown.sizeBytes)
+      $0.nodeExpansionRequired = !isBlock
+    }
+  }
+
+  public func controllerModifyVolume(request: Csi_V1_ControllerModifyVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_ControllerModifyVolumeResponse
+  {
+    throw NVMeCSIError.unimplemented("ControllerModifyVolume is not supported: nvme-csi has no mutable parameters yet")
+  }
+
+  // MARK: helpers
+
+  struct Source {
+    var id: ObjectID
+    var kind: ObjectID.Kind { id.kind }
+    var sizeBytes: UInt64
+  }
+
+  /// The content source, checked to exist (`notFound` otherwise, as CSI asks).
+  private func contentSource(of request: Csi_V1_CreateVolumeRequest) async throws -> Source? {
+    guard request.hasVolumeContentSource else { return nil }
+    switch request.volumeContentSource.type {
+    case .snapshot(let s)?:
+      let id = try ObjectID(parsing: s.snapshotID, as: .snapshot)
+      guard let snapshot = try await targets.holding(id).api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
+        throw NVMeCSIError.notFound("source snapshot \(id) does not exist")
+      }
+      return Source(id: id, sizeBytes: snapshot.sizeBytes)
+    case .volume(let v)?:
+      let id = try ObjectID(parsing: v.volumeID, as: .volume)
+      let volume = try await targets.holding(id).api.getVolume(uuid: id.uuid.value)
+      return Source(id: id, sizeBytes: volume.sizeBytes)
+    case nil:
+      throw NVMeCSIError.invalidArgument("volume_content_source has neither a snapshot nor a volume")
+    }
+  }
+
+  private func findVolume(named name: String) async throws -> (StorageTarget, Nvmecsi_Target_V1_Volume)? {
+    let perTarget = try await targets.collect { try await $0.api.listVolumes(name: name) }
+    return perTarget.lazy.flatMap { t in t.value.map { (t.target, $0) } }.first
+  }
+
+  /// The target for a new volume: the source's target for clones (reflinks stay on one
+  /// file system); otherwise the first target that fits the topology, preferred
+  /// topologies first, then the one with the most free space.
+  private func chooseTarget(
+    size: UInt64, pinned: TargetName?, source: Source?, topology: Csi_V1_TopologyRequirement
+  ) async throws -> StorageTarget {
+    var candidates = targets.all
+    if let pinned {
+      guard let target = targets[pinned] else {
+        throw NVMeCSIError.invalidArgument("parameter target=\(pinned) names no target in the targets file")
+      }
+      candidates = [target]
+    }
+    if let source { candidates = candidates.filter { $0.name == source.id.target } }
+    if !topology.requisite.isEmpty {
+      candidates = candidates.filter { target in topology.requisite.contains { target.isAccessible(from: $0.segments) } }
+    }
+    guard !candidates.isEmpty else {
+      throw NVMeCSIError.resourceExhausted(
+        "no storage target fits: \(source != nil ? "clones must stay on the source's target \(source!.id.target), " : "")check the StorageClass's target parameter and allowedTopologies")
+    }
+    func preference(_ target: StorageTarget) -> Int {
+      topology.preferred.firstIndex { target.isAccessible(from: $0.segments) } ?? Int.max
+    }
+    let infos = await targets.reachableInfo(candidates, logger: logger)
+    let ranked = infos.sorted {
+      (preference($0.target), $1.info.availableBytes) < (preference($1.target), $0.info.availableBytes)
+    }
+    let needsSpace = source == nil || ranked.first.map { !$0.info.reflink } ?? true
+    if let fit = ranked.first(where: { !needsSpace || $0.info.availableBytes >= size }) { return fit.target }
+    let report = ranked.map { "\($0.target.name): \($0.info.availableBytes) bytes free" }.joined(separator: ", ")
+    throw NVMeCSIError.resourceExhausted(
+      "no storage target has room for \(size) bytes (\(report.isEmpty ? "no target answered" : report))")
+  }
+
+  func csiVolume(_ volume: Nvmecsi_Target_V1_Volume, on target: StorageTarget) -> Csi_V1_Volume {
+    .with {
+      if let uuid = try? ObjectUUID(volume.uuid) {
+        $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description
+      }
+      $0.capacityBytes = Int64(clamping: volume.sizeBytes)
+      for (key, value) in volume.attributes where key.hasPrefix(VolumeAttribute.contextPrefix) {
+        $0.volumeContext[String(key.dropFirst(VolumeAttribute.contextPrefix.count))] = value
+      }
+      switch volume.source {
+      case .sourceSnapshotUuid(let s)?:
+        if let uuid = try? ObjectUUID(s) {
+          $0.contentSource = .with {
+            $0.snapshot = .with { $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: uuid).description }
+          }
+        }
+      case .sourceVolumeUuid(let v)?:
+        if let uuid = try? ObjectUUID(v) {
+          $0.contentSource = .with {
+            $0.volume = .with { $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description }
+          }
+        }
+      case nil: break
+      }
+      if !target.topology.isEmpty { $0.accessibleTopology = [Csi_V1_Topology(target.topology)] }
+    }
+  }
+
+  func csiSnapshot(_ snapshot: Nvmecsi_Target_V1_Snapshot, on target: StorageTarget) -> Csi_V1_Snapshot {
+    .with {
+      if let uuid = try? ObjectUUID(snapshot.uuid) {
+        $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: uuid).description
+      }
+      if let uuid = try? ObjectUUID(snapshot.sourceVolumeUuid) {
+        $0.sourceVolumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description
+      }
+      $0.sizeBytes = Int64(clamping: snapshot.sizeBytes)
+      $0.creationTime = snapshot.created
+      $0.readyToUse = snapshot.readyToUse
+    }
+  }
+
+  func condition(_ volume: Nvmecsi_Target_V1_Volume) -> Csi_V1_VolumeCondition {
+    .with {
+      $0.abnormal = !volume.abnormalReason.isEmpty
+      $0.message = volume.abnormalReason.isEmpty ? "volume data present and exported" : volume.abnormalReason
+    }
+  }
+}
+
+/// A CSI capacity range, checked for sign and order.
+struct CapacityBounds: Sendable {
+  var required: UInt64
+  var limit: UInt64
+
+  init(_ range: Csi_V1_CapacityRange, given: Bool) throws(NVMeCSIError) {
+    guard given else {
+      self.required = 0
+      self.limit = 0
+      return
+    }
+    guard range.requiredBytes >= 0, range.limitBytes >= 0 else {
+      throw .invalidArgument("capacity_range bytes must not be negative")
+    }
+    self.required = UInt64(range.requiredBytes)
+    self.limit = UInt64(range.limitBytes)
+  }
+
+  func admits(_ size: UInt64) -> Bool { size >= required && (limit == 0 || size <= limit) }
+}
+
+/// What a CreateVolume asks for, to compare with a volume that already has its name.
+struct Wanted {
+  var range: CapacityBounds
+  var source: ControllerService.Source?
+  var attributes: [String: String]
+
+  func check(_ existing: Nvmecsi_Target_V1_Volume, name: String) throws(NVMeCSIError) {
+    var differences: [String] = []
+    if !range.admits(existing.sizeBytes) { differences.append("size \(existing.sizeBytes) bytes") }
+    let existingSource: String? =
+      switch existing.source {
+      case .sourceSnapshotUuid(let s)?: "snapshot:" + s
+      case .sourceVolumeUuid(let v)?: "volume:" + v
+      case nil: nil
+      }
+    let wantedSource = source.map { ($0.kind == .snapshot ? "snapshot:" : "volume:") + $0.id.uuid.value }
+    if existingSource != wantedSource { differences.append("content source") }
+    if existing.attributes[VolumeAttribute.capabilities] != attributes[VolumeAttribute.capabilities] {
+      differences.append("capabilities")
+    }
+    if existing.attributes.filter({ $0.key.hasPrefix(VolumeAttribute.contextPrefix) })
+      != attributes.filter({ $0.key.hasPrefix(VolumeAttribute.contextPrefix) })
+    {
+      differences.append("parameters")
+    }
+    guard differences.isEmpty else {
+      throw .alreadyExists(
+        "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): use another name or the same request")
+    }
+  }
+}
+
+extension ControllerService {
+  /// How many targets answer now (Probe readiness).
+  public func reachableTargetCount() async -> Int {
+    await targets.reachableInfo(targets.all, logger: logger).count
+  }
+}

@@ -1,0 +1,57 @@
+import Logging
+import NVMeCSICore
+import TargetProto
+
+/// The configured storage targets, in the targets file's order, with the fan-out
+/// queries the controller needs.
+public struct TargetSet: Sendable {
+  public let all: [StorageTarget]
+
+  public init(_ targets: [StorageTarget]) { self.all = targets }
+
+  public subscript(name: TargetName) -> StorageTarget? { all.first { $0.name == name } }
+
+  /// The target holding an object; a target that is not configured cannot hold
+  /// anything we know of (`notFound`).
+  func holding(_ id: ObjectID) throws(NVMeCSIError) -> StorageTarget {
+    guard let target = self[id.target] else {
+      let what = id.kind == .volume ? "volume" : "snapshot"
+      throw .notFound("\(what) \(id) does not exist: target \(id.target) is not in the targets file")
+    }
+    return target
+  }
+
+  /// Runs `body` on every target concurrently; results keep the targets' order. Any
+  /// failure fails the whole call (a partial answer could hide a volume).
+  func collect<T: Sendable>(
+    _ targets: [StorageTarget]? = nil,
+    _ body: @escaping @Sendable (StorageTarget) async throws -> T
+  ) async throws -> [(target: StorageTarget, value: T)] {
+    let chosen = targets ?? all
+    return try await withThrowingTaskGroup(of: (Int, T).self) { group in
+      for (index, target) in chosen.enumerated() {
+        group.addTask { (index, try await body(target)) }
+      }
+      var results: [(Int, T)] = []
+      for try await result in group { results.append(result) }
+      return results.sorted { $0.0 < $1.0 }.map { (chosen[$0.0], $0.1) }
+    }
+  }
+
+  /// Free space of each target that answers; unreachable targets are logged and skipped.
+  func reachableInfo(_ targets: [StorageTarget], logger: Logger) async -> [(target: StorageTarget, info: Nvmecsi_Target_V1_GetInfoResponse)] {
+    await withTaskGroup(of: (Int, Nvmecsi_Target_V1_GetInfoResponse?).self) { group in
+      for (index, target) in targets.enumerated() {
+        group.addTask {
+          do { return (index, try await target.api.getInfo()) } catch {
+            logger.warning("target does not answer", metadata: ["target": "\(target.name)", "error": "\(error)"])
+            return (index, nil)
+          }
+        }
+      }
+      var results: [(Int, Nvmecsi_Target_V1_GetInfoResponse)] = []
+      for await (index, info) in group { if let info { results.append((index, info)) } }
+      return results.sorted { $0.0 < $1.0 }.map { (targets[$0.0], $0.1) }
+    }
+  }
+}

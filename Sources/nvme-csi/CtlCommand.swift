@@ -1,0 +1,313 @@
+import ArgumentParser
+import CSIProto
+import CSIServer
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NVMeCSICore
+import SwiftProtobuf
+
+/// `nvme-csi ctl`: the CSI RPCs as commands, for operators, demos and tests.
+struct CtlCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "ctl",
+    abstract: "Call a CSI plugin's RPCs over its socket.",
+    subcommands: [
+      PluginInfo.self, CreateVolume.self, DeleteVolume.self, GetVolume.self, ListVolumes.self, Expand.self,
+      Publish.self, Unpublish.self, CreateSnapshot.self, DeleteSnapshot.self, ListSnapshots.self, GetCapacity.self,
+    ])
+}
+
+struct CtlOptions: ParsableArguments {
+  @Option(help: "CSI endpoint of the plugin.")
+  var endpoint: String = "unix:///csi/csi.sock"
+
+  @Flag(help: "Print the raw response as JSON.")
+  var json = false
+
+  /// Runs one call with a controller and identity client, printing errors readably.
+  func call<R: Sendable>(
+    _ body: @Sendable (Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>, Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>)
+      async throws -> R
+  ) async throws -> R {
+    let endpoint = try Endpoint(parsing: self.endpoint)
+    do {
+      return try await withClient(to: endpoint) { client in
+        try await body(.init(wrapping: client), .init(wrapping: client))
+      }
+    } catch let error as RPCError {
+      throw CallFailed(code: error.code, message: error.message)
+    }
+  }
+
+  func show(_ message: some SwiftProtobuf.Message, _ text: () -> String) throws {
+    if json {
+      var options = JSONEncodingOptions()
+      options.preserveProtoFieldNames = true
+      print(try message.jsonString(options: options))
+    } else {
+      print(text())
+    }
+  }
+}
+
+/// A failed RPC: ArgumentParser prints "Error: <code>: <message>" and exits non-zero.
+struct CallFailed: Error, CustomStringConvertible {
+  var code: RPCError.Code
+  var message: String
+  var description: String { "\(code): \(message)" }
+}
+
+struct CapabilityOptions: ParsableArguments {
+  @Flag(help: "Raw block volume (default: a mounted file system).")
+  var block = false
+
+  @Option(help: "File system for mount volumes: ext4 or xfs.")
+  var fsType: String = "ext4"
+
+  @Option(help: "Access mode: single-node-writer, single-node-reader-only, single-node-single-writer, single-node-multi-writer, multi-node-reader-only, multi-node-multi-writer.")
+  var accessMode: String = "single-node-writer"
+
+  func capability() throws -> Csi_V1_VolumeCapability {
+    let modes: [String: Csi_V1_VolumeCapability.AccessMode.Mode] = [
+      "single-node-writer": .singleNodeWriter, "single-node-reader-only": .singleNodeReaderOnly,
+      "single-node-single-writer": .singleNodeSingleWriter, "single-node-multi-writer": .singleNodeMultiWriter,
+      "multi-node-reader-only": .multiNodeReaderOnly, "multi-node-single-writer": .multiNodeSingleWriter,
+      "multi-node-multi-writer": .multiNodeMultiWriter,
+    ]
+    guard let mode = modes[accessMode] else { throw ValidationError("unknown --access-mode \(accessMode)") }
+    return .with {
+      if block { $0.block = .init() } else { $0.mount = .with { $0.fsType = fsType } }
+      $0.accessMode = .with { $0.mode = mode }
+    }
+  }
+}
+
+extension CtlCommand {
+  struct PluginInfo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "plugin-info", abstract: "Name, version, capabilities and readiness.")
+    @OptionGroup var options: CtlOptions
+
+    func run() async throws {
+      let (info, capabilities, probe) = try await options.call { _, identity in
+        (try await identity.getPluginInfo(.init()), try await identity.getPluginCapabilities(.init()), try await identity.probe(.init()))
+      }
+      try options.show(info) {
+        let names = capabilities.capabilities.map { c -> String in
+          switch c.type {
+          case .service(let s)?: "\(s.type)"
+          case .volumeExpansion(let e)?: "expansion:\(e.type)"
+          case nil: "?"
+          }
+        }
+        return "\(info.name) \(info.vendorVersion)  ready=\(probe.ready.value)  capabilities: \(names.joined(separator: ", "))"
+      }
+    }
+  }
+
+  struct CreateVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create-volume", abstract: "Create (or find) a volume by name.")
+    @OptionGroup var options: CtlOptions
+    @OptionGroup var capability: CapabilityOptions
+    @Argument(help: "Volume name (idempotency key).") var name: String
+    @Option(help: "Size, e.g. 1Gi or 512Mi.") var size: String = "1Gi"
+    @Option(help: "StorageClass-style parameter key=value (repeatable).") var parameter: [String] = []
+    @Option(help: "Create from this snapshot ID.") var fromSnapshot: String?
+    @Option(help: "Clone this volume ID.") var fromVolume: String?
+
+    func run() async throws {
+      var request = Csi_V1_CreateVolumeRequest()
+      request.name = name
+      request.capacityRange.requiredBytes = Int64(try ByteSize.parse(size))
+      request.volumeCapabilities = [try capability.capability()]
+      for item in parameter {
+        let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
+        guard pair.count == 2 else { throw ValidationError("--parameter \(item) is not key=value") }
+        request.parameters[pair[0]] = pair[1]
+      }
+      if let fromSnapshot { request.volumeContentSource.snapshot.snapshotID = fromSnapshot }
+      if let fromVolume { request.volumeContentSource.volume.volumeID = fromVolume }
+      let response = try await options.call { [request] controller, _ in try await controller.createVolume(request) }
+      try options.show(response) {
+        "volume \(response.volume.volumeID)  \(ByteSize.format(UInt64(response.volume.capacityBytes)))"
+      }
+    }
+  }
+
+  struct DeleteVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete-volume", abstract: "Delete a volume.")
+    @OptionGroup var options: CtlOptions
+    @Argument var volumeID: String
+
+    func run() async throws {
+      let response = try await options.call { controller, _ in
+        try await controller.deleteVolume(.with { $0.volumeID = volumeID })
+      }
+      try options.show(response) { "deleted \(volumeID)" }
+    }
+  }
+
+  struct GetVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get-volume", abstract: "Show one volume, its nodes and health.")
+    @OptionGroup var options: CtlOptions
+    @Argument var volumeID: String
+
+    func run() async throws {
+      let r = try await options.call { controller, _ in
+        try await controller.controllerGetVolume(.with { $0.volumeID = volumeID })
+      }
+      try options.show(r) { volumeLine(r.volume, r.status.publishedNodeIds, r.status.volumeCondition) }
+    }
+  }
+
+  struct ListVolumes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list-volumes", abstract: "List volumes on every target.")
+    @OptionGroup var options: CtlOptions
+    @Option(help: "Page size (0: all).") var maxEntries: Int32 = 0
+    @Option(help: "Continue after this token.") var startingToken: String = ""
+
+    func run() async throws {
+      let r = try await options.call { [maxEntries, startingToken] controller, _ in
+        try await controller.listVolumes(.with { $0.maxEntries = maxEntries; $0.startingToken = startingToken })
+      }
+      try options.show(r) {
+        var lines = r.entries.map { volumeLine($0.volume, $0.status.publishedNodeIds, $0.status.volumeCondition) }
+        if lines.isEmpty { lines = ["no volumes"] }
+        if !r.nextToken.isEmpty { lines.append("next token: \(r.nextToken)") }
+        return lines.joined(separator: "\n")
+      }
+    }
+  }
+
+  struct Expand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "expand", abstract: "Grow a volume (ControllerExpandVolume).")
+    @OptionGroup var options: CtlOptions
+    @Argument var volumeID: String
+    @Option(help: "New size, e.g. 2Gi.") var size: String
+
+    func run() async throws {
+      let bytes = Int64(try ByteSize.parse(size))
+      let r = try await options.call { controller, _ in
+        try await controller.controllerExpandVolume(
+          .with { $0.volumeID = volumeID; $0.capacityRange.requiredBytes = bytes })
+      }
+      try options.show(r) {
+        "expanded \(volumeID) to \(ByteSize.format(UInt64(r.capacityBytes)))\(r.nodeExpansionRequired ? " (the node grows the file system)" : "")"
+      }
+    }
+  }
+
+  struct Publish: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "publish", abstract: "Allow a node to attach a volume (ControllerPublishVolume).")
+    @OptionGroup var options: CtlOptions
+    @OptionGroup var capability: CapabilityOptions
+    @Argument var volumeID: String
+    @Option(help: "Node ID (n1.<host-id>.<host-nqn>).") var node: String
+    @Flag(help: "Read-only publication.") var readonly = false
+
+    func run() async throws {
+      let cap = try capability.capability()
+      let r = try await options.call { [readonly] controller, _ in
+        try await controller.controllerPublishVolume(
+          .with {
+            $0.volumeID = volumeID
+            $0.nodeID = node
+            $0.volumeCapability = cap
+            $0.readonly = readonly
+          })
+      }
+      try options.show(r) {
+        "published \(volumeID) to \(node)\n" + r.publishContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }.joined(separator: "\n")
+      }
+    }
+  }
+
+  struct Unpublish: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "unpublish", abstract: "Revoke a node's access (ControllerUnpublishVolume).")
+    @OptionGroup var options: CtlOptions
+    @Argument var volumeID: String
+    @Option(help: "Node ID (empty: every node).") var node: String = ""
+
+    func run() async throws {
+      let r = try await options.call { controller, _ in
+        try await controller.controllerUnpublishVolume(.with { $0.volumeID = volumeID; $0.nodeID = node })
+      }
+      try options.show(r) { "unpublished \(volumeID)\(node.isEmpty ? " from every node" : " from \(node)")" }
+    }
+  }
+
+  struct CreateSnapshot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create-snapshot", abstract: "Snapshot a volume (idempotent by name).")
+    @OptionGroup var options: CtlOptions
+    @Argument var name: String
+    @Option(help: "Source volume ID.") var volume: String
+
+    func run() async throws {
+      let r = try await options.call { controller, _ in
+        try await controller.createSnapshot(.with { $0.name = name; $0.sourceVolumeID = volume })
+      }
+      try options.show(r) { snapshotLine(r.snapshot) }
+    }
+  }
+
+  struct DeleteSnapshot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete-snapshot", abstract: "Delete a snapshot.")
+    @OptionGroup var options: CtlOptions
+    @Argument var snapshotID: String
+
+    func run() async throws {
+      let r = try await options.call { controller, _ in
+        try await controller.deleteSnapshot(.with { $0.snapshotID = snapshotID })
+      }
+      try options.show(r) { "deleted \(snapshotID)" }
+    }
+  }
+
+  struct ListSnapshots: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list-snapshots", abstract: "List snapshots.")
+    @OptionGroup var options: CtlOptions
+    @Option(help: "Only snapshots of this volume.") var volume: String = ""
+
+    func run() async throws {
+      let r = try await options.call { controller, _ in
+        try await controller.listSnapshots(.with { $0.sourceVolumeID = volume })
+      }
+      try options.show(r) { r.entries.isEmpty ? "no snapshots" : r.entries.map { snapshotLine($0.snapshot) }.joined(separator: "\n") }
+    }
+  }
+
+  struct GetCapacity: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get-capacity", abstract: "Free space for new volumes.")
+    @OptionGroup var options: CtlOptions
+    @Option(help: "Topology segment key=value (repeatable).") var topology: [String] = []
+
+    func run() async throws {
+      var request = Csi_V1_GetCapacityRequest()
+      for item in topology {
+        let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
+        guard pair.count == 2 else { throw ValidationError("--topology \(item) is not key=value") }
+        request.accessibleTopology.segments[pair[0]] = pair[1]
+      }
+      let r = try await options.call { [request] controller, _ in try await controller.getCapacity(request) }
+      try options.show(r) {
+        "available \(ByteSize.format(UInt64(r.availableCapacity)))  largest volume \(ByteSize.format(UInt64(r.maximumVolumeSize.value)))"
+      }
+    }
+  }
+}
+
+func volumeLine(_ v: Csi_V1_Volume, _ nodes: [String], _ condition: Csi_V1_VolumeCondition) -> String {
+  var line = "\(v.volumeID)  \(ByteSize.format(UInt64(v.capacityBytes)))"
+  switch v.contentSource.type {
+  case .snapshot(let s)?: line += "  from \(s.snapshotID)"
+  case .volume(let c)?: line += "  clone of \(c.volumeID)"
+  case nil: break
+  }
+  if !nodes.isEmpty { line += "  published to \(nodes.joined(separator: ", "))" }
+  line += condition.abnormal ? "  ABNORMAL: \(condition.message)" : "  healthy"
+  return line
+}
+
+func snapshotLine(_ s: Csi_V1_Snapshot) -> String {
+  "snapshot \(s.snapshotID)  of \(s.sourceVolumeID)  \(ByteSize.format(UInt64(s.sizeBytes)))  ready=\(s.readyToUse)"
+}

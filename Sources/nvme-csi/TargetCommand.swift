@@ -1,0 +1,55 @@
+import ArgumentParser
+import CSIServer
+import Foundation
+import Logging
+import NVMeCSICore
+import NVMetExporter
+import ServiceLifecycle
+import TargetAgent
+import VolumeStore
+
+struct TargetCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "target",
+    abstract: "Serve the target API on a storage node: volumes in a store, exported by the kernel NVMe target.")
+
+  @Option(help: "Address the target API listens on (host:port). Plaintext for now: keep it on a trusted network.")
+  var listen: String = "127.0.0.1:7600"
+
+  @Option(help: "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs).")
+  var store: String
+
+  @Option(help: "configfs mount point holding nvmet. A directory that is not configfs is used as a simulated nvmet (nothing is served).")
+  var configfs: String = "/sys/kernel/config"
+
+  @Option(help: "NVMe/TCP listen address written into an nvmet port (addr:port). Repeat for several paths.")
+  var portal: [String] = []
+
+  @OptionGroup var logging: LoggingOptions
+
+  func validate() throws {
+    guard !portal.isEmpty else { throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)") }
+  }
+
+  func run() async throws {
+    let logger = try logging.makeLogger(label: "nvme-csi.target")
+    let endpoint = try Endpoint(parsing: listen)
+    guard store.hasPrefix("file:") else {
+      throw ValidationError("--store \(store) is not supported: use file:<directory>")
+    }
+    let portals = try portal.map { (text) throws(NVMeCSIError) in try Portal(parsing: text) }
+    let volumeStore = try FileStore(
+      root: String(store.dropFirst(5)), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment))
+    let exporter = try NVMetExporter(configfs: configfs, portals: portals)
+    if exporter.kind == "simulated" {
+      logger.warning(
+        "\(configfs) is not configfs: exports are simulated in that directory and nothing is served over NVMe/TCP")
+    }
+    let agent = TargetAgent(store: volumeStore, exporter: exporter, logger: logger)
+    try agent.start()
+    let server = try GRPCService(
+      endpoint: endpoint, services: [TargetService(agent: agent, version: BuildInfo.version)], logger: logger)
+    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+  }
+}
