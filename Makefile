@@ -11,19 +11,21 @@ all: build
 deps:
 	./scripts/install-deps.sh
 
-build:
+build: deps
 	$(SWIFT) build
 
-## The test suite: unit tests, store/exporter contract tests, and the controller
-## conformance suite over a real unix socket against a real `nvme-csi target` process.
-test: build
-	$(SWIFT) test
+## The test suite: generated code up to date, unit tests, store/exporter contract
+## tests, and the controller conformance suite over a real unix socket against real
+## `nvme-csi target` processes.
+test: deps verify-proto
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
 
 ## Start a target and a controller locally and walk a volume through its life.
 demo: build
 	./scripts/demo.sh
 
-plugins: $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
+plugins: deps $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
 $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-swift --scratch-path ../../.build-protoc
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-grpc-swift-2 --scratch-path ../../.build-protoc

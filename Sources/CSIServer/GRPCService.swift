@@ -66,7 +66,13 @@ public func withClient<Result: Sendable>(
     handleClient: body)
 }
 
-/// A long-lived client; run `runConnections()` in a task and `beginGracefulShutdown()` at the end.
+/// A long-lived client; run it with `GRPCClientService`.
+///
+/// Calls fail fast while the peer is down (the CSI sidecars retry), and reconnect
+/// attempts back off to at most a second, so a restarted target is used again
+/// within about a second instead of gRPC's default of up to two minutes.
 public func makeClient(to endpoint: Endpoint) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
-  GRPCClient(transport: try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext))
+  var config = HTTP2ClientTransport.Posix.Config.defaults
+  config.backoff = .init(initial: .milliseconds(100), max: .seconds(1), multiplier: 1.6, jitter: 0.2)
+  return GRPCClient(transport: try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext, config: config))
 }

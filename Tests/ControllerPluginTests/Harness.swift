@@ -1,0 +1,223 @@
+import CSIProto
+import CSIServer
+import ControllerPlugin
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import NVMeCSICore
+import ServiceLifecycle
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Two real `nvme-csi target` processes (store-a in zone a, store-b in zone b), each
+/// with its own file store and simulated configfs in a temp directory, and a
+/// controller served on a real unix socket; tests talk CSI to it with a grpc-swift
+/// client, exactly as the sidecars do.
+final class Harness: Sendable {
+  static let zoneKey = "topology.nvme.csi.dev/zone"
+  let directory: String
+  let socket: String
+  let controller: Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>
+  let identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>
+  let targets: [TargetProcess]
+
+  private init(
+    directory: String, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>, targets: [TargetProcess]
+  ) {
+    self.directory = directory
+    self.socket = socket
+    self.controller = .init(wrapping: client)
+    self.identity = .init(wrapping: client)
+    self.targets = targets
+  }
+
+  /// Runs `body` against a fresh deployment and tears it all down afterwards.
+  static func with(
+    failpoints: [String: String] = [:], _ body: (Harness) async throws -> Void
+  ) async throws {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let targets = [
+      TargetProcess(name: "store-a", zone: "a", directory: directory),
+      TargetProcess(name: "store-b", zone: "b", directory: directory),
+    ]
+    for target in targets { try await target.start(environment: failpoints) }
+    defer { for target in targets { target.stop() } }
+
+    var logger = Logger(label: "test.controller") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    var services: [any Service] = []
+    var storageTargets: [StorageTarget] = []
+    for target in targets {
+      let client = try makeClient(to: target.endpoint)
+      services.append(GRPCClientService(client))
+      let name = try TargetName(target.name)
+      storageTargets.append(
+        StorageTarget(name: name, topology: [zoneKey: target.zone], api: RemoteTargetAPI(name: name, client: client, timeout: .seconds(10))))
+    }
+    let controller = ControllerService(targets: TargetSet(storageTargets), logger: logger)
+    let identity = IdentityService(
+      driverName: "nvme.csi.dev", version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
+      isReady: { await controller.reachableTargetCount() > 0 })
+    let socket = directory + "/csi/csi.sock"
+    services.append(try GRPCService(endpoint: .unix(path: socket), services: [identity, controller], logger: logger))
+    let csiClient = try makeClient(to: .unix(path: socket))
+    services.append(GRPCClientService(csiClient))
+    let group = ServiceGroup(services: services, gracefulShutdownSignals: [], logger: logger)
+
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      let harness = Harness(directory: directory, socket: socket, client: csiClient, targets: targets)
+      do {
+        try await body(harness)
+      } catch {
+        await group.triggerGracefulShutdown()
+        throw error
+      }
+      await group.triggerGracefulShutdown()
+      try await tasks.waitForAll()
+    }
+  }
+
+  /// Restarts a target and waits (bounded) until the controller reaches it again on
+  /// its own, as it must after a target restart.
+  func restart(_ target: TargetProcess) async throws {
+    target.kill()
+    try await target.start()
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+      if (try? await controller.listVolumes(.init())) != nil { return }
+      try await Task.sleep(for: .milliseconds(100))
+    }
+    throw HarnessError("the controller did not reconnect to \(target.name) within 10 s")
+  }
+
+  var storeA: TargetProcess { targets[0] }
+  var storeB: TargetProcess { targets[1] }
+}
+
+/// One `nvme-csi target` process.
+final class TargetProcess: @unchecked Sendable {
+  let name: String
+  let zone: String
+  let store: String
+  let configfs: String
+  let socket: String
+  // Replaced on restart; only touched by the test's own task.
+  private var process: Process?
+
+  init(name: String, zone: String, directory: String) {
+    self.name = name
+    self.zone = zone
+    self.store = directory + "/\(name)/store"
+    self.configfs = directory + "/\(name)/configfs"
+    self.socket = directory + "/\(name)/target.sock"
+  }
+
+  var endpoint: Endpoint { .unix(path: socket) }
+  var nvmet: String { configfs + "/nvmet" }
+
+  static var binary: String {
+    // The test bundle sits next to the executable in .build/<config>/.
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("nvme-csi").path
+  }
+
+  /// Starts the process and waits (bounded) until it serves.
+  func start(environment: [String: String] = [:]) async throws {
+    try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
+    let binary = Self.binary
+    guard FileManager.default.isExecutableFile(atPath: binary) else {
+      Issue.record("\(binary) is missing: run `swift build` before `swift test` (make test does)")
+      throw CancellationError()
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = [
+      "target", "--listen", "unix://" + socket, "--store", "file:" + store, "--configfs", configfs,
+      "--portal", "127.0.0.1:4420", "--log-level", "warning",
+    ]
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    self.process = process
+    try await waitUntilServing()
+  }
+
+  private func waitUntilServing() async throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+      if FileManager.default.fileExists(atPath: socket) {
+        let ok = (try? await withClient(to: endpoint) { client in
+          _ = try await TargetInfoProbe.getInfo(client)
+          return true
+        }) ?? false
+        if ok { return }
+      }
+      guard process?.isRunning == true else { throw HarnessError("target \(name) exited during start") }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    throw HarnessError("target \(name) did not serve within 20 s")
+  }
+
+  /// Kills the process like a crash would (SIGKILL) and waits for it.
+  func kill() {
+    guard let process, process.isRunning else { return }
+    Glibc.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
+  func stop() {
+    guard let process, process.isRunning else { return }
+    process.terminate()
+    process.waitUntilExit()
+  }
+
+  func waitForExit() -> Int32 {
+    guard let process else { return -1 }
+    process.waitUntilExit()
+    return process.terminationStatus
+  }
+
+  // MARK: what a user could inspect on the storage node
+
+  func files(in sub: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: store + "/" + sub)) ?? []).sorted()
+  }
+
+  func dataPath(ofVolume id: String) -> String {
+    store + "/volumes/" + String(id.split(separator: ".").last!) + ".img"
+  }
+
+  func subsystems() -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: nvmet + "/subsystems")) ?? []).sorted()
+  }
+
+  func allowedHosts(ofVolume id: String) -> [String] {
+    let nqn = SubsystemNaming.prefix + String(id.split(separator: ".").last!)
+    return ((try? FileManager.default.contentsOfDirectory(atPath: nvmet + "/subsystems/\(nqn)/allowed_hosts")) ?? []).sorted()
+  }
+}
+
+enum TargetInfoProbe {
+  static func getInfo(_ client: GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Bool {
+    let api = RemoteTargetAPI(name: try TargetName("probe"), client: client, timeout: .seconds(2))
+    _ = try await api.getInfo()
+    return true
+  }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
+
+func makeTemporaryDirectory() throws -> String {
+  let path = FileManager.default.temporaryDirectory.appendingPathComponent("nvme-csi-test-\(UUID().uuidString.prefix(8))").path
+  try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+  return path
+}

@@ -1,0 +1,135 @@
+import CSIProto
+import Foundation
+import NVMeCSICore
+import Testing
+
+@Suite("Snapshots, restores and clones")
+struct SnapshotAndCloneTests {
+  /// Writes a recognisable pattern at a few offsets of a volume's backing file, as a
+  /// pod would through the device.
+  static func writePattern(_ path: String, seed: UInt8) throws {
+    let handle = try #require(FileHandle(forWritingAtPath: path))
+    defer { try? handle.close() }
+    for (i, offset) in [UInt64(0), 4096, 5 * UInt64(mebibyte) + 17].enumerated() {
+      try handle.seek(toOffset: offset)
+      try handle.write(contentsOf: Data(repeating: seed &+ UInt8(i), count: 4096))
+    }
+  }
+
+  static func readPattern(_ path: String) throws -> [Data] {
+    let handle = try #require(FileHandle(forReadingAtPath: path))
+    defer { try? handle.close() }
+    return try [UInt64(0), 4096, 5 * UInt64(mebibyte) + 17].map { offset in
+      try handle.seek(toOffset: offset)
+      return try handle.read(upToCount: 4096) ?? Data()
+    }
+  }
+
+  @Test("A snapshot freezes the content; volumes restored from it and clones read back the exact bytes")
+  func snapshotRestoreClone() async throws {
+    try await Harness.with { h in
+      let source = try await h.controller.createVolume(createRequest("pvc-src", bytes: 16 * mebibyte, parameters: ["target": "store-a"])).volume
+      try Self.writePattern(h.storeA.dataPath(ofVolume: source.volumeID), seed: 1)
+      let snapshot = try await h.controller.createSnapshot(.with { $0.name = "snap-1"; $0.sourceVolumeID = source.volumeID }).snapshot
+      #expect(snapshot.snapshotID.hasPrefix("s1.store-a."))
+      #expect(snapshot.sourceVolumeID == source.volumeID)
+      #expect(snapshot.sizeBytes == 16 * mebibyte)
+      #expect(snapshot.readyToUse)
+      #expect(snapshot.creationTime.seconds > 0)
+      // Later writes to the source do not change the snapshot.
+      let frozen = try Self.readPattern(h.storeA.dataPath(ofVolume: source.volumeID))
+      try Self.writePattern(h.storeA.dataPath(ofVolume: source.volumeID), seed: 100)
+
+      var restore = createRequest("pvc-restore", bytes: 32 * mebibyte)
+      restore.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = snapshot.snapshotID } }
+      let restored = try await h.controller.createVolume(restore).volume
+      #expect(restored.volumeID.hasPrefix("v1.store-a."))
+      #expect(restored.capacityBytes == 32 * mebibyte)
+      #expect(restored.contentSource.snapshot.snapshotID == snapshot.snapshotID)
+      #expect(try Self.readPattern(h.storeA.dataPath(ofVolume: restored.volumeID)) == frozen)
+
+      var clone = createRequest("pvc-clone", bytes: 0)
+      clone.volumeContentSource = .with { $0.volume = .with { $0.volumeID = source.volumeID } }
+      let cloned = try await h.controller.createVolume(clone).volume
+      #expect(cloned.contentSource.volume.volumeID == source.volumeID)
+      #expect(cloned.capacityBytes >= source.capacityBytes)
+      #expect(
+        try Self.readPattern(h.storeA.dataPath(ofVolume: cloned.volumeID))
+          == Self.readPattern(h.storeA.dataPath(ofVolume: source.volumeID)))
+    }
+  }
+
+  @Test("A restore smaller than its source is OutOfRange; a missing source is NotFound")
+  func restoreErrors() async throws {
+    try await Harness.with { h in
+      let source = try await h.controller.createVolume(createRequest("pvc-big", bytes: 64 * mebibyte)).volume
+      var small = createRequest("pvc-small", bytes: 0)
+      small.capacityRange = .with { $0.requiredBytes = 8 * mebibyte; $0.limitBytes = 8 * mebibyte }
+      small.volumeContentSource = .with { $0.volume = .with { $0.volumeID = source.volumeID } }
+      await expectStatus(.outOfRange) { try await h.controller.createVolume(small) }
+
+      var missing = createRequest("pvc-missing")
+      missing.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = "s1.store-a.00000000-0000-4000-8000-000000000000" } }
+      await expectStatus(.notFound) { try await h.controller.createVolume(missing) }
+      missing.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = "../../etc" } }
+      await expectStatus(.notFound) { try await h.controller.createVolume(missing) }
+    }
+  }
+
+  @Test("CreateSnapshot is idempotent by name; the same name for another volume is AlreadyExists")
+  func snapshotIdempotency() async throws {
+    try await Harness.with { h in
+      let a = try await h.controller.createVolume(createRequest("pvc-a")).volume
+      let b = try await h.controller.createVolume(createRequest("pvc-b")).volume
+      let first = try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = a.volumeID }).snapshot
+      let again = try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = a.volumeID }).snapshot
+      #expect(first.snapshotID == again.snapshotID)
+      await expectStatus(.alreadyExists) {
+        try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = b.volumeID })
+      }
+      await expectStatus(.notFound) {
+        try await h.controller.createSnapshot(.with { $0.name = "snap-x"; $0.sourceVolumeID = "v1.store-a.00000000-0000-4000-8000-000000000000" })
+      }
+      await expectStatus(.invalidArgument, mentioning: "name") {
+        try await h.controller.createSnapshot(.with { $0.sourceVolumeID = a.volumeID })
+      }
+      await expectStatus(.invalidArgument, mentioning: "tier") {
+        try await h.controller.createSnapshot(.with { $0.name = "snap-p"; $0.sourceVolumeID = a.volumeID; $0.parameters = ["tier": "gold"] })
+      }
+    }
+  }
+
+  @Test("ListSnapshots filters by ID and source and pages; GetSnapshot and DeleteSnapshot behave")
+  func listGetDelete() async throws {
+    try await Harness.with { h in
+      let a = try await h.controller.createVolume(createRequest("pvc-a", parameters: ["target": "store-a"])).volume
+      let b = try await h.controller.createVolume(createRequest("pvc-b", parameters: ["target": "store-b"])).volume
+      var ids: [String] = []
+      for i in 0..<3 {
+        ids.append(try await h.controller.createSnapshot(.with { $0.name = "a-\(i)"; $0.sourceVolumeID = a.volumeID }).snapshot.snapshotID)
+      }
+      let fromB = try await h.controller.createSnapshot(.with { $0.name = "b-0"; $0.sourceVolumeID = b.volumeID }).snapshot
+
+      #expect(try await h.controller.listSnapshots(.init()).entries.count == 4)
+      let ofA = try await h.controller.listSnapshots(.with { $0.sourceVolumeID = a.volumeID }).entries.map(\.snapshot.snapshotID)
+      #expect(Set(ofA) == Set(ids))
+      let one = try await h.controller.listSnapshots(.with { $0.snapshotID = fromB.snapshotID }).entries
+      #expect(one.map(\.snapshot.snapshotID) == [fromB.snapshotID])
+      #expect(try await h.controller.listSnapshots(.with { $0.snapshotID = "not-an-id" }).entries.isEmpty)
+
+      let page1 = try await h.controller.listSnapshots(.with { $0.maxEntries = 3 })
+      #expect(page1.entries.count == 3 && !page1.nextToken.isEmpty)
+      let page2 = try await h.controller.listSnapshots(.with { $0.maxEntries = 3; $0.startingToken = page1.nextToken })
+      #expect(page2.entries.count == 1 && page2.nextToken.isEmpty)
+      await expectStatus(.aborted) { try await h.controller.listSnapshots(.with { $0.startingToken = "x" }) }
+
+      let got = try await h.controller.getSnapshot(.with { $0.snapshotID = ids[0] }).snapshot
+      #expect(got.sourceVolumeID == a.volumeID)
+
+      for _ in 0..<2 { _ = try await h.controller.deleteSnapshot(.with { $0.snapshotID = ids[0] }) }
+      await expectStatus(.notFound) { try await h.controller.getSnapshot(.with { $0.snapshotID = ids[0] }) }
+      _ = try await h.controller.deleteSnapshot(.with { $0.snapshotID = "garbage" })
+      #expect(h.storeA.files(in: "snapshots").count == 4)  // two left, data + record each
+    }
+  }
+}
