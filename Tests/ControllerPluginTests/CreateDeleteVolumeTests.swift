@@ -40,7 +40,8 @@ struct CreateDeleteVolumeTests {
       let first = try await h.controller.createVolume(createRequest("pvc-same")).volume
       let second = try await h.controller.createVolume(createRequest("pvc-same")).volume
       #expect(first.volumeID == second.volumeID)
-      #expect(try await h.controller.listVolumes(.init()).entries.count == 1)
+      let observed1 = try await h.controller.listVolumes(.init()).entries.count
+      #expect(observed1 == 1)
     }
   }
 
@@ -64,7 +65,8 @@ struct CreateDeleteVolumeTests {
         return try await group.reduce(into: Set<String>()) { $0.insert($1) }
       }
       #expect(ids.count == 1)
-      #expect(try await h.controller.listVolumes(.init()).entries.count == 1)
+      let observed2 = try await h.controller.listVolumes(.init()).entries.count
+      #expect(observed2 == 1)
       #expect(h.storeA.files(in: "volumes").count + h.storeB.files(in: "volumes").count == 2)
     }
   }
@@ -117,7 +119,8 @@ struct CreateDeleteVolumeTests {
       await expectStatus(.invalidArgument, mentioning: named) {
         try await h.controller.createVolume(createRequest("pvc-params", parameters: parameters))
       }
-      #expect(try await h.controller.listVolumes(.init()).entries.isEmpty)
+      let observed3 = try await h.controller.listVolumes(.init()).entries.isEmpty
+      #expect(observed3)
     }
   }
 
@@ -153,7 +156,8 @@ struct CreateDeleteVolumeTests {
         $0.requisite = [zone("a"), zone("b")]
         $0.preferred = [zone("a"), zone("b")]
       }
-      #expect(try await h.controller.createVolume(request).volume.volumeID.hasPrefix("v1.store-a."))
+      let observed4 = try await h.controller.createVolume(request).volume.volumeID.hasPrefix
+      #expect(observed4("v1.store-a."))
 
       request = createRequest("pvc-zone-c")
       request.accessibilityRequirements = .with { $0.requisite = [zone("c")] }

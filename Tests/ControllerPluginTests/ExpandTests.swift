@@ -22,7 +22,8 @@ struct ExpandTests {
       let id = try ObjectID(parsing: volume.volumeID, as: .volume)
       let revalidate = h.storeA.nvmet + "/subsystems/\(SubsystemNaming.nqn(for: id.uuid))/namespaces/1/revalidate_size"
       #expect(FileManager.default.fileExists(atPath: revalidate))
-      #expect(try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID }).volume.capacityBytes == 100 * mebibyte)
+      let observed1 = try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID }).volume.capacityBytes
+      #expect(observed1 == 100 * mebibyte)
     }
   }
 

@@ -73,6 +73,7 @@ final class Harness: Sendable {
       tasks.addTask { try await group.run() }
       let harness = Harness(directory: directory, socket: socket, client: csiClient, targets: targets)
       do {
+        try await harness.waitUntilServing()
         try await body(harness)
       } catch {
         await group.triggerGracefulShutdown()
@@ -81,6 +82,16 @@ final class Harness: Sendable {
       await group.triggerGracefulShutdown()
       try await tasks.waitForAll()
     }
+  }
+
+  /// Waits (bounded) until the controller answers on its socket.
+  private func waitUntilServing() async throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+      if FileManager.default.fileExists(atPath: socket), (try? await identity.probe(.init())) != nil { return }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    throw HarnessError("the controller did not serve on \(socket) within 20 s")
   }
 
   /// Restarts a target and waits (bounded) until the controller reaches it again on
@@ -118,7 +129,7 @@ final class TargetProcess: @unchecked Sendable {
     self.socket = directory + "/\(name)/target.sock"
   }
 
-  var endpoint: Endpoint { .unix(path: socket) }
+  var endpoint: CSIServer.Endpoint { .unix(path: socket) }
   var nvmet: String { configfs + "/nvmet" }
 
   static var binary: String {

@@ -28,11 +28,14 @@ struct IdentityTests {
   @Test("Probe is ready while a target answers and not ready when none does")
   func probe() async throws {
     try await Harness.with { h in
-      #expect(try await h.identity.probe(.init()).ready.value == true)
+      let observed1 = try await h.identity.probe(.init()).ready.value
+      #expect(observed1 == true)
       h.storeA.kill()
-      #expect(try await h.identity.probe(.init()).ready.value == true)
+      let observed2 = try await h.identity.probe(.init()).ready.value
+      #expect(observed2 == true)
       h.storeB.kill()
-      #expect(try await h.identity.probe(.init()).ready.value == false)
+      let observed3 = try await h.identity.probe(.init()).ready.value
+      #expect(observed3 == false)
     }
   }
 

@@ -27,7 +27,7 @@ func createRequest(
 ) -> Csi_V1_CreateVolumeRequest {
   .with {
     $0.name = name
-    if bytes > 0 { $0.capacityRange = .with { $0.requiredBytes = bytes } }
+    if bytes != 0 { $0.capacityRange = .with { $0.requiredBytes = bytes } }
     $0.volumeCapabilities = [capability]
     $0.parameters = parameters
   }

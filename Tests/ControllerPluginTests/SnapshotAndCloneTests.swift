@@ -110,12 +110,15 @@ struct SnapshotAndCloneTests {
       }
       let fromB = try await h.controller.createSnapshot(.with { $0.name = "b-0"; $0.sourceVolumeID = b.volumeID }).snapshot
 
-      #expect(try await h.controller.listSnapshots(.init()).entries.count == 4)
+      let observed1 = try await h.controller.listSnapshots(.init()).entries.count
+
+      #expect(observed1 == 4)
       let ofA = try await h.controller.listSnapshots(.with { $0.sourceVolumeID = a.volumeID }).entries.map(\.snapshot.snapshotID)
       #expect(Set(ofA) == Set(ids))
       let one = try await h.controller.listSnapshots(.with { $0.snapshotID = fromB.snapshotID }).entries
       #expect(one.map(\.snapshot.snapshotID) == [fromB.snapshotID])
-      #expect(try await h.controller.listSnapshots(.with { $0.snapshotID = "not-an-id" }).entries.isEmpty)
+      let observed2 = try await h.controller.listSnapshots(.with { $0.snapshotID = "not-an-id" }).entries.isEmpty
+      #expect(observed2)
 
       let page1 = try await h.controller.listSnapshots(.with { $0.maxEntries = 3 })
       #expect(page1.entries.count == 3 && !page1.nextToken.isEmpty)
