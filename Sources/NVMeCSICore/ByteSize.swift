@@ -29,7 +29,11 @@ public enum ByteSize {
       index += 1
     }
     if index == 0 { return "\(bytes) B" }
-    let rounded = (value * 10).rounded() / 10
+    var rounded = (value * 10).rounded() / 10
+    if rounded >= 1024 && index < units.count - 1 {  // 1023.99 KiB reads better as 1 MiB
+      rounded = 1
+      index += 1
+    }
     return rounded == rounded.rounded() ? "\(Int(rounded)) \(units[index])" : "\(rounded) \(units[index])"
   }
 }

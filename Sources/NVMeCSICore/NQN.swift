@@ -12,7 +12,7 @@ public struct HostNQN: Hashable, Sendable, CustomStringConvertible {
       isLowerAlnum(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
         || [UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "_")].contains(b)
     }
-    guard value.hasPrefix("nqn."), bytes.count <= NodeID.maxHostNQNBytes, allowed else {
+    guard value.hasPrefix("nqn."), bytes.count > 4, bytes.count <= NodeID.maxHostNQNBytes, allowed else {
       throw .invalidArgument(
         "host NQN \(quoted(value)) is not valid: it must start with \"nqn.\", be at most \(NodeID.maxHostNQNBytes) bytes and use only letters, digits, '.', '-', ':' and '_'")
     }

@@ -59,6 +59,7 @@ public struct PublishContext: Hashable, Sendable {
       if address.hasPrefix("[") && address.hasSuffix("]") { address = address.dropFirst().dropLast() }
       paths.append(Path(address: String(address), port: port))
     }
+    guard !paths.isEmpty else { throw .invalidArgument("publish_context lists no paths to connect to") }
     let nqn = try value(Key.subsystemNQN)
     guard SubsystemNaming.volume(inNQN: nqn) != nil else {
       throw .invalidArgument("publish_context subsystemNQN \(quoted(nqn)) is not a subsystem of this driver")

@@ -38,6 +38,7 @@ extension ConfigfsTree {
     return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
   }
 
+  @discardableResult
   public func makeDirectory(_ path: String) throws(NVMeCSIError) -> Bool {
     if mkdir(absolute(path), 0o755) == 0 { return true }
     if errno == EEXIST { return false }

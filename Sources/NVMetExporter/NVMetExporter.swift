@@ -133,6 +133,13 @@ public struct NVMetExporter: VolumeExporter {
   public func problem(with spec: ExportSpec) -> String? {
     let subsystem = "subsystems/" + spec.subsystemNQN
     guard tree.exists(subsystem) else { return "not exported: nvmet subsystem \(spec.subsystemNQN) is missing" }
+    guard tree.read(subsystem + "/attr_allow_any_host") == "0" else {
+      return "nvmet subsystem \(spec.subsystemNQN) allows any host to connect"
+    }
+    let allowed = Set(tree.list(subsystem + "/allowed_hosts"))
+    guard allowed == spec.allowedHosts else {
+      return "nvmet subsystem \(spec.subsystemNQN) allows hosts \(allowed.sorted()) instead of \(spec.allowedHosts.sorted())"
+    }
     let namespace = subsystem + "/namespaces/1"
     guard tree.read(namespace + "/enable") == "1" else { return "nvmet namespace 1 of \(spec.subsystemNQN) is not enabled" }
     guard tree.read(namespace + "/device_path") == spec.devicePath else {

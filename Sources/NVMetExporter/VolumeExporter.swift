@@ -24,10 +24,11 @@ public struct Portal: Hashable, Sendable, CustomStringConvertible {
       guard let colon = host.lastIndex(of: ":") else { throw .invalidArgument("portal \(quoted(s)) is not address:port") }
       portText = host[host.index(after: colon)...]
       host = host[..<colon]
+      guard !host.contains(":") else { throw .invalidArgument("portal \(quoted(s)): write IPv6 addresses as [address]:port") }
     }
     guard let port = UInt16(portText), port > 0 else { throw .invalidArgument("portal \(quoted(s)) has no valid port") }
-    let isIPv4 = host.split(separator: ".", omittingEmptySubsequences: false).count == 4
-      && host.split(separator: ".").allSatisfy { UInt8($0) != nil }
+    let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+    let isIPv4 = octets.count == 4 && octets.allSatisfy { UInt8($0) != nil }
     let isIPv6 = host.contains(":") && host.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." }
     guard isIPv4 || isIPv6 else {
       throw .invalidArgument("portal \(quoted(s)): \(quoted(String(host))) is not a numeric IPv4 or IPv6 address")

@@ -67,7 +67,7 @@ public final class FileStore: VolumeStore {
     try buildData(at: dataPath(volumesDir, uuid), size: record.sizeBytes, copying: sourcePath)
     failpoints.reach("store.create-volume.after-data")
     try writeRecord(record, to: recordPath(volumesDir, uuid))
-    return record
+    return try readBack(volume(uuid), path: recordPath(volumesDir, uuid))
   }
 
   public func updateVolume(_ record: VolumeRecord) throws(NVMeCSIError) {
@@ -121,7 +121,7 @@ public final class FileStore: VolumeStore {
     try buildData(at: dataPath(snapshotsDir, uuid), size: record.sizeBytes, copying: source)
     failpoints.reach("store.create-snapshot.after-data")
     try writeRecord(record, to: path)
-    return record
+    return try readBack(self.record(at: path), path: path)
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError) {
@@ -202,6 +202,12 @@ public final class FileStore: VolumeStore {
       throw error
     }
     try FileOperations.syncDirectory(directory)
+  }
+
+  /// What was just written, as every later read will see it (dates round to ms).
+  private func readBack<R>(_ record: R?, path: String) throws(NVMeCSIError) -> R {
+    guard let record else { throw .internalError("record \(path) vanished right after it was written") }
+    return record
   }
 
   private func writeRecord<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) {

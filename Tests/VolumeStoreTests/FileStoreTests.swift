@@ -1,0 +1,169 @@
+import Foundation
+import NVMeCSICore
+import Testing
+import VolumeStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What only the file store promises: its layout, sparse files and repairs at startup.
+@Suite("FileStore")
+struct FileStoreTests {
+  static func allocatedBytes(_ path: String) throws -> UInt64 {
+    var st = stat()
+    guard stat(path, &st) == 0 else { throw DeviceError("stat \(path): errno \(errno)") }
+    return UInt64(st.st_blocks) * 512
+  }
+
+  func withFileStore<R>(_ body: (FileStore, String) throws -> R) throws -> R {
+    try withTemporaryDirectory { directory in try body(try FileStore(root: directory), directory) }
+  }
+
+  func files(_ directory: String) throws -> [String] {
+    try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+  }
+
+  @Test("A relative store directory is rejected", arguments: ["", "store", "./store", "../store", "tmp/store"])
+  func relativeRoot(_ root: String) {
+    expectError(.invalidArgument, mentioning: [quoted(root), "absolute"]) { try FileStore(root: root) }
+  }
+
+  @Test("Opening creates the layout and leaves no probe files behind")
+  func layout() throws {
+    try withTemporaryDirectory { directory in
+      let store = try FileStore(root: directory + "/nested/")
+      #expect(store.root == directory + "/nested")
+      #expect(store.kind == "file")
+      #expect(try files(directory + "/nested") == ["snapshots", "volumes"])
+      #expect(try files(directory + "/nested/volumes").isEmpty)
+      let uuid = ObjectUUID.random()
+      #expect(store.devicePath(of: uuid) == directory + "/nested/volumes/\(uuid.value).img")
+    }
+  }
+
+  @Test("A volume's data file is sparse and exactly its size")
+  func sparse() throws {
+    try withFileStore { store, _ in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "big", sizeBytes: 1 << 30, created: created))
+      let path = store.devicePath(of: uuid)
+      #expect(try Device.size(of: path) == 1 << 30)
+      #expect(try Self.allocatedBytes(path) < MiB)
+    }
+  }
+
+  @Test("Snapshots and clones of a sparse volume stay sparse")
+  func copiesStaySparse() throws {
+    try withFileStore { store, root in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: 256 * MiB, created: created))
+      try Device.write(pattern(4096, seed: 1), at: 128 * MiB, to: store.devicePath(of: uuid))
+      let snapshot = ObjectUUID.random()
+      _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: uuid, sizeBytes: 256 * MiB, created: created))
+      let clone = ObjectUUID.random()
+      _ = try store.createVolume(
+        VolumeRecord(uuid: clone, name: "c", sizeBytes: 512 * MiB, source: .volume(uuid.value), created: created))
+
+      let snapshotData = root + "/snapshots/\(snapshot.value).img"
+      #expect(try Device.size(of: snapshotData) == 256 * MiB)
+      #expect(try Self.allocatedBytes(snapshotData) < 4 * MiB)
+      #expect(try Self.allocatedBytes(store.devicePath(of: clone)) < 4 * MiB)
+      #expect(try Device.read(4096, at: 128 * MiB, from: store.devicePath(of: clone)) == pattern(4096, seed: 1))
+    }
+  }
+
+  @Test("Records are files next to the data and deleting removes both")
+  func recordFiles() throws {
+    try withFileStore { store, root in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: MiB, created: created))
+      #expect(try files(root + "/volumes") == ["\(uuid.value).img", "\(uuid.value).json"])
+      try store.deleteVolume(uuid)
+      #expect(try files(root + "/volumes").isEmpty)
+    }
+  }
+
+  @Test("A failed create leaves no temporary file")
+  func failedCreateLeavesNothing() throws {
+    try withFileStore { (store, root) throws in
+      expectError(.notFound) {
+        try store.createVolume(
+          VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .snapshot(ObjectUUID.random().value), created: created))
+      }
+      #expect(try files(root + "/volumes").isEmpty)
+    }
+  }
+
+  @Test("A source that is not a UUID is an invalid argument")
+  func sourceNotUUID() throws {
+    try withFileStore { (store, root) throws in
+      expectError(.invalidArgument, mentioning: [quoted("../x")]) {
+        try store.createVolume(VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .volume("../x"), created: created))
+      }
+      #expect(try files(root + "/volumes").isEmpty)
+    }
+  }
+
+  @Test("Reconcile removes unfinished and uncommitted files and reports records without data")
+  func reconcile() throws {
+    try withFileStore { store, root in
+      let kept = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: kept, name: "kept", sizeBytes: MiB, created: created))
+      let keptSnapshot = ObjectUUID.random()
+      _ = try store.createSnapshot(SnapshotRecord(uuid: keptSnapshot, name: "s", sourceVolume: kept, sizeBytes: MiB, created: created))
+      try Device.write(pattern(512, seed: 3), at: 0, to: store.devicePath(of: kept))
+      let dataless = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: dataless, name: "dataless", sizeBytes: MiB, created: created))
+      try FileManager.default.removeItem(atPath: store.devicePath(of: dataless))
+
+      let orphan = ObjectUUID.random().value
+      let debris = [
+        root + "/volumes/.\(orphan).img.tmp",
+        root + "/volumes/.\(kept.value).json.tmp",
+        root + "/volumes/\(orphan).img",
+        root + "/snapshots/\(ObjectUUID.random().value).img",
+        root + "/snapshots/.\(orphan).img.tmp",
+      ]
+      for path in debris { #expect(FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))) }
+
+      let repairs = try store.reconcile()
+      #expect(Set(repairs.removedDebris) == Set(debris))
+      #expect(repairs.missingData == [root + "/volumes/\(dataless.value).img"])
+      for path in debris { #expect(!FileManager.default.fileExists(atPath: path), "\(path)") }
+
+      // What was committed is untouched.
+      #expect(try Device.read(512, at: 0, from: store.devicePath(of: kept)) == pattern(512, seed: 3))
+      #expect(try store.snapshots().map(\.uuid) == [keptSnapshot.value])
+      #expect(try Set(store.volumes().map(\.uuid)) == [kept.value, dataless.value])
+      #expect(!store.hasData(dataless))
+
+      let again = try store.reconcile()
+      #expect(again.removedDebris.isEmpty)
+      #expect(again.missingData == repairs.missingData)
+    }
+  }
+
+  @Test("Reconcile finishes an expansion whose data grew before its record")
+  func reconcileFinishesExpansion() throws {
+    try withFileStore { store, _ in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: MiB, created: created))
+      #expect(truncate(store.devicePath(of: uuid), off_t(3 * MiB)) == 0)
+      _ = try store.reconcile()
+      #expect(try store.volume(uuid)?.sizeBytes == 3 * MiB)
+    }
+  }
+
+  @Test("A corrupt record is an internal error naming the file")
+  func corruptRecord() throws {
+    try withFileStore { store, root in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: MiB, created: created))
+      let path = root + "/volumes/\(uuid.value).json"
+      try Data("{not json".utf8).write(to: URL(fileURLWithPath: path))
+      expectError(.internalError, mentioning: [path]) { try store.volume(uuid) }
+      expectError(.internalError, mentioning: [path]) { try store.volumes() }
+    }
+  }
+}
