@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PLUGINS := .build-protoc/release
 
-.PHONY: all build test demo proto verify-proto plugins deps clean
+.PHONY: all build test e2e demo proto verify-proto plugins deps clean
 
 all: build
 
@@ -44,3 +44,9 @@ verify-proto: plugins
 
 clean:
 	rm -rf .build .build-protoc .build-proto-check
+
+## The real data path: boot Debian's stock kernel under qemu and run the lifecycle
+## (nvmet target, nvme-tcp host through libnvme, mkfs, mount) inside it.
+e2e: deps
+	$(SWIFT) build --build-tests
+	Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path)

@@ -40,6 +40,13 @@ let package = Package(
     // How volumes are exported (Linux nvmet through configfs).
     .target(name: "NVMetExporter", dependencies: ["NVMeCSICore"]),
 
+    // libnvme, module map only; NVMeFabrics holds the one safe type over it.
+    .systemLibrary(name: "CNVMe", pkgConfig: "libnvme", providers: [.apt(["libnvme-dev", "libjson-c-dev", "libssl-dev"])]),
+    // Attaching namespaces over NVMe/TCP: libnvme connect/disconnect, sysfs lookups.
+    .target(name: "NVMeFabrics", dependencies: ["CNVMe", "NVMeCSICore"]),
+    // mount(2), mountinfo, mkfs/blkid/resize tools with timeouts.
+    .target(name: "Mounting", dependencies: ["NVMeCSICore"]),
+
     // gRPC plumbing shared by every role: endpoints, serving, error mapping, logging.
     .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", "CSIProto", log,
       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
@@ -53,19 +60,35 @@ let package = Package(
       name: "ControllerPlugin",
       dependencies: grpc + ["NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", log]),
 
+    // `nvme-csi node`: CSI Node over an attacher and a mounter.
+    .target(
+      name: "NodePlugin",
+      dependencies: grpc + ["NVMeCSICore", "CSIProto", "CSIServer", "NVMeFabrics", "Mounting", log]),
+
     // Thin executable: flags → configuration → services.
     .executableTarget(
       name: "nvme-csi",
       dependencies: grpc + [
         "NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", "TargetAgent", "ControllerPlugin",
-        "VolumeStore", "NVMetExporter", log,
+        "NodePlugin", "NVMeFabrics", "Mounting", "VolumeStore", "NVMetExporter", log,
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
 
+    // The end-to-end lifecycle that runs inside the VM against the real kernel (make e2e).
+    .executableTarget(
+      name: "nvme-csi-e2e",
+      dependencies: grpc + ["CSIProto", "CSIServer", "NVMeCSICore", "NVMeFabrics"],
+      path: "Tests/e2e/Lifecycle"),
+
     .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore"]),
     .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore"]),
     .testTarget(name: "NVMetExporterTests", dependencies: ["NVMetExporter", "NVMeCSICore"]),
+    .testTarget(name: "MountingTests", dependencies: ["Mounting", "NVMeCSICore"]),
+    .testTarget(name: "NVMeFabricsTests", dependencies: ["NVMeFabrics", "NVMeCSICore"]),
+    .testTarget(
+      name: "NodePluginTests",
+      dependencies: grpc + ["NodePlugin", "NVMeFabrics", "Mounting", "CSIProto", "NVMeCSICore", "CSIServer", log]),
     .testTarget(
       name: "ControllerPluginTests",
       dependencies: grpc + ["ControllerPlugin", "CSIProto", "TargetProto", "NVMeCSICore", "CSIServer", log]),

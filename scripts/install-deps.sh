@@ -4,7 +4,12 @@
 # Idempotent and quick when everything is present.
 set -euo pipefail
 
-packages=(make protobuf-compiler)
+packages=(
+  make protobuf-compiler                       # build, make proto
+  libnvme-dev libjson-c-dev libssl-dev         # the node plugin links libnvme (pkg-config needs all three)
+  e2fsprogs xfsprogs util-linux                # mkfs, blkid, resize tools the node plugin runs
+  qemu-system-x86 busybox-static kmod cpio xz-utils binutils  # the VM harness (Tests/e2e)
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,12 @@ public struct IdentityService: Csi_V1_Identity.SimpleServiceProtocol {
     .with { $0.volumeExpansion = .with { $0.type = .online } },
   ]
 
+  /// What the node plugin offers: topology when the node has segments, online expansion.
+  public static func nodeCapabilities(hasTopology: Bool) -> [Csi_V1_PluginCapability] {
+    (hasTopology ? [.with { $0.service = .with { $0.type = .volumeAccessibilityConstraints } }] : [])
+      + [.with { $0.volumeExpansion = .with { $0.type = .online } }]
+  }
+
   public func getPluginInfo(request: Csi_V1_GetPluginInfoRequest, context: ServerContext) async throws
     -> Csi_V1_GetPluginInfoResponse
   {

@@ -8,16 +8,8 @@ import Glibc
 /// The few POSIX file operations the file store is built from, each turning errno
 /// into a message that names the path.
 enum FileOperations {
-  static func errorText(_ what: String, _ path: String, _ code: Int32 = errno) -> String {
-    "\(what) \(path): \(String(cString: strerror(code)))"
-  }
-
-  /// ENOSPC and EDQUOT become `resourceExhausted`; everything else is internal.
   static func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
-    if code == ENOSPC || code == EDQUOT {
-      return .resourceExhausted(errorText(what, path, code) + " (free space on the storage target)")
-    }
-    return .internalError(errorText(what, path, code))
+    DurableFile.failure(what, path, code)
   }
 
   static func makeDirectory(_ path: String) throws(NVMeCSIError) {
@@ -35,55 +27,6 @@ enum FileOperations {
     return UInt64(st.st_size)
   }
 
-  static func syncDirectory(_ path: String) throws(NVMeCSIError) {
-    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard fd >= 0 else { throw failure("cannot open directory", path) }
-    defer { close(fd) }
-    guard fsync(fd) == 0 else { throw failure("cannot fsync directory", path) }
-  }
-
-  /// Writes `data` so that `path` holds either its old content or all of `data`, even
-  /// across a crash: temp file in the same directory, fsync, rename, fsync directory.
-  static func writeAtomically(_ data: Data, to path: String) throws(NVMeCSIError) {
-    let directory = (path as NSString).deletingLastPathComponent
-    let temp = directory + "/." + (path as NSString).lastPathComponent + ".tmp"
-    let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw failure("cannot create", temp) }
-    var failed: NVMeCSIError?
-    data.withUnsafeBytes { raw in
-      var offset = 0
-      while offset < raw.count {
-        let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-        if n < 0 {
-          if errno == EINTR { continue }
-          failed = failure("cannot write", temp)
-          return
-        }
-        offset += n
-      }
-    }
-    if failed == nil && fsync(fd) != 0 { failed = failure("cannot fsync", temp) }
-    close(fd)
-    if let failed {
-      unlink(temp)
-      throw failed
-    }
-    guard rename(temp, path) == 0 else {
-      let error = failure("cannot rename into place", path)
-      unlink(temp)
-      throw error
-    }
-    try syncDirectory(directory)
-  }
-
-  /// Removes a file and makes the removal durable; a missing file is success.
-  static func removeDurably(_ path: String) throws(NVMeCSIError) {
-    if unlink(path) != 0 {
-      if errno == ENOENT { return }
-      throw failure("cannot remove", path)
-    }
-    try syncDirectory((path as NSString).deletingLastPathComponent)
-  }
 
   static func list(_ directory: String) throws(NVMeCSIError) -> [String] {
     guard let dir = opendir(directory) else { throw failure("cannot list", directory) }

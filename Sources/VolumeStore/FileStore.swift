@@ -98,9 +98,9 @@ public final class FileStore: VolumeStore {
   }
 
   public func deleteVolume(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try FileOperations.removeDurably(recordPath(volumesDir, uuid))
+    try DurableFile.remove(recordPath(volumesDir, uuid))
     failpoints.reach("store.delete-volume.after-record")
-    try FileOperations.removeDurably(dataPath(volumesDir, uuid))
+    try DurableFile.remove(dataPath(volumesDir, uuid))
   }
 
   public func devicePath(of uuid: ObjectUUID) -> String { dataPath(volumesDir, uuid) }
@@ -125,9 +125,9 @@ public final class FileStore: VolumeStore {
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try FileOperations.removeDurably(recordPath(snapshotsDir, uuid))
+    try DurableFile.remove(recordPath(snapshotsDir, uuid))
     failpoints.reach("store.delete-snapshot.after-record")
-    try FileOperations.removeDurably(dataPath(snapshotsDir, uuid))
+    try DurableFile.remove(dataPath(snapshotsDir, uuid))
   }
 
   // MARK: startup
@@ -143,7 +143,7 @@ public final class FileStore: VolumeStore {
           name.hasPrefix(".")  // unfinished temp file
           || (name.hasSuffix(".img") && !recorded.contains(String(name.dropLast(4))))  // data never committed
         if isDebris {
-          try FileOperations.removeDurably(path)
+          try DurableFile.remove(path)
           repairs.removedDebris.append(path)
         }
       }
@@ -201,7 +201,7 @@ public final class FileStore: VolumeStore {
       unlink(temp)
       throw error
     }
-    try FileOperations.syncDirectory(directory)
+    try DurableFile.syncDirectory(directory)
   }
 
   /// What was just written, as every later read will see it (dates round to ms).
@@ -218,7 +218,7 @@ public final class FileStore: VolumeStore {
     do { data = try encoder.encode(record) } catch {
       throw .internalError("cannot encode record for \(path): \(error)")
     }
-    try FileOperations.writeAtomically(data, to: path)
+    try DurableFile.write(data, to: path)
   }
 
   private func record<R: Decodable>(at path: String) throws(NVMeCSIError) -> R? {

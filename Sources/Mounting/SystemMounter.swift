@@ -1,0 +1,409 @@
+import Foundation
+import NVMeCSICore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `Mounter` of a real Linux node: mountinfo for lookups, mount(2)/umount2(2)
+/// directly, and blkid, mkfs and the grow tools through a `CommandRunner` with timeouts.
+///
+/// mount(2) and umount2(2) run on a thread of their own (mounting replays a journal,
+/// unmounting flushes to the device), so a slow device never stalls the cooperative
+/// pool; they have no timeout of their own. Lookups (mountinfo, stat, statvfs, the size
+/// ioctl) are quick and run inline.
+public struct SystemMounter: Mounter {
+  public static let probeTimeout: Duration = .seconds(30)
+  public static let formatTimeout: Duration = .seconds(5 * 60)
+  public static let growTimeout: Duration = .seconds(10 * 60)
+  public static let supportedFileSystems = ["ext4", "xfs"]
+
+  public var runner: CommandRunner
+  /// Where the mount table is read from; tests point it at a fixture.
+  public var mountInfoPath: String
+
+  public init(runner: CommandRunner = CommandRunner(), mountInfoPath: String = MountTable.defaultPath) {
+    self.runner = runner
+    self.mountInfoPath = mountInfoPath
+  }
+
+  // MARK: Lookups
+
+  public func mount(at path: String) throws(NVMeCSIError) -> MountInfo? {
+    entry(at: path, in: try table())?.info
+  }
+
+  /// Every mount of the file system on `device` — found by its name, by the path it
+  /// resolves to, or by its device number — and every bind mount of the device node
+  /// itself (a raw block volume published to a pod).
+  public func mounts(ofDevice device: String) throws(NVMeCSIError) -> [MountInfo] {
+    let identity = DeviceIdentity(device)
+    return try table().entries.filter { identity.isSource(of: $0) || identity.isBoundNode(at: $0) }.map(\.info)
+  }
+
+  func table() throws(NVMeCSIError) -> MountTable { try MountTable.read(from: mountInfoPath) }
+
+  /// The mount at `path`; when `path` is spelled through a symlink, at the path it resolves to.
+  func entry(at path: String, in table: MountTable) -> MountTableEntry? {
+    if let found = table.mount(at: path) { return found }
+    guard let resolved = POSIX.resolved(path), resolved != POSIX.withoutTrailingSlash(path) else { return nil }
+    return table.mount(at: resolved)
+  }
+
+  // MARK: File systems
+
+  /// Runs `blkid -p -o export`: TYPE when there is a file system, else PTTYPE ("gpt",
+  /// "dos") when the device holds a partition table, else "unknown" for any other
+  /// signature; nil only when blkid finds nothing at all (exit code 2). Asking for TYPE
+  /// alone would call a partitioned disk blank, and formatting it would destroy it.
+  public func fileSystem(on device: String) async throws(NVMeCSIError) -> String? {
+    try Self.checkReadable(device)
+    let result = try await runner.run(
+      "blkid", ["-p", "-o", "export", device], timeout: Self.probeTimeout, acceptedExitCodes: [0, 2, 8])
+    switch result.exitCode {
+    case 2:
+      return nil
+    case 8:
+      throw .failedPrecondition(
+        "\(quoted(device)) holds signatures of more than one kind (blkid: ambivalent result), so it is neither"
+          + " blank nor one clear file system; the driver will not touch it: inspect it with wipefs")
+    default:
+      var values: [String: String] = [:]
+      for line in result.standardOutput.split(separator: "\n") {
+        guard let equals = line.firstIndex(of: "=") else { continue }
+        values[String(line[..<equals])] = String(line[line.index(after: equals)...])
+      }
+      return values["TYPE"] ?? values["PTTYPE"] ?? "unknown"
+    }
+  }
+
+  public func format(_ device: String, as fsType: String) async throws(NVMeCSIError) {
+    let tool: String
+    let arguments: [String]
+    switch fsType {
+    case "ext4":
+      tool = "mkfs.ext4"
+      arguments = ["-F", "-q", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", device]
+    case "xfs":
+      tool = "mkfs.xfs"
+      arguments = ["-f", "-q", "-K", device]
+    default:
+      throw Self.unsupported(fsType)
+    }
+    try Self.checkReadable(device)
+    _ = try await runner.run(tool, arguments, timeout: Self.formatTimeout)
+  }
+
+  public func growFileSystem(device: String, mountedAt mountPoint: String, fsType: String) async throws(NVMeCSIError) {
+    switch fsType {
+    case "ext4":
+      try Self.checkReadable(device)
+      _ = try await runner.run("resize2fs", [device], timeout: Self.growTimeout)
+    case "xfs":
+      _ = try await runner.run("xfs_growfs", ["-d", mountPoint], timeout: Self.growTimeout)
+    default:
+      throw Self.unsupported(fsType)
+    }
+  }
+
+  static func unsupported(_ fsType: String) -> NVMeCSIError {
+    .invalidArgument(
+      "file system type \(quoted(fsType)) is not supported: use one of \(supportedFileSystems.joined(separator: ", "))")
+  }
+
+  /// A missing device is `notFound`; one this process cannot open is `internalError`.
+  /// Checked before blkid, whose "nothing found" exit code also covers "cannot open".
+  static func checkReadable(_ device: String) throws(NVMeCSIError) {
+    let fd = open(device, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+      let code = errno
+      if code == ENOENT { throw .notFound("device \(quoted(device)) does not exist") }
+      throw .internalError("cannot open device \(quoted(device)): \(POSIX.errorText(code))")
+    }
+    close(fd)
+  }
+
+  // MARK: Mounting
+
+  public func mountFileSystem(
+    _ device: String, at target: String, fsType: String, options: [String], readonly: Bool
+  ) async throws(NVMeCSIError) {
+    let target = POSIX.withoutTrailingSlash(target)
+    let parsed = try MountOptions.parse(options, readonly: readonly)
+    guard !fsType.isEmpty, fsType.utf8.allSatisfy({ $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") || $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+    else { throw Self.unsupported(fsType) }
+
+    if let existing = entry(at: target, in: try table()) {
+      guard existing.root == "/", DeviceIdentity(device).isSource(of: existing) else {
+        throw .failedPrecondition(
+          "\(quoted(target)) already has \(Self.describe(existing)) mounted, not \(quoted(device))")
+      }
+      guard existing.readonly == parsed.readonly else {
+        throw .alreadyExists(
+          "\(quoted(target)) already has \(quoted(device)) mounted \(Self.access(existing.readonly)), not"
+            + " \(Self.access(parsed.readonly)); unmount it first to change that")
+      }
+      return
+    }
+
+    try POSIX.makeDirectories(target, mode: 0o750)
+    let code = await onOwnThread { () -> Int32 in
+      let result: Int32
+      if let data = parsed.dataString {
+        result = data.withCString { Glibc.mount(device, target, fsType, parsed.flags, $0) }
+      } else {
+        result = Glibc.mount(device, target, fsType, parsed.flags, nil)
+      }
+      return result == 0 ? 0 : errno
+    }
+    guard code == 0 else {
+      throw Self.mountFailure(code, device: device, target: target, fsType: fsType, data: parsed.dataString)
+    }
+  }
+
+  static func mountFailure(_ code: Int32, device: String, target: String, fsType: String, data: String?) -> NVMeCSIError {
+    let what = "cannot mount \(quoted(device)) (\(fsType)) at \(quoted(target)): \(POSIX.errorText(code))"
+    switch code {
+    case EBUSY:
+      return .failedPrecondition(
+        "\(what): the device is in use — mounted elsewhere with other options, or held open exclusively")
+    case ENOENT:
+      return .internalError("\(what): the device or the target directory vanished; retry")
+    case EINVAL:
+      let options = data.map { " or one of the options \(quoted($0)) is not a \(fsType) option" } ?? ""
+      return .internalError("\(what): the device holds no valid \(fsType) file system\(options); see dmesg")
+    case ENODEV:
+      return .failedPrecondition("\(what): the kernel does not support \(fsType)")
+    case EROFS, EACCES:
+      return .failedPrecondition("\(what): the device is read-only; mount it read-only")
+    case EPERM:
+      return .failedPrecondition("\(what): mounting needs CAP_SYS_ADMIN; run the node plugin privileged")
+    case ENOTBLK:
+      return .invalidArgument("\(what): not a block device")
+    default:
+      return .internalError(what)
+    }
+  }
+
+  /// Bind-mounts `source` at `target`. A directory goes onto a directory, a block device
+  /// or a regular file onto an empty regular file; the target (and its parents, mode
+  /// 0750) is created when missing. Read-only binds are made with a second, remounting
+  /// call that keeps the bind's other flags. Idempotent: a target that already shows
+  /// `source` (the same inode, or for a device node the same device number) is success
+  /// when the access mode matches and `alreadyExists` when it does not.
+  public func bindMount(_ source: String, at target: String, readonly: Bool) async throws(NVMeCSIError) {
+    let target = POSIX.withoutTrailingSlash(target)
+    let sourceStatus: stat
+    switch POSIX.status(source) {
+    case .success(let st): sourceStatus = st
+    case .failure(let error) where error.code == ENOENT:
+      throw .failedPrecondition("cannot bind-mount \(quoted(source)): it does not exist")
+    case .failure(let error):
+      throw .internalError("cannot stat \(quoted(source)): \(POSIX.errorText(error.code))")
+    }
+    let sourceIsDirectory = POSIX.isDirectory(sourceStatus)
+    guard sourceIsDirectory || POSIX.isBlockDevice(sourceStatus) || POSIX.isRegularFile(sourceStatus) else {
+      throw .invalidArgument("cannot bind-mount \(quoted(source)): it is neither a directory, a block device nor a file")
+    }
+
+    if let existing = entry(at: target, in: try table()) {
+      guard Self.shows(target, sameAs: sourceStatus) else {
+        throw .failedPrecondition(
+          "\(quoted(target)) already has \(Self.describe(existing)) mounted, not a bind of \(quoted(source))")
+      }
+      guard existing.readonly == readonly else {
+        throw .alreadyExists(
+          "\(quoted(target)) already holds a bind of \(quoted(source)) mounted \(Self.access(existing.readonly)),"
+            + " not \(Self.access(readonly)); unmount it first to change that")
+      }
+      return
+    }
+
+    if sourceIsDirectory {
+      try POSIX.makeDirectories(target, mode: 0o750)
+    } else {
+      try Self.makeEmptyFile(target)
+    }
+    let bound = await onOwnThread { () -> Int32 in
+      Glibc.mount(source, target, nil, UInt(MS_BIND), nil) == 0 ? 0 : errno
+    }
+    guard bound == 0 else {
+      let what = "cannot bind-mount \(quoted(source)) at \(quoted(target)): \(POSIX.errorText(bound))"
+      if bound == EPERM { throw .failedPrecondition("\(what): mounting needs CAP_SYS_ADMIN; run the node plugin privileged") }
+      throw .internalError(what)
+    }
+    guard readonly else { return }
+
+    // MS_REMOUNT|MS_BIND replaces every per-mount flag: keep the ones the bind inherited.
+    let inherited = entry(at: target, in: (try? table()) ?? MountTable(entries: [])).map {
+      MountOptions.flags(ofMountOptions: $0.mountOptions)
+    } ?? 0
+    let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | inherited
+    let remounted = await onOwnThread { () -> Int32 in
+      Glibc.mount(source, target, nil, flags, nil) == 0 ? 0 : errno
+    }
+    guard remounted == 0 else {
+      _ = await onOwnThread { umount2(target, 0) }
+      throw .internalError(
+        "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only: \(POSIX.errorText(remounted))"
+          + " (the bind was undone)")
+    }
+  }
+
+  /// Whether the object visible at `target` is the one `source` names: the same inode,
+  /// or for block devices the same device number (a node in another /dev).
+  static func shows(_ target: String, sameAs source: stat) -> Bool {
+    guard case .success(let shown) = POSIX.status(target) else { return false }
+    if shown.st_dev == source.st_dev && shown.st_ino == source.st_ino { return true }
+    return POSIX.isBlockDevice(shown) && POSIX.isBlockDevice(source) && shown.st_rdev == source.st_rdev
+  }
+
+  static func makeEmptyFile(_ path: String) throws(NVMeCSIError) {
+    switch POSIX.status(path) {
+    case .success(let st):
+      guard POSIX.isRegularFile(st) else {
+        throw .failedPrecondition("\(quoted(path)) exists and is not a regular file, so a device cannot be bound onto it")
+      }
+      guard st.st_size == 0 else {
+        throw .failedPrecondition("\(quoted(path)) is a file with data in it; a device is only bound onto an empty file")
+      }
+    case .failure(let error) where error.code == ENOENT:
+      let parent = (path as NSString).deletingLastPathComponent
+      if !parent.isEmpty { try POSIX.makeDirectories(parent, mode: 0o750) }
+      let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
+      guard fd >= 0 || errno == EEXIST else {
+        throw .internalError("cannot create \(quoted(path)): \(POSIX.errorText(errno))")
+      }
+      if fd >= 0 { close(fd) }
+    case .failure(let error) where error.code == ENOTDIR:
+      throw .failedPrecondition("cannot create \(quoted(path)): part of its path is not a directory")
+    case .failure(let error):
+      throw .internalError("cannot stat \(quoted(path)): \(POSIX.errorText(error.code))")
+    }
+  }
+
+  /// Unmounts `target` until nothing is mounted there (mounts may be stacked); a path
+  /// that is not a mount point, or does not exist, is success.
+  public func unmount(_ target: String) async throws(NVMeCSIError) {
+    let target = POSIX.withoutTrailingSlash(target)
+    for _ in 0..<16 {
+      guard let mounted = entry(at: target, in: try table()) else { return }
+      let path = mounted.mountPoint
+      let code = await onOwnThread { () -> Int32 in umount2(path, 0) == 0 ? 0 : errno }
+      switch code {
+      case 0:
+        continue
+      case EINVAL, ENOENT:
+        return  // unmounted meanwhile
+      case EBUSY:
+        throw .failedPrecondition(
+          "cannot unmount \(quoted(target)): it is still in use (open files, a process's working directory,"
+            + " or a mount below it); stop what uses it and retry")
+      case EPERM:
+        throw .failedPrecondition(
+          "cannot unmount \(quoted(target)): unmounting needs CAP_SYS_ADMIN; run the node plugin privileged")
+      default:
+        throw .internalError("cannot unmount \(quoted(target)): \(POSIX.errorText(code))")
+      }
+    }
+    throw .internalError("\(quoted(target)) still has mounts after 16 unmounts; something keeps mounting there")
+  }
+
+  // MARK: Sizes
+
+  public func usage(of path: String) throws(NVMeCSIError) -> FileSystemUsage {
+    var s = statvfs()
+    guard statvfs(path, &s) == 0 else {
+      let code = errno
+      if code == ENOENT { throw .notFound("\(quoted(path)) does not exist") }
+      throw .internalError("cannot get file system statistics of \(quoted(path)): \(POSIX.errorText(code))")
+    }
+    let unit = UInt64(s.f_frsize)
+    let total = UInt64(s.f_blocks) * unit
+    let free = UInt64(s.f_bfree) * unit
+    let totalInodes = UInt64(s.f_files)
+    let freeInodes = UInt64(s.f_ffree)
+    return FileSystemUsage(
+      totalBytes: total, availableBytes: UInt64(s.f_bavail) * unit, usedBytes: total >= free ? total - free : 0,
+      totalInodes: totalInodes, freeInodes: freeInodes,
+      usedInodes: totalInodes >= freeInodes ? totalInodes - freeInodes : 0)
+  }
+
+  /// The size of a block device (BLKGETSIZE64), or of a regular file (its length).
+  public func deviceSize(_ device: String) throws(NVMeCSIError) -> UInt64 {
+    let fd = open(device, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+      let code = errno
+      if code == ENOENT { throw .notFound("device \(quoted(device)) does not exist") }
+      throw .internalError("cannot open device \(quoted(device)): \(POSIX.errorText(code))")
+    }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else {
+      throw .internalError("cannot stat \(quoted(device)): \(POSIX.errorText(errno))")
+    }
+    if POSIX.isRegularFile(st) { return UInt64(st.st_size) }
+    guard POSIX.isBlockDevice(st) else {
+      throw .invalidArgument("\(quoted(device)) is neither a block device nor a regular file")
+    }
+    var size: UInt64 = 0
+    guard ioctl(fd, Self.blkGetSize64, &size) == 0 else {
+      throw .internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64): \(POSIX.errorText(errno))")
+    }
+    return size
+  }
+
+  /// _IOR(0x12, 114, size_t)
+  static let blkGetSize64: UInt = 0x8008_1272
+
+  // MARK: Messages
+
+  static func describe(_ entry: MountTableEntry) -> String {
+    let source = entry.source.isEmpty ? entry.fsType : entry.source
+    let subtree = entry.root == "/" ? "" : " (its \(quoted(entry.root)))"
+    return "\(quoted(source))\(subtree) (\(entry.fsType), \(access(entry.readonly)))"
+  }
+
+  static func access(_ readonly: Bool) -> String { readonly ? "read-only" : "read-write" }
+}
+
+/// A device as named by a caller, and the ways a mountinfo line can refer to it.
+struct DeviceIdentity {
+  let path: String
+  let resolved: String?
+  /// The block device's number (`st_rdev`), nil when `path` is not a block device.
+  let number: (major: UInt32, minor: UInt32)?
+  /// The device number of the file system holding the device node (devtmpfs).
+  let nodeFileSystem: (major: UInt32, minor: UInt32)?
+
+  init(_ path: String) {
+    self.path = path
+    resolved = POSIX.resolved(path)
+    if case .success(let st) = POSIX.status(path), POSIX.isBlockDevice(st) {
+      number = (POSIX.major(st.st_rdev), POSIX.minor(st.st_rdev))
+      nodeFileSystem = (POSIX.major(st.st_dev), POSIX.minor(st.st_dev))
+    } else {
+      number = nil
+      nodeFileSystem = nil
+    }
+  }
+
+  /// Whether `entry` mounts the file system on this device.
+  func isSource(of entry: MountTableEntry) -> Bool {
+    if entry.source == path { return true }
+    if let number, entry.major == number.major, entry.minor == number.minor { return true }
+    guard let resolved, entry.source.hasPrefix("/") else { return false }
+    return POSIX.resolved(entry.source) == resolved
+  }
+
+  /// Whether `entry` is a bind mount of this device's node onto a file (raw block
+  /// publishing): it mounts a subtree of the file system holding the node, and what is
+  /// visible there is this block device.
+  func isBoundNode(at entry: MountTableEntry) -> Bool {
+    guard let number, let nodeFileSystem, entry.root != "/",
+      entry.major == nodeFileSystem.major, entry.minor == nodeFileSystem.minor,
+      case .success(let st) = POSIX.status(entry.mountPoint), POSIX.isBlockDevice(st)
+    else { return false }
+    return POSIX.major(st.st_rdev) == number.major && POSIX.minor(st.st_rdev) == number.minor
+  }
+}

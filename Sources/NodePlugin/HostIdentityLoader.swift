@@ -1,0 +1,83 @@
+import Foundation
+import Logging
+import NVMeCSICore
+
+/// Finds this node's NVMe host identity.
+///
+/// Order: `/etc/nvme/hostnqn` + `/etc/nvme/hostid` (Talos and nvme-cli write them);
+/// else a pair persisted earlier in the state directory; else one derived from the
+/// machine ID (`/etc/machine-id`, else the DMI product UUID), persisted so it never
+/// changes. Never a value baked into the image: two nodes must not share an NQN.
+public struct HostIdentityLoader: Sendable {
+  public var nvmeConfigDirectory: String
+  public var stateDirectory: String
+  public var machineIDFiles: [String]
+
+  public init(
+    nvmeConfigDirectory: String = "/etc/nvme", stateDirectory: String,
+    machineIDFiles: [String] = ["/etc/machine-id", "/sys/class/dmi/id/product_uuid"]
+  ) {
+    self.nvmeConfigDirectory = nvmeConfigDirectory
+    self.stateDirectory = stateDirectory
+    self.machineIDFiles = machineIDFiles
+  }
+
+  public func load(logger: Logger) throws(NVMeCSIError) -> HostIdentity {
+    if let identity = try read(from: nvmeConfigDirectory) { return identity }
+    if let identity = try read(from: stateDirectory) { return identity }
+    let id = derivedHostID()
+    let identity = HostIdentity(nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:\(id.value)"), id: id)
+    try DurableFile.write(Data((identity.nqn.value + "\n").utf8), to: stateDirectory + "/hostnqn")
+    try DurableFile.write(Data((identity.id.value + "\n").utf8), to: stateDirectory + "/hostid")
+    logger.notice(
+      "no \(nvmeConfigDirectory)/hostnqn: derived a host identity and saved it in \(stateDirectory)",
+      metadata: ["hostnqn": "\(identity.nqn)"])
+    return identity
+  }
+
+  /// Both files, or neither; one without the other is a misconfiguration to report.
+  private func read(from directory: String) throws(NVMeCSIError) -> HostIdentity? {
+    let nqnText = contents(directory + "/hostnqn")
+    let idText = contents(directory + "/hostid")
+    switch (nqnText, idText) {
+    case (nil, nil): return nil
+    case (let nqn?, let id?):
+      guard let uuid = try? ObjectUUID(id.lowercased()) else {
+        throw .failedPrecondition("\(directory)/hostid holds \(quoted(id)), not a UUID: fix or remove it")
+      }
+      do { return HostIdentity(nqn: try HostNQN(nqn), id: uuid) } catch {
+        throw .failedPrecondition("\(directory)/hostnqn: \(error.message)")
+      }
+    case (nil, _?):
+      throw .failedPrecondition("\(directory) has hostid but no hostnqn: write both or neither")
+    case (_?, nil):
+      // nvme-cli often writes only hostnqn; its UUID form carries the host ID.
+      guard let nqn = nqnText, let range = nqn.range(of: ":uuid:"), let uuid = try? ObjectUUID(String(nqn[range.upperBound...]).lowercased())
+      else {
+        throw .failedPrecondition("\(directory) has hostnqn but no hostid: write \(directory)/hostid")
+      }
+      do { return HostIdentity(nqn: try HostNQN(nqn), id: uuid) } catch {
+        throw .failedPrecondition("\(directory)/hostnqn: \(error.message)")
+      }
+    }
+  }
+
+  /// A stable UUID from the machine ID, or a random one if the machine has none.
+  private func derivedHostID() -> ObjectUUID {
+    for file in machineIDFiles {
+      guard let text = contents(file) else { continue }
+      let hex = text.lowercased().filter(\.isHexDigit)
+      guard hex.count == 32 else { continue }
+      let c = Array(hex)
+      let s = "\(String(c[0..<8]))-\(String(c[8..<12]))-\(String(c[12..<16]))-\(String(c[16..<20]))-\(String(c[20..<32]))"
+      if let uuid = try? ObjectUUID(s) { return uuid }
+    }
+    return .random()
+  }
+
+  private func contents(_ path: String) -> String? {
+    guard let data = FileManager.default.contents(atPath: path) else { return nil }
+    let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    return text.isEmpty ? nil : text
+  }
+}

@@ -1,0 +1,408 @@
+import CSIProto
+import CSIServer
+import Foundation
+import GRPCCore
+import Logging
+import Mounting
+import NVMeCSICore
+import NVMeFabrics
+
+/// CSI Node: attaches volumes over NVMe/TCP, formats (only blank devices), mounts.
+///
+/// Each handler: validate → lock the volume → idempotent check against the staging
+/// record and what the kernel shows → act, undoing in reverse on failure. The device
+/// is always found again by (subsystem NQN, namespace UUID) and checked before a
+/// mount; nothing is unmounted that this plugin did not mount.
+public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
+  public struct Configuration: Sendable {
+    public var host: HostIdentity
+    public var topology: [String: String]
+    public var maxVolumesPerNode: Int64
+    public var deviceTimeout: Duration
+
+    public init(host: HostIdentity, topology: [String: String] = [:], maxVolumesPerNode: Int64 = 0, deviceTimeout: Duration = .seconds(30)) {
+      self.host = host
+      self.topology = topology
+      self.maxVolumesPerNode = maxVolumesPerNode
+      self.deviceTimeout = deviceTimeout
+    }
+  }
+
+  let configuration: Configuration
+  let attacher: any Attacher
+  let mounter: any Mounter
+  let records: StagingRecords
+  let logger: Logger
+  private let locks = KeyedLock<String>()
+
+  public init(configuration: Configuration, attacher: any Attacher, mounter: any Mounter, records: StagingRecords, logger: Logger) {
+    self.configuration = configuration
+    self.attacher = attacher
+    self.mounter = mounter
+    self.records = records
+    self.logger = logger
+  }
+
+  /// Reports (never repairs by unmounting) staged volumes whose device vanished.
+  public func checkStagedVolumes() {
+    for record in records.all() where record.state == .staged {
+      let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+      if device == nil {
+        logger.warning(
+          "staged volume has no device: the kernel lost it (target down?) or the node rebooted; the next NodeStageVolume reattaches it",
+          metadata: ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"])
+      }
+    }
+  }
+
+  // MARK: stage
+
+  public func nodeStageVolume(request: Csi_V1_NodeStageVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeStageVolumeResponse
+  {
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
+    guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
+    let access = try NodeAccess(request.volumeCapability)
+    let target = try PublishContext(decoding: request.publishContext)
+    let parameters = try ConnectionParameters(from: request.volumeContext)
+    let stagingPath = request.stagingTargetPath
+
+    return try await locks.withLock(volume.description) {
+      if let record = try records.load(volume), record.state == .staged {
+        guard record.stagingPath == stagingPath else {
+          throw NVMeCSIError.alreadyExists("volume \(volume) is already staged at \(record.stagingPath)")
+        }
+        if try await isStillStaged(record) { return .init() }
+        logger.notice("staged volume lost its device or mount; staging again", metadata: ["volume": "\(volume)"])
+      }
+      try attacher.checkKernelSupport()
+      var record = StagingRecord(
+        volumeID: volume.description, stagingPath: stagingPath, subsystemNQN: target.subsystemNQN,
+        namespaceUUID: target.namespaceUUID, accessType: access.type, fsType: access.fsType)
+      if let earlier = try records.load(volume) { record.targets = earlier.targets }
+
+      var undo = UndoStack()
+      do {
+        try records.save(record)  // intent first: a crash from here on is recoverable
+        undo.push("forget the staging record") { try records.remove(volume) }
+        try await attacher.connect(target, as: configuration.host, with: parameters)
+        undo.push("disconnect \(target.subsystemNQN)") { try await disconnectIfUnused(record) }
+        let device = try await attacher.waitForDevice(
+          subsystemNQN: target.subsystemNQN, namespaceUUID: target.namespaceUUID, timeout: configuration.deviceTimeout)
+        if access.type == .mount {
+          try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
+          try await mounter.mountFileSystem(
+            device.path, at: stagingPath, fsType: access.fsType, options: access.mountOptions, readonly: access.readonly)
+          undo.push("unmount \(stagingPath)") { try await mounter.unmount(stagingPath) }
+        }
+        record.state = .staged
+        record.device = device.name
+        try records.save(record)
+        logger.info("volume staged", metadata: ["volume": "\(volume)", "device": "\(device.path)", "bytes": "\(device.sizeBytes)"])
+        return .init()
+      } catch {
+        await undo.run(logger: logger)
+        throw error
+      }
+    }
+  }
+
+  public func nodeUnstageVolume(request: Csi_V1_NodeUnstageVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeUnstageVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
+    // An ID we cannot have staged has nothing to unstage.
+    guard let volume = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
+
+    return try await locks.withLock(volume.description) {
+      guard let record = try records.load(volume) else { return .init() }
+      if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
+        try await mounter.unmount(record.stagingPath)
+      }
+      try await disconnectIfUnused(record)
+      try records.remove(volume)
+      logger.info("volume unstaged", metadata: ["volume": "\(volume)"])
+      return .init()
+    }
+  }
+
+  // MARK: publish
+
+  public func nodePublishVolume(request: Csi_V1_NodePublishVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_NodePublishVolumeResponse
+  {
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
+    try PathCheck.validate(request.targetPath, field: "target_path")
+    guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
+    let access = try NodeAccess(request.volumeCapability)
+    let readonly = request.readonly || access.readonly
+    let targetPath = request.targetPath
+
+    return try await locks.withLock(volume.description) {
+      guard var record = try records.load(volume), record.state == .staged, record.stagingPath == request.stagingTargetPath
+      else {
+        throw NVMeCSIError.failedPrecondition(
+          "volume \(volume) is not staged at \(request.stagingTargetPath): NodeStageVolume must succeed first")
+      }
+      guard record.accessType == access.type else {
+        throw NVMeCSIError.invalidArgument(
+          "volume \(volume) was staged for \(record.accessType.rawValue) access, not \(access.type.rawValue)")
+      }
+      let device = try currentDevice(of: record)
+      switch access.type {
+      case .mount:
+        // Identity check: the staging mount must still hold this volume's device.
+        guard let staged = try mounter.mount(at: record.stagingPath), try sameDevice(staged.source, device.path) else {
+          throw NVMeCSIError.failedPrecondition(
+            "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): unstage and stage again")
+        }
+        try await mounter.bindMount(record.stagingPath, at: targetPath, readonly: readonly)
+      case .block:
+        try await mounter.bindMount(device.path, at: targetPath, readonly: readonly)
+      }
+      if !record.targets.contains(targetPath) {
+        record.targets.append(targetPath)
+        try records.save(record)
+      }
+      return .init()
+    }
+  }
+
+  public func nodeUnpublishVolume(request: Csi_V1_NodeUnpublishVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeUnpublishVolumeResponse
+  {
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    try PathCheck.validate(request.targetPath, field: "target_path")
+    let volume = try? ObjectID(parsing: request.volumeID, as: .volume)
+    let targetPath = request.targetPath
+
+    return try await locks.withLock(volume?.description ?? request.volumeID) {
+      if try mounter.mount(at: targetPath) != nil { try await mounter.unmount(targetPath) }
+      try removeTarget(targetPath)
+      if let volume, var record = try records.load(volume), record.targets.contains(targetPath) {
+        record.targets.removeAll { $0 == targetPath }
+        try records.save(record)
+      }
+      return .init()
+    }
+  }
+
+  // MARK: stats and expansion
+
+  public func nodeGetVolumeStats(request: Csi_V1_NodeGetVolumeStatsRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeGetVolumeStatsResponse
+  {
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try PathCheck.validate(request.volumePath, field: "volume_path")
+    guard FileManager.default.fileExists(atPath: request.volumePath) else {
+      throw NVMeCSIError.notFound("volume_path \(request.volumePath) does not exist")
+    }
+    guard let record = try records.load(volume) else {
+      throw NVMeCSIError.notFound("volume \(volume) is not staged on this node")
+    }
+    let condition = self.condition(of: record)
+    var usage: [Csi_V1_VolumeUsage] = []
+    if record.accessType == .mount {
+      if let u = try? mounter.usage(of: request.volumePath) {
+        usage = [
+          .with {
+            $0.unit = .bytes
+            $0.total = Int64(clamping: u.totalBytes)
+            $0.available = Int64(clamping: u.availableBytes)
+            $0.used = Int64(clamping: u.usedBytes)
+          },
+          .with {
+            $0.unit = .inodes
+            $0.total = Int64(clamping: u.totalInodes)
+            $0.available = Int64(clamping: u.freeInodes)
+            $0.used = Int64(clamping: u.usedInodes)
+          },
+        ]
+      }
+    } else if let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) {
+      usage = [.with { $0.unit = .bytes; $0.total = Int64(clamping: device.sizeBytes) }]
+    }
+    return .with {
+      $0.usage = usage
+      $0.volumeCondition = condition
+    }
+  }
+
+  public func nodeExpandVolume(request: Csi_V1_NodeExpandVolumeRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeExpandVolumeResponse
+  {
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try PathCheck.validate(request.volumePath, field: "volume_path")
+    let required = UInt64(clamping: max(request.capacityRange.requiredBytes, 0))
+
+    return try await locks.withLock(volume.description) {
+      guard let record = try records.load(volume), record.state == .staged else {
+        throw NVMeCSIError.notFound("volume \(volume) is not staged on this node")
+      }
+      // The target told the kernel (revalidate); make sure every path re-reads it.
+      try attacher.rescan(subsystemNQN: record.subsystemNQN)
+      var device = try currentDevice(of: record)
+      let deadline = ContinuousClock.now + configuration.deviceTimeout
+      while device.sizeBytes < required && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(20))
+        device = try currentDevice(of: record)
+      }
+      guard device.sizeBytes >= required else {
+        throw NVMeCSIError.unavailable(
+          "\(device.path) still shows \(device.sizeBytes) bytes, not \(required): did ControllerExpandVolume succeed?")
+      }
+      if record.accessType == .mount {
+        try await mounter.growFileSystem(device: device.path, mountedAt: record.stagingPath, fsType: record.fsType)
+      }
+      logger.info("volume expanded on the node", metadata: ["volume": "\(volume)", "bytes": "\(device.sizeBytes)"])
+      return .with { $0.capacityBytes = Int64(clamping: device.sizeBytes) }
+    }
+  }
+
+  // MARK: node info
+
+  public func nodeGetCapabilities(request: Csi_V1_NodeGetCapabilitiesRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeGetCapabilitiesResponse
+  {
+    let supported: [Csi_V1_NodeServiceCapability.RPC.TypeEnum] = [
+      .stageUnstageVolume, .getVolumeStats, .expandVolume, .volumeCondition, .singleNodeMultiWriter,
+    ]
+    return .with { $0.capabilities = supported.map { type in .with { $0.rpc = .with { $0.type = type } } } }
+  }
+
+  public func nodeGetInfo(request: Csi_V1_NodeGetInfoRequest, context: ServerContext) async throws
+    -> Csi_V1_NodeGetInfoResponse
+  {
+    .with {
+      $0.nodeID = configuration.host.nodeID.description
+      $0.maxVolumesPerNode = configuration.maxVolumesPerNode
+      if !configuration.topology.isEmpty { $0.accessibleTopology = .with { $0.segments = configuration.topology } }
+    }
+  }
+
+  // MARK: helpers
+
+  /// The volume's device as the kernel shows it now, found by identity.
+  private func currentDevice(of record: StagingRecord) throws(NVMeCSIError) -> BlockDevice {
+    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) else {
+      let paths = attacher.paths(subsystemNQN: record.subsystemNQN).map { "\($0.name) \($0.address) \($0.state)" }
+      throw .failedPrecondition(
+        "the device of volume \(record.volumeID) is gone (paths: \(paths.isEmpty ? "none" : paths.joined(separator: ", "))): unstage and stage it again")
+    }
+    return device
+  }
+
+  /// Still staged: the device is there and, for mounts, the staging path holds it.
+  private func isStillStaged(_ record: StagingRecord) async throws -> Bool {
+    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) else {
+      return false
+    }
+    guard record.accessType == .mount else { return true }
+    guard let mount = try mounter.mount(at: record.stagingPath) else { return false }
+    return try sameDevice(mount.source, device.path)
+  }
+
+  /// Formats only a blank device; a device holding another file system is refused,
+  /// never reformatted.
+  private func prepareFileSystem(on device: BlockDevice, as fsType: String, volume: ObjectID) async throws {
+    switch try await mounter.fileSystem(on: device.path) {
+    case nil:
+      logger.info("formatting blank device", metadata: ["volume": "\(volume)", "device": "\(device.path)", "fs": "\(fsType)"])
+      try await mounter.format(device.path, as: fsType)
+    case fsType?: break
+    case let other?:
+      throw NVMeCSIError.failedPrecondition(
+        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: refusing to reformat a volume with data")
+    }
+  }
+
+  /// Disconnects the volume's subsystem unless its device is still mounted somewhere.
+  private func disconnectIfUnused(_ record: StagingRecord) async throws {
+    if let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) {
+      let mounts = try mounter.mounts(ofDevice: device.path).map(\.mountPoint)
+      let binds = try record.targets.filter { try mounter.mount(at: $0) != nil }
+      guard mounts.isEmpty && binds.isEmpty else {
+        throw NVMeCSIError.failedPrecondition(
+          "\(device.path) of volume \(record.volumeID) is still mounted at \((mounts + binds).joined(separator: ", ")): unpublish it first")
+      }
+    }
+    try await attacher.disconnect(subsystemNQN: record.subsystemNQN)
+  }
+
+  private func sameDevice(_ a: String, _ b: String) throws(NVMeCSIError) -> Bool {
+    a == b || (realpath(a) != nil && realpath(a) == realpath(b))
+  }
+
+  private func realpath(_ path: String) -> String? {
+    guard let resolved = Glibc.realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+  }
+
+  private func removeTarget(_ path: String) throws(NVMeCSIError) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    let result = (st.st_mode & S_IFMT) == S_IFDIR ? rmdir(path) : unlink(path)
+    if result != 0 && errno != ENOENT {
+      throw .internalError("cannot remove \(path): \(String(cString: strerror(errno)))")
+    }
+  }
+
+  private func condition(of record: StagingRecord) -> Csi_V1_VolumeCondition {
+    let paths = attacher.paths(subsystemNQN: record.subsystemNQN)
+    let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+    let described = paths.map { "\($0.name) \($0.address) \($0.state)" }.joined(separator: ", ")
+    if device == nil {
+      return .with { $0.abnormal = true; $0.message = "no block device for the volume (paths: \(described.isEmpty ? "none" : described))" }
+    }
+    if !paths.contains(where: \.isLive) {
+      return .with { $0.abnormal = true; $0.message = "no live NVMe/TCP path (\(described.isEmpty ? "none" : described)): I/O is queued or failing" }
+    }
+    return .with { $0.abnormal = false; $0.message = "\(paths.filter(\.isLive).count) of \(paths.count) paths live" }
+  }
+}
+
+/// A capability as the node serves it.
+struct NodeAccess {
+  /// Mount options: the capability's flags, plus `nouuid` for xfs, since a restored
+  /// snapshot or clone carries its source's file-system UUID and xfs refuses to mount
+  /// a second file system with the same UUID on one node.
+  var mountOptions: [String] {
+    fsType == "xfs" && !mountFlags.contains("nouuid") ? mountFlags + ["nouuid"] : mountFlags
+  }
+
+  var type: AccessType
+  var fsType: String
+  var mountFlags: [String]
+  var readonly: Bool
+
+  init(_ capability: Csi_V1_VolumeCapability) throws(NVMeCSIError) {
+    let access = try VolumeAccess(capability)  // validates type, mode and fs type
+    type = access.type
+    fsType = access.fsType.isEmpty ? "ext4" : access.fsType
+    readonly = access.mode.isReadOnly
+    mountFlags = capability.mount.mountFlags
+    for flag in mountFlags {
+      let allowed = flag.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "=,._-".unicodeScalars.contains($0) }
+      guard !flag.isEmpty, allowed else { throw .invalidArgument("mount flag \(quoted(flag)) is not allowed") }
+    }
+  }
+}
+
+/// Undo steps of a multi-step operation, run in reverse when a later step fails.
+struct UndoStack {
+  private var steps: [(String, () async throws -> Void)] = []
+
+  mutating func push(_ what: String, _ step: @escaping () async throws -> Void) { steps.append((what, step)) }
+
+  func run(logger: Logger) async {
+    for (what, step) in steps.reversed() {
+      do { try await step() } catch {
+        logger.error("undo step failed; the next NodeStageVolume or NodeUnstageVolume retries it", metadata: ["step": "\(what)", "error": "\(error)"])
+      }
+    }
+  }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import NVMeCSICore
+
+/// What the node did for one staged volume, so that Unstage, Publish and a restarted
+/// plugin know it without guessing. Written before the first side effect (state
+/// `staging`) and completed at the end (`staged`), so a crash in between leaves a
+/// record that the next Stage or Unstage finishes or undoes.
+public struct StagingRecord: Codable, Hashable, Sendable {
+  public enum State: String, Codable, Sendable { case staging, staged }
+
+  public var volumeID: String
+  public var stagingPath: String
+  public var subsystemNQN: String
+  public var namespaceUUID: String
+  public var accessType: AccessType
+  public var fsType: String
+  public var state: State
+  /// Kernel device name when last seen; informational only, identity is always re-checked.
+  public var device: String?
+  /// Publish targets that hold a bind of this volume.
+  public var targets: [String]
+
+  public init(
+    volumeID: String, stagingPath: String, subsystemNQN: String, namespaceUUID: String, accessType: AccessType,
+    fsType: String, state: State = .staging, device: String? = nil, targets: [String] = []
+  ) {
+    self.volumeID = volumeID
+    self.stagingPath = stagingPath
+    self.subsystemNQN = subsystemNQN
+    self.namespaceUUID = namespaceUUID
+    self.accessType = accessType
+    self.fsType = fsType
+    self.state = state
+    self.device = device
+    self.targets = targets
+  }
+}
+
+/// One JSON file per volume under `<state>/volumes/`, written atomically. File names
+/// are parsed volume IDs (charset [a-z0-9.-]), never raw input.
+public struct StagingRecords: Sendable {
+  public let directory: String
+
+  public init(stateDirectory: String) throws(NVMeCSIError) {
+    directory = stateDirectory + "/volumes"
+    for dir in [stateDirectory, directory] {
+      do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+        throw .internalError("cannot create state directory \(dir): \(error)")
+      }
+    }
+  }
+
+  public func load(_ volume: ObjectID) throws(NVMeCSIError) -> StagingRecord? {
+    let path = self.path(volume)
+    guard let data = FileManager.default.contents(atPath: path) else { return nil }
+    do { return try JSONDecoder().decode(StagingRecord.self, from: data) } catch {
+      throw .internalError("staging record \(path) is corrupt (\(error)): move it aside and unstage by hand")
+    }
+  }
+
+  public func save(_ record: StagingRecord) throws(NVMeCSIError) {
+    let volume = try ObjectID(parsing: record.volumeID, as: .volume)
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+    let data: Data
+    do { data = try encoder.encode(record) } catch { throw .internalError("cannot encode staging record: \(error)") }
+    try DurableFile.write(data, to: path(volume))
+  }
+
+  public func remove(_ volume: ObjectID) throws(NVMeCSIError) { try DurableFile.remove(path(volume)) }
+
+  public func all() -> [StagingRecord] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return names.sorted().compactMap { name in
+      guard name.hasSuffix(".json"), !name.hasPrefix("."), let id = try? ObjectID(parsing: String(name.dropLast(5)), as: .volume)
+      else { return nil }
+      return try? load(id)
+    }
+  }
+
+  private func path(_ volume: ObjectID) -> String { "\(directory)/\(volume).json" }
+}
+
+/// Paths from kubelet: absolute, normalized, no `..`, no control characters.
+enum PathCheck {
+  static func validate(_ path: String, field: String) throws(NVMeCSIError) {
+    guard !path.isEmpty else { throw .invalidArgument("\(field) is required") }
+    guard path.hasPrefix("/") else { throw .invalidArgument("\(field) \(quoted(path)) is not an absolute path") }
+    guard path.utf8.count <= 4096 else { throw .invalidArgument("\(field) is longer than 4096 bytes") }
+    guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+      throw .invalidArgument("\(field) \(quoted(path)) contains control characters")
+    }
+    let components = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+    guard !components.contains(".."), !components.contains(".") else {
+      throw .invalidArgument("\(field) \(quoted(path)) contains '.' or '..' components")
+    }
+  }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import CSIServer
+import Logging
+import Mounting
+import NVMeCSICore
+import NVMeFabrics
+import NodePlugin
+import ServiceLifecycle
+
+struct NodeCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "node",
+    abstract: "Serve CSI Identity and Node on a worker: attach volumes over NVMe/TCP, format and mount them.")
+
+  @Option(help: "CSI endpoint kubelet connects to.")
+  var endpoint: String = "unix:///csi/csi.sock"
+
+  @Option(help: "CSI driver name (must match the controller's).")
+  var driverName: String = "nvme.csi.dev"
+
+  @Option(help: "Directory for staging records and a derived host identity (survives restarts; keep it on the host).")
+  var stateDir: String = "/var/lib/nvme-csi"
+
+  @Option(help: "Directory with hostnqn and hostid (Talos writes /etc/nvme).")
+  var nvmeConfigDir: String = "/etc/nvme"
+
+  @Option(help: "Topology segment of this node, key=value (repeatable), e.g. topology.nvme.csi.dev/zone=a.")
+  var topology: [String] = []
+
+  @Option(help: "Most volumes this node may attach (0: no limit).")
+  var maxVolumesPerNode: Int64 = 0
+
+  @Option(help: "Seconds to wait for a namespace's block device after connecting.")
+  var deviceTimeout: Int = 30
+
+  @OptionGroup var logging: LoggingOptions
+
+  func run() async throws {
+    let logger = try logging.makeLogger(label: "nvme-csi.node")
+    let endpoint = try Endpoint(parsing: endpoint)
+    var segments: [String: String] = [:]
+    for item in topology {
+      let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
+      guard pair.count == 2, !pair[0].isEmpty else { throw ValidationError("--topology \(item) is not key=value") }
+      segments[pair[0]] = pair[1]
+    }
+    let host = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
+    let records = try StagingRecords(stateDirectory: stateDir)
+    let attacher = NVMeTCPAttacher()
+    let node = NodeService(
+      configuration: .init(
+        host: host, topology: segments, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: .seconds(deviceTimeout)),
+      attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
+    do { try attacher.checkKernelSupport() } catch {
+      logger.error("\(error.message); volumes cannot be attached until this is fixed")
+    }
+    node.checkStagedVolumes()
+    // Ready when the kernel can attach NVMe/TCP volumes.
+    let identity = IdentityService(
+      driverName: driverName, version: BuildInfo.version,
+      capabilities: IdentityService.nodeCapabilities(hasTopology: !segments.isEmpty),
+      isReady: { (try? attacher.checkKernelSupport()) != nil })
+    let server = try GRPCService(endpoint: endpoint, services: [identity, node], logger: logger)
+    logger.info("node starting", metadata: ["node_id": "\(host.nodeID)", "state_dir": "\(stateDir)"])
+    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+  }
+}

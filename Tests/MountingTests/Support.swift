@@ -1,0 +1,66 @@
+import Foundation
+import Mounting
+import NVMeCSICore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `body`, expecting an `NVMeCSIError` of `kind` whose message contains every one of `fragments`.
+@discardableResult
+func expectError<R>(
+  _ kind: NVMeCSIError.Kind, mentioning fragments: [String] = [],
+  sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> R
+) async -> NVMeCSIError? {
+  do {
+    let result = try await body()
+    Issue.record("expected a \(kind.rawValue) error, got \(result)", sourceLocation: sourceLocation)
+    return nil
+  } catch let error as NVMeCSIError {
+    #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+    for fragment in fragments {
+      #expect(error.message.contains(fragment), "\(error) does not mention \(fragment)", sourceLocation: sourceLocation)
+    }
+    return error
+  } catch {
+    Issue.record("expected an NVMeCSIError, got \(error)", sourceLocation: sourceLocation)
+    return nil
+  }
+}
+
+/// A fresh, empty directory (canonical path, no symlinks), removed with everything in it when `body` returns.
+@discardableResult
+func withTemporaryDirectory<R>(_ body: (String) async throws -> R) async throws -> R {
+  let base = FileManager.default.temporaryDirectory.path + "/nvme-csi-mounting-test-" + UUID().uuidString.lowercased()
+  try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(atPath: base) }
+  let path = try #require(realpath(base, nil).map { pointer in
+    defer { free(pointer) }
+    return String(cString: pointer)
+  })
+  return try await body(path)
+}
+
+/// Creates a sparse file of `size` bytes (all zeros, nothing allocated).
+func makeSparseFile(_ path: String, size: UInt64) throws {
+  let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+  guard fd >= 0 else { throw TestError("create \(path): errno \(errno)") }
+  defer { close(fd) }
+  guard ftruncate(fd, off_t(size)) == 0 else { throw TestError("truncate \(path): errno \(errno)") }
+}
+
+func writeFile(_ path: String, _ text: String) throws {
+  try text.write(toFile: path, atomically: false, encoding: .utf8)
+}
+
+func isInstalled(_ tool: String) -> Bool {
+  CommandRunner.defaultSearchDirectories.contains { access($0 + "/" + tool, X_OK) == 0 }
+}
+
+struct TestError: Error, CustomStringConvertible {
+  var description: String
+  init(_ description: String) { self.description = description }
+}
+
+let MiB: UInt64 = 1 << 20

@@ -1,0 +1,161 @@
+import CSIProto
+import CSIServer
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NVMeCSICore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The three plugin processes as a cluster would run them, plus CSI clients that
+/// talk to their sockets as kubelet and the sidecars do.
+final class Cluster: @unchecked Sendable {
+  let bin: String
+  let work: String
+  let controllerSocket: String
+  let nodeSocket: String
+  private(set) var target: Process?
+  private(set) var controller: Process?
+  private(set) var node: Process?
+
+  init(bin: String, work: String) {
+    self.bin = bin
+    self.work = work
+    self.controllerSocket = work + "/csi/controller.sock"
+    self.nodeSocket = work + "/csi/node.sock"
+  }
+
+  var store: String { work + "/store" }
+  let nvmet = "/sys/kernel/config/nvmet"
+
+  func startAll() throws {
+    try FileManager.default.createDirectory(atPath: work + "/logs", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: work + "/nvme", withIntermediateDirectories: true)
+    // What Talos writes: this node's own host identity.
+    let hostID = "6a1d0e52-7c7b-4f6e-9a43-5b0c1f7d2e11"
+    try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
+    try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
+    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}]}"#
+    try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
+    try startTarget()
+    controller = try launch(
+      "controller", ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"])
+    try startNode()
+  }
+
+  func startTarget() throws {
+    target = try launch(
+      "target",
+      ["target", "--listen", "127.0.0.1:7600", "--store", "file:" + store, "--portal", "127.0.0.1:4420"])
+  }
+
+  func startNode() throws {
+    node = try launch(
+      "node",
+      ["node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir", work + "/nvme"])
+  }
+
+  /// kill -9, as a crash or an OOM kill would.
+  func kill(_ process: Process?) {
+    guard let process, process.isRunning else { return }
+    Glibc.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
+  func stopAll() {
+    for p in [node, controller, target] where p?.isRunning == true {
+      p?.terminate()
+      p?.waitUntilExit()
+    }
+  }
+
+  private func launch(_ role: String, _ arguments: [String]) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: bin + "/nvme-csi")
+    process.arguments = arguments + ["--log-level", "debug"]
+    let log = work + "/logs/\(role).log"
+    if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    handle.seekToEndOfFile()
+    process.standardError = handle
+    process.standardOutput = handle
+    try process.run()
+    return process
+  }
+
+  func logTail(_ role: String, lines: Int = 15) -> String {
+    let text = (try? String(contentsOfFile: work + "/logs/\(role).log", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+  }
+}
+
+/// Runs one step, prints it as a user wants to read it, and counts it.
+final class Steps: @unchecked Sendable {
+  private(set) var passed = 0
+  private(set) var failed = 0
+  private let started = ContinuousClock.now
+  var onFailure: (() -> Void)?
+
+  /// Runs `body`; a thrown error fails the step (and the run goes on where it can).
+  @discardableResult
+  func run<T>(_ title: String, _ body: () async throws -> T) async -> T? {
+    let start = ContinuousClock.now
+    do {
+      let value = try await body()
+      passed += 1
+      print("✔ \(title)  [\(milliseconds(since: start)) ms]")
+      return value
+    } catch {
+      failed += 1
+      print("✘ \(title)  [\(milliseconds(since: start)) ms]\n    \(describe(error))")
+      onFailure?()
+      return nil
+    }
+  }
+
+  func note(_ text: String) { print("    \(text)") }
+
+  var elapsed: Int64 { milliseconds(since: started) }
+
+  private func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
+    let d = ContinuousClock.now - start
+    return d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+  }
+
+  private func describe(_ error: any Error) -> String {
+    if let rpc = error as? RPCError { return "\(rpc.code): \(rpc.message)" }
+    return "\(error)"
+  }
+}
+
+struct CheckFailed: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
+
+func check(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+  if !condition { throw CheckFailed(message()) }
+}
+
+/// Expects `body` to fail with `code`.
+func expectFailure(_ code: RPCError.Code, _ body: () async throws -> some Any) async throws -> String {
+  do {
+    _ = try await body()
+  } catch let error as RPCError {
+    try check(error.code == code, "expected \(code), got \(error.code): \(error.message)")
+    return error.message
+  }
+  throw CheckFailed("expected \(code), but the call succeeded")
+}
+
+/// Polls (bounded) until `condition` holds.
+func eventually(_ what: String, timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
+  let deadline = ContinuousClock.now + timeout
+  while ContinuousClock.now < deadline {
+    if (try? await condition()) == true { return }
+    try await Task.sleep(for: .milliseconds(100))
+  }
+  throw CheckFailed("\(what): not within \(timeout)")
+}

@@ -1,0 +1,507 @@
+import CSIProto
+import CSIServer
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NVMeCSICore
+import NVMeFabrics
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The end-to-end lifecycle against the real kernel: nvmet through configfs on the
+/// target side, nvme-tcp through libnvme on the node side, real mkfs and mount.
+/// Runs inside the VM (Tests/e2e/vm.sh); prints each step and ends with
+/// "N passed, N failed".
+@main
+struct Lifecycle {
+  static func main() async {
+    var arguments = CommandLine.arguments.dropFirst()
+    var bin = "", work = "/e2e"
+    while let flag = arguments.popFirst() {
+      switch flag {
+      case "--bin": bin = arguments.popFirst() ?? ""
+      case "--work": work = arguments.popFirst() ?? work
+      default: break
+      }
+    }
+    let cluster = Cluster(bin: bin, work: work)
+    let steps = Steps()
+    steps.onFailure = {
+      for role in ["target", "controller", "node"] { print("    --- \(role) log (tail)\n\(cluster.logTail(role))") }
+    }
+    do {
+      try cluster.startAll()
+      let controllerClient = try makeClient(to: .unix(path: cluster.controllerSocket))
+      let nodeClient = try makeClient(to: .unix(path: cluster.nodeSocket))
+      try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { try await controllerClient.runConnections() }
+        group.addTask { try await nodeClient.runConnections() }
+        let run = Scenario(
+          cluster: cluster, steps: steps, controller: .init(wrapping: controllerClient), node: .init(wrapping: nodeClient),
+          identity: .init(wrapping: nodeClient), controllerIdentity: .init(wrapping: controllerClient))
+        await run.all()
+        controllerClient.beginGracefulShutdown()
+        nodeClient.beginGracefulShutdown()
+      }
+    } catch {
+      print("✘ setup: \(error)")
+      steps.onFailure?()
+      cluster.stopAll()
+      print("0 passed, 1 failed")
+      exit(1)
+    }
+    cluster.stopAll()
+    print("lifecycle finished in \(steps.elapsed) ms")
+    print("\(steps.passed) passed, \(steps.failed) failed")
+    exit(steps.failed == 0 ? 0 : 1)
+  }
+}
+
+typealias Transport = HTTP2ClientTransport.Posix
+
+struct Scenario {
+  let cluster: Cluster
+  let steps: Steps
+  let controller: Csi_V1_Controller.Client<Transport>
+  let node: Csi_V1_Node.Client<Transport>
+  let identity: Csi_V1_Identity.Client<Transport>
+  let controllerIdentity: Csi_V1_Identity.Client<Transport>
+  let mebibyte: Int64 = 1 << 20
+
+  func all() async {
+    guard
+      let nodeID = await steps.run("plugins up: controller reaches the target, node reports its identity", {
+        try await eventually("controller ready") { try await controllerIdentity.probe(.init()).ready.value }
+        try await eventually("node ready") { try await identity.probe(.init()).ready.value }
+        let info = try await node.nodeGetInfo(.init())
+        _ = try NodeID(parsing: info.nodeID)
+        steps.note("node_id \(info.nodeID)")
+        return info.nodeID
+      })
+    else { return }
+    guard let ext4 = await mountLifecycle(nodeID: nodeID) else { return }
+    await snapshotsAndClones(nodeID: nodeID, source: ext4)
+    await expansion(ext4)
+    await targetRestart(ext4)
+    await nodePluginCrash(ext4)
+    await xfsVolume(nodeID: nodeID)
+    await blockVolume(nodeID: nodeID)
+    await accessControl(nodeID: nodeID)
+    await teardown(ext4)
+    await nothingLeft()
+  }
+
+  // MARK: 1. a file-system volume
+
+  struct Attached {
+    var volumeID: String
+    var staging: String
+    var target: String
+    var capability: Csi_V1_VolumeCapability
+    var publishContext: [String: String]
+    var volumeContext: [String: String]
+  }
+
+  func mountLifecycle(nodeID: String) async -> Attached? {
+    let capability = mountCapability("ext4")
+    guard let volume = await steps.run("CreateVolume 256 MiB ext4", {
+      let v = try await controller.createVolume(
+        .with {
+          $0.name = "pvc-ext4"
+          $0.capacityRange.requiredBytes = 256 * mebibyte
+          $0.volumeCapabilities = [capability]
+          $0.parameters = ["reconnectDelay": "1", "ctrlLossTmo": "120"]
+        }
+      ).volume
+      steps.note("\(v.volumeID), backing file \(try storeFile(of: v.volumeID)) (sparse)")
+      return v
+    }) else { return nil }
+    guard let attached = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-1") else { return nil }
+    await steps.run("write a file through the mount and fsync it") {
+      try writeFile(attached.target + "/data.txt", Self.payload)
+      steps.note("wrote \(Self.payload.utf8.count) bytes to \(attached.target)/data.txt")
+    }
+    await steps.run("NodeGetVolumeStats: sizes sane, condition normal") {
+      let stats = try await node.nodeGetVolumeStats(.with { $0.volumeID = attached.volumeID; $0.volumePath = attached.target })
+      let bytes = try stats.usage.first { $0.unit == .bytes }.orThrow("no byte usage")
+      try check(bytes.total > 200 * mebibyte && bytes.total <= 256 * mebibyte, "total \(bytes.total)")
+      try check(bytes.used > 0 && bytes.available > 0, "used \(bytes.used) available \(bytes.available)")
+      try check(stats.usage.contains { $0.unit == .inodes && $0.total > 0 }, "no inode usage")
+      try check(!stats.volumeCondition.abnormal, "abnormal: \(stats.volumeCondition.message)")
+      steps.note("\(bytes.total) bytes, \(bytes.used) used; \(stats.volumeCondition.message)")
+    }
+    return attached
+  }
+
+  static let payload = "nvme-csi end-to-end: written through NVMe/TCP at \(Date())\n"
+
+  /// ControllerPublish → NodeStage → NodePublish, each repeated (idempotency against the real kernel).
+  func attach(_ volume: Csi_V1_Volume, capability: Csi_V1_VolumeCapability, nodeID: String, pod: String, readonly: Bool = false)
+    async -> Attached?
+  {
+    let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
+    let target = cluster.work + "/kubelet/pods/\(pod)/volumes/" + volume.volumeID
+    guard let context = await steps.run("ControllerPublishVolume to this node (twice)", {
+      var response = Csi_V1_ControllerPublishVolumeResponse()
+      for _ in 0..<2 {
+        response = try await controller.controllerPublishVolume(
+          .with {
+            $0.volumeID = volume.volumeID
+            $0.nodeID = nodeID
+            $0.volumeCapability = capability
+            $0.readonly = readonly
+          })
+      }
+      steps.note("publish_context \(response.publishContext.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+      return response.publishContext
+    }) else { return nil }
+    let attached = Attached(
+      volumeID: volume.volumeID, staging: staging, target: target, capability: capability, publishContext: context,
+      volumeContext: volume.volumeContext)
+    guard await steps.run("NodeStageVolume: connect, find the device, format if blank, mount (twice)", {
+      try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+      for _ in 0..<2 { _ = try await node.nodeStageVolume(stageRequest(attached)) }
+      steps.note(kernelView(attached))
+      return true
+    }) == true else { return nil }
+    guard await steps.run("NodePublishVolume\(readonly ? " read-only" : "") (twice)", {
+      try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+      for _ in 0..<2 { _ = try await node.nodePublishVolume(publishRequest(attached, readonly: readonly)) }
+      return true
+    }) == true else { return nil }
+    return attached
+  }
+
+  // MARK: 2. snapshots and clones
+
+  func snapshotsAndClones(nodeID: String, source: Attached) async {
+    guard let snapshot = await steps.run("CreateSnapshot while the volume is published", {
+      try await controller.createSnapshot(.with { $0.name = "snap-1"; $0.sourceVolumeID = source.volumeID }).snapshot
+    }) else { return }
+    for (name, contentSource) in [
+      ("restore", Csi_V1_VolumeContentSource.with { $0.snapshot.snapshotID = snapshot.snapshotID }),
+      ("clone", Csi_V1_VolumeContentSource.with { $0.volume.volumeID = source.volumeID }),
+    ] {
+      guard let volume = await steps.run("CreateVolume from the \(name == "restore" ? "snapshot" : "volume (clone)")", {
+        try await controller.createVolume(
+          .with {
+            $0.name = "pvc-\(name)"
+            $0.capacityRange.requiredBytes = 256 * mebibyte
+            $0.volumeCapabilities = [source.capability]
+            $0.volumeContentSource = contentSource
+          }
+        ).volume
+      }) else { continue }
+      guard let attached = await attach(volume, capability: source.capability, nodeID: nodeID, pod: "pod-\(name)") else { continue }
+      await steps.run("the \(name) reads back the exact content") {
+        let text = try String(contentsOfFile: attached.target + "/data.txt", encoding: .utf8)
+        try check(text == Self.payload, "read \(text.debugDescription)")
+      }
+      await detach(attached, deleteVolume: true)
+    }
+    await steps.run("DeleteSnapshot (twice)") {
+      for _ in 0..<2 { _ = try await controller.deleteSnapshot(.with { $0.snapshotID = snapshot.snapshotID }) }
+    }
+  }
+
+  // MARK: 3. expansion
+
+  func expansion(_ v: Attached) async {
+    await steps.run("ControllerExpandVolume to 512 MiB, then NodeExpandVolume grows ext4 online") {
+      let before = try fileSystemBytes(v.target)
+      let response = try await controller.controllerExpandVolume(
+        .with { $0.volumeID = v.volumeID; $0.capacityRange.requiredBytes = 512 * mebibyte; $0.volumeCapability = v.capability })
+      try check(response.nodeExpansionRequired, "node expansion not requested")
+      for _ in 0..<2 {
+        _ = try await node.nodeExpandVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.volumePath = v.target
+            $0.stagingTargetPath = v.staging
+            $0.capacityRange.requiredBytes = 512 * mebibyte
+            $0.volumeCapability = v.capability
+          })
+      }
+      let after = try fileSystemBytes(v.target)
+      try check(after > before + 200 * UInt64(mebibyte), "file system grew from \(before) to only \(after) bytes")
+      steps.note("file system: \(before) → \(after) bytes")
+    }
+  }
+
+  // MARK: 6. robustness
+
+  /// Simulates a storage-node reboot: the target process dies and the kernel target
+  /// loses its configuration; the restarted target rebuilds it from its records and
+  /// the node's kernel reconnects by itself. Data before and after must be intact.
+  func targetRestart(_ v: Attached) async {
+    await steps.run("target restart with configfs wiped: the kernel reconnects, data before and after intact") {
+      try writeFile(v.target + "/before.txt", "before restart\n")
+      cluster.kill(cluster.target)
+      try wipeOurNVMetConfig()
+      steps.note("target killed and its nvmet subsystems removed; paths: \(pathStates(v))")
+      try cluster.startTarget()
+      try await eventually("path live again", timeout: .seconds(90)) { pathStates(v).contains("live") }
+      try writeFile(v.target + "/after.txt", "after restart\n")
+      try check(try String(contentsOfFile: v.target + "/before.txt", encoding: .utf8) == "before restart\n", "before.txt changed")
+      try check(try String(contentsOfFile: v.target + "/data.txt", encoding: .utf8) == Self.payload, "data.txt changed")
+      steps.note("paths after restart: \(pathStates(v))")
+    }
+  }
+
+  func nodePluginCrash(_ v: Attached) async {
+    await steps.run("node plugin killed -9 and restarted: its records carry on, every RPC still works") {
+      cluster.kill(cluster.node)
+      try cluster.startNode()
+      try await eventually("node ready") { try await identity.probe(.init()).ready.value }
+      _ = try await node.nodeStageVolume(stageRequest(v))
+      _ = try await node.nodePublishVolume(publishRequest(v, readonly: false))
+      let text = try String(contentsOfFile: v.target + "/after.txt", encoding: .utf8)
+      try check(text == "after restart\n", "after.txt reads \(text.debugDescription)")
+    }
+  }
+
+  // MARK: 4. xfs, block, read-only
+
+  func xfsVolume(nodeID: String) async {
+    let capability = mountCapability("xfs")
+    guard let volume = await steps.run("CreateVolume 320 MiB xfs", {
+      try await controller.createVolume(
+        .with { $0.name = "pvc-xfs"; $0.capacityRange.requiredBytes = 320 * mebibyte; $0.volumeCapabilities = [capability] }
+      ).volume
+    }) else { return }
+    guard let v = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-xfs") else { return }
+    await steps.run("xfs: write, read back, grow online") {
+      try writeFile(v.target + "/x.txt", "xfs\n")
+      try check(try String(contentsOfFile: v.target + "/x.txt", encoding: .utf8) == "xfs\n", "read back")
+      _ = try await controller.controllerExpandVolume(.with { $0.volumeID = v.volumeID; $0.capacityRange.requiredBytes = 400 * mebibyte })
+      _ = try await node.nodeExpandVolume(
+        .with { $0.volumeID = v.volumeID; $0.volumePath = v.target; $0.capacityRange.requiredBytes = 400 * mebibyte })
+      try check(try fileSystemBytes(v.target) > 330 * UInt64(mebibyte), "xfs did not grow")
+    }
+    await steps.run("a read-only publish refuses writes") {
+      let ro = v.target + "-ro"
+      _ = try await node.nodePublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.stagingTargetPath = v.staging
+          $0.targetPath = ro
+          $0.volumeCapability = capability
+          $0.readonly = true
+        })
+      try check(try String(contentsOfFile: ro + "/x.txt", encoding: .utf8) == "xfs\n", "read through the ro mount")
+      try check(!FileManager.default.createFile(atPath: ro + "/nope", contents: Data("x".utf8)), "wrote through a read-only mount")
+      _ = try await node.nodeUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.targetPath = ro })
+    }
+    await detach(v, deleteVolume: true)
+  }
+
+  func blockVolume(nodeID: String) async {
+    let capability = Csi_V1_VolumeCapability.with { $0.block = .init(); $0.accessMode.mode = .singleNodeWriter }
+    guard let volume = await steps.run("CreateVolume 64 MiB raw block", {
+      try await controller.createVolume(
+        .with { $0.name = "pvc-block"; $0.capacityRange.requiredBytes = 64 * mebibyte; $0.volumeCapabilities = [capability] }
+      ).volume
+    }) else { return }
+    guard let v = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-block") else { return }
+    await steps.run("block: bytes written at known offsets through the published device read back") {
+      let offsets: [off_t] = [0, 4096, 63 * off_t(mebibyte)]
+      let fd = open(v.target, O_RDWR | oDirect | O_SYNC)  // straight to the device, no page cache
+      try check(fd >= 0, "open \(v.target): \(String(cString: strerror(errno)))")
+      defer { close(fd) }
+      let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+      defer { buffer.deallocate() }
+      for (i, offset) in offsets.enumerated() {
+        memset(buffer, Int32(0x41 + i), 4096)
+        try check(pwrite(fd, buffer, 4096, offset) == 4096, "pwrite at \(offset): \(String(cString: strerror(errno)))")
+      }
+      for (i, offset) in offsets.enumerated() {
+        memset(buffer, 0, 4096)
+        try check(pread(fd, buffer, 4096, offset) == 4096, "pread at \(offset)")
+        let bytes = buffer.assumingMemoryBound(to: UInt8.self)
+        try check((0..<4096).allSatisfy { bytes[$0] == UInt8(0x41 + i) }, "wrong bytes at \(offset)")
+      }
+      let stats = try await node.nodeGetVolumeStats(.with { $0.volumeID = v.volumeID; $0.volumePath = v.target })
+      try check(stats.usage.first?.total == 64 * mebibyte, "block size \(stats.usage.first?.total ?? -1)")
+    }
+    await detach(v, deleteVolume: true)
+  }
+
+  // MARK: 5. access control
+
+  func accessControl(nodeID: String) async {
+    let capability = mountCapability("ext4")
+    guard let volume = await steps.run("CreateVolume for the access-control checks", {
+      try await controller.createVolume(
+        .with { $0.name = "pvc-acl"; $0.capacityRange.requiredBytes = 32 * mebibyte; $0.volumeCapabilities = [capability] }
+      ).volume
+    }) else { return }
+    let uuid = String(volume.volumeID.split(separator: ".").last!)
+    await steps.run("a host that was not published cannot connect: the kernel target refuses it") {
+      let stranger = HostIdentity(
+        nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000001"),
+        id: try ObjectUUID("0badc0de-0000-4000-8000-000000000001"))
+      let context = PublishContext(
+        paths: [.init(address: "127.0.0.1", port: 4420)], subsystemNQN: SubsystemNaming.nqn(for: try ObjectUUID(uuid)),
+        namespaceUUID: uuid)
+      do {
+        try await NVMeTCPAttacher().connect(context, as: stranger, with: ConnectionParameters())
+        throw CheckFailed("a stranger connected")
+      } catch let error as NVMeCSIError {
+        steps.note("refused: \(error.message)")
+      }
+    }
+    await steps.run("after ControllerUnpublish the node can no longer attach it") {
+      let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
+      try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+      let published = try await controller.controllerPublishVolume(
+        .with { $0.volumeID = volume.volumeID; $0.nodeID = nodeID; $0.volumeCapability = capability })
+      let v = Attached(
+        volumeID: volume.volumeID, staging: staging, target: "", capability: capability,
+        publishContext: published.publishContext, volumeContext: volume.volumeContext)
+      _ = try await node.nodeStageVolume(stageRequest(v))
+      _ = try await node.nodeUnstageVolume(.with { $0.volumeID = v.volumeID; $0.stagingTargetPath = staging })
+      _ = try await controller.controllerUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.nodeID = nodeID })
+      let message = try await expectFailureAny { try await node.nodeStageVolume(stageRequest(v)) }
+      steps.note("NodeStageVolume refused: \(message)")
+      _ = try await controller.deleteVolume(.with { $0.volumeID = v.volumeID })
+    }
+  }
+
+  // MARK: 7. teardown
+
+  func teardown(_ v: Attached) async {
+    await detach(v, deleteVolume: true)
+  }
+
+  func detach(_ v: Attached, deleteVolume: Bool) async {
+    await steps.run("NodeUnpublish, NodeUnstage (device gone), ControllerUnpublish\(deleteVolume ? ", DeleteVolume" : "") (each twice)") {
+      for _ in 0..<2 { _ = try await node.nodeUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.targetPath = v.target }) }
+      try check(!FileManager.default.fileExists(atPath: v.target), "target path left behind")
+      for _ in 0..<2 { _ = try await node.nodeUnstageVolume(.with { $0.volumeID = v.volumeID; $0.stagingTargetPath = v.staging }) }
+      let context = try PublishContext(decoding: v.publishContext)
+      try await eventually("device gone", timeout: .seconds(30)) {
+        (try NVMeTCPAttacher().device(subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)) == nil
+      }
+      let nodeID = try await node.nodeGetInfo(.init()).nodeID
+      for _ in 0..<2 { _ = try await controller.controllerUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.nodeID = nodeID }) }
+      if deleteVolume {
+        for _ in 0..<2 { _ = try await controller.deleteVolume(.with { $0.volumeID = v.volumeID }) }
+      }
+    }
+  }
+
+  func nothingLeft() async {
+    await steps.run("nothing of ours is left: no volumes, no nvmet subsystems or hosts, an empty store") {
+      let volumes = try await controller.listVolumes(.init()).entries
+      try check(volumes.isEmpty, "volumes left: \(volumes.map(\.volume.volumeID))")
+      let subsystems = (try? FileManager.default.contentsOfDirectory(atPath: cluster.nvmet + "/subsystems")) ?? []
+      try check(!subsystems.contains { $0.hasPrefix(SubsystemNaming.prefix) }, "subsystems left: \(subsystems)")
+      let hosts = (try? FileManager.default.contentsOfDirectory(atPath: cluster.nvmet + "/hosts")) ?? []
+      try check(hosts.isEmpty, "hosts left: \(hosts)")
+      for dir in ["volumes", "snapshots"] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: cluster.store + "/" + dir)) ?? []
+        try check(files.isEmpty, "\(dir) left in the store: \(files)")
+      }
+    }
+  }
+
+  // MARK: helpers
+
+  func mountCapability(_ fsType: String) -> Csi_V1_VolumeCapability {
+    .with {
+      $0.mount.fsType = fsType
+      $0.accessMode.mode = .singleNodeWriter
+    }
+  }
+
+  func stageRequest(_ v: Attached) -> Csi_V1_NodeStageVolumeRequest {
+    .with {
+      $0.volumeID = v.volumeID
+      $0.stagingTargetPath = v.staging
+      $0.volumeCapability = v.capability
+      $0.publishContext = v.publishContext
+      $0.volumeContext = v.volumeContext
+    }
+  }
+
+  func publishRequest(_ v: Attached, readonly: Bool) -> Csi_V1_NodePublishVolumeRequest {
+    .with {
+      $0.volumeID = v.volumeID
+      $0.stagingTargetPath = v.staging
+      $0.targetPath = v.target
+      $0.volumeCapability = v.capability
+      $0.readonly = readonly
+      $0.publishContext = v.publishContext
+      $0.volumeContext = v.volumeContext
+    }
+  }
+
+  func storeFile(of volumeID: String) throws -> String {
+    cluster.store + "/volumes/" + String(volumeID.split(separator: ".").last!) + ".img"
+  }
+
+  /// What the kernel shows for an attached volume: device, size, paths, mount.
+  func kernelView(_ v: Attached) -> String {
+    guard let context = try? PublishContext(decoding: v.publishContext),
+      let device = try? NVMeTCPAttacher().device(subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)
+    else { return "kernel: no device" }
+    return "kernel: \(device.path) \(device.sizeBytes) bytes, paths \(pathStates(v))"
+  }
+
+  func pathStates(_ v: Attached) -> String {
+    guard let context = try? PublishContext(decoding: v.publishContext) else { return "?" }
+    return NVMeTCPAttacher().paths(subsystemNQN: context.subsystemNQN).map { "\($0.name) \($0.address) \($0.state)" }
+      .joined(separator: ", ")
+  }
+
+  /// Removes our subsystems from the kernel target, in the order the kernel requires.
+  func wipeOurNVMetConfig() throws {
+    let fm = FileManager.default
+    let root = cluster.nvmet
+    for port in (try? fm.contentsOfDirectory(atPath: root + "/ports")) ?? [] {
+      for link in (try? fm.contentsOfDirectory(atPath: "\(root)/ports/\(port)/subsystems")) ?? [] where link.hasPrefix(SubsystemNaming.prefix) {
+        unlink("\(root)/ports/\(port)/subsystems/\(link)")
+      }
+    }
+    for nqn in (try? fm.contentsOfDirectory(atPath: root + "/subsystems")) ?? [] where nqn.hasPrefix(SubsystemNaming.prefix) {
+      let s = "\(root)/subsystems/\(nqn)"
+      for host in (try? fm.contentsOfDirectory(atPath: s + "/allowed_hosts")) ?? [] { unlink(s + "/allowed_hosts/" + host) }
+      try? "0".write(toFile: s + "/namespaces/1/enable", atomically: false, encoding: .utf8)
+      rmdir(s + "/namespaces/1")
+      guard rmdir(s) == 0 else { throw CheckFailed("cannot remove \(s): \(String(cString: strerror(errno)))") }
+    }
+    for host in (try? fm.contentsOfDirectory(atPath: root + "/hosts")) ?? [] { rmdir(root + "/hosts/" + host) }
+  }
+}
+
+/// Linux x86_64 O_DIRECT (a GNU macro Glibc does not import).
+let oDirect: Int32 = 0o40000
+
+func expectFailureAny(_ body: () async throws -> some Any) async throws -> String {
+  do { _ = try await body() } catch let error as RPCError { return "\(error.code): \(error.message)" }
+  throw CheckFailed("expected a failure, but the call succeeded")
+}
+
+func writeFile(_ path: String, _ text: String) throws {
+  let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+  try check(fd >= 0, "open \(path): \(String(cString: strerror(errno)))")
+  defer { close(fd) }
+  let bytes = Array(text.utf8)
+  try check(write(fd, bytes, bytes.count) == bytes.count, "write \(path): \(String(cString: strerror(errno)))")
+  try check(fsync(fd) == 0, "fsync \(path): \(String(cString: strerror(errno)))")
+}
+
+func fileSystemBytes(_ path: String) throws -> UInt64 {
+  var fs = statvfs()
+  try check(statvfs(path, &fs) == 0, "statvfs \(path)")
+  return UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
+}
+
+extension Optional {
+  func orThrow(_ message: String) throws -> Wrapped {
+    guard let self else { throw CheckFailed(message) }
+    return self
+  }
+}
