@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PLUGINS := .build-protoc/release
 
-.PHONY: all build test e2e demo proto verify-proto plugins deps clean
+.PHONY: all build test unit-test e2e demo demo-local proto verify-proto plugins deps clean
 
 all: build
 
@@ -14,15 +14,23 @@ deps:
 build: deps
 	$(SWIFT) build
 
-## The test suite: generated code up to date, unit tests, store/exporter contract
-## tests, and the controller conformance suite over a real unix socket against real
-## `nvme-csi target` processes.
-test: deps verify-proto
+## Everything: generated code up to date, the Swift test suites, then the real data
+## path in a VM (make e2e).
+test: unit-test e2e
+
+## Unit, contract and conformance tests (real gRPC over real unix sockets, real
+## `nvme-csi target` processes); no VM.
+unit-test: deps verify-proto
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-## Start a target and a controller locally and walk a volume through its life.
-demo: build
+## The README's main job: boot the VM and walk volumes through their whole life on
+## the real kernel, narrated.
+demo: e2e
+
+## The control plane alone, without a VM: a target (nvmet simulated in a directory)
+## and a controller, driven with `nvme-csi ctl`.
+demo-local: build
 	./scripts/demo.sh
 
 plugins: deps $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2

@@ -132,9 +132,9 @@ public struct CommandRunner: Sendable {
 
   private func missing(_ tool: String, lookedIn directories: [String]?) -> NVMeCSIError {
     let name = (tool as NSString).lastPathComponent
-    let where_ = directories.map { " (looked in \($0.joined(separator: ", ")))" } ?? ""
+    let searched = directories.map { " (looked in \($0.joined(separator: ", ")))" } ?? ""
     let install = Self.packages[name].map { "install \($0) in the node plugin's image" } ?? "install it"
-    return .failedPrecondition("\(quoted(tool)) is not installed\(where_): \(install)")
+    return .failedPrecondition("\(quoted(tool)) is not installed\(searched): \(install)")
   }
 
   static func isExecutableFile(_ path: String) -> Bool {
@@ -272,6 +272,7 @@ enum ChildProcess {
     control.started(pid)
 
     var outputs = [BoundedOutput(limit: outputLimit), BoundedOutput(limit: outputLimit)]
+    var buffer = [UInt8](repeating: 0, count: 16384)
     var fds = [stdoutPipe[0], stderrPipe[0]].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
     for fd in fds { _ = fcntl(fd.fd, F_SETFL, fcntl(fd.fd, F_GETFL) | O_NONBLOCK) }
     defer {
@@ -308,7 +309,7 @@ enum ChildProcess {
         let ready = poll(&fds, nfds_t(fds.count), Int32(min(remaining, 100)))
         if ready > 0 {
           for index in fds.indices where fds[index].fd >= 0 && fds[index].revents != 0 {
-            if !drain(fds[index].fd, into: &outputs[index]) { fds[index].fd = -1 }
+            if !drain(fds[index].fd, into: &outputs[index], buffer: &buffer) { fds[index].fd = -1 }
           }
         }
       } else {
@@ -317,7 +318,7 @@ enum ChildProcess {
       }
     }
 
-    for index in fds.indices where fds[index].fd >= 0 { _ = drain(fds[index].fd, into: &outputs[index]) }
+    for index in fds.indices where fds[index].fd >= 0 { _ = drain(fds[index].fd, into: &outputs[index], buffer: &buffer) }
     let ending: ChildOutcome.Ending
     if timedOut {
       ending = .timedOut
@@ -334,8 +335,7 @@ enum ChildProcess {
   }
 
   /// Reads what is available; false at end of file (or on an error that ends reading).
-  private static func drain(_ fd: Int32, into output: inout BoundedOutput) -> Bool {
-    var buffer = [UInt8](repeating: 0, count: 16384)
+  private static func drain(_ fd: Int32, into output: inout BoundedOutput, buffer: inout [UInt8]) -> Bool {
     while true {
       let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
       if count > 0 {

@@ -106,6 +106,12 @@ public struct SystemMounter: Mounter {
     }
   }
 
+  /// A file system type mount(2) may be given: lowercase letters and digits.
+  static func isPlainName(_ fsType: String) -> Bool {
+    !fsType.isEmpty
+      && fsType.utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+  }
+
   static func unsupported(_ fsType: String) -> NVMeCSIError {
     .invalidArgument(
       "file system type \(quoted(fsType)) is not supported: use one of \(supportedFileSystems.joined(separator: ", "))")
@@ -130,8 +136,7 @@ public struct SystemMounter: Mounter {
   ) async throws(NVMeCSIError) {
     let target = POSIX.withoutTrailingSlash(target)
     let parsed = try MountOptions.parse(options, readonly: readonly)
-    guard !fsType.isEmpty, fsType.utf8.allSatisfy({ $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") || $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
-    else { throw Self.unsupported(fsType) }
+    guard Self.isPlainName(fsType) else { throw Self.unsupported(fsType) }
 
     if let existing = entry(at: target, in: try table()) {
       guard existing.root == "/", DeviceIdentity(device).isSource(of: existing) else {
@@ -233,19 +238,27 @@ public struct SystemMounter: Mounter {
       throw .internalError(what)
     }
     guard readonly else { return }
+    do throws(NVMeCSIError) {
+      try await makeReadOnly(bindOf: source, at: target)
+    } catch {
+      _ = await onOwnThread { umount2(target, 0) }
+      throw error
+    }
+  }
 
-    // MS_REMOUNT|MS_BIND replaces every per-mount flag: keep the ones the bind inherited.
-    let inherited = entry(at: target, in: (try? table()) ?? MountTable(entries: [])).map {
-      MountOptions.flags(ofMountOptions: $0.mountOptions)
-    } ?? 0
-    let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | inherited
-    let remounted = await onOwnThread { () -> Int32 in
+  /// Remounts a fresh bind read-only. MS_REMOUNT|MS_BIND replaces every per-mount flag,
+  /// so the ones the bind inherited (nosuid, nodev, noatime, …) are passed again.
+  private func makeReadOnly(bindOf source: String, at target: String) async throws(NVMeCSIError) {
+    guard let bind = entry(at: target, in: try table()) else {
+      throw .internalError("the bind of \(quoted(source)) at \(quoted(target)) vanished before it was made read-only")
+    }
+    let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | MountOptions.flags(ofMountOptions: bind.mountOptions)
+    let code = await onOwnThread { () -> Int32 in
       Glibc.mount(source, target, nil, flags, nil) == 0 ? 0 : errno
     }
-    guard remounted == 0 else {
-      _ = await onOwnThread { umount2(target, 0) }
+    guard code == 0 else {
       throw .internalError(
-        "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only: \(POSIX.errorText(remounted))"
+        "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only: \(POSIX.errorText(code))"
           + " (the bind was undone)")
     }
   }

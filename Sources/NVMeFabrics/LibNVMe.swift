@@ -34,7 +34,7 @@ public final class LibNVMe: Sendable {
         throw .internalError("libnvme could not set up host \(c.host.nqn)")
       }
       guard let ctrl = nvme_create_ctrl(root, c.subsystemNQN, "tcp", c.address, nil, nil, String(c.port)) else {
-        throw .internalError("libnvme could not describe controller \(c.subsystemNQN) at \(c.address):\(c.port)")
+        throw .internalError("libnvme could not describe controller \(c.subsystemNQN) at \(c.address) port \(c.port)")
       }
       var config = nvme_fabrics_config()
       nvmf_default_config(&config)
@@ -80,7 +80,8 @@ public final class LibNVMe: Sendable {
   /// codes (≥ 1000, ENVME_CONNECT_*) besides errno values.
   static func connectError(_ code: Int32, _ c: Connection) -> NVMeCSIError {
     let text = String(cString: nvme_errno_to_string(code))
-    let what = "connecting \(c.subsystemNQN) at \(c.address):\(c.port) as \(c.host.nqn) failed: \(text) (\(code))"
+    let portal = c.address.contains(":") ? "[\(c.address)]:\(c.port)" : "\(c.address):\(c.port)"
+    let what = "connecting \(c.subsystemNQN) at \(portal) as \(c.host.nqn) failed: \(text) (\(code))"
     switch code {
     case Int32(ENVME_CONNECT_OPEN.rawValue) where !FileManager.default.fileExists(atPath: NVMeTCPAttacher.fabricsDevice):
       return .failedPrecondition(what + ": " + NVMeTCPAttacher.noFabricsHint)
@@ -89,6 +90,11 @@ public final class LibNVMe: Sendable {
     case Int32(ENVME_CONNECT_INVAL.rawValue), Int32(EINVAL):
       return .failedPrecondition(
         what + ": the target refused this host or the parameters (was ControllerPublishVolume called for this node?)")
+    case Int32(ENVME_CONNECT_WRITE.rawValue):
+      // The kernel refused the connect command: most often the target does not allow
+      // this host NQN, or nothing serves that subsystem on that portal.
+      return .unavailable(
+        what + ": the target refused the connection; check that ControllerPublishVolume granted this node and that the target serves this portal")
     default:
       return .unavailable(what)
     }

@@ -25,6 +25,9 @@ public struct HostIdentityLoader: Sendable {
   public func load(logger: Logger) throws(NVMeCSIError) -> HostIdentity {
     if let identity = try read(from: nvmeConfigDirectory) { return identity }
     if let identity = try read(from: stateDirectory) { return identity }
+    do { try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true) } catch {
+      throw .internalError("cannot create state directory \(stateDirectory): \(error)")
+    }
     let id = derivedHostID()
     let identity = HostIdentity(nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:\(id.value)"), id: id)
     try DurableFile.write(Data((identity.nqn.value + "\n").utf8), to: stateDirectory + "/hostnqn")

@@ -65,27 +65,40 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
     let target = try PublishContext(decoding: request.publishContext)
+    guard SubsystemNaming.volume(inNQN: target.subsystemNQN) == volume.uuid, target.namespaceUUID == volume.uuid.value else {
+      throw NVMeCSIError.invalidArgument(
+        "publish_context names subsystem \(target.subsystemNQN), which is not volume \(volume)'s: refusing to attach another volume")
+    }
     let parameters = try ConnectionParameters(from: request.volumeContext)
     let stagingPath = request.stagingTargetPath
 
     return try await locks.withLock(volume.description) {
-      if let record = try records.load(volume), record.state == .staged {
-        guard record.stagingPath == stagingPath else {
-          throw NVMeCSIError.alreadyExists("volume \(volume) is already staged at \(record.stagingPath)")
+      let earlier = try records.load(volume)
+      if let earlier, earlier.state == .staged {
+        guard earlier.stagingPath == stagingPath else {
+          throw NVMeCSIError.alreadyExists("volume \(volume) is already staged at \(earlier.stagingPath)")
         }
-        if try await isStillStaged(record) { return .init() }
+        if try await isStillStaged(earlier) { return .init() }
         logger.notice("staged volume lost its device or mount; staging again", metadata: ["volume": "\(volume)"])
       }
       try attacher.checkKernelSupport()
+      // A mount left on a device that vanished is dead: remove it (it is ours, the
+      // record says so) before the volume is mounted there again.
+      if let earlier, earlier.accessType == .mount, try mounter.mount(at: earlier.stagingPath) != nil {
+        try await mounter.unmount(earlier.stagingPath)
+      }
       var record = StagingRecord(
         volumeID: volume.description, stagingPath: stagingPath, subsystemNQN: target.subsystemNQN,
         namespaceUUID: target.namespaceUUID, accessType: access.type, fsType: access.fsType)
-      if let earlier = try records.load(volume) { record.targets = earlier.targets }
+      record.targets = earlier?.targets ?? []
 
       var undo = UndoStack()
       do {
         try records.save(record)  // intent first: a crash from here on is recoverable
-        undo.push("forget the staging record") { try records.remove(volume) }
+        undo.push("restore the staging record") {
+          // Keep what an earlier stage recorded, so a later unstage still cleans up.
+          if let earlier { try records.save(earlier) } else { try records.remove(volume) }
+        }
         try await attacher.connect(target, as: configuration.host, with: parameters)
         undo.push("disconnect \(target.subsystemNQN)") { try await disconnectIfUnused(record) }
         let device = try await attacher.waitForDevice(
@@ -118,6 +131,12 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
     return try await locks.withLock(volume.description) {
       guard let record = try records.load(volume) else { return .init() }
+      // Refuse before changing anything while a pod's target still holds the volume.
+      let held = try record.targets.filter { try mounter.mount(at: $0) != nil }
+      guard held.isEmpty else {
+        throw NVMeCSIError.failedPrecondition(
+          "volume \(volume) is still published at \(held.joined(separator: ", ")): unpublish it first (NodeUnpublishVolume)")
+      }
       if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
         try await mounter.unmount(record.stagingPath)
       }
@@ -176,13 +195,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     try PathCheck.validate(request.targetPath, field: "target_path")
-    let volume = try? ObjectID(parsing: request.volumeID, as: .volume)
+    // An ID we cannot have published: nothing of ours is at that path.
+    guard let volume = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
     let targetPath = request.targetPath
 
-    return try await locks.withLock(volume?.description ?? request.volumeID) {
+    return try await locks.withLock(volume.description) {
       if try mounter.mount(at: targetPath) != nil { try await mounter.unmount(targetPath) }
       try removeTarget(targetPath)
-      if let volume, var record = try records.load(volume), record.targets.contains(targetPath) {
+      if var record = try records.load(volume), record.targets.contains(targetPath) {
         record.targets.removeAll { $0 == targetPath }
         try records.save(record)
       }

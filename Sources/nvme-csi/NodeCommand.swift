@@ -44,8 +44,8 @@ struct NodeCommand: AsyncParsableCommand {
       guard pair.count == 2, !pair[0].isEmpty else { throw ValidationError("--topology \(item) is not key=value") }
       segments[pair[0]] = pair[1]
     }
-    let host = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
     let records = try StagingRecords(stateDirectory: stateDir)
+    let host = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
     let attacher = NVMeTCPAttacher()
     let node = NodeService(
       configuration: .init(

@@ -70,13 +70,15 @@ struct CommandRunnerTests {
     try await withTemporaryDirectory { directory throws in
       let pidFile = directory + "/pid"
       let started = ContinuousClock.now
-      await expectError(.unavailable, mentioning: ["sh did not finish within 0.5 s", "killed"]) {
-        try await runner.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 30", "sh", pidFile], timeout: .milliseconds(500))
+      await expectError(.unavailable, mentioning: ["sh did not finish within 1.5 s", "killed"]) {
+        try await runner.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 30", "sh", pidFile], timeout: .milliseconds(1500))
       }
       // Not a timing assertion: a tool that was not killed would take the full 30 s.
       #expect(ContinuousClock.now - started < .seconds(25))
-      let pid = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
-      #expect(kill(pid, 0) == -1 && errno == ESRCH, "the timed-out tool \(pid) is still there")
+      // On a very busy machine the shell may be killed before it writes its pid.
+      if let pid = Self.pid(in: pidFile) {
+        #expect(kill(pid, 0) == -1 && errno == ESRCH, "the timed-out tool \(pid) is still there")
+      }
     }
   }
 
@@ -85,9 +87,9 @@ struct CommandRunnerTests {
     try await withTemporaryDirectory { directory throws in
       let pidFile = directory + "/pid"
       await expectError(.unavailable, mentioning: ["did not finish"]) {
-        try await runner.run("sh", ["-c", "sleep 30 & echo $! > \"$1\"; wait", "sh", pidFile], timeout: .milliseconds(500))
+        try await runner.run("sh", ["-c", "sleep 30 & echo $! > \"$1\"; wait", "sh", pidFile], timeout: .milliseconds(1500))
       }
-      let pid = try #require(Int32(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+      guard let pid = Self.pid(in: pidFile) else { return }  // killed before it started the helper
       // The helper got SIGKILL before the call returned; wait for the kernel to finish it off.
       var dead = false
       for _ in 0..<1000 {
@@ -97,6 +99,10 @@ struct CommandRunnerTests {
       }
       #expect(dead, "helper \(pid) survived the timeout")
     }
+  }
+
+  static func pid(in file: String) -> pid_t? {
+    (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
   }
 
   static func isDeadOrZombie(_ pid: pid_t) -> Bool {

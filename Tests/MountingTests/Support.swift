@@ -54,10 +54,6 @@ func writeFile(_ path: String, _ text: String) throws {
   try text.write(toFile: path, atomically: false, encoding: .utf8)
 }
 
-func isInstalled(_ tool: String) -> Bool {
-  CommandRunner.defaultSearchDirectories.contains { access($0 + "/" + tool, X_OK) == 0 }
-}
-
 struct TestError: Error, CustomStringConvertible {
   var description: String
   init(_ description: String) { self.description = description }

@@ -41,7 +41,7 @@ struct SystemMounterTests {
   }
 
   // mkfs.xfs refuses file systems smaller than 300 MB.
-  @Test("Formatting as xfs leaves an xfs file system", .enabled(if: isInstalled("mkfs.xfs"), "xfsprogs is not installed"))
+  @Test("Formatting as xfs leaves an xfs file system")
   func formatXFS() async throws {
     try await withImage(size: 512 * MiB) { image, _ throws in
       try await mounter.format(image, as: "xfs")
@@ -49,7 +49,7 @@ struct SystemMounterTests {
     }
   }
 
-  @Test("mkfs's own complaint reaches the caller", .enabled(if: isInstalled("mkfs.xfs"), "xfsprogs is not installed"))
+  @Test("mkfs's own complaint reaches the caller")
   func mkfsFailure() async throws {
     try await withImage(size: 64 * MiB) { image, _ throws in
       await expectError(.internalError, mentioning: ["mkfs.xfs -f -q -K", "exit code", "larger than"]) {
@@ -120,7 +120,7 @@ struct SystemMounterTests {
     }
   }
 
-  @Test("xfs_growfs of a path that is no xfs mount fails with its own message", .enabled(if: isInstalled("xfs_growfs")))
+  @Test("xfs_growfs of a path that is no xfs mount fails with its own message")
   func growXFSUnmounted() async throws {
     try await withTemporaryDirectory { directory throws in
       await expectError(.internalError, mentioning: ["xfs_growfs -d \(directory)", "exit code"]) {
@@ -231,6 +231,56 @@ struct SystemMounterTests {
       try writeFile(table, "1 0 8:1 / \(directory)/real rw - ext4 /dev/sda1 rw\n")
       let mounter = SystemMounter(mountInfoPath: table)
       #expect(try mounter.mount(at: directory + "/alias")?.mountPoint == directory + "/real")
+    }
+  }
+
+  // MARK: A real block device, read only (the disk this machine's root is on, if any)
+
+  /// The block device the root file system is mounted from, with its "major:minor".
+  static let rootDevice: (path: String, number: String)? = {
+    guard let root = try? MountTable.read().mount(at: "/"), root.source.hasPrefix("/dev/") else { return nil }
+    var st = stat()
+    guard stat(root.source, &st) == 0, st.st_mode & S_IFMT == S_IFBLK else { return nil }
+    return (root.source, "\(root.major):\(root.minor)")
+  }()
+
+  @Test("Mounts of a block device are found by name, through a symlink and by device number",
+        .enabled(if: rootDevice != nil, "the root file system is not on a block device"))
+  func mountsOfBlockDevice() async throws {
+    let device = try #require(Self.rootDevice)
+    #expect(try mounter.mounts(ofDevice: device.path).contains { $0.mountPoint == "/" })
+    try await withTemporaryDirectory { directory throws in
+      #expect(symlink(device.path, directory + "/by-id") == 0)
+      #expect(try mounter.mounts(ofDevice: directory + "/by-id").contains { $0.mountPoint == "/" })
+      // Another name for the same device number (a node made elsewhere, a renamed device).
+      let table = directory + "/mountinfo"
+      try writeFile(table, "1 0 \(device.number) / /stage rw - ext4 /dev/some-other-name rw\n2 1 1:3 / /other rw - ext4 /dev/x rw\n")
+      let fixtureMounter = SystemMounter(mountInfoPath: table)
+      #expect(try fixtureMounter.mounts(ofDevice: device.path).map(\.mountPoint) == ["/stage"])
+      // …which also makes mounting it there again a no-op.
+      try await fixtureMounter.mountFileSystem(device.path, at: "/stage", fsType: "ext4", options: [], readonly: false)
+    }
+  }
+
+  /// Block devices this process may open, with the size the kernel reports in sysfs.
+  static let blockDevices: [(path: String, size: UInt64)] = {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
+    return names.sorted().compactMap { name in
+      var st = stat()
+      let fd = open("/dev/" + name, O_RDONLY | O_CLOEXEC)
+      if fd >= 0 { close(fd) }
+      guard fd >= 0, stat("/dev/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFBLK,
+        let text = try? String(contentsOfFile: "/sys/block/\(name)/size", encoding: .utf8),
+        let sectors = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines))
+      else { return nil }
+      return ("/dev/" + name, sectors * 512)
+    }
+  }()
+
+  @Test("The size of a block device is what the kernel reports", .enabled(if: !blockDevices.isEmpty, "no block device"))
+  func blockDeviceSize() throws {
+    for device in Self.blockDevices {
+      #expect(try mounter.deviceSize(device.path) == device.size, "\(device.path)")
     }
   }
 

@@ -81,9 +81,16 @@ struct LibNVMeErrorTests {
   @Test("An IPv6 portal is written with brackets so the port is not read as part of the address")
   func ipv6Address() {
     let error = LibNVMe.connectError(Int32(ENVME_CONNECT_CONNREFUSED.rawValue), Self.connection(address: "fd00::1"))
-    #expect(error.message.contains("fd00::1"))
-    withKnownIssue("LibNVMe.connectError formats the portal as \\(address):\\(port), giving the ambiguous fd00::1:4420") {
-      #expect(error.message.contains("[fd00::1]:4420"))
-    }
+    #expect(error.message.contains("[fd00::1]:4420"))
+    #expect(!error.message.contains("fd00::1:4420"))
+  }
+
+  @Test("A connect command the kernel could not write is Unavailable, pointing at the host grant and the portal")
+  func writeRefused() {
+    let code = Int32(ENVME_CONNECT_WRITE.rawValue)
+    let error = LibNVMe.connectError(code, Self.connection())
+    #expect(error.kind == .unavailable)
+    #expect(error.message.contains(Self.libnvmeText(code)))
+    #expect(error.message.contains("ControllerPublishVolume"))
   }
 }

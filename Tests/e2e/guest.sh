@@ -4,7 +4,7 @@
 # runs the lifecycle program. usage: guest.sh <bin-dir> [ext4|xfs]
 set -euo pipefail
 bin=$1
-storefs=${2:-ext4}
+storefs=${2:-xfs}  # XFS, as on Talos: snapshots and clones are reflinks
 # nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop: the store's disk.
 modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config

@@ -78,6 +78,9 @@ struct Scenario {
         let info = try await node.nodeGetInfo(.init())
         _ = try NodeID(parsing: info.nodeID)
         steps.note("node_id \(info.nodeID)")
+        if let ready = cluster.logTail("target", lines: 50).split(separator: "\n").first(where: { $0.contains("target ready") }) {
+          steps.note("target log: \(ready)")
+        }
         return info.nodeID
       })
     else { return }

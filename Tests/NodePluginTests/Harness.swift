@@ -1,0 +1,272 @@
+import CSIProto
+import CSIServer
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Mounting
+import NVMeCSICore
+import NVMeFabrics
+import NodePlugin
+import ServiceLifecycle
+import Testing
+
+/// One worker node: a fake kernel, a state directory and kubelet's directories in a
+/// temp dir. It outlives a plugin process, so a test can restart the plugin on it.
+final class Machine: Sendable {
+  let directory: String
+  let kernel = FakeKernel()
+  let host: HostIdentity
+
+  private init(directory: String) {
+    self.directory = directory
+    let id = ObjectUUID.random()
+    host = HostIdentity(nqn: try! HostNQN("nqn.2014-08.org.nvmexpress:uuid:\(id)"), id: id)
+  }
+
+  /// Runs `body` on a fresh machine and removes its directory afterwards.
+  static func with(_ body: (Machine) async throws -> Void) async throws {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    try await body(Machine(directory: directory))
+  }
+
+  var stateDirectory: String { directory + "/state" }
+  var kubelet: String { directory + "/kubelet" }
+
+  /// A volume the target exports for this node.
+  func export(
+    sizeBytes: UInt64 = 1 << 30, fileSystem: String? = nil,
+    paths: [PublishContext.Path] = [.init(address: "127.0.0.1", port: 4420)]
+  ) -> TestVolume {
+    let volume = TestVolume(uuid: .random(), paths: paths)
+    kernel.export(volume.nqn, namespaceUUID: volume.namespaceUUID, sizeBytes: sizeBytes, fileSystem: fileSystem)
+    return volume
+  }
+
+  /// kubelet's staging directory for a volume (kubelet creates it before NodeStageVolume).
+  func stagingPath(_ volume: TestVolume) -> String {
+    let path = kubelet + "/plugins/kubernetes.io/csi/nvme.csi.dev/\(volume.uuid.hexDigits.prefix(12))/globalmount"
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+  }
+
+  /// kubelet's publish target for a volume in a pod (kubelet creates only the parent).
+  func targetPath(_ volume: TestVolume, pod: String = "pod-a") -> String {
+    let parent = kubelet + "/pods/\(pod)/volumes/kubernetes.io~csi/pvc-\(volume.uuid.hexDigits.prefix(8))"
+    try! FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+    return parent + "/mount"
+  }
+
+  func record(of volume: TestVolume) -> StagingRecord? {
+    guard let records = try? StagingRecords(stateDirectory: stateDirectory) else { return nil }
+    return try? records.load(volume.objectID)
+  }
+
+  var recordFiles: [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: stateDirectory + "/volumes")) ?? []).filter { !$0.hasPrefix(".") }
+  }
+
+  /// Nothing of `volume` is left on the node: no controller, no device, no mount, no record.
+  func expectNothingLeft(of volume: TestVolume, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(kernel.controllers(of: volume.nqn).isEmpty, "still connected", sourceLocation: sourceLocation)
+    #expect(kernel.disk(of: volume.nqn) == nil, "device still there", sourceLocation: sourceLocation)
+    #expect(kernel.allMounts.isEmpty, "still mounted: \(kernel.allMounts)", sourceLocation: sourceLocation)
+    #expect(record(of: volume) == nil, "staging record left", sourceLocation: sourceLocation)
+  }
+}
+
+/// A volume as the controller describes it to the node.
+struct TestVolume: Sendable {
+  let uuid: ObjectUUID
+  var paths: [PublishContext.Path]
+
+  var objectID: ObjectID { ObjectID(kind: .volume, target: try! TargetName("store-a"), uuid: uuid) }
+  var id: String { objectID.description }
+  var nqn: String { SubsystemNaming.nqn(for: uuid) }
+  var namespaceUUID: String { SubsystemNaming.namespaceUUID(for: uuid) }
+  var publishContext: [String: String] {
+    PublishContext(paths: paths, subsystemNQN: nqn, namespaceUUID: namespaceUUID).encoded
+  }
+}
+
+/// The node plugin (Identity + Node) served on a real unix socket, and a CSI client
+/// talking to it as kubelet does.
+final class Harness: Sendable {
+  let machine: Machine
+  let socket: String
+  let node: Csi_V1_Node.Client<HTTP2ClientTransport.Posix>
+  let identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>
+
+  private init(machine: Machine, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>) {
+    self.machine = machine
+    self.socket = socket
+    self.node = .init(wrapping: client)
+    self.identity = .init(wrapping: client)
+  }
+
+  var kernel: FakeKernel { machine.kernel }
+
+  /// Serves a fresh plugin process on `machine` (a new one when nil) for `body`.
+  static func with(
+    machine: Machine? = nil, deviceTimeout: Duration = .seconds(10), topology: [String: String] = [:],
+    maxVolumesPerNode: Int64 = 0, _ body: (Harness) async throws -> Void
+  ) async throws {
+    guard let machine else {
+      try await Machine.with { m in
+        try await with(machine: m, deviceTimeout: deviceTimeout, topology: topology, maxVolumesPerNode: maxVolumesPerNode, body)
+      }
+      return
+    }
+    var logger = Logger(label: "test.node") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    let node = NodeService(
+      configuration: .init(host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
+      attacher: FakeAttacher(kernel: machine.kernel), mounter: FakeMounter(kernel: machine.kernel),
+      records: try StagingRecords(stateDirectory: machine.stateDirectory), logger: logger)
+    let identity = IdentityService(
+      driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.nodeCapabilities(hasTopology: !topology.isEmpty),
+      isReady: { true })
+    let socket = machine.directory + "/csi-\(UUID().uuidString.prefix(8)).sock"
+    let server = try GRPCService(endpoint: .unix(path: socket), services: [identity, node], logger: logger)
+    let client = try makeClient(to: .unix(path: socket))
+    let group = ServiceGroup(services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
+
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      let harness = Harness(machine: machine, socket: socket, client: client)
+      do {
+        try await harness.waitUntilServing()
+        try await body(harness)
+      } catch {
+        await group.triggerGracefulShutdown()
+        throw error
+      }
+      await group.triggerGracefulShutdown()
+      try await tasks.waitForAll()
+    }
+  }
+
+  /// Waits (bounded) until the plugin answers on its socket.
+  private func waitUntilServing() async throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+      if FileManager.default.fileExists(atPath: socket), (try? await identity.probe(.init())) != nil { return }
+      try await Task.sleep(for: .milliseconds(20))
+    }
+    throw HarnessError("the node plugin did not serve on \(socket) within 20 s")
+  }
+
+  // MARK: the kubelet steps, with the requests kubelet sends
+
+  func stage(_ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), at path: String? = nil) async throws {
+    _ = try await node.nodeStageVolume(stageRequest(v, capability, at: path ?? machine.stagingPath(v)))
+  }
+
+  func publish(
+    _ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), pod: String = "pod-a", readonly: Bool = false
+  ) async throws {
+    _ = try await node.nodePublishVolume(
+      publishRequest(v, capability, staging: machine.stagingPath(v), target: machine.targetPath(v, pod: pod), readonly: readonly))
+  }
+
+  func unpublish(_ v: TestVolume, pod: String = "pod-a") async throws {
+    _ = try await node.nodeUnpublishVolume(.with {
+      $0.volumeID = v.id
+      $0.targetPath = machine.targetPath(v, pod: pod)
+    })
+  }
+
+  func unstage(_ v: TestVolume) async throws {
+    _ = try await node.nodeUnstageVolume(.with {
+      $0.volumeID = v.id
+      $0.stagingTargetPath = machine.stagingPath(v)
+    })
+  }
+
+  func stats(_ v: TestVolume, path: String) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
+    try await node.nodeGetVolumeStats(.with {
+      $0.volumeID = v.id
+      $0.volumePath = path
+    })
+  }
+}
+
+// MARK: requests
+
+typealias Mode = Csi_V1_VolumeCapability.AccessMode.Mode
+
+func mountCapability(_ mode: Mode = .singleNodeWriter, fsType: String = "ext4", flags: [String] = []) -> Csi_V1_VolumeCapability {
+  .with {
+    $0.mount = .with {
+      $0.fsType = fsType
+      $0.mountFlags = flags
+    }
+    $0.accessMode = .with { $0.mode = mode }
+  }
+}
+
+func blockCapability(_ mode: Mode = .singleNodeWriter) -> Csi_V1_VolumeCapability {
+  .with {
+    $0.block = .init()
+    $0.accessMode = .with { $0.mode = mode }
+  }
+}
+
+func stageRequest(
+  _ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), at path: String,
+  volumeContext: [String: String] = [:]
+) -> Csi_V1_NodeStageVolumeRequest {
+  .with {
+    $0.volumeID = v.id
+    $0.stagingTargetPath = path
+    $0.volumeCapability = capability
+    $0.publishContext = v.publishContext
+    $0.volumeContext = volumeContext
+  }
+}
+
+func publishRequest(
+  _ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), staging: String, target: String,
+  readonly: Bool = false
+) -> Csi_V1_NodePublishVolumeRequest {
+  .with {
+    $0.volumeID = v.id
+    $0.stagingTargetPath = staging
+    $0.targetPath = target
+    $0.volumeCapability = capability
+    $0.publishContext = v.publishContext
+    $0.readonly = readonly
+  }
+}
+
+let gibibyte: UInt64 = 1 << 30
+
+/// Expects `body` to fail with `code`, and the message to mention `mentioning` when given.
+func expectStatus(
+  _ code: RPCError.Code, mentioning fragment: String? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+  _ body: () async throws -> some Any
+) async {
+  do {
+    _ = try await body()
+    Issue.record("expected \(code), but the call succeeded", sourceLocation: sourceLocation)
+  } catch let error as RPCError {
+    #expect(error.code == code, "message: \(error.message)", sourceLocation: sourceLocation)
+    if let fragment {
+      #expect(error.message.contains(fragment), "message \"\(error.message)\" should mention \"\(fragment)\"", sourceLocation: sourceLocation)
+    }
+  } catch {
+    Issue.record("expected RPCError \(code), got \(error)", sourceLocation: sourceLocation)
+  }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
+
+func makeTemporaryDirectory() throws -> String {
+  let path = FileManager.default.temporaryDirectory.appendingPathComponent("nvme-csi-node-\(UUID().uuidString.prefix(8))").path
+  try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+  return path
+}
