@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PLUGINS := .build-protoc/release
 
-.PHONY: all build test unit-test e2e demo demo-local proto verify-proto plugins deps clean
+.PHONY: all build test unit-test e2e demo demo-local check-manifests image proto verify-proto plugins deps clean
 
 all: build
 
@@ -16,13 +16,26 @@ build: deps
 
 ## Everything: generated code up to date, the Swift test suites, then the real data
 ## path in a VM (make e2e).
-test: unit-test e2e
+test: unit-test check-manifests e2e
 
 ## Unit, contract and conformance tests (real gRPC over real unix sockets, real
 ## `nvme-csi target` processes); no VM.
 unit-test: deps verify-proto
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+## Render deploy/kubernetes, validate it against the Kubernetes schemas, cross-check
+## it with the binary and feed its StorageClasses to CreateVolume (Tests/deploy).
+check-manifests: build
+	Tests/deploy/run.sh
+
+## The container image, one for every role (Dockerfile). Needs docker or podman: for
+## users' and release machines; the development machines run no container engine.
+VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/NVMeCSICore/BuildInfo.swift)
+IMAGE ?= ghcr.io/nvme-csi/nvme-csi:$(VERSION)
+CONTAINER_ENGINE ?= docker
+image:
+	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
 ## The README's main job: boot the VM and walk volumes through their whole life on
 ## the real kernel, narrated.

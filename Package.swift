@@ -81,11 +81,13 @@ let package = Package(
       dependencies: grpc + ["CSIProto", "CSIServer", "NVMeCSICore", "NVMeFabrics"],
       path: "Tests/e2e/Lifecycle"),
 
-    .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore"]),
-    .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore"]),
-    .testTarget(name: "NVMetExporterTests", dependencies: ["NVMetExporter", "NVMeCSICore"]),
-    .testTarget(name: "MountingTests", dependencies: ["Mounting", "NVMeCSICore"]),
-    .testTarget(name: "NVMeFabricsTests", dependencies: ["NVMeFabrics", "NVMeCSICore"]),
+    // Helpers shared by the test targets.
+    .target(name: "TestSupport", dependencies: ["NVMeCSICore"], path: "Tests/TestSupport"),
+    .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore", "TestSupport"]),
+    .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore", "TestSupport"]),
+    .testTarget(name: "NVMetExporterTests", dependencies: ["NVMetExporter", "NVMeCSICore", "TestSupport"]),
+    .testTarget(name: "MountingTests", dependencies: ["Mounting", "NVMeCSICore", "TestSupport"]),
+    .testTarget(name: "NVMeFabricsTests", dependencies: ["NVMeFabrics", "NVMeCSICore", "TestSupport"]),
     .testTarget(
       name: "NodePluginTests",
       dependencies: grpc + ["NodePlugin", "NVMeFabrics", "Mounting", "CSIProto", "NVMeCSICore", "CSIServer", log]),

@@ -8,7 +8,9 @@ packages=(
   make protobuf-compiler                       # build, make proto
   libnvme-dev libjson-c-dev libssl-dev         # the node plugin links libnvme (pkg-config needs all three)
   e2fsprogs xfsprogs util-linux                # mkfs, blkid, resize tools the node plugin runs
+  lvm2 thin-provisioning-tools                 # the LVM thin store
   qemu-system-x86 busybox-static kmod cpio xz-utils binutils  # the VM harness (Tests/e2e)
+  python3 python3-venv                         # the manifest checks (Tests/deploy)
 )
 missing=()
 for p in "${packages[@]}"; do

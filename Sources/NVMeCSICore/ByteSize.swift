@@ -37,8 +37,3 @@ public enum ByteSize {
     return rounded == rounded.rounded() ? "\(Int(rounded)) \(units[index])" : "\(rounded) \(units[index])"
   }
 }
-
-/// The driver's version, reported by GetPluginInfo and `--version`.
-public enum BuildInfo {
-  public static let version = "0.1.0"
-}

@@ -25,6 +25,7 @@ public final class TargetAgent: Sendable {
   /// Repairs what an earlier crash left behind: store debris, exports without
   /// records, records whose export is missing or stale.
   public func start() throws(NVMeCSIError) {
+    logger.info("reconciling store and exports", metadata: ["store": "\(store.kind)", "exporter": "\(exporter.kind)"])
     let repairs = try store.reconcile()
     for path in repairs.removedDebris { logger.notice("removed debris of an interrupted operation", metadata: ["path": "\(path)"]) }
     for path in repairs.missingData { logger.error("volume data is missing; the volume is reported abnormal", metadata: ["path": "\(path)"]) }

@@ -16,7 +16,7 @@ struct TargetCommand: AsyncParsableCommand {
   @Option(help: "Address the target API listens on (host:port). Plaintext for now: keep it on a trusted network.")
   var listen: String = "127.0.0.1:7600"
 
-  @Option(help: "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs).")
+  @Option(help: "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs) or lvm:<vg>/<thinpool> (thin volumes and snapshots).")
   var store: String
 
   @Option(help: "configfs mount point holding nvmet. A directory that is not configfs is used as a simulated nvmet (nothing is served).")
@@ -34,12 +34,16 @@ struct TargetCommand: AsyncParsableCommand {
   func run() async throws {
     let logger = try logging.makeLogger(label: "nvme-csi.target")
     let endpoint = try Endpoint(parsing: listen)
-    guard store.hasPrefix("file:") else {
-      throw ValidationError("--store \(store) is not supported: use file:<directory>")
-    }
     let portals = try portal.map { (text) throws(NVMeCSIError) in try Portal(parsing: text) }
-    let volumeStore = try FileStore(
-      root: String(store.dropFirst(5)), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment))
+    let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
+    let volumeStore: any VolumeStore
+    if store.hasPrefix("file:") {
+      volumeStore = try FileStore(root: String(store.dropFirst(5)), failpoints: failpoints)
+    } else if store.hasPrefix("lvm:") {
+      volumeStore = try LVMThinStore(spec: String(store.dropFirst(4)), failpoints: failpoints)
+    } else {
+      throw ValidationError("--store \(store) is not supported: use file:<directory> or lvm:<volume-group>/<thin-pool>")
+    }
     let exporter = try NVMetExporter(configfs: configfs, portals: portals)
     if exporter.kind == "simulated" {
       logger.warning(

@@ -21,7 +21,7 @@ struct CreateDeleteVolumeTests {
       #expect(target.allowedHosts(ofVolume: volume.volumeID).isEmpty, "no host may connect before ControllerPublish")
       // The node gets the connection knobs, with defaults.
       #expect(volume.volumeContext["ctrlLossTmo"] == "600")
-      #expect(volume.volumeContext["fastIoFailTmo"] == "20")
+      #expect(volume.volumeContext["fastIoFailTmo"] == "120")
       #expect(volume.accessibleTopology.first?.segments[Harness.zoneKey] == target.zone)
     }
   }

@@ -1,5 +1,6 @@
 import Mounting
 import NVMeCSICore
+import TestSupport
 import Testing
 
 /// A node's mount table as the kernel writes it: the root file system, a staged volume,

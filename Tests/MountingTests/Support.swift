@@ -1,33 +1,13 @@
 import Foundation
 import Mounting
 import NVMeCSICore
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs `body`, expecting an `NVMeCSIError` of `kind` whose message contains every one of `fragments`.
-@discardableResult
-func expectError<R>(
-  _ kind: NVMeCSIError.Kind, mentioning fragments: [String] = [],
-  sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> R
-) async -> NVMeCSIError? {
-  do {
-    let result = try await body()
-    Issue.record("expected a \(kind.rawValue) error, got \(result)", sourceLocation: sourceLocation)
-    return nil
-  } catch let error as NVMeCSIError {
-    #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
-    for fragment in fragments {
-      #expect(error.message.contains(fragment), "\(error) does not mention \(fragment)", sourceLocation: sourceLocation)
-    }
-    return error
-  } catch {
-    Issue.record("expected an NVMeCSIError, got \(error)", sourceLocation: sourceLocation)
-    return nil
-  }
-}
 
 /// A fresh, empty directory (canonical path, no symlinks), removed with everything in it when `body` returns.
 @discardableResult

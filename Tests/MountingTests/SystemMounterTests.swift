@@ -1,6 +1,7 @@
 import Foundation
 import Mounting
 import NVMeCSICore
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

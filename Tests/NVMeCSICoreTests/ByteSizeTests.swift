@@ -1,4 +1,5 @@
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("Human sizes")

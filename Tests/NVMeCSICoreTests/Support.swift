@@ -1,28 +1,7 @@
 import NVMeCSICore
+import TestSupport
 import Testing
 
-/// Runs `body`, expecting it to fail with an `NVMeCSIError` of `kind` whose message
-/// contains every one of `fragments`. Returns the error for further checks.
-@discardableResult
-func expectError<R>(
-  _ kind: NVMeCSIError.Kind, mentioning fragments: [String] = [],
-  sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
-) -> NVMeCSIError? {
-  do {
-    let result = try body()
-    Issue.record("expected a \(kind.rawValue) error, got \(result)", sourceLocation: sourceLocation)
-    return nil
-  } catch let error as NVMeCSIError {
-    #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
-    for fragment in fragments {
-      #expect(error.message.contains(fragment), "\(error) does not mention \(fragment)", sourceLocation: sourceLocation)
-    }
-    return error
-  } catch {
-    Issue.record("expected an NVMeCSIError, got \(error)", sourceLocation: sourceLocation)
-    return nil
-  }
-}
 
 /// Well-formed inputs shared by the suites.
 enum Sample {

@@ -1,4 +1,5 @@
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("StorageClass parameters")
@@ -10,7 +11,7 @@ struct VolumeParametersTests {
     #expect(p.connection == ConnectionParameters())
     #expect(p.connection.ctrlLossTmo == 600)
     #expect(p.connection.reconnectDelay == 2)
-    #expect(p.connection.fastIoFailTmo == 20)
+    #expect(p.connection.fastIoFailTmo == 120)
     #expect(p.connection.keepAliveTmo == 5)
     #expect(p.connection.nrIoQueues == 0)
   }
@@ -105,12 +106,13 @@ struct VolumeParametersTests {
     }
   }
 
-  @Test("The default fastIoFailTmo conflicts with a short ctrlLossTmo unless lowered too")
+  @Test("A short ctrlLossTmo alone turns the default fastIoFailTmo off; an explicit conflicting one is refused")
   func defaultsInteract() throws {
+    #expect(try VolumeParameters(parsing: ["ctrlLossTmo": "15"]).connection.fastIoFailTmo == -1)
+    #expect(try VolumeParameters(parsing: ["ctrlLossTmo": "15", "fastIoFailTmo": "14"]).connection.fastIoFailTmo == 14)
     expectError(.invalidArgument, mentioning: ["fastIoFailTmo (20)"]) {
-      try VolumeParameters(parsing: ["ctrlLossTmo": "15"])
+      try VolumeParameters(parsing: ["ctrlLossTmo": "15", "fastIoFailTmo": "20"])
     }
-    #expect(try VolumeParameters(parsing: ["ctrlLossTmo": "15", "fastIoFailTmo": "14"]).connection.ctrlLossTmo == 15)
   }
 
   @Test("The volume context carries every knob and reads back to the same values")

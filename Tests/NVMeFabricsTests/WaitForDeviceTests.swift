@@ -1,5 +1,6 @@
 import NVMeCSICore
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import NVMeFabrics

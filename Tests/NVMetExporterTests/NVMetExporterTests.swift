@@ -1,6 +1,7 @@
 import Foundation
 import NVMeCSICore
 import NVMetExporter
+import TestSupport
 import Testing
 
 @Suite("nvmet exporter")

@@ -1,6 +1,7 @@
 import Foundation
 import NVMeCSICore
 import NVMetExporter
+import TestSupport
 import Testing
 
 /// A fresh, empty directory standing in for the configfs mount point, removed afterwards.
@@ -80,27 +81,6 @@ final class RecordingConfigfs: ConfigfsTree, @unchecked Sendable {
   func exists(_ path: String) -> Bool { inner.exists(path) }
 }
 
-/// Runs `body`, expecting an `NVMeCSIError` of `kind` whose message contains `fragments`.
-@discardableResult
-func expectError<R>(
-  _ kind: NVMeCSIError.Kind, mentioning fragments: [String] = [],
-  sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
-) -> NVMeCSIError? {
-  do {
-    let result = try body()
-    Issue.record("expected a \(kind.rawValue) error, got \(result)", sourceLocation: sourceLocation)
-    return nil
-  } catch let error as NVMeCSIError {
-    #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
-    for fragment in fragments {
-      #expect(error.message.contains(fragment), "\(error) does not mention \(fragment)", sourceLocation: sourceLocation)
-    }
-    return error
-  } catch {
-    Issue.record("expected an NVMeCSIError, got \(error)", sourceLocation: sourceLocation)
-    return nil
-  }
-}
 
 enum Hosts {
   static let a = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-4000-8000-000000000001"

@@ -1,5 +1,6 @@
 import Foundation
 import NVMeCSICore
+import TestSupport
 import Testing
 import VolumeStore
 
@@ -19,7 +20,17 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
 }
 
 func makeStores() -> [StoreFactory] {
-  [StoreFactory(name: "FileStore") { directory in try FileStore(root: directory) }]
+  var stores = [StoreFactory(name: "FileStore") { directory in try FileStore(root: directory) }]
+  // LVM thin needs device-mapper: the VM harness sets this (Tests/e2e/guest-stores.sh).
+  if let pool = ProcessInfo.processInfo.environment["NVME_CSI_TEST_LVM_POOL"] {
+    stores.append(
+      StoreFactory(name: "LVMThinStore") { directory in
+        // Each test's directory names its own owner tag, so tests never see each other's LVs.
+        let owner = "test-" + String(directory.split(separator: "/").dropLast().last?.suffix(12) ?? "x")
+        return try LVMThinStore(spec: pool, owner: owner)
+      })
+  }
+  return stores
 }
 
 /// A fresh, empty directory, removed when `body` returns.
@@ -35,27 +46,6 @@ func withStore<R>(_ factory: StoreFactory, _ body: (any VolumeStore, String) thr
   try withTemporaryDirectory { directory in try body(try factory.open(directory + "/store"), directory + "/store") }
 }
 
-/// Runs `body`, expecting an `NVMeCSIError` of `kind` whose message contains `fragments`.
-@discardableResult
-func expectError<R>(
-  _ kind: NVMeCSIError.Kind, mentioning fragments: [String] = [],
-  sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R
-) -> NVMeCSIError? {
-  do {
-    let result = try body()
-    Issue.record("expected a \(kind.rawValue) error, got \(result)", sourceLocation: sourceLocation)
-    return nil
-  } catch let error as NVMeCSIError {
-    #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
-    for fragment in fragments {
-      #expect(error.message.contains(fragment), "\(error) does not mention \(fragment)", sourceLocation: sourceLocation)
-    }
-    return error
-  } catch {
-    Issue.record("expected an NVMeCSIError, got \(error)", sourceLocation: sourceLocation)
-    return nil
-  }
-}
 
 let MiB: UInt64 = 1 << 20
 

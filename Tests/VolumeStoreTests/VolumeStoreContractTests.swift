@@ -1,5 +1,6 @@
 import Foundation
 import NVMeCSICore
+import TestSupport
 import Testing
 import VolumeStore
 

@@ -1,28 +1,42 @@
 #!/bin/bash
-# Runs INSIDE the VM as root: loads the kernel parts a storage node and a worker
-# need (on Talos: machine config), puts the file store on a real file system, then
-# runs the lifecycle program. usage: guest.sh <bin-dir> [ext4|xfs]
-set -euo pipefail
+# Runs INSIDE the VM as root. Loads the kernel parts a storage node and a worker need
+# (on Talos: machine config), then runs the lifecycle twice: with the file store on
+# XFS (reflink snapshots, as on Talos's /var) and with the LVM thin store; and the
+# store contract tests against LVM thin, which needs device-mapper.
+# usage: guest.sh <bin-dir>
+set -uo pipefail
 bin=$1
-storefs=${2:-xfs}  # XFS, as on Talos: snapshots and clones are reflinks
-# nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop: the store's disk.
-modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop
+# nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop + dm-thin: the stores.
+modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop dm-thin-pool || exit 1
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
 [ -c /dev/nvme-fabrics ] || { echo "guest: /dev/nvme-fabrics missing"; exit 1; }
+mount -t tmpfs -o size=5G e2e /e2e 2>/dev/null || { mkdir -p /e2e && mount -t tmpfs -o size=5G e2e /e2e; }
+status=0
 
-# The store must be on ext4 or xfs: nvmet sees a 0-byte file on overlayfs, and on
-# tmpfs it needs buffered_io and WRITE_ZEROES fails. So: a loop device over a file
-# on tmpfs, formatted.
-work=/e2e
-mkdir -p $work
-mount -t tmpfs -o size=3G e2e $work
-truncate -s 2G $work/disk.img
-case $storefs in
-  xfs) mkfs.xfs -q -f $work/disk.img ;;
-  *) mkfs.ext4 -q -F $work/disk.img ;;
-esac
-loop=$(losetup -f --show $work/disk.img)
-mkdir -p $work/store
-mount "$loop" $work/store
-echo "guest: store on $storefs ($loop), kernel $(uname -r)"
-exec "$bin/nvme-csi-e2e" --bin "$bin" --work $work
+# A file store must sit on ext4 or xfs: nvmet sees a 0-byte file on overlayfs, and on
+# tmpfs it needs buffered_io and WRITE_ZEROES fails. So: a loop device, formatted.
+disk() {  # <name> <size> -> prints a loop device over a new sparse file
+  truncate -s "$2" "/e2e/$1.img"
+  losetup -f --show "/e2e/$1.img"
+}
+
+echo "=== lifecycle: file store on XFS"
+mkdir -p /e2e/file/store
+loop=$(disk file 2G)
+mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/file/store || exit 1
+"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store || status=1
+
+echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
+# No udev in this VM: LVM must create its device nodes itself instead of waiting.
+sed -i 's/^\(\s*\)# udev_sync = 1/\1udev_sync = 0/; s/^\(\s*\)# udev_rules = 1/\1udev_rules = 0/' /etc/lvm/lvm.conf
+pv=$(disk lvm 3G)
+export LVM_SUPPRESS_FD_WARNINGS=1
+{ pvcreate -q "$pv" && vgcreate -q -s 1M nvmecsi "$pv" && lvcreate -q -T nvmecsi/pool -L 2G; } || exit 1
+
+echo "=== store contract tests against LVM thin"
+NVME_CSI_TEST_LVM_POOL=nvmecsi/pool "$bin/nvme-csiPackageTests.xctest" --testing-library swift-testing \
+  --filter VolumeStoreTests || status=1
+
+echo "=== lifecycle: LVM thin store"
+"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool || status=1
+exit $status

@@ -20,14 +20,48 @@ final class Cluster: @unchecked Sendable {
   private(set) var controller: Process?
   private(set) var node: Process?
 
-  init(bin: String, work: String) {
+  /// `--store` of the target: `file:<dir>` or `lvm:<vg>/<pool>`.
+  let store: String
+
+  init(bin: String, work: String, store: String) {
     self.bin = bin
     self.work = work
+    self.store = store
     self.controllerSocket = work + "/csi/controller.sock"
     self.nodeSocket = work + "/csi/node.sock"
   }
 
-  var store: String { work + "/store" }
+  /// Where a volume's data lives, as a user would look for it.
+  func dataPath(of uuid: String) -> String {
+    store.hasPrefix("lvm:")
+      ? "/dev/\(store.dropFirst(4).split(separator: "/")[0])/nvmecsi-v-\(uuid)"
+      : "\(store.dropFirst(5))/volumes/\(uuid).img"
+  }
+
+  /// What the store holds: files of the file store, or the LVs of ours.
+  func storeContents() -> [String] {
+    if store.hasPrefix("lvm:") {
+      let vg = String(store.dropFirst(4).split(separator: "/")[0])
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: "/sbin/lvs")
+      process.arguments = ["--noheadings", "--separator", " ", "-o", "lv_name,lv_tags", vg]
+      let pipe = Pipe()
+      process.standardOutput = pipe
+      guard (try? process.run()) != nil else { return ["(lvs failed)"] }
+      let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      process.waitUntilExit()
+      // Only the target's LVs (the store contract tests leave their own, other owners).
+      return output.split(separator: "\n").compactMap { line in
+        let fields = line.split(separator: " ")
+        guard fields.count == 2, fields[1].split(separator: ",").contains("nvmecsi.owner=nvme-csi") else { return nil }
+        return String(fields[0])
+      }
+    }
+    let root = String(store.dropFirst(5))
+    return ["volumes", "snapshots"].flatMap { dir in
+      ((try? FileManager.default.contentsOfDirectory(atPath: root + "/" + dir)) ?? []).map { dir + "/" + $0 }
+    }
+  }
   let nvmet = "/sys/kernel/config/nvmet"
 
   func startAll() throws {
@@ -48,7 +82,7 @@ final class Cluster: @unchecked Sendable {
   func startTarget() throws {
     target = try launch(
       "target",
-      ["target", "--listen", "127.0.0.1:7600", "--store", "file:" + store, "--portal", "127.0.0.1:4420"])
+      ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"])
   }
 
   func startNode() throws {

@@ -18,15 +18,16 @@ import Glibc
 struct Lifecycle {
   static func main() async {
     var arguments = CommandLine.arguments.dropFirst()
-    var bin = "", work = "/e2e"
+    var bin = "", work = "/e2e", store = ""
     while let flag = arguments.popFirst() {
       switch flag {
       case "--bin": bin = arguments.popFirst() ?? ""
       case "--work": work = arguments.popFirst() ?? work
+      case "--store": store = arguments.popFirst() ?? ""
       default: break
       }
     }
-    let cluster = Cluster(bin: bin, work: work)
+    let cluster = Cluster(bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store)
     let steps = Steps()
     steps.onFailure = {
       for role in ["target", "controller", "node"] { print("    --- \(role) log (tail)\n\(cluster.logTail(role))") }
@@ -118,7 +119,7 @@ struct Scenario {
           $0.parameters = ["reconnectDelay": "1", "ctrlLossTmo": "120"]
         }
       ).volume
-      steps.note("\(v.volumeID), backing file \(try storeFile(of: v.volumeID)) (sparse)")
+      steps.note("\(v.volumeID), backed by \(try storeFile(of: v.volumeID))")
       return v
     }) else { return nil }
     guard let attached = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-1") else { return nil }
@@ -403,10 +404,7 @@ struct Scenario {
       try check(!subsystems.contains { $0.hasPrefix(SubsystemNaming.prefix) }, "subsystems left: \(subsystems)")
       let hosts = (try? FileManager.default.contentsOfDirectory(atPath: cluster.nvmet + "/hosts")) ?? []
       try check(hosts.isEmpty, "hosts left: \(hosts)")
-      for dir in ["volumes", "snapshots"] {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: cluster.store + "/" + dir)) ?? []
-        try check(files.isEmpty, "\(dir) left in the store: \(files)")
-      }
+      try check(cluster.storeContents().isEmpty, "left in the store: \(cluster.storeContents())")
     }
   }
 
@@ -442,7 +440,7 @@ struct Scenario {
   }
 
   func storeFile(of volumeID: String) throws -> String {
-    cluster.store + "/volumes/" + String(volumeID.split(separator: ".").last!) + ".img"
+    cluster.dataPath(of: String(volumeID.split(separator: ".").last!))
   }
 
   /// What the kernel shows for an attached volume: device, size, paths, mount.
