@@ -24,6 +24,12 @@ public struct NVMetExporter: VolumeExporter {
   /// directory is not configfs, a simulated tree is kept there instead (nothing is
   /// served over the network; `kind` says "simulated").
   public init(configfs: String, portals: [Portal]) throws(NVMeCSIError) {
+    // Under /sys it must be the kernel's configfs (never a stand-in): mount it when
+    // the host has not (Talos does not mount configfs).
+    if configfs.hasPrefix("/sys/") && !isConfigfs(configfs) && mount("configfs", configfs, "configfs", 0, nil) != 0 {
+      throw .failedPrecondition(
+        "configfs is not mounted at \(configfs) and mounting it failed (\(String(cString: strerror(errno)))): run `mount -t configfs configfs \(configfs)` on the storage node, or run the target privileged")
+    }
     let tree: any ConfigfsTree
     if isConfigfs(configfs) {
       tree = KernelConfigfs(root: configfs + "/nvmet")

@@ -16,7 +16,7 @@ public struct LVMCommand: Sendable {
     if !FileManager.default.isExecutableFile(atPath: "/sbin/lvm") {
       process.executableURL = URL(fileURLWithPath: "/usr/sbin/lvm")
     }
-    process.arguments = arguments
+    process.arguments = Array(arguments.prefix(1)) + deviceFilter() + arguments.dropFirst()
     // LVM warns about inherited descriptors on every call; its messages stay English.
     process.environment = ["LVM_SUPPRESS_FD_WARNINGS": "1", "LC_ALL": "C", "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"]
     // Output goes to files, not pipes: LVM may start a daemon (dmeventd) that inherits
@@ -51,6 +51,31 @@ public struct LVMCommand: Sendable {
       throw .internalError(message)
     }
     return output
+  }
+
+  /// Keeps LVM away from NVMe over Fabrics namespaces. LVM scans every block device;
+  /// on a storage node that is also a worker those include volumes attached over
+  /// NVMe/TCP, and while such a path is down their I/O is queued: a scan would hang
+  /// until fast_io_fail_tmo, and a restarting target would wait on itself (seen in the
+  /// VM). Volumes may also hold a guest's own LVM metadata, which must never be seen
+  /// here. Local PCIe NVMe drives stay visible.
+  func deviceFilter(sysfs: String = "/sys") -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: sysfs + "/block")) ?? []
+    let fabrics = names.filter { name in
+      guard name.hasPrefix("nvme") else { return false }
+      let device = sysfs + "/block/" + name + "/device"
+      // Without multipath `device` is the controller; with it, the subsystem, whose
+      // entries include its controllers.
+      let controllers = [device] + ((try? FileManager.default.contentsOfDirectory(atPath: device)) ?? [])
+        .filter { $0.hasPrefix("nvme") }.map { device + "/" + $0 }
+      return controllers.contains { dir in
+        guard let transport = try? String(contentsOfFile: dir + "/transport", encoding: .utf8) else { return false }
+        return transport.trimmingCharacters(in: .whitespacesAndNewlines) != "pcie"
+      }
+    }
+    guard !fabrics.isEmpty else { return [] }
+    let rejects = fabrics.sorted().map { "\"r|^/dev/\($0)$|\"" }.joined(separator: ", ")
+    return ["--config", "devices { global_filter = [ \(rejects), \"a|.*|\" ] }"]
   }
 
   /// `lvs` rows of a volume group as field → value (sizes in bytes).
