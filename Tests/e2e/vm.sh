@@ -11,7 +11,7 @@
 # Every pitfall below was met for real; see Tests/e2e/README.md.
 set -euo pipefail
 
-cache=${NVME_CSI_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nvme-csi-vm}
+cache=${NVME_CSI_VM_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/nvme-csi-vm}
 timeout_s=${NVME_CSI_VM_TIMEOUT:-900}
 accel=${NVME_CSI_VM_ACCEL:-auto}
 [ $# -ge 1 ] && [ "${1:0:1}" = / ] || { echo "usage: $0 /absolute/guest-script [args...]" >&2; exit 2; }
@@ -29,7 +29,8 @@ kdir=$cache/kernel-$kver
 if [ ! -e "$kdir/.done" ]; then
   echo "vm: fetching $kpkg (cached in $kdir)"
   rm -rf "$kdir" "$cache/debs"; mkdir -p "$kdir" "$cache/debs"
-  (cd "$cache/debs" && apt-get download -qq -o APT::Sandbox::User=root "$kpkg" >/dev/null)
+  sandbox=(); [ "$(id -u)" -eq 0 ] && sandbox=(-o APT::Sandbox::User=root)  # root: no _apt user write access
+  (cd "$cache/debs" && apt-get download -qq "${sandbox[@]}" "$kpkg" >/dev/null)
   dpkg -x "$cache"/debs/"$kpkg"_*.deb "$kdir"
   rm -rf "$cache/debs"
   depmod -b "$kdir" "$kver"  # the .deb ships no modules.dep (its postinst makes it)
