@@ -82,7 +82,9 @@ let package = Package(
       path: "Tests/e2e/Lifecycle"),
 
     // Helpers shared by the test targets.
-    .target(name: "TestSupport", dependencies: ["NVMeCSICore"], path: "Tests/TestSupport"),
+    .target(
+      name: "TestSupport", dependencies: ["NVMeCSICore", .product(name: "GRPCCore", package: "grpc-swift-2")],
+      path: "Tests/TestSupport"),
     .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore", "TestSupport"]),
     .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore", "TestSupport"]),
     .testTarget(name: "NVMetExporterTests", dependencies: ["NVMetExporter", "NVMeCSICore", "TestSupport"]),
@@ -90,10 +92,10 @@ let package = Package(
     .testTarget(name: "NVMeFabricsTests", dependencies: ["NVMeFabrics", "NVMeCSICore", "TestSupport"]),
     .testTarget(
       name: "NodePluginTests",
-      dependencies: grpc + ["NodePlugin", "NVMeFabrics", "Mounting", "CSIProto", "NVMeCSICore", "CSIServer", log]),
+      dependencies: grpc + ["NodePlugin", "NVMeFabrics", "Mounting", "CSIProto", "NVMeCSICore", "CSIServer", "TestSupport", log]),
     .testTarget(
       name: "ControllerPluginTests",
-      dependencies: grpc + ["ControllerPlugin", "CSIProto", "TargetProto", "NVMeCSICore", "CSIServer", log]),
+      dependencies: grpc + ["ControllerPlugin", "CSIProto", "TargetProto", "NVMeCSICore", "CSIServer", "TestSupport", log]),
   ],
   swiftLanguageModes: [.v6]
 )

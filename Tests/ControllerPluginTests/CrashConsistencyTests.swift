@@ -2,6 +2,7 @@ import CSIProto
 import Foundation
 import GRPCCore
 import NVMeCSICore
+import TestSupport
 import Testing
 
 /// A target killed in the middle of a multi-step operation comes back consistent: the

@@ -1,5 +1,6 @@
 import CSIProto
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("ControllerPublishVolume and ControllerUnpublishVolume")

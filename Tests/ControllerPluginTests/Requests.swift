@@ -52,20 +52,3 @@ func publishRequest(
   }
 }
 
-/// Expects `body` to fail with `code`, and the message to mention `mentioning` when given.
-func expectStatus(
-  _ code: RPCError.Code, mentioning fragment: String? = nil, sourceLocation: SourceLocation = #_sourceLocation,
-  _ body: () async throws -> some Any
-) async {
-  do {
-    _ = try await body()
-    Issue.record("expected \(code), but the call succeeded", sourceLocation: sourceLocation)
-  } catch let error as RPCError {
-    #expect(error.code == code, "message: \(error.message)", sourceLocation: sourceLocation)
-    if let fragment {
-      #expect(error.message.contains(fragment), "message \"\(error.message)\" should mention \"\(fragment)\"", sourceLocation: sourceLocation)
-    }
-  } catch {
-    Issue.record("expected RPCError \(code), got \(error)", sourceLocation: sourceLocation)
-  }
-}

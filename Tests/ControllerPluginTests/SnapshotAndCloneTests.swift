@@ -1,6 +1,7 @@
 import CSIProto
 import Foundation
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("Snapshots, restores and clones")

@@ -2,6 +2,7 @@ import CSIProto
 import Foundation
 import GRPCCore
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("Node info and capabilities")

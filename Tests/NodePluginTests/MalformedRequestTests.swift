@@ -2,6 +2,7 @@ import CSIProto
 import Foundation
 import GRPCCore
 import NVMeCSICore
+import TestSupport
 import Testing
 
 /// Hostile or broken requests get a clear status and change nothing on the node.
@@ -81,21 +82,7 @@ struct MalformedRequestTests {
     }
   }
 
-  static let badVolumeIDs = [
-    "../../../etc/passwd",
-    "v1.store-a.../../../tmp/x",
-    "v1.store-a.00000000-0000-4000-8000-00000000000\0",
-    "v1.STORE-A.00000000-0000-4000-8000-000000000000",
-    "v1.store-a.00000000-0000-4000-8000-000000000000/../x",
-    "v1.store-a.ABCDEF00-0000-4000-8000-000000000000",
-    "v2.store-a.00000000-0000-4000-8000-000000000000",
-    "s1.store-a.00000000-0000-4000-8000-000000000000",
-    "v1.store-a.00000000-0000-4000-8000-000000000000.extra",
-    "v1." + String(repeating: "a", count: 200) + ".00000000-0000-4000-8000-000000000000",
-    "v1.store-a\n.00000000-0000-4000-8000-000000000000",
-  ]
-
-  @Test("Volume IDs that are not ours are NotFound, and success for unpublish and unstage", arguments: badVolumeIDs)
+  @Test("Volume IDs that are not ours are NotFound, and success for unpublish and unstage", arguments: hostileVolumeIDs)
   func badVolumeID(id: String) async throws {
     try await Self.withBusyNode { h, v in
       let staging = h.machine.kubelet + "/bad/globalmount"

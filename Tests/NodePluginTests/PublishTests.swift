@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import Mounting
 import NVMeCSICore
+import TestSupport
 import Testing
 
 @Suite("Publishing, unpublishing and unstaging")
