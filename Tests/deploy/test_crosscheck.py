@@ -22,10 +22,10 @@ EXAMPLE_SETS = ["examples", "examples/expansion"]
 
 # Sidecars: image repository -> major version this deployment is built for.
 SIDECAR_MAJORS = {
-    "registry.k8s.io/sig-storage/csi-provisioner": 5,
+    "registry.k8s.io/sig-storage/csi-provisioner": 6,
     "registry.k8s.io/sig-storage/csi-attacher": 4,
     "registry.k8s.io/sig-storage/csi-snapshotter": 8,
-    "registry.k8s.io/sig-storage/csi-resizer": 1,
+    "registry.k8s.io/sig-storage/csi-resizer": 2,
     "registry.k8s.io/sig-storage/livenessprobe": 2,
     "registry.k8s.io/sig-storage/csi-node-driver-registrar": 2,
 }
@@ -294,7 +294,7 @@ def test_controller_sidecars_are_configured(installation, render):
     objects = render(installation)
     deploy = one(objects, "Deployment", "nvme-csi-controller")
     spec = pod_spec(deploy)
-    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["replicas"] == 2, "two replicas with leader election"
     prov = flag_args(container(spec, "csi-provisioner"))
     assert "Topology=true" in prov.get("--feature-gates", [""])[0].split(","), "provisioner needs Topology=true"
     assert "--extra-create-metadata" in prov
@@ -389,6 +389,7 @@ REQUIRED_RULES = {
         ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
         ("", "nodes"): {"get", "list", "watch"},
         ("storage.k8s.io", "volumeattachments"): {"get", "list", "watch"},
+        ("storage.k8s.io", "volumeattributesclasses"): {"get", "list", "watch"},  # v6
     },
     "csi-attacher": {
         ("", "persistentvolumes"): {"get", "list", "watch", "patch"},
@@ -408,6 +409,7 @@ REQUIRED_RULES = {
         ("", "pods"): {"get", "list", "watch"},
         ("", "persistentvolumeclaims/status"): {"patch"},
         ("", "events"): {"list", "watch", "create", "update", "patch"},
+        ("storage.k8s.io", "volumeattributesclasses"): {"get", "list", "watch"},  # v2
     },
 }
 NAMESPACED_REQUIRED = {("coordination.k8s.io", "leases"): {"get", "watch", "list", "delete", "update", "create"}}
