@@ -83,7 +83,9 @@ let package = Package(
 
     // Helpers shared by the test targets.
     .target(
-      name: "TestSupport", dependencies: ["NVMeCSICore", .product(name: "GRPCCore", package: "grpc-swift-2")],
+      name: "TestSupport",
+      dependencies: grpc + ["NVMeCSICore", "CSIProto", "CSIServer", log,
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
       path: "Tests/TestSupport"),
     .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore", "TestSupport"]),
     .testTarget(name: "VolumeStoreTests", dependencies: ["VolumeStore", "NVMeCSICore", "TestSupport"]),

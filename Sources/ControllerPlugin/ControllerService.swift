@@ -302,11 +302,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     -> Csi_V1_GetSnapshotResponse
   {
     guard !request.snapshotID.isEmpty else { throw NVMeCSIError.invalidArgument("snapshot_id is required") }
-    let id = try ObjectID(parsing: request.snapshotID, as: .snapshot)
-    let target = try targets.holding(id)
-    guard let snapshot = try await target.api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
-      throw NVMeCSIError.notFound("snapshot \(id) does not exist")
-    }
+    let (target, snapshot) = try await snapshot(try ObjectID(parsing: request.snapshotID, as: .snapshot))
     return .with { $0.snapshot = csiSnapshot(snapshot, on: target) }
   }
 
@@ -357,10 +353,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     switch request.volumeContentSource.type {
     case .snapshot(let s)?:
       let id = try ObjectID(parsing: s.snapshotID, as: .snapshot)
-      guard let snapshot = try await targets.holding(id).api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
-        throw NVMeCSIError.notFound("source snapshot \(id) does not exist")
-      }
-      return Source(id: id, sizeBytes: snapshot.sizeBytes)
+      return Source(id: id, sizeBytes: try await snapshot(id).snapshot.sizeBytes)
     case .volume(let v)?:
       let id = try ObjectID(parsing: v.volumeID, as: .volume)
       let volume = try await targets.holding(id).api.getVolume(uuid: id.uuid.value)
@@ -368,6 +361,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     case nil:
       throw NVMeCSIError.invalidArgument("volume_content_source has neither a snapshot nor a volume")
     }
+  }
+
+  /// A snapshot by ID, from the target that holds it; `notFound` when it is gone.
+  private func snapshot(_ id: ObjectID) async throws -> (target: StorageTarget, snapshot: Nvmecsi_Target_V1_Snapshot) {
+    let target = try targets.holding(id)
+    guard let snapshot = try await target.api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
+      throw NVMeCSIError.notFound("snapshot \(id) does not exist")
+    }
+    return (target, snapshot)
   }
 
   private func findVolume(named name: String) async throws -> (StorageTarget, Nvmecsi_Target_V1_Volume)? {

@@ -8,12 +8,8 @@ import Glibc
 /// The few POSIX file operations the file store is built from, each turning errno
 /// into a message that names the path.
 enum FileOperations {
-  static func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
-    DurableFile.failure(what, path, code)
-  }
-
   static func makeDirectory(_ path: String) throws(NVMeCSIError) {
-    if mkdir(path, 0o700) != 0 && errno != EEXIST { throw failure("cannot create directory", path) }
+    if mkdir(path, 0o700) != 0 && errno != EEXIST { throw DurableFile.failure("cannot create directory", path) }
   }
 
   static func exists(_ path: String) -> Bool {
@@ -23,13 +19,13 @@ enum FileOperations {
 
   static func size(of path: String) throws(NVMeCSIError) -> UInt64 {
     var st = stat()
-    guard stat(path, &st) == 0 else { throw failure("cannot stat", path) }
+    guard stat(path, &st) == 0 else { throw DurableFile.failure("cannot stat", path) }
     return UInt64(st.st_size)
   }
 
 
   static func list(_ directory: String) throws(NVMeCSIError) -> [String] {
-    guard let dir = opendir(directory) else { throw failure("cannot list", directory) }
+    guard let dir = opendir(directory) else { throw DurableFile.failure("cannot list", directory) }
     defer { closedir(dir) }
     var names: [String] = []
     while let entry = readdir(dir) {
@@ -55,7 +51,7 @@ enum FileOperations {
   static func copyContents(from src: Int32, to dst: Int32, srcPath: String, dstPath: String) throws(NVMeCSIError) -> Bool {
     if ioctl(dst, ficlone, CInt(src)) == 0 { return true }
     let total = try size(ofDescriptor: src, path: srcPath)
-    guard ftruncate(dst, off_t(total)) == 0 else { throw failure("cannot size", dstPath) }
+    guard ftruncate(dst, off_t(total)) == 0 else { throw DurableFile.failure("cannot size", dstPath) }
     var offset: off_t = 0
     let bufferSize = 1 << 20
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096)
@@ -70,7 +66,7 @@ enum FileOperations {
         let n = pread(src, buffer, min(bufferSize, Int(hole - position)), position)
         if n < 0 {
           if errno == EINTR { continue }
-          throw failure("cannot read", srcPath)
+          throw DurableFile.failure("cannot read", srcPath)
         }
         if n == 0 { break }
         var written = 0
@@ -78,7 +74,7 @@ enum FileOperations {
           let w = pwrite(dst, buffer + written, n - written, position + off_t(written))
           if w < 0 {
             if errno == EINTR { continue }
-            throw failure("cannot write", dstPath)
+            throw DurableFile.failure("cannot write", dstPath)
           }
           written += w
         }
@@ -91,7 +87,7 @@ enum FileOperations {
 
   static func size(ofDescriptor fd: Int32, path: String) throws(NVMeCSIError) -> UInt64 {
     var st = stat()
-    guard fstat(fd, &st) == 0 else { throw failure("cannot stat", path) }
+    guard fstat(fd, &st) == 0 else { throw DurableFile.failure("cannot stat", path) }
     return UInt64(st.st_size)
   }
 

@@ -40,7 +40,7 @@ public final class FileStore: VolumeStore {
 
   public func capacity() throws(NVMeCSIError) -> StoreCapacity {
     var fs = statvfs()
-    guard statvfs(root, &fs) == 0 else { throw FileOperations.failure("cannot statvfs", root) }
+    guard statvfs(root, &fs) == 0 else { throw DurableFile.failure("cannot statvfs", root) }
     let unit = UInt64(fs.f_frsize)
     return StoreCapacity(totalBytes: UInt64(fs.f_blocks) * unit, availableBytes: UInt64(fs.f_bavail) * unit)
   }
@@ -83,10 +83,10 @@ public final class FileStore: VolumeStore {
     let current = try FileOperations.size(of: path)
     if sizeBytes > current {
       let fd = open(path, O_RDWR | O_CLOEXEC)
-      guard fd >= 0 else { throw FileOperations.failure("cannot open", path) }
+      guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
       defer { close(fd) }
-      guard ftruncate(fd, off_t(sizeBytes)) == 0 else { throw FileOperations.failure("cannot grow", path) }
-      guard fsync(fd) == 0 else { throw FileOperations.failure("cannot fsync", path) }
+      guard ftruncate(fd, off_t(sizeBytes)) == 0 else { throw DurableFile.failure("cannot grow", path) }
+      guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", path) }
     }
     failpoints.reach("store.expand-volume.after-data")
     let newSize = max(sizeBytes, current)
@@ -175,7 +175,7 @@ public final class FileStore: VolumeStore {
     let temp = directory + "/." + (path as NSString).lastPathComponent + ".tmp"
     unlink(temp)
     let fd = open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw FileOperations.failure("cannot create", temp) }
+    guard fd >= 0 else { throw DurableFile.failure("cannot create", temp) }
     do throws(NVMeCSIError) {
       defer { close(fd) }
       if let source {
@@ -183,21 +183,21 @@ public final class FileStore: VolumeStore {
         guard src >= 0 else {
           throw errno == ENOENT
             ? .notFound("the source's data \(source) is missing on this target")
-            : FileOperations.failure("cannot open", source)
+            : DurableFile.failure("cannot open", source)
         }
         defer { close(src) }
         try FileOperations.copyContents(from: src, to: fd, srcPath: source, dstPath: temp)
       }
       if try FileOperations.size(ofDescriptor: fd, path: temp) < size {
-        guard ftruncate(fd, off_t(size)) == 0 else { throw FileOperations.failure("cannot size", temp) }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw DurableFile.failure("cannot size", temp) }
       }
-      guard fsync(fd) == 0 else { throw FileOperations.failure("cannot fsync", temp) }
+      guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", temp) }
     } catch {
       unlink(temp)
       throw error
     }
     guard rename(temp, path) == 0 else {
-      let error = FileOperations.failure("cannot rename into place", path)
+      let error = DurableFile.failure("cannot rename into place", path)
       unlink(temp)
       throw error
     }

@@ -7,6 +7,7 @@ import GRPCNIOTransportHTTP2
 import Logging
 import NVMeCSICore
 import ServiceLifecycle
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -64,34 +65,9 @@ final class Harness: Sendable {
       driverName: "nvme.csi.dev", version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
       isReady: { await controller.reachableTargetCount() > 0 })
     let socket = directory + "/csi/csi.sock"
-    services.append(try GRPCService(endpoint: .unix(path: socket), services: [identity, controller], logger: logger))
-    let csiClient = try makeClient(to: .unix(path: socket))
-    services.append(GRPCClientService(csiClient))
-    let group = ServiceGroup(services: services, gracefulShutdownSignals: [], logger: logger)
-
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-      tasks.addTask { try await group.run() }
-      let harness = Harness(directory: directory, socket: socket, client: csiClient, targets: targets)
-      do {
-        try await harness.waitUntilServing()
-        try await body(harness)
-      } catch {
-        await group.triggerGracefulShutdown()
-        throw error
-      }
-      await group.triggerGracefulShutdown()
-      try await tasks.waitForAll()
+    try await withServedPlugin(socket: socket, services: [identity, controller], alongside: services, logger: logger) {
+      try await body(Harness(directory: directory, socket: socket, client: $0, targets: targets))
     }
-  }
-
-  /// Waits (bounded) until the controller answers on its socket.
-  private func waitUntilServing() async throws {
-    let deadline = ContinuousClock.now + .seconds(20)
-    while ContinuousClock.now < deadline {
-      if FileManager.default.fileExists(atPath: socket), (try? await identity.probe(.init())) != nil { return }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    throw HarnessError("the controller did not serve on \(socket) within 20 s")
   }
 
   /// Restarts a target and waits (bounded) until the controller reaches it again on

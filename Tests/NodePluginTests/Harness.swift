@@ -9,6 +9,7 @@ import NVMeCSICore
 import NVMeFabrics
 import NodePlugin
 import ServiceLifecycle
+import TestSupport
 import Testing
 
 /// One worker node: a fake kernel, a state directory and kubelet's directories in a
@@ -128,33 +129,9 @@ final class Harness: Sendable {
       driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.nodeCapabilities(hasTopology: !topology.isEmpty),
       isReady: { true })
     let socket = machine.directory + "/csi-\(UUID().uuidString.prefix(8)).sock"
-    let server = try GRPCService(endpoint: .unix(path: socket), services: [identity, node], logger: logger)
-    let client = try makeClient(to: .unix(path: socket))
-    let group = ServiceGroup(services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
-
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-      tasks.addTask { try await group.run() }
-      let harness = Harness(machine: machine, socket: socket, client: client)
-      do {
-        try await harness.waitUntilServing()
-        try await body(harness)
-      } catch {
-        await group.triggerGracefulShutdown()
-        throw error
-      }
-      await group.triggerGracefulShutdown()
-      try await tasks.waitForAll()
+    try await withServedPlugin(socket: socket, services: [identity, node], logger: logger) {
+      try await body(Harness(machine: machine, socket: socket, client: $0))
     }
-  }
-
-  /// Waits (bounded) until the plugin answers on its socket.
-  private func waitUntilServing() async throws {
-    let deadline = ContinuousClock.now + .seconds(20)
-    while ContinuousClock.now < deadline {
-      if FileManager.default.fileExists(atPath: socket), (try? await identity.probe(.init())) != nil { return }
-      try await Task.sleep(for: .milliseconds(20))
-    }
-    throw HarnessError("the node plugin did not serve on \(socket) within 20 s")
   }
 
   // MARK: the kubelet steps, with the requests kubelet sends
@@ -241,12 +218,6 @@ func publishRequest(
 }
 
 let gibibyte: UInt64 = 1 << 30
-
-
-struct HarnessError: Error, CustomStringConvertible {
-  let description: String
-  init(_ description: String) { self.description = description }
-}
 
 func makeTemporaryDirectory() throws -> String {
   let path = FileManager.default.temporaryDirectory.appendingPathComponent("nvme-csi-node-\(UUID().uuidString.prefix(8))").path
