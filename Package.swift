@@ -51,14 +51,19 @@ let package = Package(
     .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", "CSIProto", log,
       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
 
+    // The controller ↔ target seam: the TargetAPI protocol in domain types, its wire
+    // format and its gRPC client.
+    .target(
+      name: "TargetContract",
+      dependencies: grpc + ["NVMeCSICore", "TargetProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
     // `nvme-csi target`: the target API over a store and an exporter.
     .target(
       name: "TargetAgent",
-      dependencies: grpc + ["NVMeCSICore", "VolumeStore", "NVMetExporter", "TargetProto", "CSIServer", log]),
-    // `nvme-csi controller`: CSI Identity + Controller over target clients.
+      dependencies: grpc + ["NVMeCSICore", "VolumeStore", "NVMetExporter", "TargetContract", "TargetProto", log]),
+    // `nvme-csi controller`: CSI Identity + Controller over target APIs.
     .target(
       name: "ControllerPlugin",
-      dependencies: grpc + ["NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", log]),
+      dependencies: grpc + ["NVMeCSICore", "CSIProto", "TargetContract", "CSIServer", log]),
 
     // `nvme-csi node`: CSI Node over an attacher and a mounter.
     .target(
@@ -69,7 +74,7 @@ let package = Package(
     .executableTarget(
       name: "nvme-csi",
       dependencies: grpc + [
-        "NVMeCSICore", "CSIProto", "TargetProto", "CSIServer", "TargetAgent", "ControllerPlugin",
+        "NVMeCSICore", "CSIProto", "TargetContract", "CSIServer", "TargetAgent", "ControllerPlugin",
         "NodePlugin", "NVMeFabrics", "Mounting", "VolumeStore", "NVMetExporter", log,
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,7 +89,8 @@ let package = Package(
     // Helpers shared by the test targets.
     .target(
       name: "TestSupport",
-      dependencies: grpc + ["NVMeCSICore", "CSIProto", "CSIServer", log,
+      dependencies: grpc + [
+        "NVMeCSICore", "CSIProto", "CSIServer", "TargetAgent", "TargetContract", "VolumeStore", "NVMetExporter", log,
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
       path: "Tests/TestSupport"),
     .testTarget(name: "NVMeCSICoreTests", dependencies: ["NVMeCSICore", "TestSupport"]),
@@ -96,8 +102,16 @@ let package = Package(
       name: "NodePluginTests",
       dependencies: grpc + ["NodePlugin", "NVMeFabrics", "Mounting", "CSIProto", "NVMeCSICore", "CSIServer", "TestSupport", log]),
     .testTarget(
+      name: "TargetAgentTests",
+      dependencies: grpc + [
+        "TargetAgent", "TargetContract", "VolumeStore", "NVMetExporter", "NVMeCSICore", "CSIServer", "TestSupport", log,
+      ]),
+    .testTarget(
       name: "ControllerPluginTests",
-      dependencies: grpc + ["ControllerPlugin", "CSIProto", "TargetProto", "NVMeCSICore", "CSIServer", "TestSupport", log]),
+      dependencies: grpc + [
+        "ControllerPlugin", "CSIProto", "TargetContract", "TargetAgent", "VolumeStore", "NVMetExporter", "NVMeCSICore",
+        "CSIServer", "TestSupport", log,
+      ]),
   ],
   swiftLanguageModes: [.v6]
 )

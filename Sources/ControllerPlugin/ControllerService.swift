@@ -4,7 +4,7 @@ import GRPCCore
 import Logging
 import NVMeCSICore
 import SwiftProtobuf
-import TargetProto
+import TargetContract
 
 /// CSI Controller over the storage targets. Stateless: every answer comes from the
 /// targets, so a restarted controller loses nothing.
@@ -29,35 +29,24 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   {
     let name = request.name
     guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
-    let accesses = try VolumeAccess.parseAll(request.volumeCapabilities)
+    let capabilities = try VolumeCapabilities(request.volumeCapabilities)
     let parameters = try VolumeParameters(parsing: request.parameters)
     let range = try CapacityBounds(request.capacityRange, given: request.hasCapacityRange)
     let source = try await contentSource(of: request)
     let size = try Capacity.resolve(required: range.required, limit: range.limit, minimum: source?.sizeBytes ?? 0)
-    let attributes = parameters.connection.asContext.reduce(into: [VolumeAttribute.capabilities: VolumeAccess.canonical(accesses)]) {
-      $0[VolumeAttribute.contextPrefix + $1.key] = $1.value
-    }
+    let requested = RequestedVolume(
+      range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.connection.asContext)
 
     return try await locks.withLock("volume-name:" + name) {
-      let wanted = Wanted(range: range, source: source, attributes: attributes)
       if let (target, existing) = try await findVolume(named: name) {
-        try wanted.check(existing, name: name)
+        try requested.check(existing.record, name: name)
         return .with { $0.volume = csiVolume(existing, on: target) }
       }
       let target = try await chooseTarget(
         size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
       let created = try await target.api.createVolume(
-        .with {
-          $0.name = name
-          $0.sizeBytes = size
-          switch source?.kind {
-          case .snapshot?: $0.sourceSnapshotUuid = source!.id.uuid.value
-          case .volume?: $0.sourceVolumeUuid = source!.id.uuid.value
-          case nil: break
-          }
-          $0.attributes = attributes
-        })
-      if created.existed { try wanted.check(created.volume, name: name) }
+        NewVolume(name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes))
+      if created.existed { try requested.check(created.volume.record, name: name) }
       return .with { $0.volume = csiVolume(created.volume, on: target) }
     }
   }
@@ -72,7 +61,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       logger.warning("DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
       return .init()
     }
-    try await target.api.deleteVolume(uuid: id.uuid.value)
+    try await target.api.deleteVolume(id.uuid)
     return .init()
   }
 
@@ -88,17 +77,10 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let id = try ObjectID(parsing: request.volumeID, as: .volume)
     let node = try NodeID(parsing: request.nodeID)
     let target = try targets.holding(id)
-    let published = try await target.api.publishVolume(
-      .with {
-        $0.uuid = id.uuid.value
-        $0.nodeID = node.description
-        $0.hostNqn = node.hostNQN.value
-        $0.readonly = request.readonly
-        $0.exclusive = access.mode.isSingleNode
-      })
+    let export = try await target.api.publishVolume(
+      id.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
     let publishContext = PublishContext(
-      paths: published.portals.map { .init(address: $0.address, port: UInt16(clamping: $0.port)) },
-      subsystemNQN: published.subsystemNqn, namespaceUUID: published.namespaceUuid)
+      paths: export.portals, subsystemNQN: export.subsystemNQN, namespaceUUID: export.namespaceUUID.value)
     return .with { $0.publishContext = publishContext.encoded }
   }
 
@@ -110,12 +92,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard let id = try? ObjectID(parsing: request.volumeID, as: .volume), let target = targets[id.target] else {
       return .init()
     }
-    var nodeID = ""
+    var node: NodeID?
     if !request.nodeID.isEmpty {
-      guard let node = try? NodeID(parsing: request.nodeID) else { return .init() }
-      nodeID = node.description
+      guard let parsed = try? NodeID(parsing: request.nodeID) else { return .init() }
+      node = parsed
     }
-    do { try await target.api.unpublishVolume(uuid: id.uuid.value, nodeID: nodeID) } catch let error as NVMeCSIError
+    do { try await target.api.unpublishVolume(id.uuid, from: node) } catch let error as NVMeCSIError
     where error.kind == .notFound {}
     return .init()
   }
@@ -128,9 +110,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.invalidArgument("volume_capabilities is empty: at least one is required")
     }
     let id = try ObjectID(parsing: request.volumeID, as: .volume)
-    _ = try await targets.holding(id).api.getVolume(uuid: id.uuid.value)
+    _ = try await targets.holding(id).api.volume(id.uuid)
     do {
-      _ = try VolumeAccess.parseAll(request.volumeCapabilities)
+      _ = try VolumeCapabilities(request.volumeCapabilities)
       _ = try VolumeParameters(parsing: request.parameters)
     } catch {
       return .with { $0.message = error.message }
@@ -150,19 +132,19 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func listVolumes(request: Csi_V1_ListVolumesRequest, context: ServerContext) async throws
     -> Csi_V1_ListVolumesResponse
   {
-    let perTarget = try await targets.collect { try await $0.api.listVolumes(name: nil) }
-    var all: [(id: ObjectID, entry: Csi_V1_ListVolumesResponse.Entry)] = []
-    for (target, volumes) in perTarget {
-      for volume in volumes {
-        guard let uuid = try? ObjectUUID(volume.uuid) else { continue }
-        let entry = Csi_V1_ListVolumesResponse.Entry.with {
-          $0.volume = csiVolume(volume, on: target)
-          $0.status = .with {
-            $0.publishedNodeIds = volume.publications.map(\.nodeID)
-            $0.volumeCondition = condition(volume)
+    let perTarget = try await targets.askEvery { try await $0.api.volumes(named: nil) }
+    let all = perTarget.flatMap { target, volumes in
+      volumes.map { volume in
+        (
+          id: ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
+          entry: Csi_V1_ListVolumesResponse.Entry.with {
+            $0.volume = csiVolume(volume, on: target)
+            $0.status = .with {
+              $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
+              $0.volumeCondition = condition(volume)
+            }
           }
-        }
-        all.append((ObjectID(kind: .volume, target: target.name, uuid: uuid), entry))
+        )
       }
     }
     let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
@@ -178,11 +160,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     let id = try ObjectID(parsing: request.volumeID, as: .volume)
     let target = try targets.holding(id)
-    let volume = try await target.api.getVolume(uuid: id.uuid.value)
+    let volume = try await target.api.volume(id.uuid)
     return .with {
       $0.volume = csiVolume(volume, on: target)
       $0.status = .with {
-        $0.publishedNodeIds = volume.publications.map(\.nodeID)
+        $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
         $0.volumeCondition = condition(volume)
       }
     }
@@ -191,7 +173,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func getCapacity(request: Csi_V1_GetCapacityRequest, context: ServerContext) async throws
     -> Csi_V1_GetCapacityResponse
   {
-    if !request.volumeCapabilities.isEmpty { _ = try VolumeAccess.parseAll(request.volumeCapabilities) }
+    if !request.volumeCapabilities.isEmpty { _ = try VolumeCapabilities(request.volumeCapabilities) }
     let parameters = try VolumeParameters(parsing: request.parameters)
     let candidates = targets.all.filter { target in
       (parameters.target == nil || parameters.target == target.name)
@@ -236,15 +218,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let target = try targets.holding(source)
 
     return try await locks.withLock("snapshot-name:" + name) {
-      let named = try await targets.collect { try await $0.api.listSnapshots(.with { $0.name = name }) }
+      let named = try await targets.askEvery { try await $0.api.snapshots(matching: SnapshotFilter(name: name)) }
       if let (holder, existing) = named.lazy.flatMap({ t in t.value.map { (t.target, $0) } }).first {
-        guard holder.name == source.target, existing.sourceVolumeUuid == source.uuid.value else {
+        guard holder.name == source.target, existing.sourceVolume == source.uuid else {
           throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
         }
         return .with { $0.snapshot = csiSnapshot(existing, on: holder) }
       }
-      let created = try await target.api.createSnapshot(name: name, sourceVolumeUUID: source.uuid.value)
-      guard created.snapshot.sourceVolumeUuid == source.uuid.value else {
+      let created = try await target.api.createSnapshot(named: name, of: source.uuid)
+      guard created.snapshot.sourceVolume == source.uuid else {
         throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
       }
       return .with { $0.snapshot = csiSnapshot(created.snapshot, on: target) }
@@ -258,37 +240,37 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard let id = try? ObjectID(parsing: request.snapshotID, as: .snapshot), let target = targets[id.target] else {
       return .init()
     }
-    try await target.api.deleteSnapshot(uuid: id.uuid.value)
+    try await target.api.deleteSnapshot(id.uuid)
     return .init()
   }
 
   public func listSnapshots(request: Csi_V1_ListSnapshotsRequest, context: ServerContext) async throws
     -> Csi_V1_ListSnapshotsResponse
   {
-    var filter = Nvmecsi_Target_V1_ListSnapshotsRequest()
+    var filter = SnapshotFilter()
     var scope = targets.all
     // Filters that name no object of ours match nothing.
     if !request.snapshotID.isEmpty {
       guard let id = try? ObjectID(parsing: request.snapshotID, as: .snapshot), let target = targets[id.target] else {
         return .init()
       }
-      filter.uuid = id.uuid.value
+      filter.uuid = id.uuid
       scope = [target]
     }
     if !request.sourceVolumeID.isEmpty {
       guard let id = try? ObjectID(parsing: request.sourceVolumeID, as: .volume), let target = targets[id.target],
         scope.contains(where: { $0.name == target.name })
       else { return .init() }
-      filter.sourceVolumeUuid = id.uuid.value
+      filter.sourceVolume = id.uuid
       scope = [target]
     }
-    let perTarget = try await targets.collect(scope) { [filter] in try await $0.api.listSnapshots(filter) }
-    var all: [(id: ObjectID, entry: Csi_V1_ListSnapshotsResponse.Entry)] = []
-    for (target, snapshots) in perTarget {
-      for snapshot in snapshots {
-        guard let uuid = try? ObjectUUID(snapshot.uuid) else { continue }
-        all.append(
-          (ObjectID(kind: .snapshot, target: target.name, uuid: uuid), .with { $0.snapshot = csiSnapshot(snapshot, on: target) }))
+    let perTarget = try await targets.askEvery(scope) { [filter] in try await $0.api.snapshots(matching: filter) }
+    let all = perTarget.flatMap { target, snapshots in
+      snapshots.map { snapshot in
+        (
+          id: ObjectID(kind: .snapshot, target: target.name, uuid: snapshot.uuid),
+          entry: Csi_V1_ListSnapshotsResponse.Entry.with { $0.snapshot = csiSnapshot(snapshot, on: target) }
+        )
       }
     }
     let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
@@ -317,16 +299,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let access = request.hasVolumeCapability ? try VolumeAccess(request.volumeCapability) : nil
     let id = try ObjectID(parsing: request.volumeID, as: .volume)
     let target = try targets.holding(id)
-    let current = try await target.api.getVolume(uuid: id.uuid.value)
+    let current = try await target.api.volume(id.uuid).record
     if range.limit != 0 && current.sizeBytes > range.limit {
       throw NVMeCSIError.outOfRange(
         "volume \(id) is already \(current.sizeBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
     }
     let size = try Capacity.resolve(required: range.required, limit: range.limit)
-    let grown = size > current.sizeBytes ? try await target.api.expandVolume(uuid: id.uuid.value, sizeBytes: size) : current
+    let grown = size > current.sizeBytes ? try await target.api.expandVolume(id.uuid, to: size).record : current
     // Block volumes need nothing on the node; file systems must be grown there.
-    let isBlock = access.map { $0.type == .block }
-      ?? (grown.attributes[VolumeAttribute.capabilities]?.split(separator: ";").allSatisfy { $0.hasPrefix("block:") } ?? false)
+    let isBlock = try access.map { $0.type == .block } ?? VolumeAttribute.capabilities(of: grown).isBlockOnly
     return .with {
       $0.capacityBytes = Int64(clamping: grown.sizeBytes)
       $0.nodeExpansionRequired = !isBlock
@@ -341,39 +322,41 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
 
   // MARK: helpers
 
-  struct Source {
+  /// Where a new volume's content comes from, checked to exist.
+  struct ContentSource {
     var id: ObjectID
-    var kind: ObjectID.Kind { id.kind }
     var sizeBytes: UInt64
+
+    var volumeSource: VolumeSource { id.kind == .snapshot ? .snapshot(id.uuid) : .volume(id.uuid) }
   }
 
   /// The content source, checked to exist (`notFound` otherwise, as CSI asks).
-  private func contentSource(of request: Csi_V1_CreateVolumeRequest) async throws -> Source? {
+  private func contentSource(of request: Csi_V1_CreateVolumeRequest) async throws -> ContentSource? {
     guard request.hasVolumeContentSource else { return nil }
     switch request.volumeContentSource.type {
     case .snapshot(let s)?:
       let id = try ObjectID(parsing: s.snapshotID, as: .snapshot)
-      return Source(id: id, sizeBytes: try await snapshot(id).snapshot.sizeBytes)
+      return ContentSource(id: id, sizeBytes: try await snapshot(id).snapshot.sizeBytes)
     case .volume(let v)?:
       let id = try ObjectID(parsing: v.volumeID, as: .volume)
-      let volume = try await targets.holding(id).api.getVolume(uuid: id.uuid.value)
-      return Source(id: id, sizeBytes: volume.sizeBytes)
+      let volume = try await targets.holding(id).api.volume(id.uuid)
+      return ContentSource(id: id, sizeBytes: volume.record.sizeBytes)
     case nil:
       throw NVMeCSIError.invalidArgument("volume_content_source has neither a snapshot nor a volume")
     }
   }
 
   /// A snapshot by ID, from the target that holds it; `notFound` when it is gone.
-  private func snapshot(_ id: ObjectID) async throws -> (target: StorageTarget, snapshot: Nvmecsi_Target_V1_Snapshot) {
+  private func snapshot(_ id: ObjectID) async throws -> (target: StorageTarget, snapshot: SnapshotRecord) {
     let target = try targets.holding(id)
-    guard let snapshot = try await target.api.listSnapshots(.with { $0.uuid = id.uuid.value }).first else {
+    guard let snapshot = try await target.api.snapshots(matching: SnapshotFilter(uuid: id.uuid)).first else {
       throw NVMeCSIError.notFound("snapshot \(id) does not exist")
     }
     return (target, snapshot)
   }
 
-  private func findVolume(named name: String) async throws -> (StorageTarget, Nvmecsi_Target_V1_Volume)? {
-    let perTarget = try await targets.collect { try await $0.api.listVolumes(name: name) }
+  private func findVolume(named name: String) async throws -> (StorageTarget, TargetVolume)? {
+    let perTarget = try await targets.askEvery { try await $0.api.volumes(named: name) }
     return perTarget.lazy.flatMap { t in t.value.map { (t.target, $0) } }.first
   }
 
@@ -381,7 +364,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   /// file system); otherwise the first target that fits the topology, preferred
   /// topologies first, then the one with the most free space.
   private func chooseTarget(
-    size: UInt64, pinned: TargetName?, source: Source?, topology: Csi_V1_TopologyRequirement
+    size: UInt64, pinned: TargetName?, source: ContentSource?, topology: Csi_V1_TopologyRequirement
   ) async throws -> StorageTarget {
     var candidates = targets.all
     if let pinned {
@@ -405,34 +388,27 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let ranked = infos.sorted {
       (preference($0.target), $1.info.availableBytes) < (preference($1.target), $0.info.availableBytes)
     }
-    let needsSpace = source == nil || ranked.first.map { !$0.info.reflink } ?? true
+    let needsSpace = source == nil || ranked.first.map { !$0.info.sharesBlocks } ?? true
     if let fit = ranked.first(where: { !needsSpace || $0.info.availableBytes >= size }) { return fit.target }
     let report = ranked.map { "\($0.target.name): \($0.info.availableBytes) bytes free" }.joined(separator: ", ")
     throw NVMeCSIError.resourceExhausted(
       "no storage target has room for \(size) bytes (\(report.isEmpty ? "no target answered" : report))")
   }
 
-  func csiVolume(_ volume: Nvmecsi_Target_V1_Volume, on target: StorageTarget) -> Csi_V1_Volume {
-    .with {
-      if let uuid = try? ObjectUUID(volume.uuid) {
-        $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description
-      }
-      $0.capacityBytes = Int64(clamping: volume.sizeBytes)
-      for (key, value) in volume.attributes where key.hasPrefix(VolumeAttribute.contextPrefix) {
-        $0.volumeContext[String(key.dropFirst(VolumeAttribute.contextPrefix.count))] = value
-      }
-      switch volume.source {
-      case .sourceSnapshotUuid(let s)?:
-        if let uuid = try? ObjectUUID(s) {
-          $0.contentSource = .with {
-            $0.snapshot = .with { $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: uuid).description }
-          }
+  func csiVolume(_ volume: TargetVolume, on target: StorageTarget) -> Csi_V1_Volume {
+    let record = volume.record
+    return .with {
+      $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: record.uuid).description
+      $0.capacityBytes = Int64(clamping: record.sizeBytes)
+      $0.volumeContext = VolumeAttribute.context(of: record)
+      switch record.source {
+      case .snapshot(let uuid)?:
+        $0.contentSource = .with {
+          $0.snapshot = .with { $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: uuid).description }
         }
-      case .sourceVolumeUuid(let v)?:
-        if let uuid = try? ObjectUUID(v) {
-          $0.contentSource = .with {
-            $0.volume = .with { $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description }
-          }
+      case .volume(let uuid)?:
+        $0.contentSource = .with {
+          $0.volume = .with { $0.volumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description }
         }
       case nil: break
       }
@@ -440,24 +416,20 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
   }
 
-  func csiSnapshot(_ snapshot: Nvmecsi_Target_V1_Snapshot, on target: StorageTarget) -> Csi_V1_Snapshot {
+  func csiSnapshot(_ snapshot: SnapshotRecord, on target: StorageTarget) -> Csi_V1_Snapshot {
     .with {
-      if let uuid = try? ObjectUUID(snapshot.uuid) {
-        $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: uuid).description
-      }
-      if let uuid = try? ObjectUUID(snapshot.sourceVolumeUuid) {
-        $0.sourceVolumeID = ObjectID(kind: .volume, target: target.name, uuid: uuid).description
-      }
+      $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: snapshot.uuid).description
+      $0.sourceVolumeID = ObjectID(kind: .volume, target: target.name, uuid: snapshot.sourceVolume).description
       $0.sizeBytes = Int64(clamping: snapshot.sizeBytes)
-      $0.creationTime = snapshot.created
-      $0.readyToUse = snapshot.readyToUse
+      $0.creationTime = Google_Protobuf_Timestamp(date: snapshot.created)
+      $0.readyToUse = true
     }
   }
 
-  func condition(_ volume: Nvmecsi_Target_V1_Volume) -> Csi_V1_VolumeCondition {
+  func condition(_ volume: TargetVolume) -> Csi_V1_VolumeCondition {
     .with {
-      $0.abnormal = !volume.abnormalReason.isEmpty
-      $0.message = volume.abnormalReason.isEmpty ? "volume data present and exported" : volume.abnormalReason
+      $0.abnormal = volume.problem != nil
+      $0.message = volume.problem ?? "volume data present and exported"
     }
   }
 }
@@ -484,30 +456,22 @@ struct CapacityBounds: Sendable {
 }
 
 /// What a CreateVolume asks for, to compare with a volume that already has its name.
-struct Wanted {
+struct RequestedVolume {
   var range: CapacityBounds
-  var source: ControllerService.Source?
-  var attributes: [String: String]
+  var source: VolumeSource?
+  var capabilities: VolumeCapabilities
+  /// The StorageClass parameters the node needs (volume_context).
+  var context: [String: String]
 
-  func check(_ existing: Nvmecsi_Target_V1_Volume, name: String) throws(NVMeCSIError) {
+  /// What the target keeps with the volume.
+  var attributes: [String: String] { VolumeAttribute.attributes(capabilities: capabilities, context: context) }
+
+  func check(_ existing: VolumeRecord, name: String) throws(NVMeCSIError) {
     var differences: [String] = []
     if !range.admits(existing.sizeBytes) { differences.append("size \(existing.sizeBytes) bytes") }
-    let existingSource: String? =
-      switch existing.source {
-      case .sourceSnapshotUuid(let s)?: "snapshot:" + s
-      case .sourceVolumeUuid(let v)?: "volume:" + v
-      case nil: nil
-      }
-    let wantedSource = source.map { ($0.kind == .snapshot ? "snapshot:" : "volume:") + $0.id.uuid.value }
-    if existingSource != wantedSource { differences.append("content source") }
-    if existing.attributes[VolumeAttribute.capabilities] != attributes[VolumeAttribute.capabilities] {
-      differences.append("capabilities")
-    }
-    if existing.attributes.filter({ $0.key.hasPrefix(VolumeAttribute.contextPrefix) })
-      != attributes.filter({ $0.key.hasPrefix(VolumeAttribute.contextPrefix) })
-    {
-      differences.append("parameters")
-    }
+    if existing.source != source { differences.append("content source") }
+    if (try? VolumeAttribute.capabilities(of: existing)) != capabilities { differences.append("capabilities") }
+    if VolumeAttribute.context(of: existing) != context { differences.append("parameters") }
     guard differences.isEmpty else {
       throw .alreadyExists(
         "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): use another name or the same request")

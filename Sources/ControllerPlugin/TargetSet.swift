@@ -1,6 +1,6 @@
 import Logging
 import NVMeCSICore
-import TargetProto
+import TargetContract
 
 /// The configured storage targets, in the targets file's order, with the fan-out
 /// queries the controller needs.
@@ -23,7 +23,7 @@ public struct TargetSet: Sendable {
 
   /// Runs `body` on every target concurrently; results keep the targets' order. Any
   /// failure fails the whole call (a partial answer could hide a volume).
-  func collect<T: Sendable>(
+  func askEvery<T: Sendable>(
     _ targets: [StorageTarget]? = nil,
     _ body: @escaping @Sendable (StorageTarget) async throws -> T
   ) async throws -> [(target: StorageTarget, value: T)] {
@@ -39,17 +39,17 @@ public struct TargetSet: Sendable {
   }
 
   /// Free space of each target that answers; unreachable targets are logged and skipped.
-  func reachableInfo(_ targets: [StorageTarget], logger: Logger) async -> [(target: StorageTarget, info: Nvmecsi_Target_V1_GetInfoResponse)] {
-    await withTaskGroup(of: (Int, Nvmecsi_Target_V1_GetInfoResponse?).self) { group in
+  func reachableInfo(_ targets: [StorageTarget], logger: Logger) async -> [(target: StorageTarget, info: TargetInfo)] {
+    await withTaskGroup(of: (Int, TargetInfo?).self) { group in
       for (index, target) in targets.enumerated() {
         group.addTask {
-          do { return (index, try await target.api.getInfo()) } catch {
+          do { return (index, try await target.api.info()) } catch {
             logger.warning("target does not answer", metadata: ["target": "\(target.name)", "error": "\(error)"])
             return (index, nil)
           }
         }
       }
-      var results: [(Int, Nvmecsi_Target_V1_GetInfoResponse)] = []
+      var results: [(Int, TargetInfo)] = []
       for await (index, info) in group { if let info { results.append((index, info)) } }
       return results.sorted { $0.0 < $1.0 }.map { (targets[$0.0], $0.1) }
     }

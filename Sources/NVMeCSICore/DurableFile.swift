@@ -16,13 +16,12 @@ public enum DurableFile {
     data.withUnsafeBytes { raw in
       var offset = 0
       while offset < raw.count {
-        let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
-        if n < 0 {
-          if errno == EINTR { continue }
-          failed = failure("cannot write", temp)
+        switch valueOrErrno({ Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset) }) {
+        case .success(let n): offset += n
+        case .failure(let error):
+          failed = NVMeCSIError(systemCall: "cannot write", temp, error)
           return
         }
-        offset += n
       }
     }
     if failed == nil && fsync(fd) != 0 { failed = failure("cannot fsync", temp) }
@@ -55,10 +54,8 @@ public enum DurableFile {
     guard fsync(fd) == 0 else { throw failure("cannot fsync directory", path) }
   }
 
-  /// ENOSPC and EDQUOT become `resourceExhausted`; everything else is internal.
-  public static func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
-    let text = "\(what) \(path): \(String(cString: strerror(code)))"
-    if code == ENOSPC || code == EDQUOT { return .resourceExhausted(text + " (free space on the storage target)") }
-    return .internalError(text)
+  /// The error for a failed call on `path`, from the errno now (see `NVMeCSIError(systemCall:)`).
+  public static func failure(_ what: String, _ path: String, _ error: Errno = .current) -> NVMeCSIError {
+    NVMeCSIError(systemCall: what, path, error)
   }
 }

@@ -19,12 +19,7 @@ public struct Failpoints: Sendable {
 
   public init(environment: [String: String]) {
     let spec = environment[Self.environmentVariable] ?? ""
-    var points: Set<String> = []
-    for item in spec.split(separator: ",") {
-      let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
-      if pair.count == 2 && pair[1] == "crash" { points.insert(pair[0]) }
-    }
-    self.crashAt = points
+    self.crashAt = Set(KeyValueList.items(spec).filter { $0.value == "crash" }.map(\.key))
   }
 
   public func reach(_ point: String) {

@@ -32,7 +32,7 @@ public struct TargetName: Hashable, Comparable, Sendable, CustomStringConvertibl
 }
 
 /// A lowercase RFC 4122 UUID string, the name of a volume or snapshot on its target.
-public struct ObjectUUID: Hashable, Comparable, Sendable, CustomStringConvertible {
+public struct ObjectUUID: Hashable, Comparable, Sendable, TextCodable {
   public let value: String
 
   public init(_ value: String) throws(NVMeCSIError) {
@@ -47,13 +47,27 @@ public struct ObjectUUID: Hashable, Comparable, Sendable, CustomStringConvertibl
     var bytes = (0..<16).map { _ in UInt8.random(in: 0...255) }
     bytes[6] = (bytes[6] & 0x0f) | 0x40
     bytes[8] = (bytes[8] & 0x3f) | 0x80
-    let hex = bytes.map { hexByte($0) }.joined()
-    let s = hex.utf8
-    func part(_ from: Int, _ to: Int) -> String {
-      String(decoding: Array(s)[from..<to], as: UTF8.self)
+    return ObjectUUID(bytes: bytes)!
+  }
+
+  /// The UUID whose 16 bytes these are; nil unless there are exactly 16.
+  public init?(bytes: [UInt8]) {
+    guard bytes.count == 16 else { return nil }
+    var text = ""
+    for (index, byte) in bytes.enumerated() {
+      if [4, 6, 8, 10].contains(index) { text += "-" }
+      text += hexByte(byte)
     }
-    // swift-format-ignore
-    return try! ObjectUUID("\(part(0, 8))-\(part(8, 12))-\(part(12, 16))-\(part(16, 20))-\(part(20, 32))")
+    self.value = text
+  }
+
+  /// The UUID written as 32 hex digits (any case, dashes or not), e.g. a machine ID.
+  public init?(hexDigits text: some StringProtocol) {
+    let digits = text.lowercased().filter { $0 != "-" }
+    guard digits.count == 32, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }) else { return nil }
+    let chars = Array(digits)
+    let bytes = stride(from: 0, to: 32, by: 2).map { UInt8(String(chars[$0..<$0 + 2]), radix: 16)! }
+    self.init(bytes: bytes)
   }
 
   static func isValid(_ s: String) -> Bool {
@@ -69,11 +83,12 @@ public struct ObjectUUID: Hashable, Comparable, Sendable, CustomStringConvertibl
     return true
   }
 
-  /// The 16 bytes, as 32 lowercase hex digits (used for the namespace NGUID).
+  /// The 16 bytes, as 32 lowercase hex digits.
   public var hexDigits: String { value.replacingAll("-", with: "") }
 
   public var description: String { value }
   public static func < (a: Self, b: Self) -> Bool { a.value < b.value }
+  public init(text: String) throws(NVMeCSIError) { try self.init(text) }
 }
 
 /// Where an object lives and what it is called there.
@@ -107,6 +122,29 @@ public struct ObjectID: Hashable, Comparable, Sendable, CustomStringConvertible 
 
   public var description: String { "\(kind.rawValue).\(target.value).\(uuid.value)" }
   public static func < (a: Self, b: Self) -> Bool { a.description < b.description }
+}
+
+// MARK: - stored as text
+
+/// A value stored (JSON records, LVM tags) as its text and parsed back strictly, so a
+/// record that decodes holds only well-formed values; a malformed one is a corrupt
+/// record, never a silently wrong value.
+public protocol TextCodable: Codable, CustomStringConvertible {
+  init(text: String) throws(NVMeCSIError)
+}
+
+extension TextCodable {
+  public init(from decoder: any Decoder) throws {
+    let text = try decoder.singleValueContainer().decode(String.self)
+    do { try self.init(text: text) } catch {
+      throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.message))
+    }
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var container = encoder.singleValueContainer()
+    try container.encode(description)
+  }
 }
 
 // MARK: - small helpers shared by the validators in this module

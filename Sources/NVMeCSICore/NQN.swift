@@ -37,20 +37,16 @@ public enum SubsystemNaming {
 
   /// The namespace UUID equals the volume UUID, so a node can find the device by
   /// (subsystem NQN, namespace UUID) without guessing.
-  public static func namespaceUUID(for volume: ObjectUUID) -> String { volume.value }
+  public static func namespaceUUID(for volume: ObjectUUID) -> ObjectUUID { volume }
 
-  /// The namespace NGUID: the volume UUID's 16 bytes.
-  public static func namespaceNGUID(for volume: ObjectUUID) -> String {
-    let hex = Array(volume.hexDigits)
-    // nvmet wants the 16 bytes as a UUID-formatted string.
-    return String(hex[0..<8]) + "-" + String(hex[8..<12]) + "-" + String(hex[12..<16]) + "-"
-      + String(hex[16..<20]) + "-" + String(hex[20..<32])
-  }
+  /// The namespace NGUID: the volume UUID's 16 bytes, which nvmet takes written as a
+  /// UUID, so it is the volume UUID's own text.
+  public static func namespaceNGUID(for volume: ObjectUUID) -> String { volume.value }
 }
 
 /// The CSI node ID: `n1.<host-id>.<host-nqn>`, so ControllerPublish can grant exactly
 /// that host. The host ID is a lowercase UUID (from /etc/nvme/hostid).
-public struct NodeID: Hashable, Sendable, CustomStringConvertible {
+public struct NodeID: Hashable, Sendable, TextCodable {
   /// CSI limits node IDs to 256 bytes; "n1." + 36 + "." leaves this for the NQN.
   public static let maxHostNQNBytes = 256 - 3 - 36 - 1
 
@@ -77,4 +73,5 @@ public struct NodeID: Hashable, Sendable, CustomStringConvertible {
   }
 
   public var description: String { "n1.\(hostID.value).\(hostNQN.value)" }
+  public init(text: String) throws(NVMeCSIError) { try self.init(parsing: text) }
 }

@@ -9,10 +9,13 @@ public struct NVMeCSIError: Error, Equatable, CustomStringConvertible, Sendable 
 
   public var kind: Kind
   public var message: String
+  /// The system call's errno behind this error, when one was.
+  public var cause: Errno?
 
-  public init(_ kind: Kind, _ message: String) {
+  public init(_ kind: Kind, _ message: String, cause: Errno? = nil) {
     self.kind = kind
     self.message = message
+    self.cause = cause
   }
 
   public var description: String { "\(kind.rawValue): \(message)" }

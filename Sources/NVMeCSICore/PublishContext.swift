@@ -2,21 +2,12 @@
 /// the volume and how to recognise its device. Both plugins use this type, so the
 /// keys cannot drift apart.
 public struct PublishContext: Hashable, Sendable {
-  public struct Path: Hashable, Sendable {
-    public var address: String
-    public var port: UInt16
-    public init(address: String, port: UInt16) {
-      self.address = address
-      self.port = port
-    }
-  }
-
   public var transport: String
-  public var paths: [Path]
+  public var paths: [HostPort]
   public var subsystemNQN: String
   public var namespaceUUID: String
 
-  public init(transport: String = "tcp", paths: [Path], subsystemNQN: String, namespaceUUID: String) {
+  public init(transport: String = "tcp", paths: [HostPort], subsystemNQN: String, namespaceUUID: String) {
     self.transport = transport
     self.paths = paths
     self.subsystemNQN = subsystemNQN
@@ -34,8 +25,7 @@ public struct PublishContext: Hashable, Sendable {
   public var encoded: [String: String] {
     [
       Key.transport: transport,
-      Key.paths: paths.map { $0.address.contains(":") ? "[\($0.address)]:\($0.port)" : "\($0.address):\($0.port)" }
-        .joined(separator: ","),
+      Key.paths: paths.map(\.description).joined(separator: ","),
       Key.subsystemNQN: subsystemNQN,
       Key.namespaceUUID: namespaceUUID,
     ]
@@ -50,14 +40,11 @@ public struct PublishContext: Hashable, Sendable {
     }
     let transport = try value(Key.transport)
     guard transport == "tcp" else { throw .invalidArgument("publish_context transport \(quoted(transport)) is not supported (tcp)") }
-    var paths: [Path] = []
+    var paths: [HostPort] = []
     for item in try value(Key.paths).split(separator: ",") {
-      guard let colon = item.lastIndex(of: ":"), let port = UInt16(item[item.index(after: colon)...]) else {
-        throw .invalidArgument("publish_context path \(quoted(String(item))) is not address:port")
+      do { paths.append(try HostPort(parsing: item)) } catch {
+        throw .invalidArgument("publish_context path \(quoted(String(item))) is not address:port (\(error.message))")
       }
-      var address = item[..<colon]
-      if address.hasPrefix("[") && address.hasSuffix("]") { address = address.dropFirst().dropLast() }
-      paths.append(Path(address: String(address), port: port))
     }
     guard !paths.isEmpty else { throw .invalidArgument("publish_context lists no paths to connect to") }
     let nqn = try value(Key.subsystemNQN)

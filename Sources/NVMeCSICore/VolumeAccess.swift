@@ -49,3 +49,34 @@ public struct VolumeAccess: Hashable, Sendable {
     }
   }
 }
+
+/// The accesses a volume was created for, kept with the volume so a repeated
+/// CreateVolume can be compared with the original and expansion knows whether a file
+/// system needs growing. One text encoding: `type:fsType:mode` items joined by `;`,
+/// sorted, e.g. `block::singleNodeWriter;mount:ext4:singleNodeWriter`.
+public struct VolumeCapabilities: Hashable, Sendable {
+  public var accesses: Set<VolumeAccess>
+
+  public init(_ accesses: some Sequence<VolumeAccess>) { self.accesses = Set(accesses) }
+
+  /// Whether every access is raw block (nothing to grow on the node).
+  public var isBlockOnly: Bool { !accesses.isEmpty && accesses.allSatisfy { $0.type == .block } }
+
+  public var encoded: String {
+    accesses.map { "\($0.type.rawValue):\($0.fsType):\($0.mode.rawValue)" }.sorted().joined(separator: ";")
+  }
+
+  public init(decoding text: String) throws(NVMeCSIError) {
+    var accesses: [VolumeAccess] = []
+    for item in text.split(separator: ";") {
+      let fields = item.split(separator: ":", omittingEmptySubsequences: false)
+      guard fields.count == 3, let type = AccessType(rawValue: String(fields[0])),
+        let mode = AccessMode(rawValue: String(fields[2]))
+      else {
+        throw .internalError("stored capabilities \(quoted(text)) are not type:fsType:mode items")
+      }
+      accesses.append(VolumeAccess(type: type, mode: mode, fsType: String(fields[1])))
+    }
+    self.init(accesses)
+  }
+}

@@ -16,14 +16,14 @@ import Glibc
 /// order the kernel requires: port links, host links, namespace, subsystem.
 public struct NVMetExporter: VolumeExporter {
   public let tree: any ConfigfsTree
-  public let portals: [Portal]
+  public let portals: [HostPort]
   /// The nvmet port IDs serving `portals`, in the same order.
   public let portIDs: [String]
 
   /// Opens nvmet under a configfs mount point (normally /sys/kernel/config). When the
   /// directory is not configfs, a simulated tree is kept there instead (nothing is
   /// served over the network; `kind` says "simulated").
-  public init(configfs: String, portals: [Portal]) throws(NVMeCSIError) {
+  public init(configfs: String, portals: [HostPort]) throws(NVMeCSIError) {
     // Under /sys it must be the kernel's configfs (never a stand-in): mount it when
     // the host has not (Talos does not mount configfs).
     if configfs.hasPrefix("/sys/") && !isConfigfs(configfs) && mount("configfs", configfs, "configfs", 0, nil) != 0 {
@@ -45,7 +45,7 @@ public struct NVMetExporter: VolumeExporter {
   }
 
   /// Uses `tree` (rooted at nvmet's directory) and creates or reuses a port per portal.
-  public init(tree: any ConfigfsTree, portals: [Portal]) throws(NVMeCSIError) {
+  public init(tree: any ConfigfsTree, portals: [HostPort]) throws(NVMeCSIError) {
     guard tree.exists("subsystems"), tree.exists("ports"), tree.exists("hosts") else {
       throw .failedPrecondition(
         "the kernel NVMe target is not loaded (\(tree.root)/subsystems missing): load the nvmet and nvmet_tcp modules (on Talos: machine.kernel.modules)")
@@ -57,7 +57,7 @@ public struct NVMetExporter: VolumeExporter {
     self.portIDs = ids
   }
 
-  public var kind: String { tree is KernelConfigfs ? "nvmet" : "simulated" }
+  public var kind: ExporterKind { tree is KernelConfigfs ? .nvmet : .simulated }
 
   public func apply(_ spec: ExportSpec) throws(NVMeCSIError) {
     let subsystem = "subsystems/" + spec.subsystemNQN
@@ -75,7 +75,7 @@ public struct NVMetExporter: VolumeExporter {
     try tree.makeDirectory(namespace)
     let wanted = [
       ("device_path", spec.devicePath),
-      ("device_uuid", SubsystemNaming.namespaceUUID(for: spec.volume)),
+      ("device_uuid", SubsystemNaming.namespaceUUID(for: spec.volume).value),
       ("device_nguid", SubsystemNaming.namespaceNGUID(for: spec.volume)),
     ]
     // The kernel reads UUIDs back in lowercase; paths compare exactly.
@@ -165,11 +165,11 @@ public struct NVMetExporter: VolumeExporter {
 
   /// Reuses the port already listening on this portal, else creates one with the
   /// lowest free ID (other software may own other ports; we never touch those).
-  private static func ensurePort(_ portal: Portal, in tree: any ConfigfsTree) throws(NVMeCSIError) -> String {
+  private static func ensurePort(_ portal: HostPort, in tree: any ConfigfsTree) throws(NVMeCSIError) -> String {
     let family = portal.isIPv6 ? "ipv6" : "ipv4"
     let existing = tree.list("ports")
     for id in existing
-    where tree.read("ports/\(id)/addr_trtype") == "tcp" && tree.read("ports/\(id)/addr_traddr") == portal.address
+    where tree.read("ports/\(id)/addr_trtype") == "tcp" && tree.read("ports/\(id)/addr_traddr") == portal.host
       && tree.read("ports/\(id)/addr_trsvcid") == String(portal.port)
     {
       return id
@@ -180,7 +180,7 @@ public struct NVMetExporter: VolumeExporter {
     try tree.makeDirectory("ports/\(id)/subsystems")
     try tree.write("ports/\(id)/addr_trtype", "tcp")
     try tree.write("ports/\(id)/addr_adrfam", family)
-    try tree.write("ports/\(id)/addr_traddr", portal.address)
+    try tree.write("ports/\(id)/addr_traddr", portal.host)
     try tree.write("ports/\(id)/addr_trsvcid", String(portal.port))
     return id
   }

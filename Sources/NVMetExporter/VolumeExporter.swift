@@ -1,43 +1,23 @@
 import NVMeCSICore
 
-/// An NVMe/TCP listen address (an nvmet port).
-public struct Portal: Hashable, Sendable, CustomStringConvertible {
-  public var address: String
-  public var port: UInt16
-
-  public init(address: String, port: UInt16) {
-    self.address = address
-    self.port = port
-  }
-
-  /// Parses `addr:port` or `[v6addr]:port`; the address must be a numeric IP.
-  public init(parsing s: String) throws(NVMeCSIError) {
-    var host = Substring(s)
-    var portText: Substring
-    if host.hasPrefix("[") {
-      guard let close = host.firstIndex(of: "]"), host[host.index(after: close)...].hasPrefix(":") else {
-        throw .invalidArgument("portal \(quoted(s)) is not [ipv6]:port")
-      }
-      portText = host[host.index(close, offsetBy: 2)...]
-      host = host[host.index(after: host.startIndex)..<close]
-    } else {
-      guard let colon = host.lastIndex(of: ":") else { throw .invalidArgument("portal \(quoted(s)) is not address:port") }
-      portText = host[host.index(after: colon)...]
-      host = host[..<colon]
-      guard !host.contains(":") else { throw .invalidArgument("portal \(quoted(s)): write IPv6 addresses as [address]:port") }
+extension HostPort {
+  /// An NVMe/TCP listen address (an nvmet port): `addr:port` or `[v6addr]:port` with a
+  /// numeric IP (nvmet takes no host names) and a non-zero port.
+  public init(portal text: String) throws(NVMeCSIError) {
+    try self.init(parsing: text)
+    guard port > 0 else { throw .invalidArgument("portal \(quoted(text)) has no valid port") }
+    guard isNumeric else {
+      throw .invalidArgument("portal \(quoted(text)): \(quoted(host)) is not a numeric IPv4 or IPv6 address")
     }
-    guard let port = UInt16(portText), port > 0 else { throw .invalidArgument("portal \(quoted(s)) has no valid port") }
-    let octets = host.split(separator: ".", omittingEmptySubsequences: false)
-    let isIPv4 = octets.count == 4 && octets.allSatisfy { UInt8($0) != nil }
-    let isIPv6 = host.contains(":") && host.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." }
-    guard isIPv4 || isIPv6 else {
-      throw .invalidArgument("portal \(quoted(s)): \(quoted(String(host))) is not a numeric IPv4 or IPv6 address")
-    }
-    self.init(address: String(host), port: port)
   }
+}
 
-  public var isIPv6: Bool { address.contains(":") }
-  public var description: String { isIPv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+/// What serves the exports.
+public enum ExporterKind: String, Sendable {
+  /// The kernel's NVMe target, through configfs.
+  case nvmet
+  /// A plain directory laid out like nvmet's configfs: nothing is served (tests, demos).
+  case simulated
 }
 
 /// What one volume's export should look like.
@@ -61,9 +41,8 @@ public struct ExportSpec: Hashable, Sendable {
 /// whatever differs) and is idempotent; `remove` of a missing export succeeds. Callers
 /// serialize calls per volume; calls for different volumes may run concurrently.
 public protocol VolumeExporter: Sendable {
-  /// "nvmet" (the kernel) or "simulated" (a plain directory; nothing is served).
-  var kind: String { get }
-  var portals: [Portal] { get }
+  var kind: ExporterKind { get }
+  var portals: [HostPort] { get }
 
   func apply(_ spec: ExportSpec) throws(NVMeCSIError)
   /// Makes the exporter re-read the size of a grown device.

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NVMeCSICore
 import NVMetExporter
+import TargetContract
 import VolumeStore
 
 /// The storage target's logic, over a store and an exporter; no gRPC here.
@@ -10,16 +11,26 @@ import VolumeStore
 /// converged to them, and `start()` converges everything again after a restart. So
 /// a crash between "record changed" and "export changed" heals itself.
 /// Calls on one name or one object are serialized; different ones run concurrently.
-public final class TargetAgent: Sendable {
-  public let store: any VolumeStore
-  public let exporter: any VolumeExporter
+public final class TargetAgent: TargetAPI {
+  let store: any VolumeStore
+  let exporter: any VolumeExporter
+  private let version: String
   private let locks = KeyedLock<String>()
   private let logger: Logger
 
-  public init(store: any VolumeStore, exporter: any VolumeExporter, logger: Logger) {
+  public init(store: any VolumeStore, exporter: any VolumeExporter, version: String = BuildInfo.version, logger: Logger) {
     self.store = store
     self.exporter = exporter
+    self.version = version
     self.logger = logger
+  }
+
+  public func info() throws(NVMeCSIError) -> TargetInfo {
+    let capacity = try store.capacity()
+    return TargetInfo(
+      storeKind: store.kind, exporterKind: exporter.kind.rawValue, totalBytes: capacity.totalBytes,
+      availableBytes: capacity.availableBytes, sharesBlocks: store.sharesBlocks,
+      portals: exporter.portals, version: version)
   }
 
   /// Repairs what an earlier crash left behind: store debris, exports without
@@ -31,14 +42,12 @@ public final class TargetAgent: Sendable {
     for path in repairs.missingData { logger.error("volume data is missing; the volume is reported abnormal", metadata: ["path": "\(path)"]) }
     let records = try store.volumes()
     let recorded = Set(records.map(\.uuid))
-    for volume in exporter.exportedVolumes() where !recorded.contains(volume.value) {
+    for volume in exporter.exportedVolumes() where !recorded.contains(volume) {
       logger.notice("removing export of a volume that no longer exists", metadata: ["volume": "\(volume)"])
       try exporter.remove(volume)
     }
-    for record in records {
-      let spec = try exportSpec(record)
-      guard store.hasData(spec.volume) else { continue }
-      try exporter.apply(spec)
+    for record in records where store.hasData(record.uuid) {
+      try exporter.apply(exportSpec(record))
     }
     logger.info(
       "target ready",
@@ -47,26 +56,12 @@ public final class TargetAgent: Sendable {
 
   // MARK: volumes
 
-  public struct CreateVolume: Sendable {
-    public var name: String
-    public var sizeBytes: UInt64
-    public var source: VolumeSource?
-    public var attributes: [String: String]
-    public init(name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String]) {
-      self.name = name
-      self.sizeBytes = sizeBytes
-      self.source = source
-      self.attributes = attributes
-    }
-  }
-
-  /// Creates a volume, or returns the one that already has this name (`existed`).
-  public func createVolume(_ request: CreateVolume) async throws -> (volume: VolumeRecord, existed: Bool) {
+  public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try validateName(request.name, what: "volume")
     guard request.sizeBytes > 0 else { throw NVMeCSIError.invalidArgument("volume size must be positive") }
     return try await locks.withLock("volume-name:" + request.name) {
       if let existing = try store.volumes().first(where: { $0.name == request.name }) {
-        return (existing, true)
+        return (status(existing), true)
       }
       if let sourceSize = try sourceSize(request.source), request.sizeBytes < sourceSize {
         throw NVMeCSIError.outOfRange("requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
@@ -80,9 +75,9 @@ public final class TargetAgent: Sendable {
         uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
         attributes: request.attributes)
       let created = try store.createVolume(record)
-      try exporter.apply(try exportSpec(created))
+      try exporter.apply(exportSpec(created))
       logger.info("volume created", metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
-      return (created, false)
+      return (status(created), false)
     }
   }
 
@@ -94,7 +89,7 @@ public final class TargetAgent: Sendable {
         return
       }
       if !record.publications.isEmpty {
-        let nodes = record.publications.map(\.nodeID).joined(separator: ", ")
+        let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
         throw NVMeCSIError.failedPrecondition("volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
       }
       try exporter.remove(uuid)
@@ -103,28 +98,18 @@ public final class TargetAgent: Sendable {
     }
   }
 
-  public func volume(_ uuid: ObjectUUID) throws(NVMeCSIError) -> VolumeRecord {
-    guard let record = try store.volume(uuid) else { throw .notFound("volume \(uuid) does not exist") }
-    return record
+  public func volume(_ uuid: ObjectUUID) throws(NVMeCSIError) -> TargetVolume {
+    status(try record(uuid))
   }
 
-  public func volumes(named name: String?) throws(NVMeCSIError) -> [VolumeRecord] {
-    let all = try store.volumes()
-    guard let name else { return all }
-    return all.filter { $0.name == name }
+  public func volumes(named name: String?) throws(NVMeCSIError) -> [TargetVolume] {
+    try store.volumes().filter { name == nil || $0.name == name }.map(status)
   }
 
-  /// Nil when healthy, else what is wrong with the volume.
-  public func problem(with record: VolumeRecord) -> String? {
-    guard let spec = try? exportSpec(record) else { return "record is corrupt" }
-    if !store.hasData(spec.volume) { return "backing data \(store.devicePath(of: spec.volume)) is missing on the target" }
-    return exporter.problem(with: spec)
-  }
-
-  public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> VolumeRecord {
+  public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
     try await locks.withLock("volume:" + uuid.value) {
-      let record = try volume(uuid)
-      guard sizeBytes > record.sizeBytes else { return record }
+      let record = try record(uuid)
+      guard sizeBytes > record.sizeBytes else { return status(record) }
       let capacity = try store.capacity()
       if sizeBytes - record.sizeBytes > capacity.availableBytes {
         throw NVMeCSIError.resourceExhausted(
@@ -133,68 +118,60 @@ public final class TargetAgent: Sendable {
       let grown = try store.expandVolume(uuid, to: sizeBytes)
       try exporter.refreshSize(of: uuid)
       logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
-      return grown
+      return status(grown)
     }
   }
 
   // MARK: access
 
-  public struct PublishRequest: Sendable {
-    public var volume: ObjectUUID
-    public var node: NodeID
-    public var readonly: Bool
-    public var exclusive: Bool
-    public init(volume: ObjectUUID, node: NodeID, readonly: Bool, exclusive: Bool) {
-      self.volume = volume
-      self.node = node
-      self.readonly = readonly
-      self.exclusive = exclusive
-    }
-  }
-
   /// Allows the node's host NQN on the volume's subsystem.
-  public func publish(_ request: PublishRequest) async throws -> ExportSpec {
-    try await locks.withLock("volume:" + request.volume.value) {
-      var record = try volume(request.volume)
-      let nodeID = request.node.description
-      if let existing = record.publications.first(where: { $0.nodeID == nodeID }) {
-        if existing.readonly != request.readonly {
+  public func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
+    -> VolumeExport
+  {
+    try await locks.withLock("volume:" + uuid.value) {
+      var record = try record(uuid)
+      if let existing = record.publications.first(where: { $0.nodeID == node }) {
+        if existing.readonly != readonly {
           throw NVMeCSIError.alreadyExists(
-            "volume \(request.volume) is already published to this node with readonly=\(existing.readonly)")
+            "volume \(uuid) is already published to this node with readonly=\(existing.readonly)")
         }
       } else {
-        if request.exclusive, let other = record.publications.first {
+        if exclusive, let other = record.publications.first {
           throw NVMeCSIError.failedPrecondition(
-            "volume \(request.volume) has single-node access and is published to node \(other.nodeID): unpublish it there first")
+            "volume \(uuid) has single-node access and is published to node \(other.nodeID): unpublish it there first")
         }
-        record.publications.append(Publication(nodeID: nodeID, hostNQN: request.node.hostNQN.value, readonly: request.readonly))
+        record.publications.append(Publication(nodeID: node, readonly: readonly))
         try store.updateVolume(record)
       }
-      let spec = try exportSpec(record)
+      let spec = exportSpec(record)
       try exporter.apply(spec)
-      return spec
+      return VolumeExport(
+        subsystemNQN: spec.subsystemNQN, namespaceUUID: SubsystemNaming.namespaceUUID(for: uuid),
+        portals: exporter.portals)
     }
   }
 
   /// Revokes a node's access (every node's when `node` is nil); idempotent.
-  public func unpublish(_ uuid: ObjectUUID, node: NodeID?) async throws {
+  public func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
     try await locks.withLock("volume:" + uuid.value) {
       guard var record = try store.volume(uuid) else { return }
       let before = record.publications.count
-      record.publications.removeAll { node == nil || $0.nodeID == node!.description }
+      record.publications.removeAll { node == nil || $0.nodeID == node }
       if record.publications.count != before { try store.updateVolume(record) }
-      try exporter.apply(try exportSpec(record))
+      try exporter.apply(exportSpec(record))
     }
   }
 
   // MARK: snapshots
 
-  public func createSnapshot(name: String, of source: ObjectUUID) async throws -> (snapshot: SnapshotRecord, existed: Bool) {
+  public func createSnapshot(named name: String, of source: ObjectUUID) async throws
+    -> (snapshot: SnapshotRecord, existed: Bool)
+  {
     try validateName(name, what: "snapshot")
     return try await locks.withLock("snapshot-name:" + name) {
       if let existing = try store.snapshots().first(where: { $0.name == name }) { return (existing, true) }
       return try await locks.withLock("volume:" + source.value) {
-        let volume = try volume(source)
+        let volume = try record(source)
         let snapshot = try store.createSnapshot(
           SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
         logger.info("snapshot created", metadata: ["snapshot": "\(snapshot.uuid)", "volume": "\(source)"])
@@ -209,20 +186,37 @@ public final class TargetAgent: Sendable {
     }
   }
 
-  public func snapshots() throws(NVMeCSIError) -> [SnapshotRecord] { try store.snapshots() }
+  public func snapshots(matching filter: SnapshotFilter) throws(NVMeCSIError) -> [SnapshotRecord] {
+    try store.snapshots().filter(filter.matches)
+  }
 
   // MARK: internals
 
-  private func exportSpec(_ record: VolumeRecord) throws(NVMeCSIError) -> ExportSpec {
-    let uuid = try ObjectUUID(record.uuid)
-    return ExportSpec(volume: uuid, devicePath: store.devicePath(of: uuid), allowedHosts: Set(record.publications.map(\.hostNQN)))
+  private func record(_ uuid: ObjectUUID) throws(NVMeCSIError) -> VolumeRecord {
+    guard let record = try store.volume(uuid) else { throw .notFound("volume \(uuid) does not exist") }
+    return record
+  }
+
+  /// The record with its health: nil problem when the data is present and exported as recorded.
+  private func status(_ record: VolumeRecord) -> TargetVolume {
+    let problem =
+      store.hasData(record.uuid)
+      ? exporter.problem(with: exportSpec(record))
+      : "backing data \(store.devicePath(of: record.uuid)) is missing on the target"
+    return TargetVolume(record: record, problem: problem)
+  }
+
+  private func exportSpec(_ record: VolumeRecord) -> ExportSpec {
+    ExportSpec(
+      volume: record.uuid, devicePath: store.devicePath(of: record.uuid),
+      allowedHosts: Set(record.publications.map(\.hostNQN.value)))
   }
 
   private func sourceSize(_ source: VolumeSource?) throws(NVMeCSIError) -> UInt64? {
     switch source {
     case nil: return nil
     case .volume(let v):
-      return try volume(try ObjectUUID(v)).sizeBytes
+      return try record(v).sizeBytes
     case .snapshot(let s):
       guard let snapshot = try store.snapshots().first(where: { $0.uuid == s }) else {
         throw .notFound("snapshot \(s) does not exist")

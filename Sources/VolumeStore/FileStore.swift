@@ -56,12 +56,12 @@ public final class FileStore: VolumeStore {
   }
 
   public func createVolume(_ record: VolumeRecord) throws(NVMeCSIError) -> VolumeRecord {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     if let existing = try volume(uuid) { return existing }
     let sourcePath: String?
     switch record.source {
-    case .snapshot(let s)?: sourcePath = dataPath(snapshotsDir, try ObjectUUID(s))
-    case .volume(let v)?: sourcePath = dataPath(volumesDir, try ObjectUUID(v))
+    case .snapshot(let s)?: sourcePath = dataPath(snapshotsDir, s)
+    case .volume(let v)?: sourcePath = dataPath(volumesDir, v)
     case nil: sourcePath = nil
     }
     try buildData(at: dataPath(volumesDir, uuid), size: record.sizeBytes, copying: sourcePath)
@@ -71,7 +71,7 @@ public final class FileStore: VolumeStore {
   }
 
   public func updateVolume(_ record: VolumeRecord) throws(NVMeCSIError) {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     guard try volume(uuid) != nil else { throw .notFound("volume \(uuid) does not exist on this target") }
     try writeRecord(record, to: recordPath(volumesDir, uuid))
   }
@@ -114,10 +114,10 @@ public final class FileStore: VolumeStore {
   }
 
   public func createSnapshot(_ record: SnapshotRecord) throws(NVMeCSIError) -> SnapshotRecord {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     let path = recordPath(snapshotsDir, uuid)
     if let existing: SnapshotRecord = try self.record(at: path) { return existing }
-    let source = dataPath(volumesDir, try ObjectUUID(record.sourceVolume))
+    let source = dataPath(volumesDir, record.sourceVolume)
     try buildData(at: dataPath(snapshotsDir, uuid), size: record.sizeBytes, copying: source)
     failpoints.reach("store.create-snapshot.after-data")
     try writeRecord(record, to: path)
@@ -153,7 +153,8 @@ public final class FileStore: VolumeStore {
     }
     // Finish an expansion whose data grew before its record did.
     for var record in try volumes() {
-      guard let uuid = try? ObjectUUID(record.uuid), hasData(uuid) else { continue }
+      let uuid = record.uuid
+      guard hasData(uuid) else { continue }
       let size = try FileOperations.size(of: dataPath(volumesDir, uuid))
       if size > record.sizeBytes {
         record.sizeBytes = size

@@ -68,7 +68,7 @@ public final class LVMThinStore: VolumeStore {
   }
 
   public func createVolume(_ record: VolumeRecord) throws(NVMeCSIError) -> VolumeRecord {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     if let existing = try volume(uuid) { return existing }
     let name = Self.volumeLV(uuid)
     let tags = Self.tags(of: record, owner: owner)
@@ -78,8 +78,8 @@ public final class LVMThinStore: VolumeStore {
     case let source?:
       let sourceLV =
         switch source {
-        case .snapshot(let s): Self.snapshotLV(try ObjectUUID(s))
-        case .volume(let v): Self.volumeLV(try ObjectUUID(v))
+        case .snapshot(let s): Self.snapshotLV(s)
+        case .volume(let v): Self.volumeLV(v)
         }
       guard try objects().contains(where: { $0.lvName == sourceLV }) else {
         throw .notFound("the source \(sourceLV) is missing on this target")
@@ -93,7 +93,7 @@ public final class LVMThinStore: VolumeStore {
   }
 
   public func updateVolume(_ record: VolumeRecord) throws(NVMeCSIError) {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     guard let object = try objects().first(where: { $0.lvName == Self.volumeLV(uuid) }) else {
       throw .notFound("volume \(uuid) does not exist on this target")
     }
@@ -131,10 +131,10 @@ public final class LVMThinStore: VolumeStore {
   }
 
   public func createSnapshot(_ record: SnapshotRecord) throws(NVMeCSIError) -> SnapshotRecord {
-    let uuid = try ObjectUUID(record.uuid)
+    let uuid = record.uuid
     let name = Self.snapshotLV(uuid)
     if let existing = try objects().first(where: { $0.lvName == name })?.snapshot { return existing }
-    let source = Self.volumeLV(try ObjectUUID(record.sourceVolume))
+    let source = Self.volumeLV(record.sourceVolume)
     guard try objects().contains(where: { $0.lvName == source }) else {
       throw .notFound("the source volume \(record.sourceVolume) is missing on this target")
     }
@@ -162,11 +162,14 @@ public final class LVMThinStore: VolumeStore {
         try growIfNeeded(object.lvName, to: volume.sizeBytes)
         repairs.removedDebris.append("\(volumeGroup)/\(object.lvName): finished growing to \(volume.sizeBytes) bytes")
       }
-      if !FileManager.default.fileExists(atPath: "/dev/\(volumeGroup)/\(object.lvName)") {
-        try? lvm.run(["lvchange", "-ay", "-K", "\(volumeGroup)/\(object.lvName)"])
-        if !FileManager.default.fileExists(atPath: "/dev/\(volumeGroup)/\(object.lvName)") {
-          repairs.missingData.append("/dev/\(volumeGroup)/\(object.lvName)")
+      let device = "/dev/\(volumeGroup)/\(object.lvName)"
+      if !FileManager.default.fileExists(atPath: device) {
+        // Activation failing is reported with the volume, not fatal: the others still serve.
+        do { try lvm.run(["lvchange", "-ay", "-K", "\(volumeGroup)/\(object.lvName)"]) } catch {
+          repairs.missingData.append("\(device) (activation failed: \(error.message))")
+          continue
         }
+        if !FileManager.default.fileExists(atPath: device) { repairs.missingData.append(device) }
       }
     }
     return repairs
@@ -247,7 +250,9 @@ public final class LVMThinStore: VolumeStore {
     case .volume(let v)?: tags.append("nvmecsi.source=volume:\(v)")
     case nil: break
     }
-    tags += r.publications.map { "nvmecsi.pub=\(hex($0.nodeID)):\(hex($0.hostNQN)):\($0.readonly ? 1 : 0)" }
+    tags += r.publications.map {
+      "nvmecsi.pub=\(hex($0.nodeID.description)):\(hex($0.hostNQN.value)):\($0.readonly ? 1 : 0)"
+    }
     tags += r.attributes.sorted { $0.key < $1.key }.map { "nvmecsi.attr=\(hex($0.key)):\(hex($0.value))" }
     return tags
   }
@@ -277,14 +282,15 @@ public final class LVMThinStore: VolumeStore {
     case "volume"?:
       // The LV's size is the truth; a larger wanted size is an extension reconcile() finishes.
       var record = VolumeRecord(uuid: uuid, name: name, sizeBytes: object.lvSize, created: created)
-      if let source, let colon = source.firstIndex(of: ":") {
-        let id = String(source[source.index(after: colon)...])
+      if let source, let colon = source.firstIndex(of: ":"),
+        let id = try? ObjectUUID(String(source[source.index(after: colon)...]))
+      {
         record.source = source.hasPrefix("snapshot:") ? .snapshot(id) : .volume(id)
       }
       record.publications = (values["pub"] ?? []).compactMap { p in
         let f = p.split(separator: ":", omittingEmptySubsequences: false)
-        guard f.count == 3, let node = unhex(f[0]), let nqn = unhex(f[1]) else { return nil }
-        return Publication(nodeID: node, hostNQN: nqn, readonly: f[2] == "1")
+        guard f.count == 3, let node = unhex(f[0]).flatMap({ try? NodeID(parsing: $0) }) else { return nil }
+        return Publication(nodeID: node, readonly: f[2] == "1")
       }
       for a in values["attr"] ?? [] {
         let f = a.split(separator: ":", omittingEmptySubsequences: false)

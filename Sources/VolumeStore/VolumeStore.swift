@@ -1,67 +1,6 @@
 import Foundation
 import NVMeCSICore
 
-/// One host allowed to reach a volume.
-public struct Publication: Codable, Hashable, Sendable {
-  public var nodeID: String
-  public var hostNQN: String
-  public var readonly: Bool
-
-  public init(nodeID: String, hostNQN: String, readonly: Bool) {
-    self.nodeID = nodeID
-    self.hostNQN = hostNQN
-    self.readonly = readonly
-  }
-}
-
-/// Where a volume's first contents came from.
-public enum VolumeSource: Codable, Hashable, Sendable {
-  case snapshot(ObjectUUIDString)
-  case volume(ObjectUUIDString)
-}
-public typealias ObjectUUIDString = String
-
-/// What the store remembers about a volume, next to its data.
-public struct VolumeRecord: Codable, Hashable, Sendable {
-  public var uuid: ObjectUUIDString
-  public var name: String
-  public var sizeBytes: UInt64
-  public var source: VolumeSource?
-  public var created: Date
-  public var publications: [Publication]
-  /// Opaque to the store: what the controller keeps with the volume.
-  public var attributes: [String: String]
-
-  public init(
-    uuid: ObjectUUID, name: String, sizeBytes: UInt64, source: VolumeSource? = nil,
-    created: Date = Date(), publications: [Publication] = [], attributes: [String: String] = [:]
-  ) {
-    self.uuid = uuid.value
-    self.name = name
-    self.sizeBytes = sizeBytes
-    self.source = source
-    self.created = created
-    self.publications = publications
-    self.attributes = attributes
-  }
-}
-
-public struct SnapshotRecord: Codable, Hashable, Sendable {
-  public var uuid: ObjectUUIDString
-  public var name: String
-  public var sourceVolume: ObjectUUIDString
-  public var sizeBytes: UInt64
-  public var created: Date
-
-  public init(uuid: ObjectUUID, name: String, sourceVolume: ObjectUUID, sizeBytes: UInt64, created: Date = Date()) {
-    self.uuid = uuid.value
-    self.name = name
-    self.sourceVolume = sourceVolume.value
-    self.sizeBytes = sizeBytes
-    self.created = created
-  }
-}
-
 public struct StoreCapacity: Sendable, Equatable {
   public var totalBytes: UInt64
   public var availableBytes: UInt64

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSIServer
 import ControllerPlugin
+import TargetContract
 import Logging
 import NVMeCSICore
 import ServiceLifecycle

@@ -34,7 +34,7 @@ struct TargetCommand: AsyncParsableCommand {
   func run() async throws {
     let logger = try logging.makeLogger(label: "nvme-csi.target")
     let endpoint = try Endpoint(parsing: listen)
-    let portals = try portal.map { (text) throws(NVMeCSIError) in try Portal(parsing: text) }
+    let portals = try portal.map { (text) throws(NVMeCSIError) in try HostPort(portal: text) }
     let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
     let volumeStore: any VolumeStore
     if store.hasPrefix("file:") {
@@ -45,14 +45,13 @@ struct TargetCommand: AsyncParsableCommand {
       throw ValidationError("--store \(store) is not supported: use file:<directory> or lvm:<volume-group>/<thin-pool>")
     }
     let exporter = try NVMetExporter(configfs: configfs, portals: portals)
-    if exporter.kind == "simulated" {
+    if exporter.kind == .simulated {
       logger.warning(
         "\(configfs) is not configfs: exports are simulated in that directory and nothing is served over NVMe/TCP")
     }
     let agent = TargetAgent(store: volumeStore, exporter: exporter, logger: logger)
     try agent.start()
-    let server = try GRPCService(
-      endpoint: endpoint, services: [TargetService(agent: agent, version: BuildInfo.version)], logger: logger)
+    let server = try GRPCService(endpoint: endpoint, services: [TargetService(target: agent)], logger: logger)
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }

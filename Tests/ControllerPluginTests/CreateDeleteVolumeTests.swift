@@ -193,7 +193,7 @@ struct CreateDeleteVolumeTests {
 
   @Test("A target restarted after a reboot rebuilds its exports from its records")
   func targetRestart() async throws {
-    try await Harness.with { h in
+    try await Harness.with(processes: true) { h in
       let volume = try await h.controller.createVolume(createRequest("pvc-keep", parameters: ["target": "store-a"])).volume
       _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 7))
       h.storeA.kill()

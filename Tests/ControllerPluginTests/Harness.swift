@@ -7,6 +7,7 @@ import GRPCNIOTransportHTTP2
 import Logging
 import NVMeCSICore
 import ServiceLifecycle
+import TargetContract
 import TestSupport
 import Testing
 
@@ -14,10 +15,14 @@ import Testing
 import Glibc
 #endif
 
-/// Two real `nvme-csi target` processes (store-a in zone a, store-b in zone b), each
-/// with its own file store and simulated configfs in a temp directory, and a
-/// controller served on a real unix socket; tests talk CSI to it with a grpc-swift
-/// client, exactly as the sidecars do.
+/// Two real storage targets (store-a in zone a, store-b in zone b), each with its own
+/// file store and simulated configfs in a temp directory, and a controller served on
+/// a real unix socket; tests talk CSI to it with a grpc-swift client, exactly as the
+/// sidecars do.
+///
+/// The targets run in this process (a `TargetAgent` each, called directly) unless a
+/// test asks for `processes`: real `nvme-csi target` processes behind gRPC, for what
+/// only a process shows (crashes, kills, restarts, the wire).
 final class Harness: Sendable {
   static let zoneKey = "topology.nvme.csi.dev/zone"
   let directory: String
@@ -38,13 +43,14 @@ final class Harness: Sendable {
 
   /// Runs `body` against a fresh deployment and tears it all down afterwards.
   static func with(
-    failpoints: [String: String] = [:], _ body: (Harness) async throws -> Void
+    processes: Bool = false, failpoints: [String: String] = [:], _ body: (Harness) async throws -> Void
   ) async throws {
     let directory = try makeTemporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: directory) }
+    let asProcesses = processes || !failpoints.isEmpty
     let targets = [
-      TargetProcess(name: "store-a", zone: "a", directory: directory),
-      TargetProcess(name: "store-b", zone: "b", directory: directory),
+      TargetProcess(name: "store-a", zone: "a", directory: directory, asProcess: asProcesses),
+      TargetProcess(name: "store-b", zone: "b", directory: directory, asProcess: asProcesses),
     ]
     for target in targets { try await target.start(environment: failpoints) }
     defer { for target in targets { target.stop() } }
@@ -54,11 +60,16 @@ final class Harness: Sendable {
     var services: [any Service] = []
     var storageTargets: [StorageTarget] = []
     for target in targets {
-      let client = try makeClient(to: target.endpoint)
-      services.append(GRPCClientService(client))
       let name = try TargetName(target.name)
-      storageTargets.append(
-        StorageTarget(name: name, topology: [zoneKey: target.zone], api: RemoteTargetAPI(name: name, client: client, timeout: .seconds(10))))
+      let api: any TargetAPI
+      if let local = target.local {
+        api = local.api
+      } else {
+        let client = try makeClient(to: target.endpoint)
+        services.append(GRPCClientService(client))
+        api = RemoteTargetAPI(name: name, client: client, timeout: .seconds(10))
+      }
+      storageTargets.append(StorageTarget(name: name, topology: [zoneKey: target.zone], api: api))
     }
     let controller = ControllerService(targets: TargetSet(storageTargets), logger: logger)
     let identity = IdentityService(
@@ -70,9 +81,10 @@ final class Harness: Sendable {
     }
   }
 
-  /// Restarts a target and waits (bounded) until the controller reaches it again on
-  /// its own, as it must after a target restart.
+  /// Restarts a target process and waits (bounded) until the controller reaches it
+  /// again on its own, as it must after a target restart.
   func restart(_ target: TargetProcess) async throws {
+    precondition(target.local == nil, "restart needs Harness.with(processes: true)")
     target.kill()
     try await target.start()
     let deadline = ContinuousClock.now + .seconds(10)
@@ -87,22 +99,28 @@ final class Harness: Sendable {
   var storeB: TargetProcess { targets[1] }
 }
 
-/// One `nvme-csi target` process.
+/// One storage target under test: a `nvme-csi target` process, or the same agent in
+/// this process (`local`).
 final class TargetProcess: @unchecked Sendable {
   let name: String
   let zone: String
+  let directory: String
   let store: String
   let configfs: String
   let socket: String
+  let asProcess: Bool
   // Replaced on restart; only touched by the test's own task.
   private var process: Process?
+  private(set) var local: LocalTarget?
 
-  init(name: String, zone: String, directory: String) {
+  init(name: String, zone: String, directory: String, asProcess: Bool) {
     self.name = name
     self.zone = zone
+    self.directory = directory + "/\(name)"
     self.store = directory + "/\(name)/store"
     self.configfs = directory + "/\(name)/configfs"
     self.socket = directory + "/\(name)/target.sock"
+    self.asProcess = asProcess
   }
 
   var endpoint: CSIServer.Endpoint { .unix(path: socket) }
@@ -114,8 +132,12 @@ final class TargetProcess: @unchecked Sendable {
     return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("nvme-csi").path
   }
 
-  /// Starts the process and waits (bounded) until it serves.
+  /// Starts the target and waits (bounded) until it serves.
   func start(environment: [String: String] = [:]) async throws {
+    guard asProcess else {
+      local = try LocalTarget(name: name, directory: directory)
+      return
+    }
     try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
     let binary = Self.binary
     guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -153,6 +175,7 @@ final class TargetProcess: @unchecked Sendable {
 
   /// Kills the process like a crash would (SIGKILL) and waits for it.
   func kill() {
+    precondition(asProcess, "killing a target needs Harness.with(processes: true)")
     guard let process, process.isRunning else { return }
     Glibc.kill(process.processIdentifier, SIGKILL)
     process.waitUntilExit()
@@ -193,7 +216,7 @@ final class TargetProcess: @unchecked Sendable {
 enum TargetInfoProbe {
   static func getInfo(_ client: GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Bool {
     let api = RemoteTargetAPI(name: try TargetName("probe"), client: client, timeout: .seconds(2))
-    _ = try await api.getInfo()
+    _ = try await api.info()
     return true
   }
 }

@@ -27,7 +27,7 @@ struct IdentityTests {
 
   @Test("Probe is ready while a target answers and not ready when none does")
   func probe() async throws {
-    try await Harness.with { h in
+    try await Harness.with(processes: true) { h in
       let observed1 = try await h.identity.probe(.init()).ready.value
       #expect(observed1 == true)
       h.storeA.kill()

@@ -14,7 +14,7 @@ struct PublishTests {
       let id = try ObjectID(parsing: volume.volumeID, as: .volume)
       #expect(context.subsystemNQN == SubsystemNaming.nqn(for: id.uuid))
       #expect(context.namespaceUUID == id.uuid.value)
-      #expect(context.paths == [.init(address: "127.0.0.1", port: 4420)])
+      #expect(context.paths == [.init(host: "127.0.0.1", port: 4420)])
       #expect(h.storeA.allowedHosts(ofVolume: volume.volumeID) == [hostNQN(1)])
       // Repeating is success and changes nothing.
       let again = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 1))

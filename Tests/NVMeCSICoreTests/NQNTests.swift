@@ -108,7 +108,7 @@ struct SubsystemNamingTests {
   @Test("The namespace UUID and NGUID are the volume's 16 bytes in UUID format")
   func namespaceIdentity() throws {
     let uuid = try ObjectUUID(Sample.uuid)
-    #expect(SubsystemNaming.namespaceUUID(for: uuid) == Sample.uuid)
+    #expect(SubsystemNaming.namespaceUUID(for: uuid).value == Sample.uuid)
     let nguid = SubsystemNaming.namespaceNGUID(for: uuid)
     #expect(nguid == "0f8e2c3a-1b4d-4e5f-8a6b-7c8d9e0f1a2b")
     #expect(nguid.split(separator: "-").map(\.count) == [8, 4, 4, 4, 12])

@@ -13,7 +13,7 @@ struct PublishContextTests {
   @Test("Encoding and decoding keeps every path, IPv4 and IPv6")
   func roundTrip() throws {
     let context = PublishContext(
-      paths: [.init(address: "10.0.0.1", port: 4420), .init(address: "fd00::1", port: 4421), .init(address: "10.0.0.2", port: 8009)],
+      paths: [.init(host: "10.0.0.1", port: 4420), .init(host: "fd00::1", port: 4421), .init(host: "10.0.0.2", port: 8009)],
       subsystemNQN: Self.nqn, namespaceUUID: Sample.uuid)
     let encoded = context.encoded
     #expect(encoded["transport"] == "tcp")
@@ -28,7 +28,7 @@ struct PublishContextTests {
   func extraKeys() throws {
     var values = Self.good
     values["somethingElse"] = "x"
-    #expect(try PublishContext(decoding: values).paths == [.init(address: "10.0.0.1", port: 4420)])
+    #expect(try PublishContext(decoding: values).paths == [.init(host: "10.0.0.1", port: 4420)])
   }
 
   static let bad: [(String, [String: String?], String)] = [

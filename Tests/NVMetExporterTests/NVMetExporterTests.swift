@@ -15,7 +15,7 @@ struct NVMetExporterTests {
     try withConfigfsDirectory { directory in
       let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
       let nvmet = Inspector(root: directory + "/nvmet")
-      #expect(exporter.kind == "simulated")
+      #expect(exporter.kind == .simulated)
       #expect(exporter.tree.root == directory + "/nvmet")
       #expect(exporter.portals == twoPortals)
       for dir in ["subsystems", "ports", "hosts"] { #expect(nvmet.isDirectory(dir), "\(dir)") }
@@ -43,7 +43,7 @@ struct NVMetExporterTests {
       #expect(second.portIDs == ["2", "1"])
       #expect(Inspector(root: first.tree.root).entries("ports") == ["1", "2"])
 
-      let third = try NVMetExporter(configfs: directory, portals: [Portal(address: "10.0.0.1", port: 8009)])
+      let third = try NVMetExporter(configfs: directory, portals: [HostPort(host: "10.0.0.1", port: 8009)])
       #expect(third.portIDs == ["3"])
     }
   }
@@ -58,7 +58,7 @@ struct NVMetExporterTests {
       try tree.write("ports/1/addr_traddr", "10.0.0.1")
       try tree.write("ports/1/addr_trsvcid", "4420")
 
-      let exporter = try NVMetExporter(configfs: directory, portals: [Portal(address: "10.0.0.1", port: 4420)])
+      let exporter = try NVMetExporter(configfs: directory, portals: [HostPort(host: "10.0.0.1", port: 4420)])
       #expect(exporter.portIDs == ["2"])
       #expect(tree.read("ports/1/addr_trtype") == "rdma")
     }
@@ -372,8 +372,8 @@ struct PortalTests {
 
   @Test("Numeric IPv4 and bracketed IPv6 portals parse and print back", arguments: good)
   func parses(_ text: String, _ address: String, _ port: UInt16, _ isIPv6: Bool) throws {
-    let portal = try Portal(parsing: text)
-    #expect(portal.address == address)
+    let portal = try HostPort(portal: text)
+    #expect(portal.host == address)
     #expect(portal.port == port)
     #expect(portal.isIPv6 == isIPv6)
     #expect(portal.description == text)
@@ -388,7 +388,7 @@ struct PortalTests {
       "[fe80::1%eth0]:4420", "[zz::1]:4420", "[]:4420", "10.0.0.1 :4420",
     ])
   func rejects(_ text: String) {
-    expectError(.invalidArgument, mentioning: [quoted(text)]) { try Portal(parsing: text) }
+    expectError(.invalidArgument, mentioning: [quoted(text)]) { try HostPort(portal: text) }
   }
 }
 
@@ -396,12 +396,12 @@ struct PortalTests {
 struct ExporterChecks {
   @Test("An IPv4 portal with an empty octet is rejected")
   func emptyOctet() {
-    expectError(.invalidArgument) { try Portal(parsing: "10..0.1:4420") }
+    expectError(.invalidArgument) { try HostPort(portal: "10..0.1:4420") }
   }
 
   @Test("An IPv6 address without brackets is rejected rather than split at its last colon")
   func unbracketedIPv6() {
-    expectError(.invalidArgument) { try Portal(parsing: "fd00::1") }
+    expectError(.invalidArgument) { try HostPort(portal: "fd00::1") }
   }
 
   @Test("problem(with:) notices an export open to hosts the spec does not allow")

@@ -88,4 +88,4 @@ enum Hosts {
   static let c = "nqn.2014-08.org.nvmexpress:uuid:cccccccc-0000-4000-8000-000000000003"
 }
 
-let twoPortals = [Portal(address: "10.0.0.1", port: 4420), Portal(address: "fd00::1", port: 4420)]
+let twoPortals = [HostPort(host: "10.0.0.1", port: 4420), HostPort(host: "fd00::1", port: 4420)]

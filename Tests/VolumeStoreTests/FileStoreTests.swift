@@ -64,7 +64,7 @@ struct FileStoreTests {
       _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: uuid, sizeBytes: 256 * MiB, created: created))
       let clone = ObjectUUID.random()
       _ = try store.createVolume(
-        VolumeRecord(uuid: clone, name: "c", sizeBytes: 512 * MiB, source: .volume(uuid.value), created: created))
+        VolumeRecord(uuid: clone, name: "c", sizeBytes: 512 * MiB, source: .volume(uuid), created: created))
 
       let snapshotData = root + "/snapshots/\(snapshot.value).img"
       #expect(try Device.size(of: snapshotData) == 256 * MiB)
@@ -90,19 +90,22 @@ struct FileStoreTests {
     try withFileStore { (store, root) throws in
       expectError(.notFound) {
         try store.createVolume(
-          VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .snapshot(ObjectUUID.random().value), created: created))
+          VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .snapshot(ObjectUUID.random()), created: created))
       }
       #expect(try files(root + "/volumes").isEmpty)
     }
   }
 
-  @Test("A source that is not a UUID is an invalid argument")
+  @Test("A record whose source is not a UUID is corrupt, never a path to follow")
   func sourceNotUUID() throws {
-    try withFileStore { (store, root) throws in
-      expectError(.invalidArgument, mentioning: [quoted("../x")]) {
-        try store.createVolume(VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .volume("../x"), created: created))
-      }
-      #expect(try files(root + "/volumes").isEmpty)
+    try withFileStore { store, root in
+      let uuid = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: MiB, source: nil, created: created))
+      let path = root + "/volumes/\(uuid.value).json"
+      var text = try String(contentsOfFile: path, encoding: .utf8)
+      text = text.replacingOccurrences(of: "\"name\"", with: "\"source\" : { \"volume\" : { \"_0\" : \"..\\/x\" } },\n  \"name\"")
+      try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+      expectError(.internalError, mentioning: [path, "corrupt"]) { try store.volume(uuid) }
     }
   }
 
@@ -135,8 +138,8 @@ struct FileStoreTests {
 
       // What was committed is untouched.
       #expect(try Device.read(512, at: 0, from: store.devicePath(of: kept)) == pattern(512, seed: 3))
-      #expect(try store.snapshots().map(\.uuid) == [keptSnapshot.value])
-      #expect(try Set(store.volumes().map(\.uuid)) == [kept.value, dataless.value])
+      #expect(try store.snapshots().map(\.uuid) == [keptSnapshot])
+      #expect(try Set(store.volumes().map(\.uuid)) == [kept, dataless])
       #expect(!store.hasData(dataless))
 
       let again = try store.reconcile()

@@ -49,6 +49,11 @@ func withStore<R>(_ factory: StoreFactory, _ body: (any VolumeStore, String) thr
 
 let MiB: UInt64 = 1 << 20
 
+/// A node with this host NQN (and a fixed host ID).
+func node(_ hostNQN: String) throws -> NodeID {
+  NodeID(hostID: try ObjectUUID("11111111-2222-4333-8444-555555555555"), hostNQN: try HostNQN(hostNQN))
+}
+
 /// A fixed creation time with whole milliseconds, so records compare equal after a
 /// round trip through storage.
 let created = Date(timeIntervalSince1970: 1_700_000_000)

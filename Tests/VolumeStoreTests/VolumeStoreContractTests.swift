@@ -29,23 +29,23 @@ struct VolumeStoreContractTests {
 
   @Test("A created volume is listed, found by UUID and has a zeroed device of its size", arguments: makeStores())
   func createVolume(_ factory: StoreFactory) throws {
-    try withStore(factory) { store, _ in
+    try withStore(factory) { (store, _) throws in
       var record = volumeRecord(size: 8 * MiB)
       record.attributes = ["fsType": "xfs"]
       let other = volumeRecord(name: "pvc-2", size: 2 * MiB)
       #expect(try store.createVolume(record) == record)
       #expect(try store.createVolume(other) == other)
 
-      #expect(try store.volume(try ObjectUUID(record.uuid)) == record)
+      #expect(try store.volume(record.uuid) == record)
       #expect(try Set(store.volumes()) == [record, other])
-      let uuid = try ObjectUUID(record.uuid)
+      let uuid = record.uuid
       #expect(store.hasData(uuid))
       #expect(!store.hasData(.random()))
       let device = store.devicePath(of: uuid)
       #expect(try Device.size(of: device) == 8 * MiB)
       #expect(try Device.read(4096, at: 0, from: device) == zeros(4096))
       #expect(try Device.read(4096, at: 8 * MiB - 4096, from: device) == zeros(4096))
-      #expect(store.devicePath(of: uuid) != store.devicePath(of: try ObjectUUID(other.uuid)))
+      #expect(store.devicePath(of: uuid) != store.devicePath(of: other.uuid))
     }
   }
 
@@ -82,13 +82,13 @@ struct VolumeStoreContractTests {
       try Device.write(pattern(4096, seed: 3), at: 0, to: device)
 
       let restored = ObjectUUID.random()
-      _ = try store.createVolume(volumeRecord(restored, name: "pvc-restored", size: 8 * MiB, source: .snapshot(snapshotUUID.value)))
+      _ = try store.createVolume(volumeRecord(restored, name: "pvc-restored", size: 8 * MiB, source: .snapshot(snapshotUUID)))
       let restoredDevice = store.devicePath(of: restored)
       #expect(try Device.size(of: restoredDevice) == 8 * MiB)
       #expect(try Device.read(4096, at: 0, from: restoredDevice) == pattern(4096, seed: 1))
       #expect(try Device.read(4096, at: 5 * MiB + 123, from: restoredDevice) == pattern(4096, seed: 2))
       #expect(try Device.read(4096, at: 2 * MiB, from: restoredDevice) == zeros(4096))
-      #expect(try store.volume(restored)?.source == .snapshot(snapshotUUID.value))
+      #expect(try store.volume(restored)?.source == .snapshot(snapshotUUID))
     }
   }
 
@@ -115,7 +115,7 @@ struct VolumeStoreContractTests {
       try Device.write(pattern(8192, seed: 7), at: 4 * MiB - 8192, to: store.devicePath(of: source))
 
       let clone = ObjectUUID.random()
-      let record = try store.createVolume(volumeRecord(clone, name: "pvc-clone", size: 12 * MiB, source: .volume(source.value)))
+      let record = try store.createVolume(volumeRecord(clone, name: "pvc-clone", size: 12 * MiB, source: .volume(source)))
       #expect(record.sizeBytes == 12 * MiB)
       let device = store.devicePath(of: clone)
       #expect(try Device.size(of: device) == 12 * MiB)
@@ -162,8 +162,8 @@ struct VolumeStoreContractTests {
       var record = try store.createVolume(volumeRecord(uuid))
       try Device.write(pattern(4096, seed: 5), at: 0, to: store.devicePath(of: uuid))
 
-      let a = Publication(nodeID: "node-a", hostNQN: "nqn.2014-08.org.example:a", readonly: false)
-      let b = Publication(nodeID: "node-b", hostNQN: "nqn.2014-08.org.example:b", readonly: true)
+      let a = Publication(nodeID: try node("nqn.2014-08.org.example:a"), readonly: false)
+      let b = Publication(nodeID: try node("nqn.2014-08.org.example:b"), readonly: true)
       record.publications = [a, b]
       record.attributes = ["k": "v"]
       try store.updateVolume(record)
@@ -204,7 +204,7 @@ struct VolumeStoreContractTests {
       try store.deleteVolume(uuid)
       try store.deleteVolume(.random())
       #expect(try store.volumes() == [keep])
-      #expect(store.hasData(try ObjectUUID(keep.uuid)))
+      #expect(store.hasData(keep.uuid))
     }
   }
 
@@ -217,7 +217,7 @@ struct VolumeStoreContractTests {
       let snapshot = ObjectUUID.random()
       _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
       let restored = ObjectUUID.random()
-      _ = try store.createVolume(volumeRecord(restored, source: .snapshot(snapshot.value)))
+      _ = try store.createVolume(volumeRecord(restored, source: .snapshot(snapshot)))
 
       try store.deleteSnapshot(snapshot)
       #expect(try store.snapshots().isEmpty)
@@ -225,7 +225,7 @@ struct VolumeStoreContractTests {
       try store.deleteSnapshot(.random())
       #expect(try Device.read(4096, at: 0, from: store.devicePath(of: restored)) == pattern(4096, seed: 6))
       expectError(.notFound) {
-        try store.createVolume(volumeRecord(source: .snapshot(snapshot.value)))
+        try store.createVolume(volumeRecord(source: .snapshot(snapshot)))
       }
     }
   }
@@ -240,9 +240,9 @@ struct VolumeStoreContractTests {
       _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
       try store.deleteVolume(source)
 
-      #expect(try store.snapshots().map(\.uuid) == [snapshot.value])
+      #expect(try store.snapshots().map(\.uuid) == [snapshot])
       let restored = ObjectUUID.random()
-      _ = try store.createVolume(volumeRecord(restored, source: .snapshot(snapshot.value)))
+      _ = try store.createVolume(volumeRecord(restored, source: .snapshot(snapshot)))
       #expect(try Device.read(4096, at: MiB, from: store.devicePath(of: restored)) == pattern(4096, seed: 10))
     }
   }
@@ -251,8 +251,8 @@ struct VolumeStoreContractTests {
   func missingSource(_ factory: StoreFactory) throws {
     try withStore(factory) { (store, _) throws in
       let volume = ObjectUUID.random()
-      expectError(.notFound) { try store.createVolume(volumeRecord(volume, source: .snapshot(ObjectUUID.random().value))) }
-      expectError(.notFound) { try store.createVolume(volumeRecord(volume, source: .volume(ObjectUUID.random().value))) }
+      expectError(.notFound) { try store.createVolume(volumeRecord(volume, source: .snapshot(ObjectUUID.random()))) }
+      expectError(.notFound) { try store.createVolume(volumeRecord(volume, source: .volume(ObjectUUID.random()))) }
       let snapshot = ObjectUUID.random()
       expectError(.notFound) {
         try store.createSnapshot(
@@ -292,7 +292,7 @@ struct VolumeStoreContractTests {
       }
       try await group.waitForAll()
     }
-    #expect(try Set(store.volumes().map(\.uuid)) == Set(uuids.map(\.value)))
+    #expect(try Set(store.volumes().map(\.uuid)) == Set(uuids))
     for (i, uuid) in uuids.enumerated() {
       #expect(try store.volume(uuid)?.sizeBytes == 2 * MiB)
       #expect(try Device.read(512, at: 0, from: store.devicePath(of: uuid)) == pattern(512, seed: UInt8(i)))
@@ -306,7 +306,7 @@ struct VolumeStoreContractTests {
       let uuid = ObjectUUID.random()
       let snapshotUUID = ObjectUUID.random()
       var record = volumeRecord(uuid, name: "pvc-persist", size: 6 * MiB)
-      record.publications = [Publication(nodeID: "n", hostNQN: "nqn.2014-08.org.example:n", readonly: true)]
+      record.publications = [Publication(nodeID: try node("nqn.2014-08.org.example:n"), readonly: true)]
       record.attributes = ["fsType": "ext4"]
       let snapshot = SnapshotRecord(uuid: snapshotUUID, name: "snap", sourceVolume: uuid, sizeBytes: 6 * MiB, created: created)
       do {

@@ -1,0 +1,83 @@
+import Foundation
+
+// What a storage target keeps about each volume and snapshot, next to its data. The
+// store persists these (JSON files, LVM tags); the target API carries them to the
+// controller. Typed all the way: a record that decodes is well-formed.
+
+/// One host allowed to reach a volume.
+public struct Publication: Codable, Hashable, Sendable {
+  public var nodeID: NodeID
+  public var readonly: Bool
+
+  public init(nodeID: NodeID, readonly: Bool) {
+    self.nodeID = nodeID
+    self.readonly = readonly
+  }
+
+  public var hostNQN: HostNQN { nodeID.hostNQN }
+
+  // Stored as {"nodeID", "hostNQN", "readonly"}: the host NQN is written out so a
+  // person reading the record sees which host has access.
+  enum CodingKeys: String, CodingKey { case nodeID, hostNQN, readonly }
+
+  public init(from decoder: any Decoder) throws {
+    let container = try decoder.container(keyedBy: CodingKeys.self)
+    self.nodeID = try container.decode(NodeID.self, forKey: .nodeID)
+    self.readonly = try container.decode(Bool.self, forKey: .readonly)
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var container = encoder.container(keyedBy: CodingKeys.self)
+    try container.encode(nodeID, forKey: .nodeID)
+    try container.encode(hostNQN.value, forKey: .hostNQN)
+    try container.encode(readonly, forKey: .readonly)
+  }
+}
+
+/// Where a volume's first contents came from.
+public enum VolumeSource: Codable, Hashable, Sendable {
+  case snapshot(ObjectUUID)
+  case volume(ObjectUUID)
+}
+
+/// What the store remembers about a volume, next to its data.
+public struct VolumeRecord: Codable, Hashable, Sendable {
+  public var uuid: ObjectUUID
+  public var name: String
+  public var sizeBytes: UInt64
+  public var source: VolumeSource?
+  public var created: Date
+  public var publications: [Publication]
+  /// Opaque to the store: what the controller keeps with the volume.
+  public var attributes: [String: String]
+
+  public init(
+    uuid: ObjectUUID, name: String, sizeBytes: UInt64, source: VolumeSource? = nil,
+    created: Date = Date(), publications: [Publication] = [], attributes: [String: String] = [:]
+  ) {
+    self.uuid = uuid
+    self.name = name
+    self.sizeBytes = sizeBytes
+    self.source = source
+    self.created = created
+    self.publications = publications
+    self.attributes = attributes
+  }
+}
+
+public struct SnapshotRecord: Codable, Hashable, Sendable {
+  public var uuid: ObjectUUID
+  public var name: String
+  public var sourceVolume: ObjectUUID
+  public var sizeBytes: UInt64
+  public var created: Date
+
+  public init(uuid: ObjectUUID, name: String, sourceVolume: ObjectUUID, sizeBytes: UInt64, created: Date = Date()) {
+    self.uuid = uuid
+    self.name = name
+    self.sourceVolume = sourceVolume
+    self.sizeBytes = sizeBytes
+    self.created = created
+  }
+}
+

@@ -1,0 +1,185 @@
+import GRPCCore
+import NVMeCSICore
+import TargetProto
+
+/// The target API over gRPC, on any client transport (HTTP/2 over TCP or a unix
+/// socket in production; transport setup lives in `CSIServer`).
+public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
+  let name: TargetName
+  let client: Nvmecsi_Target_V1_Target.Client<Transport>
+  /// Every call is bounded: a hung target must not hang the sidecars.
+  let timeout: Duration
+
+  public init(name: TargetName, client: GRPCClient<Transport>, timeout: Duration = .seconds(30)) {
+    self.name = name
+    self.client = .init(wrapping: client)
+    self.timeout = timeout
+  }
+
+  /// Runs one call: bounded, its errors in the domain and naming the target.
+  private func call<T: Sendable>(_ body: (CallOptions) async throws -> T) async throws -> T {
+    var options = CallOptions.defaults
+    options.timeout = timeout
+    do { return try await body(options) } catch let error as RPCError {
+      throw Self.domainError(error, target: name)
+    } catch let error as NVMeCSIError {
+      // Only the wire decoding throws these: the target answered something malformed.
+      throw NVMeCSIError.internalError("target \(name) answered malformed data: \(error.message)")
+    }
+  }
+
+  /// The target speaks the same code table as CSI; keep the code, name the target.
+  static func domainError(_ error: RPCError, target: TargetName) -> NVMeCSIError {
+    let kind: NVMeCSIError.Kind
+    switch error.code {
+    case .invalidArgument: kind = .invalidArgument
+    case .notFound: kind = .notFound
+    case .alreadyExists: kind = .alreadyExists
+    case .failedPrecondition: kind = .failedPrecondition
+    case .resourceExhausted: kind = .resourceExhausted
+    case .outOfRange: kind = .outOfRange
+    case .aborted: kind = .aborted
+    case .unimplemented: kind = .unimplemented
+    case .unavailable, .deadlineExceeded, .cancelled:
+      return .unavailable("target \(target) is unreachable (\(error.code)): \(error.message)")
+    default: kind = .internalError
+    }
+    return NVMeCSIError(kind, error.message).from(target: target)
+  }
+
+  public func info() async throws -> TargetInfo {
+    try await call { try TargetInfo(wire: try await client.getInfo(.init(), options: $0)) }
+  }
+
+  public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
+    try await call {
+      let response = try await client.createVolume(request.wire, options: $0)
+      return (try TargetVolume(wire: response.volume), response.existed)
+    }
+  }
+
+  public func deleteVolume(_ uuid: ObjectUUID) async throws {
+    _ = try await call { try await client.deleteVolume(.with { $0.uuid = uuid.value }, options: $0) }
+  }
+
+  public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume {
+    try await call { try TargetVolume(wire: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume) }
+  }
+
+  public func volumes(named name: String?) async throws -> [TargetVolume] {
+    try await call {
+      var volumes: [TargetVolume] = []
+      for volume in try await client.listVolumes(.with { $0.name = name ?? "" }, options: $0).volumes {
+        volumes.append(try TargetVolume(wire: volume))
+      }
+      return volumes
+    }
+  }
+
+  public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
+    try await call {
+      let request = Nvmecsi_Target_V1_ExpandVolumeRequest.with {
+        $0.uuid = uuid.value
+        $0.sizeBytes = sizeBytes
+      }
+      return try TargetVolume(wire: try await client.expandVolume(request, options: $0).volume)
+    }
+  }
+
+  public func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
+    -> VolumeExport
+  {
+    try await call {
+      let request = Nvmecsi_Target_V1_PublishVolumeRequest.with {
+        $0.uuid = uuid.value
+        $0.nodeID = node.description
+        $0.hostNqn = node.hostNQN.value
+        $0.readonly = readonly
+        $0.exclusive = exclusive
+      }
+      return try VolumeExport(wire: try await client.publishVolume(request, options: $0))
+    }
+  }
+
+  public func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
+    let request = Nvmecsi_Target_V1_UnpublishVolumeRequest.with {
+      $0.uuid = uuid.value
+      $0.nodeID = node?.description ?? ""
+    }
+    _ = try await call { try await client.unpublishVolume(request, options: $0) }
+  }
+
+  public func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+    -> (snapshot: SnapshotRecord, existed: Bool)
+  {
+    let request = Nvmecsi_Target_V1_CreateSnapshotRequest.with {
+      $0.name = name
+      $0.sourceVolumeUuid = volume.value
+    }
+    return try await call {
+      let response = try await client.createSnapshot(request, options: $0)
+      return (try SnapshotRecord(wire: response.snapshot), response.existed)
+    }
+  }
+
+  public func deleteSnapshot(_ uuid: ObjectUUID) async throws {
+    _ = try await call { try await client.deleteSnapshot(.with { $0.uuid = uuid.value }, options: $0) }
+  }
+
+  public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
+    try await call {
+      var snapshots: [SnapshotRecord] = []
+      for snapshot in try await client.listSnapshots(filter.wire, options: $0).snapshots {
+        snapshots.append(try SnapshotRecord(wire: snapshot))
+      }
+      return snapshots
+    }
+  }
+}
+
+/// A target API used in-process (an agent in the same process), its errors naming
+/// the target exactly as `RemoteTargetAPI`'s do, so the controller cannot tell the
+/// two apart.
+public struct NamedTarget: TargetAPI {
+  let name: TargetName
+  let api: any TargetAPI
+
+  public init(name: TargetName, api: any TargetAPI) {
+    self.name = name
+    self.api = api
+  }
+
+  private func call<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+    do { return try await body() } catch let error as NVMeCSIError { throw error.from(target: name) }
+  }
+
+  public func info() async throws -> TargetInfo { try await call { try await api.info() } }
+  public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
+    try await call { try await api.createVolume(request) }
+  }
+  public func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await api.deleteVolume(uuid) } }
+  public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await api.volume(uuid) } }
+  public func volumes(named name: String?) async throws -> [TargetVolume] {
+    try await call { try await api.volumes(named: name) }
+  }
+  public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
+    try await call { try await api.expandVolume(uuid, to: sizeBytes) }
+  }
+  public func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
+    -> VolumeExport
+  {
+    try await call { try await api.publishVolume(uuid, to: node, readonly: readonly, exclusive: exclusive) }
+  }
+  public func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
+    try await call { try await api.unpublishVolume(uuid, from: node) }
+  }
+  public func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+    -> (snapshot: SnapshotRecord, existed: Bool)
+  {
+    try await call { try await api.createSnapshot(named: name, of: volume) }
+  }
+  public func deleteSnapshot(_ uuid: ObjectUUID) async throws { try await call { try await api.deleteSnapshot(uuid) } }
+  public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
+    try await call { try await api.snapshots(matching: filter) }
+  }
+}

@@ -1,0 +1,140 @@
+import NVMeCSICore
+
+// The seam between the controller and a storage target, in domain types. The target
+// agent implements it; the target's gRPC service serves any implementation of it; the
+// controller calls it through `RemoteTargetAPI` (gRPC) or, in tests and in-process
+// setups, directly on an agent (`NamedTarget`). The proto types stay at the wire.
+
+/// What a target says about itself.
+public struct TargetInfo: Sendable, Equatable {
+  public var storeKind: String
+  /// "nvmet" (kernel configfs) or "simulated" (a plain directory).
+  public var exporterKind: String
+  public var totalBytes: UInt64
+  public var availableBytes: UInt64
+  /// Snapshots and clones share blocks with their source (else full copies).
+  public var sharesBlocks: Bool
+  public var portals: [HostPort]
+  public var version: String
+
+  public init(
+    storeKind: String, exporterKind: String, totalBytes: UInt64, availableBytes: UInt64, sharesBlocks: Bool,
+    portals: [HostPort], version: String
+  ) {
+    self.storeKind = storeKind
+    self.exporterKind = exporterKind
+    self.totalBytes = totalBytes
+    self.availableBytes = availableBytes
+    self.sharesBlocks = sharesBlocks
+    self.portals = portals
+    self.version = version
+  }
+}
+
+/// A volume as its target reports it: the record and, when something is wrong, what.
+public struct TargetVolume: Sendable, Equatable {
+  public var record: VolumeRecord
+  /// Nil when the volume is healthy (data present, exported as recorded).
+  public var problem: String?
+
+  public init(record: VolumeRecord, problem: String?) {
+    self.record = record
+    self.problem = problem
+  }
+
+  public var uuid: ObjectUUID { record.uuid }
+}
+
+/// A CreateVolume request to a target.
+public struct NewVolume: Sendable, Equatable {
+  public var name: String
+  public var sizeBytes: UInt64
+  public var source: VolumeSource?
+  /// Opaque to the target: what the controller keeps with the volume.
+  public var attributes: [String: String]
+
+  public init(name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String]) {
+    self.name = name
+    self.sizeBytes = sizeBytes
+    self.source = source
+    self.attributes = attributes
+  }
+}
+
+/// How a node reaches a published volume.
+public struct VolumeExport: Sendable, Equatable {
+  public var subsystemNQN: String
+  public var namespaceUUID: ObjectUUID
+  public var portals: [HostPort]
+
+  public init(subsystemNQN: String, namespaceUUID: ObjectUUID, portals: [HostPort]) {
+    self.subsystemNQN = subsystemNQN
+    self.namespaceUUID = namespaceUUID
+    self.portals = portals
+  }
+}
+
+/// Which snapshots a listing returns; every set field must match.
+public struct SnapshotFilter: Sendable, Equatable {
+  public var name: String?
+  public var uuid: ObjectUUID?
+  public var sourceVolume: ObjectUUID?
+
+  public init(name: String? = nil, uuid: ObjectUUID? = nil, sourceVolume: ObjectUUID? = nil) {
+    self.name = name
+    self.uuid = uuid
+    self.sourceVolume = sourceVolume
+  }
+
+  public func matches(_ snapshot: SnapshotRecord) -> Bool {
+    (name == nil || snapshot.name == name) && (uuid == nil || snapshot.uuid == uuid)
+      && (sourceVolume == nil || snapshot.sourceVolume == sourceVolume)
+  }
+}
+
+/// One storage target's API.
+///
+/// Contract (every implementation; `TargetAPIContractTests` checks the in-process and
+/// the gRPC ones alike): every mutation is idempotent and safe to repeat after a crash
+/// or a lost reply; calls on one volume are serialized by the target, calls on
+/// different volumes may run concurrently. Errors are `NVMeCSIError`s in the CSI code
+/// table (notFound, alreadyExists, failedPrecondition, resourceExhausted, …); an
+/// implementation reached over a network names the target in the message and answers
+/// `unavailable` when the target cannot be reached.
+public protocol TargetAPI: Sendable {
+  func info() async throws -> TargetInfo
+
+  /// Creates a volume, or returns the one that already has this name (`existed`).
+  func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool)
+  /// Removes a volume and its export; an unknown volume is success.
+  /// `failedPrecondition` while it is published to any host.
+  func deleteVolume(_ uuid: ObjectUUID) async throws
+  /// `notFound` when the volume does not exist.
+  func volume(_ uuid: ObjectUUID) async throws -> TargetVolume
+  /// Every volume, or only the one named `name`.
+  func volumes(named name: String?) async throws -> [TargetVolume]
+  /// Grows a volume (never shrinks) and makes the exporter re-read its size.
+  func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume
+
+  /// Allows the node's host on the volume. `exclusive`: single-node access, so
+  /// `failedPrecondition` while another node has it.
+  func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
+    -> VolumeExport
+  /// Revokes the node's access (every node's when nil); a node without access is success.
+  func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws
+
+  /// Takes a point-in-time copy of a volume, or returns the snapshot that already has
+  /// this name (`existed`).
+  func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+    -> (snapshot: SnapshotRecord, existed: Bool)
+  /// Removes a snapshot; an unknown one is success.
+  func deleteSnapshot(_ uuid: ObjectUUID) async throws
+  func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord]
+}
+
+extension NVMeCSIError {
+  /// The same error, its message naming the target it came from.
+  public func from(target: TargetName) -> NVMeCSIError {
+    NVMeCSIError(kind, "target \(target): \(message)", cause: cause)
+  }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import NVMeCSICore
+import SwiftProtobuf
+import TargetProto
+
+// The target API's wire format, both directions, in one place: `init(wire:)` reads a
+// proto message into a domain value (throwing on malformed input), `wire` writes one.
+// The server reads requests and writes responses; the client does the reverse.
+
+extension HostPort {
+  public init(wire portal: Nvmecsi_Target_V1_Portal) throws(NVMeCSIError) {
+    guard let port = UInt16(exactly: portal.port), portal.transport == "tcp" else {
+      throw .internalError("portal \(quoted(portal.address)) port \(portal.port) over \(quoted(portal.transport)) is not a TCP portal")
+    }
+    self.init(host: portal.address, port: port)
+  }
+
+  public var wire: Nvmecsi_Target_V1_Portal {
+    .with {
+      $0.transport = "tcp"
+      $0.address = host
+      $0.port = UInt32(port)
+    }
+  }
+}
+
+extension TargetInfo {
+  public init(wire info: Nvmecsi_Target_V1_GetInfoResponse) throws(NVMeCSIError) {
+    var portals: [HostPort] = []
+    for portal in info.portals { portals.append(try HostPort(wire: portal)) }
+    self.init(
+      storeKind: info.storeKind, exporterKind: info.exporterKind, totalBytes: info.totalBytes,
+      availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version)
+  }
+
+  public var wire: Nvmecsi_Target_V1_GetInfoResponse {
+    .with {
+      $0.storeKind = storeKind
+      $0.exporterKind = exporterKind
+      $0.totalBytes = totalBytes
+      $0.availableBytes = availableBytes
+      $0.reflink = sharesBlocks
+      $0.portals = portals.map(\.wire)
+      $0.version = version
+    }
+  }
+}
+
+extension VolumeSource {
+  /// From the wire's `source` oneof, read through its two fields ("" when not set).
+  init?(snapshotUUID: String, volumeUUID: String) throws(NVMeCSIError) {
+    if !snapshotUUID.isEmpty {
+      self = .snapshot(try ObjectUUID(snapshotUUID))
+    } else if !volumeUUID.isEmpty {
+      self = .volume(try ObjectUUID(volumeUUID))
+    } else {
+      return nil
+    }
+  }
+}
+
+extension TargetVolume {
+  public init(wire volume: Nvmecsi_Target_V1_Volume) throws(NVMeCSIError) {
+    var publications: [Publication] = []
+    for p in volume.publications {
+      publications.append(Publication(nodeID: try NodeID(parsing: p.nodeID), readonly: p.readonly))
+    }
+    let record = VolumeRecord(
+      uuid: try ObjectUUID(volume.uuid), name: volume.name, sizeBytes: volume.sizeBytes,
+      source: try VolumeSource(snapshotUUID: volume.sourceSnapshotUuid, volumeUUID: volume.sourceVolumeUuid), created: volume.created.date, publications: publications,
+      attributes: volume.attributes)
+    self.init(record: record, problem: volume.abnormalReason.isEmpty ? nil : volume.abnormalReason)
+  }
+
+  public var wire: Nvmecsi_Target_V1_Volume {
+    .with {
+      $0.uuid = record.uuid.value
+      $0.name = record.name
+      $0.sizeBytes = record.sizeBytes
+      switch record.source {
+      case .snapshot(let s)?: $0.sourceSnapshotUuid = s.value
+      case .volume(let v)?: $0.sourceVolumeUuid = v.value
+      case nil: break
+      }
+      $0.created = Google_Protobuf_Timestamp(date: record.created)
+      $0.publications = record.publications.map { p in
+        .with {
+          $0.nodeID = p.nodeID.description
+          $0.hostNqn = p.hostNQN.value
+          $0.readonly = p.readonly
+        }
+      }
+      $0.subsystemNqn = SubsystemNaming.nqn(for: record.uuid)
+      $0.namespaceUuid = SubsystemNaming.namespaceUUID(for: record.uuid).value
+      $0.abnormalReason = problem ?? ""
+      $0.attributes = record.attributes
+    }
+  }
+}
+
+extension SnapshotRecord {
+  public init(wire snapshot: Nvmecsi_Target_V1_Snapshot) throws(NVMeCSIError) {
+    self.init(
+      uuid: try ObjectUUID(snapshot.uuid), name: snapshot.name, sourceVolume: try ObjectUUID(snapshot.sourceVolumeUuid),
+      sizeBytes: snapshot.sizeBytes, created: snapshot.created.date)
+  }
+
+  public var wire: Nvmecsi_Target_V1_Snapshot {
+    .with {
+      $0.uuid = uuid.value
+      $0.name = name
+      $0.sourceVolumeUuid = sourceVolume.value
+      $0.sizeBytes = sizeBytes
+      $0.created = Google_Protobuf_Timestamp(date: created)
+      $0.readyToUse = true
+    }
+  }
+}
+
+extension NewVolume {
+  public init(wire request: Nvmecsi_Target_V1_CreateVolumeRequest) throws(NVMeCSIError) {
+    self.init(
+      name: request.name, sizeBytes: request.sizeBytes, source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
+      attributes: request.attributes)
+  }
+
+  public var wire: Nvmecsi_Target_V1_CreateVolumeRequest {
+    .with {
+      $0.name = name
+      $0.sizeBytes = sizeBytes
+      switch source {
+      case .snapshot(let s)?: $0.sourceSnapshotUuid = s.value
+      case .volume(let v)?: $0.sourceVolumeUuid = v.value
+      case nil: break
+      }
+      $0.attributes = attributes
+    }
+  }
+}
+
+extension VolumeExport {
+  public init(wire response: Nvmecsi_Target_V1_PublishVolumeResponse) throws(NVMeCSIError) {
+    var portals: [HostPort] = []
+    for portal in response.portals { portals.append(try HostPort(wire: portal)) }
+    self.init(
+      subsystemNQN: response.subsystemNqn, namespaceUUID: try ObjectUUID(response.namespaceUuid), portals: portals)
+  }
+
+  public var wire: Nvmecsi_Target_V1_PublishVolumeResponse {
+    .with {
+      $0.subsystemNqn = subsystemNQN
+      $0.namespaceUuid = namespaceUUID.value
+      $0.portals = portals.map(\.wire)
+    }
+  }
+}
+
+extension SnapshotFilter {
+  /// Empty fields match everything.
+  public init(wire request: Nvmecsi_Target_V1_ListSnapshotsRequest) throws(NVMeCSIError) {
+    self.init(
+      name: request.name.isEmpty ? nil : request.name,
+      uuid: request.uuid.isEmpty ? nil : try ObjectUUID(request.uuid),
+      sourceVolume: request.sourceVolumeUuid.isEmpty ? nil : try ObjectUUID(request.sourceVolumeUuid))
+  }
+
+  public var wire: Nvmecsi_Target_V1_ListSnapshotsRequest {
+    .with {
+      $0.name = name ?? ""
+      $0.uuid = uuid?.value ?? ""
+      $0.sourceVolumeUuid = sourceVolume?.value ?? ""
+    }
+  }
+}

@@ -1,0 +1,78 @@
+import CSIServer
+import Foundation
+import GRPCCore
+import Logging
+import NVMeCSICore
+import ServiceLifecycle
+import TargetAgent
+import TargetContract
+import TestSupport
+import Testing
+
+/// One way of reaching a target under test. Both run the same agent over a file store
+/// and simulated nvmet; `served` puts the gRPC service and client in between, so the
+/// contract suite checks the wire format as well.
+struct TargetAPIFactory: Sendable, CustomTestStringConvertible {
+  let testDescription: String
+  let run: @Sendable (LocalTarget, (any TargetAPI) async throws -> Void) async throws -> Void
+
+  static let inProcess = TargetAPIFactory(testDescription: "in-process") { target, body in
+    try await body(target.api)
+  }
+
+  static let served = TargetAPIFactory(testDescription: "gRPC") { target, body in
+    let socket = target.store + "/../target.sock"
+    var logger = Logger(label: "test.target.grpc") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    let server = try GRPCService(endpoint: .unix(path: socket), services: [TargetService(target: target.agent)], logger: logger)
+    let client = try makeClient(to: .unix(path: socket))
+    let group = ServiceGroup(services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10))
+      do {
+        try await waitUntilAnswering(api)
+        try await body(api)
+      } catch {
+        await group.triggerGracefulShutdown()
+        throw error
+      }
+      await group.triggerGracefulShutdown()
+      try await tasks.waitForAll()
+    }
+  }
+
+  static let all = [inProcess, served]
+
+  private static func waitUntilAnswering(_ api: any TargetAPI) async throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+      if (try? await api.info()) != nil { return }
+      try await Task.sleep(for: .milliseconds(20))
+    }
+    throw CancellationError()
+  }
+}
+
+/// Runs `body` against a fresh target named "store-t" in its own temp directory.
+func withTarget(
+  _ factory: TargetAPIFactory, _ body: (any TargetAPI, LocalTarget) async throws -> Void
+) async throws {
+  let directory = FileManager.default.temporaryDirectory.path + "/nvme-csi-target-test-" + UUID().uuidString.prefix(8)
+  try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(atPath: directory) }
+  let target = try LocalTarget(name: "store-t", directory: directory)
+  try await factory.run(target) { api in try await body(api, target) }
+}
+
+let MiB: UInt64 = 1 << 20
+
+func node(_ n: Int) throws -> NodeID {
+  NodeID(
+    hostID: try ObjectUUID(String(format: "%08d-0000-4000-8000-000000000000", n)),
+    hostNQN: try HostNQN("nqn.2014-08.org.example:node-\(n)"))
+}
+
+func newVolume(_ name: String, size: UInt64 = 4 * MiB, source: VolumeSource? = nil) -> NewVolume {
+  NewVolume(name: name, sizeBytes: size, source: source, attributes: ["k": "v"])
+}

@@ -1,0 +1,147 @@
+import Foundation
+import NVMeCSICore
+import TargetContract
+import TestSupport
+import Testing
+
+/// The TargetAPI contract: what the controller may rely on from any target, checked
+/// against the agent in-process and through the gRPC service and client.
+@Suite("Target API contract")
+struct TargetAPIContractTests {
+  @Test("Creating a volume twice by name returns the first one, marked as existing", arguments: TargetAPIFactory.all)
+  func createIsIdempotent(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let first = try await api.createVolume(newVolume("pvc-1"))
+      #expect(!first.existed)
+      #expect(first.volume.record.name == "pvc-1")
+      #expect(first.volume.record.sizeBytes == 4 * MiB)
+      #expect(first.volume.record.attributes == ["k": "v"])
+      #expect(first.volume.problem == nil)
+      let again = try await api.createVolume(newVolume("pvc-1", size: 8 * MiB))
+      #expect(again.existed)
+      #expect(again.volume.uuid == first.volume.uuid)
+      #expect(try await api.volumes(named: "pvc-1").map(\.uuid) == [first.volume.uuid])
+      #expect(try await api.volumes(named: nil).count == 1)
+      #expect(try await api.volume(first.volume.uuid).record == first.volume.record)
+    }
+  }
+
+  @Test("An unknown volume is notFound, naming the target", arguments: TargetAPIFactory.all)
+  func unknownVolume(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let uuid = ObjectUUID.random()
+      await expectError(.notFound, mentioning: ["store-t", uuid.value]) { try await api.volume(uuid) }
+      await expectError(.notFound, mentioning: ["store-t"]) { try await api.expandVolume(uuid, to: 8 * MiB) }
+      await expectError(.notFound, mentioning: ["store-t"]) {
+        try await api.publishVolume(uuid, to: try node(1), readonly: false, exclusive: true)
+      }
+      // Deleting and unpublishing what is not there is done already.
+      try await api.deleteVolume(uuid)
+      try await api.unpublishVolume(uuid, from: try node(1))
+    }
+  }
+
+  @Test("Single-node access refuses a second node; the first keeps it", arguments: TargetAPIFactory.all)
+  func exclusivePublish(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-x")).volume
+      let export = try await api.publishVolume(volume.uuid, to: try node(1), readonly: false, exclusive: true)
+      #expect(export.subsystemNQN == SubsystemNaming.nqn(for: volume.uuid))
+      #expect(export.namespaceUUID == volume.uuid)
+      #expect(export.portals == [HostPort(host: "127.0.0.1", port: 4420)])
+      // Repeating the same publish is success.
+      #expect(try await api.publishVolume(volume.uuid, to: try node(1), readonly: false, exclusive: true) == export)
+      await expectError(.failedPrecondition, mentioning: [try node(1).description]) {
+        try await api.publishVolume(volume.uuid, to: try node(2), readonly: false, exclusive: true)
+      }
+      await expectError(.alreadyExists, mentioning: ["readonly"]) {
+        try await api.publishVolume(volume.uuid, to: try node(1), readonly: true, exclusive: true)
+      }
+      let hosts = try FileManager.default.contentsOfDirectory(
+        atPath: target.configfs + "/nvmet/subsystems/\(export.subsystemNQN)/allowed_hosts")
+      #expect(hosts == [try node(1).hostNQN.value])
+      #expect(try await api.volume(volume.uuid).record.publications.map(\.nodeID) == [try node(1)])
+    }
+  }
+
+  @Test("Unpublishing one node leaves the others' access alone", arguments: TargetAPIFactory.all)
+  func unpublishOne(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let volume = try await api.createVolume(newVolume("pvc-ro")).volume
+      _ = try await api.publishVolume(volume.uuid, to: try node(1), readonly: true, exclusive: false)
+      _ = try await api.publishVolume(volume.uuid, to: try node(2), readonly: true, exclusive: false)
+      try await api.unpublishVolume(volume.uuid, from: try node(1))
+      #expect(try await api.volume(volume.uuid).record.publications.map(\.nodeID) == [try node(2)])
+      await expectError(.failedPrecondition, mentioning: ["published"]) { try await api.deleteVolume(volume.uuid) }
+      try await api.unpublishVolume(volume.uuid, from: nil)
+      try await api.deleteVolume(volume.uuid)
+      #expect(try await api.volumes(named: nil).isEmpty)
+    }
+  }
+
+  @Test("Snapshots are listed by filter, restored into volumes no smaller than they are", arguments: TargetAPIFactory.all)
+  func snapshots(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let volume = try await api.createVolume(newVolume("pvc-s", size: 8 * MiB)).volume
+      let snapshot = try await api.createSnapshot(named: "snap-1", of: volume.uuid)
+      #expect(!snapshot.existed)
+      #expect(snapshot.snapshot.sourceVolume == volume.uuid)
+      #expect(snapshot.snapshot.sizeBytes == 8 * MiB)
+      #expect(try await api.createSnapshot(named: "snap-1", of: volume.uuid).existed)
+      #expect(try await api.snapshots(matching: SnapshotFilter(name: "snap-1")).map(\.uuid) == [snapshot.snapshot.uuid])
+      #expect(try await api.snapshots(matching: SnapshotFilter(sourceVolume: volume.uuid)).count == 1)
+      #expect(try await api.snapshots(matching: SnapshotFilter(uuid: .random())).isEmpty)
+
+      await expectError(.outOfRange, mentioning: ["smaller"]) {
+        try await api.createVolume(newVolume("pvc-small", size: 4 * MiB, source: .snapshot(snapshot.snapshot.uuid)))
+      }
+      let restored = try await api.createVolume(newVolume("pvc-r", size: 8 * MiB, source: .snapshot(snapshot.snapshot.uuid)))
+      #expect(restored.volume.record.source == .snapshot(snapshot.snapshot.uuid))
+      try await api.deleteSnapshot(snapshot.snapshot.uuid)
+      try await api.deleteSnapshot(snapshot.snapshot.uuid)
+      #expect(try await api.snapshots(matching: SnapshotFilter()).isEmpty)
+    }
+  }
+
+  @Test("Expansion grows a volume and never shrinks it", arguments: TargetAPIFactory.all)
+  func expand(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let volume = try await api.createVolume(newVolume("pvc-e")).volume
+      #expect(try await api.expandVolume(volume.uuid, to: 16 * MiB).record.sizeBytes == 16 * MiB)
+      #expect(try await api.expandVolume(volume.uuid, to: 8 * MiB).record.sizeBytes == 16 * MiB)
+    }
+  }
+
+  @Test("A volume whose data is gone is reported with the problem", arguments: TargetAPIFactory.all)
+  func missingData(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-m")).volume
+      try FileManager.default.removeItem(atPath: target.store + "/volumes/\(volume.uuid.value).img")
+      let problem = try await api.volume(volume.uuid).problem
+      #expect(problem?.contains("missing") == true)
+    }
+  }
+
+  @Test("Info names the store, the exporter and the portals", arguments: TargetAPIFactory.all)
+  func info(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let info = try await api.info()
+      #expect(info.storeKind == "file")
+      #expect(info.exporterKind == "simulated")
+      #expect(info.portals == [HostPort(host: "127.0.0.1", port: 4420)])
+      #expect(info.totalBytes >= info.availableBytes)
+      #expect(info.availableBytes > 0)
+    }
+  }
+
+  @Test("Malformed names are invalid arguments and create nothing", arguments: TargetAPIFactory.all)
+  func badNames(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { (api, _) throws in
+      for name in ["", String(repeating: "n", count: 254), "a\nb"] {
+        await expectError(.invalidArgument) { try await api.createVolume(newVolume(name)) }
+      }
+      await expectError(.invalidArgument) { try await api.createVolume(NewVolume(name: "z", sizeBytes: 0, source: nil, attributes: [:])) }
+      #expect(try await api.volumes(named: nil).isEmpty)
+    }
+  }
+}

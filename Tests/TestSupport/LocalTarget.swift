@@ -1,0 +1,35 @@
+import Foundation
+import Logging
+import NVMeCSICore
+import NVMetExporter
+import TargetAgent
+import TargetContract
+import VolumeStore
+
+/// A real storage target inside the test process: a `TargetAgent` over a `FileStore`
+/// and nvmet simulated in a plain directory, both under `directory`. The same code a
+/// `nvme-csi target` process runs, without the process and the gRPC hop; a restart is
+/// opening a new one on the same directories (`reopen()`).
+public struct LocalTarget: Sendable {
+  public let name: TargetName
+  public let store: String
+  public let configfs: String
+  public let agent: TargetAgent
+
+  public init(name: String, directory: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420)) throws {
+    self.name = try TargetName(name)
+    self.store = directory + "/store"
+    self.configfs = directory + "/configfs"
+    try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
+    var logger = Logger(label: "test.target") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    let agent = TargetAgent(
+      store: try FileStore(root: store), exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
+      version: "test", logger: logger)
+    try agent.start()
+    self.agent = agent
+  }
+
+  /// The target as the controller sees it: errors name the target, as over gRPC.
+  public var api: any TargetAPI { NamedTarget(name: name, api: agent) }
+}
