@@ -3,26 +3,46 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PLUGINS := .build-protoc/release
 
-.PHONY: all build test unit-test e2e demo demo-local check-manifests image proto verify-proto plugins deps clean
+.PHONY: all build test unit-test e2e demo demo-local check-manifests image proto verify-proto plugins deps clean format lint
 
 all: build
 
-## Install the Debian packages the build, tests and demo need.
+## Install the Debian packages the build, tests and demo need (always checks).
 deps:
 	./scripts/install-deps.sh
+	@mkdir -p .build && touch $(DEPS_STAMP)
 
-build: deps
+# Builds check the packages once, not on every build: again only when the installer
+# changes or .build is removed (`make deps` checks on demand).
+DEPS_STAMP := .build/.deps-installed
+$(DEPS_STAMP): scripts/install-deps.sh
+	./scripts/install-deps.sh
+	@mkdir -p .build && touch $@
+
+build: $(DEPS_STAMP)
 	$(SWIFT) build
 
-## Everything: generated code up to date, the Swift test suites, then the real data
-## path in a VM (make e2e).
-test: unit-test check-manifests e2e
+## Everything: formatting, generated code up to date, the Swift test suites, then the
+## real data path in a VM (make e2e).
+test: lint unit-test check-manifests e2e
 
 ## Unit, contract and conformance tests (real gRPC over real unix sockets, real
 ## `nvme-csi target` processes); no VM.
-unit-test: deps verify-proto
+unit-test: $(DEPS_STAMP) verify-proto
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# Hand-written Swift (generated code is not ours to format).
+SWIFT_SOURCES = $(shell find Sources Tests -name '*.swift' -not -path 'Sources/CSIProto/*' -not -path 'Sources/TargetProto/*' | sort)
+
+## Reformat the hand-written Swift with the committed .swift-format.
+format:
+	$(SWIFT) format format --in-place --parallel $(SWIFT_SOURCES)
+
+## Fail on any difference from .swift-format (part of make test).
+lint:
+	$(SWIFT) format lint --strict --parallel $(SWIFT_SOURCES)
+	@echo "formatting is clean"
 
 ## Render deploy/kubernetes, validate it against the Kubernetes schemas, cross-check
 ## it with the binary and feed its StorageClasses to CreateVolume (Tests/deploy).
@@ -46,7 +66,7 @@ demo: e2e
 demo-local: build
 	./scripts/demo.sh
 
-plugins: deps $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
+plugins: $(DEPS_STAMP) $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
 $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-swift --scratch-path ../../.build-protoc
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-grpc-swift-2 --scratch-path ../../.build-protoc
@@ -68,6 +88,6 @@ clean:
 
 ## The real data path: boot Debian's stock kernel under qemu and run the lifecycle
 ## (nvmet target, nvme-tcp host through libnvme, mkfs, mount) inside it.
-e2e: deps
+e2e: $(DEPS_STAMP)
 	$(SWIFT) build --build-tests
 	Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path)

@@ -9,8 +9,8 @@ let grpc: [Target.Dependency] = [
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
 
 let package = Package(
+  // Linux only (Glibc, libnvme, configfs, mount(2)); no Apple platform is supported.
   name: "nvme-csi",
-  platforms: [.macOS(.v15)],
   products: [
     .executable(name: "nvme-csi", targets: ["nvme-csi"])
   ],

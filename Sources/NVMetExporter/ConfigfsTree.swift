@@ -30,7 +30,7 @@ extension ConfigfsTree {
   func absolute(_ path: String) -> String { root + "/" + path }
 
   func failure(_ what: String, _ path: String, _ code: Int32 = errno) -> NVMeCSIError {
-    .internalError("nvmet configfs: cannot \(what) \(absolute(path)): \(String(cString: strerror(code)))")
+    NVMeCSIError(systemCall: "nvmet configfs: cannot \(what)", absolute(path), Errno(code))
   }
 
   public func read(_ path: String) -> String? {

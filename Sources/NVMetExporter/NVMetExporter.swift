@@ -1,4 +1,5 @@
 import NVMeCSICore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -19,6 +20,9 @@ public struct NVMetExporter: VolumeExporter {
   public let portals: [HostPort]
   /// The nvmet port IDs serving `portals`, in the same order.
   public let portIDs: [String]
+  /// hosts/<nqn> entries are shared by every volume that allows the host: creating and
+  /// linking one, and removing one nobody links any more, must not interleave.
+  private let hostEntries = HostEntryLock()
 
   /// Opens nvmet under a configfs mount point (normally /sys/kernel/config). When the
   /// directory is not configfs, a simulated tree is kept there instead (nothing is
@@ -93,12 +97,14 @@ public struct NVMetExporter: VolumeExporter {
     // Hosts: allow exactly the wanted ones.
     let linked = Set(tree.list(subsystem + "/allowed_hosts"))
     for host in spec.allowedHosts.subtracting(linked).sorted() {
-      try tree.makeDirectory("hosts/" + host)
-      try tree.link(subsystem + "/allowed_hosts/" + host, to: "hosts/" + host)
+      try hostEntries.mutex.withLock { _ throws(NVMeCSIError) in
+        try tree.makeDirectory("hosts/" + host)
+        try tree.link(subsystem + "/allowed_hosts/" + host, to: "hosts/" + host)
+      }
     }
     for host in linked.subtracting(spec.allowedHosts).sorted() {
       try tree.removeLink(subsystem + "/allowed_hosts/" + host)
-      removeHostIfUnused(host)
+      try removeHostIfUnused(host)
     }
 
     for id in portIDs {
@@ -129,7 +135,7 @@ public struct NVMetExporter: VolumeExporter {
       try tree.removeDirectory(namespace)
     }
     try tree.removeDirectory(subsystem)
-    for host in hosts { removeHostIfUnused(host) }
+    for host in hosts { try removeHostIfUnused(host) }
   }
 
   public func exportedVolumes() -> [ObjectUUID] {
@@ -185,10 +191,18 @@ public struct NVMetExporter: VolumeExporter {
     return id
   }
 
-  /// Removes hosts/<nqn> once no subsystem allows it; best effort, since another
-  /// program's subsystem may still link it.
-  private func removeHostIfUnused(_ host: String) {
-    let stillUsed = tree.list("subsystems").contains { tree.exists("subsystems/\($0)/allowed_hosts/\(host)") }
-    if !stillUsed { try? tree.removeDirectory("hosts/" + host) }
+  /// Removes hosts/<nqn> once no subsystem allows it. The kernel refuses (EBUSY) while
+  /// anything still links it, e.g. a subsystem of another program: that is fine.
+  private func removeHostIfUnused(_ host: String) throws(NVMeCSIError) {
+    try hostEntries.mutex.withLock { _ throws(NVMeCSIError) in
+      let stillUsed = tree.list("subsystems").contains { tree.exists("subsystems/\($0)/allowed_hosts/\(host)") }
+      guard !stillUsed else { return }
+      do throws(NVMeCSIError) { try tree.removeDirectory("hosts/" + host) } catch where error.cause == .busy {}
+    }
   }
+}
+
+/// Serializes changes to the shared hosts/ entries within one exporter.
+private final class HostEntryLock: Sendable {
+  let mutex = Mutex(())
 }

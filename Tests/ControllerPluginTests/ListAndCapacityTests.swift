@@ -57,7 +57,7 @@ struct ListAndCapacityTests {
 
   @Test("ListVolumes fails as Unavailable rather than hide the volumes of a dead target")
   func deadTarget() async throws {
-    try await Harness.with { h in
+    try await Harness.with(processes: true) { h in
       h.storeB.kill()
       await expectStatus(.unavailable, mentioning: "store-b") { try await h.controller.listVolumes(.init()) }
     }

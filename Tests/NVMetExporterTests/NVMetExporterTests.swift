@@ -2,6 +2,7 @@ import Foundation
 import NVMeCSICore
 import NVMetExporter
 import TestSupport
+import Synchronization
 import Testing
 
 @Suite("nvmet exporter")
@@ -297,6 +298,38 @@ struct NVMetExporterTests {
         try NVMetExporter(tree: DirectoryConfigfs(root: directory), portals: twoPortals)
       }
       #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
+    }
+  }
+}
+
+@Suite("Hosts shared by volumes")
+struct SharedHostTests {
+  @Test("A host entry another volume is linking is never removed under it")
+  func concurrentAllowAndRevoke() throws {
+    try withConfigfsDirectory { directory in
+      let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
+      let churned = ObjectUUID.random(), watched = ObjectUUID.random()
+      let inspector = Inspector(root: directory + "/nvmet")
+      let dangling = Mutex(0)
+      let failures = Mutex<[String]>([])
+      DispatchQueue.concurrentPerform(iterations: 2) { worker in
+        let volume = worker == 0 ? churned : watched
+        let device = "/d/\(volume.value).img"
+        for _ in 0..<300 {
+          do {
+            try exporter.apply(ExportSpec(volume: volume, devicePath: device, allowedHosts: [Hosts.a]))
+            if worker == 1 && !FileManager.default.fileExists(atPath: inspector.root + "/hosts/" + Hosts.a) {
+              dangling.withLock { $0 += 1 }
+            }
+            try exporter.apply(ExportSpec(volume: volume, devicePath: device, allowedHosts: []))
+          } catch {
+            failures.withLock { $0.append("\(error)") }
+          }
+        }
+      }
+      #expect(failures.withLock { $0 } == [])
+      #expect(dangling.withLock { $0 } == 0, "a volume allowed a host whose entry another volume had just removed")
+      #expect(inspector.entries("hosts") == [], "the last revocation removes the host entry")
     }
   }
 }
