@@ -6,7 +6,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// What a finished tool left behind.
+/// What a finished tool left behind (only a `CommandRunner` makes one).
 public struct CommandResult: Hashable, Sendable {
   /// The tool's name as given to `run` ("mkfs.ext4").
   public var tool: String
@@ -16,13 +16,6 @@ public struct CommandResult: Hashable, Sendable {
   public var standardOutput: String
   /// Standard error, bounded like `standardOutput`.
   public var standardError: String
-
-  public init(tool: String, exitCode: Int32, standardOutput: String, standardError: String) {
-    self.tool = tool
-    self.exitCode = exitCode
-    self.standardOutput = standardOutput
-    self.standardError = standardError
-  }
 }
 
 /// Runs external tools (mkfs, blkid, resize) with an argument vector, never a shell.
@@ -213,11 +206,17 @@ final class ChildControl: Sendable {
   func reapIfExited() -> Int32? {
     state.withLock { state in
       var status: Int32 = 0
-      var result: pid_t
-      repeat { result = waitpid(state.pid, &status, WNOHANG) } while result < 0 && errno == EINTR
-      guard result == state.pid || (result < 0 && errno == ECHILD) else { return nil }
-      state.reaped = true
-      return result == state.pid ? status : -1
+      let pid = state.pid
+      switch valueOrErrno({ waitpid(pid, &status, WNOHANG) }) {
+      case .success(pid):
+        state.reaped = true
+        return status
+      case .failure(let error) where error.code == ECHILD:
+        state.reaped = true
+        return -1
+      case .success, .failure:
+        return nil  // still running (0); any other error is not an exit, so keep waiting
+      }
     }
   }
 
@@ -228,7 +227,8 @@ final class ChildControl: Sendable {
       return state.pid
     }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    // The only other failure, ECHILD, means something else reaped it: reaped all the same.
+    _ = valueOrErrno { waitpid(pid, &status, 0) }
     state.withLock { $0.reaped = true }
   }
 }
@@ -244,40 +244,42 @@ enum ChildProcess {
   ) {
     let clock = ContinuousClock()
     let deadline = clock.now.advanced(by: timeout)
-    var stdoutPipe: [Int32] = [-1, -1]
-    var stderrPipe: [Int32] = [-1, -1]
-    guard POSIX.makePipe(&stdoutPipe) == 0 else {
-      return deliver(.failure(.internalError("cannot create a pipe for \(name): \(POSIX.errorText(errno))")))
+    let stdoutPipe: (read: Int32, write: Int32)
+    let stderrPipe: (read: Int32, write: Int32)
+    switch POSIX.makePipe() {
+    case .success(let pipe): stdoutPipe = pipe
+    case .failure(let error): return deliver(.failure(POSIX.internalError("cannot create a pipe for \(name)", error)))
     }
-    guard POSIX.makePipe(&stderrPipe) == 0 else {
-      let code = errno
-      close(stdoutPipe[0])
-      close(stdoutPipe[1])
-      return deliver(.failure(.internalError("cannot create a pipe for \(name): \(POSIX.errorText(code))")))
+    switch POSIX.makePipe() {
+    case .success(let pipe): stderrPipe = pipe
+    case .failure(let error):
+      close(stdoutPipe.read)
+      close(stdoutPipe.write)
+      return deliver(.failure(POSIX.internalError("cannot create a pipe for \(name)", error)))
     }
     let spawned = spawn(
-      path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe[1], stderr: stderrPipe[1])
-    close(stdoutPipe[1])
-    close(stderrPipe[1])
+      path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write, stderr: stderrPipe.write)
+    close(stdoutPipe.write)
+    close(stderrPipe.write)
     let pid: pid_t
     switch spawned {
     case .success(let child): pid = child
     case .failure(let error):
-      let code = error.code
-      close(stdoutPipe[0])
-      close(stderrPipe[0])
-      let hint = code == ENOENT || code == EACCES ? ": check that \(path) is installed and executable" : ""
-      return deliver(.failure(.failedPrecondition("cannot start \(path): \(POSIX.errorText(code))\(hint)")))
+      close(stdoutPipe.read)
+      close(stderrPipe.read)
+      let hint = error == .noEntry || error.code == EACCES ? ": check that \(path) is installed and executable" : ""
+      return deliver(
+        .failure(NVMeCSIError(.failedPrecondition, "cannot start \(path): \(error)\(hint)", cause: error)))
     }
     control.started(pid)
 
     var outputs = [BoundedOutput(limit: outputLimit), BoundedOutput(limit: outputLimit)]
     var buffer = [UInt8](repeating: 0, count: 16384)
-    var fds = [stdoutPipe[0], stderrPipe[0]].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    var fds = [stdoutPipe.read, stderrPipe.read].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
     for fd in fds { _ = fcntl(fd.fd, F_SETFL, fcntl(fd.fd, F_GETFL) | O_NONBLOCK) }
     defer {
-      close(stdoutPipe[0])
-      close(stderrPipe[0])
+      close(stdoutPipe.read)
+      close(stderrPipe.read)
     }
     var graceDeadline: ContinuousClock.Instant?
     var timedOut = false
@@ -337,20 +339,17 @@ enum ChildProcess {
   /// Reads what is available; false at end of file (or on an error that ends reading).
   private static func drain(_ fd: Int32, into output: inout BoundedOutput, buffer: inout [UInt8]) -> Bool {
     while true {
-      let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-      if count > 0 {
-        buffer.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-        continue
+      switch valueOrErrno({ buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }) {
+      case .success(0): return false
+      case .success(let count): buffer.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+      case .failure(let error): return error.code == EAGAIN || error.code == EWOULDBLOCK
       }
-      if count == 0 { return false }
-      if errno == EINTR { continue }
-      return errno == EAGAIN || errno == EWOULDBLOCK
     }
   }
 
   private static func spawn(
     path: String, argv: [String], environment: [String], stdout: Int32, stderr: Int32
-  ) -> Result<pid_t, POSIX.Errno> {
+  ) -> Result<pid_t, Errno> {
     var actions = posix_spawn_file_actions_t()
     var attributes = posix_spawnattr_t()
     posix_spawn_file_actions_init(&actions)
@@ -382,7 +381,7 @@ enum ChildProcess {
     }
     var pid: pid_t = 0
     let result = posix_spawn(&pid, path, &actions, &attributes, cArguments, cEnvironment)
-    return result == 0 ? .success(pid) : .failure(POSIX.Errno(result))
+    return result == 0 ? .success(pid) : .failure(Errno(result))
   }
 
   /// glibc ≥ 2.34 closes every other descriptor in the child; Swift does not import the

@@ -149,19 +149,19 @@ public struct MountTable: Hashable, Sendable {
 
   /// Reads a whole file whose size stat(2) does not know (procfs reports 0).
   static func readFile(_ path: String) throws(NVMeCSIError) -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw .internalError("cannot open \(path): \(POSIX.errorText(errno))") }
+    let fd: Int32
+    switch valueOrErrno({ open(path, O_RDONLY | O_CLOEXEC) }) {
+    case .success(let opened): fd = opened
+    case .failure(let error): throw POSIX.internalError("cannot open \(path)", error)
+    }
     defer { close(fd) }
     var data: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
-      let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-      if count > 0 {
-        data.append(contentsOf: buffer[..<count])
-      } else if count == 0 {
-        return String(decoding: data, as: UTF8.self)
-      } else if errno != EINTR {
-        throw .internalError("cannot read \(path): \(POSIX.errorText(errno))")
+      switch valueOrErrno({ buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } }) {
+      case .success(0): return String(decoding: data, as: UTF8.self)
+      case .success(let count): data.append(contentsOf: buffer[..<count])
+      case .failure(let error): throw POSIX.internalError("cannot read \(path)", error)
       }
     }
   }

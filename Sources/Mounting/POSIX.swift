@@ -7,18 +7,10 @@ import Glibc
 
 /// Small wrappers over the POSIX calls this module is built from.
 enum POSIX {
-  static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
-
   /// `stat(2)` following symlinks; the errno on failure.
   static func status(_ path: String) -> Result<stat, Errno> {
     var st = stat()
-    return stat(path, &st) == 0 ? .success(st) : .failure(Errno(errno))
-  }
-
-  /// An errno value as a Swift error.
-  struct Errno: Error, Equatable {
-    var code: Int32
-    init(_ code: Int32) { self.code = code }
+    return valueOrErrno { stat(path, &st) }.map { _ in st }
   }
 
   static func isDirectory(_ st: stat) -> Bool { st.st_mode & S_IFMT == S_IFDIR }
@@ -44,28 +36,38 @@ enum POSIX {
         throw .failedPrecondition("\(quoted(path)) exists and is not a directory")
       }
       return
-    case .failure(let error) where error.code == ENOENT:
+    case .failure(.noEntry):
       let parent = (path as NSString).deletingLastPathComponent
       if !parent.isEmpty && parent != path { try makeDirectories(parent, mode: mode) }
-      if mkdir(path, mode) != 0 && errno != EEXIST {
-        throw .internalError("cannot create directory \(quoted(path)): \(errorText(errno))")
+      if case .failure(let error) = valueOrErrno({ mkdir(path, mode) }), error != .exists {
+        throw internalError("cannot create directory \(quoted(path))", error)
       }
-    case .failure(let error) where error.code == ENOTDIR:
+    case .failure(.notDirectory):
       throw .failedPrecondition("cannot create \(quoted(path)): part of its path is not a directory")
     case .failure(let error):
-      throw .internalError("cannot stat \(quoted(path)): \(errorText(error.code))")
+      throw internalError("cannot stat \(quoted(path))", error)
     }
+  }
+
+  /// `"<what>: <strerror>"` as an internal error that keeps the errno. (Not core's
+  /// `NVMeCSIError(systemCall:)`: out of space on the node is no storage target's.)
+  static func internalError(_ what: String, _ error: Errno) -> NVMeCSIError {
+    NVMeCSIError(.internalError, "\(what): \(error)", cause: error)
   }
 
   /// `pipe2(fds, O_CLOEXEC)`: both ends close on exec, set atomically where glibc allows
   /// (Swift does not import pipe2, it needs _GNU_SOURCE).
-  static func makePipe(_ fds: inout [Int32]) -> Int32 {
+  static func makePipe() -> Result<(read: Int32, write: Int32), Errno> {
+    var fds: [Int32] = [-1, -1]
+    let made: Result<Int32, Errno>
     if let pipe2 = Self.pipe2 {
-      return fds.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) }
+      made = valueOrErrno { fds.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) } }
+    } else {
+      made = valueOrErrno { pipe(&fds) }
+      // F_SETFD on a descriptor just made cannot fail.
+      if case .success = made { for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) } }
     }
-    guard pipe(&fds) == 0 else { return -1 }
-    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-    return 0
+    return made.map { _ in (fds[0], fds[1]) }
   }
 
   private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32

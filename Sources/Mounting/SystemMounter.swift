@@ -68,12 +68,8 @@ public struct SystemMounter: Mounter {
         "\(quoted(device)) holds signatures of more than one kind (blkid: ambivalent result), so it is neither"
           + " blank nor one clear file system; the driver will not touch it: inspect it with wipefs")
     default:
-      var values: [String: String] = [:]
-      for line in result.standardOutput.split(separator: "\n") {
-        guard let equals = line.firstIndex(of: "=") else { continue }
-        values[String(line[..<equals])] = String(line[line.index(after: equals)...])
-      }
-      return values["TYPE"] ?? values["PTTYPE"] ?? "unknown"
+      let signature = KeyValueList.dictionary(result.standardOutput, separator: "\n")
+      return signature["TYPE"] ?? signature["PTTYPE"] ?? "unknown"
     }
   }
 
@@ -120,13 +116,16 @@ public struct SystemMounter: Mounter {
   /// A missing device is `notFound`; one this process cannot open is `internalError`.
   /// Checked before blkid, whose "nothing found" exit code also covers "cannot open".
   static func checkReadable(_ device: String) throws(NVMeCSIError) {
-    let fd = open(device, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else {
-      let code = errno
-      if code == ENOENT { throw .notFound("device \(quoted(device)) does not exist") }
-      throw .internalError("cannot open device \(quoted(device)): \(POSIX.errorText(code))")
+    close(try openDevice(device))
+  }
+
+  /// The device opened read-only; a missing one is `notFound`.
+  static func openDevice(_ device: String) throws(NVMeCSIError) -> Int32 {
+    switch valueOrErrno({ open(device, O_RDONLY | O_CLOEXEC) }) {
+    case .success(let fd): return fd
+    case .failure(.noEntry): throw .notFound("device \(quoted(device)) does not exist")
+    case .failure(let error): throw POSIX.internalError("cannot open device \(quoted(device))", error)
     }
-    close(fd)
   }
 
   // MARK: Mounting
@@ -152,43 +151,41 @@ public struct SystemMounter: Mounter {
     }
 
     try POSIX.makeDirectories(target, mode: 0o750)
-    let code = await onOwnThread { () -> Int32 in
-      let result: Int32
-      if let data = parsed.dataString {
-        result = data.withCString { Glibc.mount(device, target, fsType, parsed.flags, $0) }
-      } else {
-        result = Glibc.mount(device, target, fsType, parsed.flags, nil)
+    let mounted = await onOwnThread {
+      valueOrErrno {
+        if let data = parsed.dataString {
+          data.withCString { Glibc.mount(device, target, fsType, parsed.flags, $0) }
+        } else {
+          Glibc.mount(device, target, fsType, parsed.flags, nil)
+        }
       }
-      return result == 0 ? 0 : errno
     }
-    guard code == 0 else {
-      throw Self.mountFailure(code, device: device, target: target, fsType: fsType, data: parsed.dataString)
+    if case .failure(let error) = mounted {
+      throw Self.mountFailure(error, device: device, target: target, fsType: fsType, data: parsed.dataString)
     }
   }
 
-  static func mountFailure(_ code: Int32, device: String, target: String, fsType: String, data: String?) -> NVMeCSIError {
-    let what = "cannot mount \(quoted(device)) (\(fsType)) at \(quoted(target)): \(POSIX.errorText(code))"
-    switch code {
-    case EBUSY:
-      return .failedPrecondition(
-        "\(what): the device is in use — mounted elsewhere with other options, or held open exclusively")
-    case ENOENT:
-      return .internalError("\(what): the device or the target directory vanished; retry")
-    case EINVAL:
-      let options = data.map { " or one of the options \(quoted($0)) is not a \(fsType) option" } ?? ""
-      return .internalError("\(what): the device holds no valid \(fsType) file system\(options); see dmesg")
-    case ENODEV:
-      return .failedPrecondition("\(what): the kernel does not support \(fsType)")
-    case EROFS, EACCES:
-      return .failedPrecondition("\(what): the device is read-only; mount it read-only")
-    case EPERM:
-      return .failedPrecondition("\(what): mounting needs CAP_SYS_ADMIN; run the node plugin privileged")
-    case ENOTBLK:
-      return .invalidArgument("\(what): not a block device")
-    default:
-      return .internalError(what)
-    }
+  static func mountFailure(_ error: Errno, device: String, target: String, fsType: String, data: String?) -> NVMeCSIError {
+    let what = "cannot mount \(quoted(device)) (\(fsType)) at \(quoted(target)): \(error)"
+    let options = data.map { " or one of the options \(quoted($0)) is not a \(fsType) option" } ?? ""
+    var failure: NVMeCSIError =
+      switch error.code {
+      case EBUSY:
+        .failedPrecondition(
+          "\(what): the device is in use — mounted elsewhere with other options, or held open exclusively")
+      case ENOENT: .internalError("\(what): the device or the target directory vanished; retry")
+      case EINVAL: .internalError("\(what): the device holds no valid \(fsType) file system\(options); see dmesg")
+      case ENODEV: .failedPrecondition("\(what): the kernel does not support \(fsType)")
+      case EROFS, EACCES: .failedPrecondition("\(what): the device is read-only; mount it read-only")
+      case EPERM: .failedPrecondition("\(what): \(needsPrivilege)")
+      case ENOTBLK: .invalidArgument("\(what): not a block device")
+      default: .internalError(what)
+      }
+    failure.cause = error
+    return failure
   }
+
+  static let needsPrivilege = "mounting needs CAP_SYS_ADMIN; run the node plugin privileged"
 
   /// Bind-mounts `source` at `target`. A directory goes onto a directory, a block device
   /// or a regular file onto an empty regular file; the target (and its parents, mode
@@ -201,10 +198,10 @@ public struct SystemMounter: Mounter {
     let sourceStatus: stat
     switch POSIX.status(source) {
     case .success(let st): sourceStatus = st
-    case .failure(let error) where error.code == ENOENT:
+    case .failure(.noEntry):
       throw .failedPrecondition("cannot bind-mount \(quoted(source)): it does not exist")
     case .failure(let error):
-      throw .internalError("cannot stat \(quoted(source)): \(POSIX.errorText(error.code))")
+      throw POSIX.internalError("cannot stat \(quoted(source))", error)
     }
     let sourceIsDirectory = POSIX.isDirectory(sourceStatus)
     guard sourceIsDirectory || POSIX.isBlockDevice(sourceStatus) || POSIX.isRegularFile(sourceStatus) else {
@@ -229,18 +226,20 @@ public struct SystemMounter: Mounter {
     } else {
       try Self.makeEmptyFile(target)
     }
-    let bound = await onOwnThread { () -> Int32 in
-      Glibc.mount(source, target, nil, UInt(MS_BIND), nil) == 0 ? 0 : errno
-    }
-    guard bound == 0 else {
-      let what = "cannot bind-mount \(quoted(source)) at \(quoted(target)): \(POSIX.errorText(bound))"
-      if bound == EPERM { throw .failedPrecondition("\(what): mounting needs CAP_SYS_ADMIN; run the node plugin privileged") }
-      throw .internalError(what)
+    let bound = await onOwnThread { valueOrErrno { Glibc.mount(source, target, nil, UInt(MS_BIND), nil) } }
+    if case .failure(let error) = bound {
+      let what = "cannot bind-mount \(quoted(source)) at \(quoted(target)): \(error)"
+      if error.code == EPERM {
+        throw NVMeCSIError(.failedPrecondition, "\(what): \(Self.needsPrivilege)", cause: error)
+      }
+      throw NVMeCSIError(.internalError, what, cause: error)
     }
     guard readonly else { return }
     do throws(NVMeCSIError) {
       try await makeReadOnly(bindOf: source, at: target)
     } catch {
+      // Best effort: the error says the bind was undone; if this fails too, the
+      // read-write bind stays and the caller's retry finds it and answers alreadyExists.
       _ = await onOwnThread { umount2(target, 0) }
       throw error
     }
@@ -253,13 +252,10 @@ public struct SystemMounter: Mounter {
       throw .internalError("the bind of \(quoted(source)) at \(quoted(target)) vanished before it was made read-only")
     }
     let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | MountOptions.flags(ofMountOptions: bind.mountOptions)
-    let code = await onOwnThread { () -> Int32 in
-      Glibc.mount(source, target, nil, flags, nil) == 0 ? 0 : errno
-    }
-    guard code == 0 else {
-      throw .internalError(
-        "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only: \(POSIX.errorText(code))"
-          + " (the bind was undone)")
+    let remounted = await onOwnThread { valueOrErrno { Glibc.mount(source, target, nil, flags, nil) } }
+    if case .failure(let error) = remounted {
+      throw POSIX.internalError(
+        "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only (the bind was undone)", error)
     }
   }
 
@@ -280,18 +276,18 @@ public struct SystemMounter: Mounter {
       guard st.st_size == 0 else {
         throw .failedPrecondition("\(quoted(path)) is a file with data in it; a device is only bound onto an empty file")
       }
-    case .failure(let error) where error.code == ENOENT:
+    case .failure(.noEntry):
       let parent = (path as NSString).deletingLastPathComponent
       if !parent.isEmpty { try POSIX.makeDirectories(parent, mode: 0o750) }
-      let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
-      guard fd >= 0 || errno == EEXIST else {
-        throw .internalError("cannot create \(quoted(path)): \(POSIX.errorText(errno))")
+      switch valueOrErrno({ open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640) }) {
+      case .success(let fd): close(fd)
+      case .failure(.exists): break  // made meanwhile: as good
+      case .failure(let error): throw POSIX.internalError("cannot create \(quoted(path))", error)
       }
-      if fd >= 0 { close(fd) }
-    case .failure(let error) where error.code == ENOTDIR:
+    case .failure(.notDirectory):
       throw .failedPrecondition("cannot create \(quoted(path)): part of its path is not a directory")
     case .failure(let error):
-      throw .internalError("cannot stat \(quoted(path)): \(POSIX.errorText(error.code))")
+      throw POSIX.internalError("cannot stat \(quoted(path))", error)
     }
   }
 
@@ -302,10 +298,9 @@ public struct SystemMounter: Mounter {
     for _ in 0..<16 {
       guard let mounted = entry(at: target, in: try table()) else { return }
       let path = mounted.mountPoint
-      let code = await onOwnThread { () -> Int32 in umount2(path, 0) == 0 ? 0 : errno }
-      switch code {
-      case 0:
-        continue
+      let unmounted = await onOwnThread { valueOrErrno { umount2(path, 0) } }
+      guard case .failure(let error) = unmounted else { continue }
+      switch error.code {
       case EINVAL, ENOENT:
         return  // unmounted meanwhile
       case EBUSY:
@@ -316,7 +311,7 @@ public struct SystemMounter: Mounter {
         throw .failedPrecondition(
           "cannot unmount \(quoted(target)): unmounting needs CAP_SYS_ADMIN; run the node plugin privileged")
       default:
-        throw .internalError("cannot unmount \(quoted(target)): \(POSIX.errorText(code))")
+        throw POSIX.internalError("cannot unmount \(quoted(target))", error)
       }
     }
     throw .internalError("\(quoted(target)) still has mounts after 16 unmounts; something keeps mounting there")
@@ -325,43 +320,38 @@ public struct SystemMounter: Mounter {
   // MARK: Sizes
 
   public func usage(of path: String) throws(NVMeCSIError) -> FileSystemUsage {
-    var s = statvfs()
-    guard statvfs(path, &s) == 0 else {
-      let code = errno
-      if code == ENOENT { throw .notFound("\(quoted(path)) does not exist") }
-      throw .internalError("cannot get file system statistics of \(quoted(path)): \(POSIX.errorText(code))")
+    var statistics = statvfs()
+    switch valueOrErrno({ statvfs(path, &statistics) }) {
+    case .success: break
+    case .failure(.noEntry): throw .notFound("\(quoted(path)) does not exist")
+    case .failure(let error): throw POSIX.internalError("cannot get file system statistics of \(quoted(path))", error)
     }
-    let unit = UInt64(s.f_frsize)
-    let total = UInt64(s.f_blocks) * unit
-    let free = UInt64(s.f_bfree) * unit
-    let totalInodes = UInt64(s.f_files)
-    let freeInodes = UInt64(s.f_ffree)
+    let unit = UInt64(statistics.f_frsize)
+    let total = UInt64(statistics.f_blocks) * unit
+    let free = UInt64(statistics.f_bfree) * unit
+    let totalInodes = UInt64(statistics.f_files)
+    let freeInodes = UInt64(statistics.f_ffree)
     return FileSystemUsage(
-      totalBytes: total, availableBytes: UInt64(s.f_bavail) * unit, usedBytes: total >= free ? total - free : 0,
+      totalBytes: total, availableBytes: UInt64(statistics.f_bavail) * unit, usedBytes: total >= free ? total - free : 0,
       totalInodes: totalInodes, freeInodes: freeInodes,
       usedInodes: totalInodes >= freeInodes ? totalInodes - freeInodes : 0)
   }
 
   /// The size of a block device (BLKGETSIZE64), or of a regular file (its length).
   public func deviceSize(_ device: String) throws(NVMeCSIError) -> UInt64 {
-    let fd = open(device, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else {
-      let code = errno
-      if code == ENOENT { throw .notFound("device \(quoted(device)) does not exist") }
-      throw .internalError("cannot open device \(quoted(device)): \(POSIX.errorText(code))")
-    }
+    let fd = try Self.openDevice(device)
     defer { close(fd) }
     var st = stat()
-    guard fstat(fd, &st) == 0 else {
-      throw .internalError("cannot stat \(quoted(device)): \(POSIX.errorText(errno))")
+    if case .failure(let error) = valueOrErrno({ fstat(fd, &st) }) {
+      throw POSIX.internalError("cannot stat \(quoted(device))", error)
     }
     if POSIX.isRegularFile(st) { return UInt64(st.st_size) }
     guard POSIX.isBlockDevice(st) else {
       throw .invalidArgument("\(quoted(device)) is neither a block device nor a regular file")
     }
     var size: UInt64 = 0
-    guard ioctl(fd, Self.blkGetSize64, &size) == 0 else {
-      throw .internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64): \(POSIX.errorText(errno))")
+    if case .failure(let error) = valueOrErrno({ ioctl(fd, Self.blkGetSize64, &size) }) {
+      throw POSIX.internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64)", error)
     }
     return size
   }

@@ -15,7 +15,10 @@ struct CommandRunnerTests {
   @Test("A tool that succeeds returns its exit code and output")
   func success() async throws {
     let result = try await runner.run("sh", ["-c", "echo out; echo err >&2"], timeout: .seconds(30))
-    #expect(result == CommandResult(tool: "sh", exitCode: 0, standardOutput: "out\n", standardError: "err\n"))
+    #expect(result.tool == "sh")
+    #expect(result.exitCode == 0)
+    #expect(result.standardOutput == "out\n")
+    #expect(result.standardError == "err\n")
   }
 
   @Test("Arguments reach the tool verbatim, with no shell in between")
