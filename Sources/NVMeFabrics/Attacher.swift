@@ -14,9 +14,9 @@ public struct BlockDevice: Hashable, Sendable {
 }
 
 /// One NVMe/TCP controller (a path) of a subsystem, as the kernel reports it.
-public struct ControllerPath: Hashable, Sendable {
+public struct ControllerPath: Hashable, Sendable, CustomStringConvertible {
   public var name: String  // "nvme3"
-  public var address: String  // "127.0.0.1:4420"
+  public var address: String  // "127.0.0.1:4420", "[fd00::1]:4420"
   /// "live", "connecting", "resetting", "deleting", "dead", …
   public var state: String
 
@@ -27,6 +27,14 @@ public struct ControllerPath: Hashable, Sendable {
   }
 
   public var isLive: Bool { state == "live" }
+
+  /// "nvme3 127.0.0.1:4420 live"
+  public var description: String { "\(name) \(address) \(state)" }
+
+  /// The paths for a message: "nvme3 127.0.0.1:4420 live, nvme4 … connecting", or "none".
+  public static func describe(_ paths: [ControllerPath]) -> String {
+    paths.isEmpty ? "none" : paths.map(\.description).joined(separator: ", ")
+  }
 }
 
 /// Attaches volumes to this node over NVMe/TCP.
@@ -60,12 +68,15 @@ extension Attacher {
     while true {
       if let device = try device(subsystemNQN: subsystemNQN, namespaceUUID: namespaceUUID) { return device }
       guard ContinuousClock.now < deadline else {
-        let states = paths(subsystemNQN: subsystemNQN).map { "\($0.name) \($0.address) \($0.state)" }
         throw .unavailable(
-          "no block device for namespace \(namespaceUUID) of \(subsystemNQN) within \(timeout) (controllers: \(states.isEmpty ? "none" : states.joined(separator: ", ")))")
+          "no block device for namespace \(namespaceUUID) of \(subsystemNQN) within \(timeout)"
+            + " (controllers: \(ControllerPath.describe(paths(subsystemNQN: subsystemNQN))))")
       }
       // The device appears ~10 ms after connect returns; 5 ms polls cost nothing.
-      try? await Task.sleep(for: .milliseconds(5))
+      do { try await Task.sleep(for: .milliseconds(5)) } catch {
+        // Only cancellation ends a sleep early; polling on would spin until the deadline.
+        throw .aborted("the request was cancelled while waiting for namespace \(namespaceUUID) of \(subsystemNQN)")
+      }
     }
   }
 }

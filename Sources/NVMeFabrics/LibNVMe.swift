@@ -16,40 +16,44 @@ public final class LibNVMe: Sendable {
 
   public init() {}
 
+  /// One path to connect: which subsystem, at which portal, as which host.
   public struct Connection: Sendable {
     public var subsystemNQN: String
-    public var address: String
-    public var port: UInt16
+    public var portal: HostPort
     public var host: HostIdentity
     public var parameters: ConnectionParameters
   }
 
   /// Connects one NVMe/TCP path. `already` is true when the kernel says this host is
   /// already connected to it (not an error). Returns the controller's name.
-  public func connect(_ c: Connection) async throws(NVMeCSIError) -> (controller: String, already: Bool) {
+  public func connect(_ connection: Connection) async throws(NVMeCSIError) -> (controller: String, already: Bool) {
     try await onQueue { () throws(NVMeCSIError) in
       let root = try Self.scannedRoot()
       defer { nvme_free_tree(root) }
-      guard let host = nvme_lookup_host(root, c.host.nqn.value, c.host.id.value) else {
-        throw .internalError("libnvme could not set up host \(c.host.nqn)")
+      guard let host = nvme_lookup_host(root, connection.host.nqn.value, connection.host.id.value) else {
+        throw .internalError("libnvme could not set up host \(connection.host.nqn)")
       }
-      guard let ctrl = nvme_create_ctrl(root, c.subsystemNQN, "tcp", c.address, nil, nil, String(c.port)) else {
-        throw .internalError("libnvme could not describe controller \(c.subsystemNQN) at \(c.address) port \(c.port)")
+      let portal = connection.portal
+      guard let ctrl = nvme_create_ctrl(root, connection.subsystemNQN, "tcp", portal.host, nil, nil, String(portal.port))
+      else {
+        throw .internalError("libnvme could not describe controller \(connection.subsystemNQN) at \(portal)")
       }
-      var config = nvme_fabrics_config()
-      nvmf_default_config(&config)
-      config.ctrl_loss_tmo = Int32(c.parameters.ctrlLossTmo)
-      config.reconnect_delay = Int32(c.parameters.reconnectDelay)
-      config.fast_io_fail_tmo = Int32(c.parameters.fastIoFailTmo)
-      config.keep_alive_tmo = Int32(c.parameters.keepAliveTmo)
-      config.nr_io_queues = Int32(c.parameters.nrIoQueues)
-      config.duplicate_connect = false
-      let result = nvmf_add_ctrl(host, ctrl, &config)
+      var fabricsConfig = nvme_fabrics_config()
+      nvmf_default_config(&fabricsConfig)
+      let parameters = connection.parameters
+      fabricsConfig.ctrl_loss_tmo = Int32(parameters.ctrlLossTmo)
+      fabricsConfig.reconnect_delay = Int32(parameters.reconnectDelay)
+      fabricsConfig.fast_io_fail_tmo = Int32(parameters.fastIoFailTmo)
+      fabricsConfig.keep_alive_tmo = Int32(parameters.keepAliveTmo)
+      fabricsConfig.nr_io_queues = Int32(parameters.nrIoQueues)
+      fabricsConfig.duplicate_connect = false
+      // libnvme's own codes (ENVME_CONNECT_*) come back in errno too, so no valueOrErrno here.
+      let result = nvmf_add_ctrl(host, ctrl, &fabricsConfig)
       let code = errno
       if result != 0 {
         nvme_free_ctrl(ctrl)
         if code == Int32(ENVME_CONNECT_ALREADY.rawValue) { return ("", true) }
-        throw Self.connectError(code, c)
+        throw Self.connectError(code, connection)
       }
       // nvme_ctrl_get_name's string belongs to the tree: copy it before freeing.
       let name = nvme_ctrl_get_name(ctrl).map { String(cString: $0) } ?? ""
@@ -66,9 +70,8 @@ public final class LibNVMe: Sendable {
       for ctrl in Self.controllers(in: root, subsystemNQN: subsystemNQN) {
         // nvme_disconnect_ctrl frees the controller's strings: copy the name first.
         let name = nvme_ctrl_get_name(ctrl).map { String(cString: $0) } ?? "?"
-        if nvme_disconnect_ctrl(ctrl) != 0 {
-          failures.append("\(name): \(String(cString: strerror(errno)))")
-        }
+        // libnvme reports failure as any non-zero value (not only -1), with errno set.
+        if nvme_disconnect_ctrl(ctrl) != 0 { failures.append("\(name): \(Errno.current)") }
       }
       guard failures.isEmpty else {
         throw .internalError("cannot disconnect \(subsystemNQN): \(failures.joined(separator: "; "))")
@@ -78,10 +81,10 @@ public final class LibNVMe: Sendable {
 
   /// A libnvme connect failure as the user should read it. libnvme returns its own
   /// codes (≥ 1000, ENVME_CONNECT_*) besides errno values.
-  static func connectError(_ code: Int32, _ c: Connection) -> NVMeCSIError {
+  static func connectError(_ code: Int32, _ connection: Connection) -> NVMeCSIError {
     let text = String(cString: nvme_errno_to_string(code))
-    let portal = c.address.contains(":") ? "[\(c.address)]:\(c.port)" : "\(c.address):\(c.port)"
-    let what = "connecting \(c.subsystemNQN) at \(portal) as \(c.host.nqn) failed: \(text) (\(code))"
+    let what =
+      "connecting \(connection.subsystemNQN) at \(connection.portal) as \(connection.host.nqn) failed: \(text) (\(code))"
     switch code {
     case Int32(ENVME_CONNECT_OPEN.rawValue) where !FileManager.default.fileExists(atPath: NVMeTCPAttacher.fabricsDevice):
       return .failedPrecondition(what + ": " + NVMeTCPAttacher.noFabricsHint)
@@ -116,10 +119,10 @@ public final class LibNVMe: Sendable {
   private static func scannedRoot() throws(NVMeCSIError) -> nvme_root_t {
     // LOG_ERR: libnvme prints only errors to stderr.
     guard let root = nvme_create_root(nil, 3) else { throw .internalError("libnvme could not create its root") }
-    if nvme_scan_topology(root, nil, nil) != 0 && errno != ENOENT {
-      let code = errno
+    // No NVMe devices at all (ENOENT) is an empty topology, not a failure.
+    if nvme_scan_topology(root, nil, nil) != 0, case let error = Errno.current, error != .noEntry {
       nvme_free_tree(root)
-      throw .internalError("libnvme could not scan the NVMe topology: \(String(cString: strerror(code)))")
+      throw NVMeCSIError(.internalError, "libnvme could not scan the NVMe topology: \(error)", cause: error)
     }
     return root
   }
@@ -127,22 +130,22 @@ public final class LibNVMe: Sendable {
   /// Every controller of one subsystem, across hosts (libnvme's iterators are C
   /// macros, so walk first/next by hand).
   private static func controllers(in root: nvme_root_t, subsystemNQN: String) -> [nvme_ctrl_t] {
-    var out: [nvme_ctrl_t] = []
-    var host = nvme_first_host(root)
-    while let h = host {
-      var subsystem = nvme_first_subsystem(h)
-      while let s = subsystem {
-        if let nqn = nvme_subsystem_get_nqn(s), String(cString: nqn) == subsystemNQN {
-          var ctrl = nvme_subsystem_first_ctrl(s)
-          while let c = ctrl {
-            out.append(c)
-            ctrl = nvme_subsystem_next_ctrl(s, c)
+    var found: [nvme_ctrl_t] = []
+    var nextHost = nvme_first_host(root)
+    while let host = nextHost {
+      var nextSubsystem = nvme_first_subsystem(host)
+      while let subsystem = nextSubsystem {
+        if let nqn = nvme_subsystem_get_nqn(subsystem), String(cString: nqn) == subsystemNQN {
+          var nextController = nvme_subsystem_first_ctrl(subsystem)
+          while let controller = nextController {
+            found.append(controller)
+            nextController = nvme_subsystem_next_ctrl(subsystem, controller)
           }
         }
-        subsystem = nvme_next_subsystem(h, s)
+        nextSubsystem = nvme_next_subsystem(host, subsystem)
       }
-      host = nvme_next_host(root, h)
+      nextHost = nvme_next_host(root, host)
     }
-    return out
+    return found
   }
 }

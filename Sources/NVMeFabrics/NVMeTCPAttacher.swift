@@ -30,16 +30,16 @@ public struct NVMeTCPAttacher: Attacher {
     try checkKernelSupport()
     let existing = sysfs.paths(subsystemNQN: context.subsystemNQN)
     var errors: [NVMeCSIError] = []
-    for path in context.paths {
-      let address = path.address.contains(":") ? "[\(path.address)]:\(path.port)" : "\(path.address):\(path.port)"
+    for portal in context.paths {
       // A live, connecting or resetting controller for this path is ours already:
       // the kernel is reconnecting it, and a second connection would duplicate it.
+      let address = portal.description
       if existing.contains(where: { $0.address == address && !["deleting", "deleting (no IO)", "dead"].contains($0.state) }) {
         continue
       }
       do throws(NVMeCSIError) {
         _ = try await libnvme.connect(
-          .init(subsystemNQN: context.subsystemNQN, address: path.address, port: path.port, host: host, parameters: parameters))
+          .init(subsystemNQN: context.subsystemNQN, portal: portal, host: host, parameters: parameters))
       } catch {
         errors.append(error)
       }

@@ -1,6 +1,10 @@
 import Foundation
 import NVMeCSICore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Reads the kernel's NVMe state from sysfs: which block device holds a namespace,
 /// and which controllers (paths) a subsystem has. Rooted at `sysfs` so tests can use
 /// a fixture tree.
@@ -16,25 +20,27 @@ public struct SysfsNVMe: Sendable {
   public init(sysfs: String = "/sys") { self.sysfs = sysfs }
 
   public func device(subsystemNQN: String, namespaceUUID: String) -> BlockDevice? {
-    let wantedUUID = namespaceUUID.lowercased()
-    for name in list(sysfs + "/block") where Self.isNamespaceHead(name) {
+    let namespaceUUID = namespaceUUID.lowercased()
+    for name in entries(of: sysfs + "/block") where Self.isNamespaceHead(name) {
       let dir = sysfs + "/block/" + name
-      guard read(dir + "/uuid")?.lowercased() == wantedUUID, read(dir + "/device/subsysnqn") == subsystemNQN else {
+      guard attribute(dir + "/uuid")?.lowercased() == namespaceUUID, attribute(dir + "/device/subsysnqn") == subsystemNQN
+      else {
         continue
       }
       // The device first appears with size 0 until the namespace is identified.
-      guard let sectors = read(dir + "/size").flatMap(UInt64.init), sectors > 0 else { return nil }
+      guard let sectors = attribute(dir + "/size").flatMap(UInt64.init), sectors > 0 else { return nil }
       return BlockDevice(name: name, sizeBytes: sectors * 512)
     }
     return nil
   }
 
   public func paths(subsystemNQN: String) -> [ControllerPath] {
-    list(sysfs + "/class/nvme").compactMap { name in
+    entries(of: sysfs + "/class/nvme").compactMap { name in
       let dir = sysfs + "/class/nvme/" + name
-      guard read(dir + "/subsysnqn") == subsystemNQN else { return nil }
+      guard attribute(dir + "/subsysnqn") == subsystemNQN else { return nil }
       return ControllerPath(
-        name: name, address: Self.address(read(dir + "/address") ?? ""), state: read(dir + "/state") ?? "unknown")
+        name: name, address: Self.portal(ofAddressFile: attribute(dir + "/address") ?? ""),
+        state: attribute(dir + "/state") ?? "unknown")
     }
   }
 
@@ -42,8 +48,8 @@ public struct SysfsNVMe: Sendable {
   public func rescan(subsystemNQN: String) throws(NVMeCSIError) {
     for path in paths(subsystemNQN: subsystemNQN) where path.isLive {
       let file = sysfs + "/class/nvme/\(path.name)/rescan_controller"
-      guard writeExisting(file, "1") else {
-        throw .internalError("cannot write \(file): rescanning \(path.name) failed")
+      if case .failure(let error) = Self.write("1", toExisting: file) {
+        throw NVMeCSIError(.internalError, "cannot write \(file): \(error): rescanning \(path.name) failed", cause: error)
       }
     }
   }
@@ -56,30 +62,33 @@ public struct SysfsNVMe: Sendable {
     return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
   }
 
-  /// "traddr=127.0.0.1,trsvcid=4420,src_addr=127.0.0.1" → "127.0.0.1:4420".
-  static func address(_ text: String) -> String {
-    var fields: [String: String] = [:]
-    for item in text.split(separator: ",") {
-      let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
-      if pair.count == 2 { fields[pair[0]] = pair[1] }
-    }
+  /// A controller's `address` file as host:port: "traddr=127.0.0.1,trsvcid=4420,src_addr=127.0.0.1"
+  /// → "127.0.0.1:4420", IPv6 in brackets; the text as it is when it names no traddr.
+  static func portal(ofAddressFile text: String) -> String {
+    let fields = KeyValueList.dictionary(text)
     guard let traddr = fields["traddr"] else { return text }
-    let host = traddr.contains(":") ? "[\(traddr)]" : traddr
-    return fields["trsvcid"].map { "\(host):\($0)" } ?? host
+    let port = fields["trsvcid"].flatMap { UInt16($0) }
+    let portal = HostPort(host: traddr, port: port ?? 0)
+    return port == nil ? portal.bracketedHost : portal.description
   }
 
-  private func list(_ path: String) -> [String] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+  /// The names in a sysfs directory, sorted. A missing directory (nvme not loaded, no
+  /// controllers yet) means there are none, which is what the callers ask.
+  private func entries(of directory: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
   }
 
-  private func read(_ path: String) -> String? {
+  /// A sysfs attribute without its trailing newline; nil when there is no such file.
+  private func attribute(_ path: String) -> String? {
     guard let data = FileManager.default.contents(atPath: path) else { return nil }
     return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
   }
 
-  private func writeExisting(_ path: String, _ value: String) -> Bool {
-    guard let handle = FileHandle(forWritingAtPath: path) else { return false }
-    defer { try? handle.close() }
-    return (try? handle.write(contentsOf: Data(value.utf8))) != nil
+  /// Writes `value` to an attribute that must exist (sysfs files are never created).
+  private static func write(_ value: String, toExisting path: String) -> Result<Void, Errno> {
+    valueOrErrno { open(path, O_WRONLY | O_CLOEXEC) }.flatMap { fd in
+      defer { close(fd) }
+      return valueOrErrno { value.withCString { Glibc.write(fd, $0, strlen($0)) } }.map { _ in }
+    }
   }
 }

@@ -13,8 +13,8 @@ import Glibc
 /// ≥ 1000, strerror knows nothing of them), what was being connected, and the status.
 @Suite("libnvme connect errors")
 struct LibNVMeErrorTests {
-  static func connection(address: String = "127.0.0.1", port: UInt16 = 4420) -> LibNVMe.Connection {
-    .init(subsystemNQN: Sample.nqnA, address: address, port: port, host: Sample.host, parameters: .init())
+  static func connection(host: String = "127.0.0.1", port: UInt16 = 4420) -> LibNVMe.Connection {
+    .init(subsystemNQN: Sample.nqnA, portal: HostPort(host: host, port: port), host: Sample.host, parameters: .init())
   }
 
   static func libnvmeText(_ code: Int32) -> String { String(cString: nvme_errno_to_string(code)) }
@@ -80,7 +80,7 @@ struct LibNVMeErrorTests {
 
   @Test("An IPv6 portal is written with brackets so the port is not read as part of the address")
   func ipv6Address() {
-    let error = LibNVMe.connectError(Int32(ENVME_CONNECT_CONNREFUSED.rawValue), Self.connection(address: "fd00::1"))
+    let error = LibNVMe.connectError(Int32(ENVME_CONNECT_CONNREFUSED.rawValue), Self.connection(host: "fd00::1"))
     #expect(error.message.contains("[fd00::1]:4420"))
     #expect(!error.message.contains("fd00::1:4420"))
   }

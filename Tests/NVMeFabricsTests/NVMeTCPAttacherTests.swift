@@ -7,7 +7,7 @@ import Testing
 
 @Suite("NVMe/TCP attacher without kernel NVMe")
 struct NVMeTCPAttacherTests {
-  static func context(_ paths: [PublishContext.Path] = [.init(address: "127.0.0.1", port: 4420)]) -> PublishContext {
+  static func context(_ paths: [HostPort] = [.init(host: "127.0.0.1", port: 4420)]) -> PublishContext {
     PublishContext(paths: paths, subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA)
   }
 
@@ -56,7 +56,7 @@ struct NVMeTCPAttacherTests {
       // may get a second controller, so libnvme is never called (it would fail here).
       let attacher = NVMeTCPAttacher(sysfs: SysfsNVMe(sysfs: root), fabricsDevice: fabrics)
       try await attacher.connect(
-        Self.context([.init(address: "127.0.0.1", port: 4420), .init(address: "fd00::1", port: 4420)]), as: Sample.host,
+        Self.context([.init(host: "127.0.0.1", port: 4420), .init(host: "fd00::1", port: 4420)]), as: Sample.host,
         with: .init())
     }
   }

@@ -141,6 +141,6 @@ struct SysfsNVMeTests {
       ("", ""),
     ])
   func address(text: String, expected: String) {
-    #expect(SysfsNVMe.address(text) == expected)
+    #expect(SysfsNVMe.portal(ofAddressFile: text) == expected)
   }
 }

@@ -66,6 +66,20 @@ struct WaitForDeviceTests {
     #expect(attacher.lookupCount > 1, "it polled instead of giving up at once")
   }
 
+  @Test("Cancelling the request ends the wait at once with Aborted")
+  func cancelled() async throws {
+    let attacher = PollingAttacher(appearsAfter: nil)
+    let clock = ContinuousClock()
+    let started = clock.now
+    let wait = Task {
+      try await attacher.waitForDevice(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .seconds(30))
+    }
+    try await Task.sleep(for: .milliseconds(50))
+    wait.cancel()
+    await expectError(.aborted, mentioning: ["cancelled", Sample.uuidA]) { try await wait.value }
+    #expect(clock.now - started < .seconds(10), "it stopped instead of polling until the deadline")
+  }
+
   @Test("A lookup error ends the wait with that error")
   func lookupFails() async throws {
     let attacher = PollingAttacher(appearsAfter: nil, error: .internalError("sysfs unreadable"))

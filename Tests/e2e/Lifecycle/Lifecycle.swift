@@ -347,7 +347,7 @@ struct Scenario {
         nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000001"),
         id: try ObjectUUID("0badc0de-0000-4000-8000-000000000001"))
       let context = PublishContext(
-        paths: [.init(address: "127.0.0.1", port: 4420)], subsystemNQN: SubsystemNaming.nqn(for: try ObjectUUID(uuid)),
+        paths: [.init(host: "127.0.0.1", port: 4420)], subsystemNQN: SubsystemNaming.nqn(for: try ObjectUUID(uuid)),
         namespaceUUID: uuid)
       do {
         try await NVMeTCPAttacher().connect(context, as: stranger, with: ConnectionParameters())
