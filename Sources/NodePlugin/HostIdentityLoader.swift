@@ -65,15 +65,11 @@ public struct HostIdentityLoader: Sendable {
     }
   }
 
-  /// A stable UUID from the machine ID, or a random one if the machine has none.
+  /// A stable UUID from the machine ID (32 hex digits, or a DMI UUID with dashes), or a
+  /// random one if the machine has none.
   private func derivedHostID() -> ObjectUUID {
     for file in machineIDFiles {
-      guard let text = contents(file) else { continue }
-      let hex = text.lowercased().filter(\.isHexDigit)
-      guard hex.count == 32 else { continue }
-      let c = Array(hex)
-      let s = "\(String(c[0..<8]))-\(String(c[8..<12]))-\(String(c[12..<16]))-\(String(c[16..<20]))-\(String(c[20..<32]))"
-      if let uuid = try? ObjectUUID(s) { return uuid }
+      if let text = contents(file), let uuid = ObjectUUID(hexDigits: text) { return uuid }
     }
     return .random()
   }

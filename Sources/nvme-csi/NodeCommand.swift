@@ -40,28 +40,31 @@ struct NodeCommand: AsyncParsableCommand {
     let endpoint = try Endpoint(parsing: endpoint)
     var segments: [String: String] = [:]
     for item in topology {
-      let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
-      guard pair.count == 2, !pair[0].isEmpty else { throw ValidationError("--topology \(item) is not key=value") }
-      segments[pair[0]] = pair[1]
+      // One segment per flag; a label value cannot hold a comma, so "a=b,c=d" is refused.
+      let pairs = KeyValueList.items(item)
+      guard pairs.count == 1, let pair = pairs.first, let value = pair.value, !pair.key.isEmpty else {
+        throw ValidationError("--topology \(item) is not key=value")
+      }
+      segments[pair.key] = value
     }
     let records = try StagingRecords(stateDirectory: stateDir)
-    let host = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
+    let hostIdentity = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
     let attacher = NVMeTCPAttacher()
     let node = NodeService(
       configuration: .init(
-        host: host, topology: segments, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: .seconds(deviceTimeout)),
+        host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: .seconds(deviceTimeout)),
       attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")
     }
     node.checkStagedVolumes()
-    // Ready when the kernel can attach NVMe/TCP volumes.
+    // Ready when the kernel can attach NVMe/TCP volumes (why not is logged above).
     let identity = IdentityService(
       driverName: driverName, version: BuildInfo.version,
       capabilities: IdentityService.nodeCapabilities(hasTopology: !segments.isEmpty),
       isReady: { (try? attacher.checkKernelSupport()) != nil })
     let server = try GRPCService(endpoint: endpoint, services: [identity, node], logger: logger)
-    logger.info("node starting", metadata: ["node_id": "\(host.nodeID)", "state_dir": "\(stateDir)"])
+    logger.info("node starting", metadata: ["node_id": "\(hostIdentity.nodeID)", "state_dir": "\(stateDir)"])
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }
