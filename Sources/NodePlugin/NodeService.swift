@@ -45,12 +45,17 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
   /// Reports (never repairs by unmounting) staged volumes whose device vanished.
   public func checkStagedVolumes() {
-    for record in records.all() where record.state == .staged {
-      let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
-      if device == nil {
+    for record in records.loadAll(logger: logger) where record.state == .staged {
+      let metadata: Logger.Metadata = ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"]
+      do {
+        if try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) == nil {
+          logger.warning(
+            "staged volume has no device: the kernel lost it (target down?) or the node rebooted; the next NodeStageVolume reattaches it",
+            metadata: metadata)
+        }
+      } catch {
         logger.warning(
-          "staged volume has no device: the kernel lost it (target down?) or the node rebooted; the next NodeStageVolume reattaches it",
-          metadata: ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"])
+          "cannot check the device of a staged volume", metadata: metadata.merging(["error": "\(error.message)"]) { $1 })
       }
     }
   }
@@ -64,10 +69,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
-    let target = try PublishContext(decoding: request.publishContext)
-    guard SubsystemNaming.volume(inNQN: target.subsystemNQN) == volume.uuid, target.namespaceUUID == volume.uuid.value else {
+    let publishContext = try PublishContext(decoding: request.publishContext)
+    guard SubsystemNaming.volume(inNQN: publishContext.subsystemNQN) == volume.uuid,
+      publishContext.namespaceUUID == volume.uuid.value
+    else {
       throw NVMeCSIError.invalidArgument(
-        "publish_context names subsystem \(target.subsystemNQN), which is not volume \(volume)'s: refusing to attach another volume")
+        "publish_context names subsystem \(publishContext.subsystemNQN), which is not volume \(volume)'s:"
+          + " refusing to attach another volume")
     }
     let parameters = try ConnectionParameters(from: request.volumeContext)
     let stagingPath = request.stagingTargetPath
@@ -88,8 +96,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         try await mounter.unmount(earlier.stagingPath)
       }
       var record = StagingRecord(
-        volumeID: volume.description, stagingPath: stagingPath, subsystemNQN: target.subsystemNQN,
-        namespaceUUID: target.namespaceUUID, accessType: access.type, fsType: access.fsType)
+        volumeID: volume.description, stagingPath: stagingPath, subsystemNQN: publishContext.subsystemNQN,
+        namespaceUUID: publishContext.namespaceUUID, accessType: access.type, fsType: access.fsType)
       record.targets = earlier?.targets ?? []
 
       var undo = UndoStack()
@@ -99,10 +107,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           // Keep what an earlier stage recorded, so a later unstage still cleans up.
           if let earlier { try records.save(earlier) } else { try records.remove(volume) }
         }
-        try await attacher.connect(target, as: configuration.host, with: parameters)
-        undo.push("disconnect \(target.subsystemNQN)") { try await disconnectIfUnused(record) }
+        try await attacher.connect(publishContext, as: configuration.host, with: parameters)
+        undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
         let device = try await attacher.waitForDevice(
-          subsystemNQN: target.subsystemNQN, namespaceUUID: target.namespaceUUID, timeout: configuration.deviceTimeout)
+          subsystemNQN: publishContext.subsystemNQN, namespaceUUID: publishContext.namespaceUUID,
+          timeout: configuration.deviceTimeout)
         if access.type == .mount {
           try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
           try await mounter.mountFileSystem(
@@ -174,7 +183,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       switch access.type {
       case .mount:
         // Identity check: the staging mount must still hold this volume's device.
-        guard let staged = try mounter.mount(at: record.stagingPath), try sameDevice(staged.source, device.path) else {
+        guard let staged = try mounter.mount(at: record.stagingPath),
+          isSameDevice(mountSource: staged.source, devicePath: device.path)
+        else {
           throw NVMeCSIError.failedPrecondition(
             "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): unstage and stage again")
         }
@@ -223,28 +234,40 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard let record = try records.load(volume) else {
       throw NVMeCSIError.notFound("volume \(volume) is not staged on this node")
     }
-    let condition = self.condition(of: record)
+    // Stats never fail for want of numbers: the condition says what is wrong, and
+    // usage stays empty (with the reason logged) when it cannot be read.
+    let device = Result { () throws(NVMeCSIError) in
+      try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+    }
+    let condition = self.condition(of: record, device: device)
     var usage: [Csi_V1_VolumeUsage] = []
     if record.accessType == .mount {
-      if let u = try? mounter.usage(of: request.volumePath) {
+      do {
+        let fileSystem = try mounter.usage(of: request.volumePath)
         usage = [
           .with {
             $0.unit = .bytes
-            $0.total = Int64(clamping: u.totalBytes)
-            $0.available = Int64(clamping: u.availableBytes)
-            $0.used = Int64(clamping: u.usedBytes)
+            $0.total = Int64(clamping: fileSystem.totalBytes)
+            $0.available = Int64(clamping: fileSystem.availableBytes)
+            $0.used = Int64(clamping: fileSystem.usedBytes)
           },
           .with {
             $0.unit = .inodes
-            $0.total = Int64(clamping: u.totalInodes)
-            $0.available = Int64(clamping: u.freeInodes)
-            $0.used = Int64(clamping: u.usedInodes)
+            $0.total = Int64(clamping: fileSystem.totalInodes)
+            $0.available = Int64(clamping: fileSystem.freeInodes)
+            $0.used = Int64(clamping: fileSystem.usedInodes)
           },
         ]
+      } catch {
+        logger.warning(
+          "no usage for the volume: cannot read its file system's statistics",
+          metadata: ["volume": "\(volume)", "path": "\(request.volumePath)", "reason": "\(error.message)"])
       }
-    } else if let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) {
+    } else if case .success(let device?) = device {
       usage = [.with { $0.unit = .bytes; $0.total = Int64(clamping: device.sizeBytes) }]
     }
+    // A block volume without a device (or whose lookup failed) has no size to report;
+    // the condition carries that.
     return .with {
       $0.usage = usage
       $0.volumeCondition = condition
@@ -308,9 +331,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   /// The volume's device as the kernel shows it now, found by identity.
   private func currentDevice(of record: StagingRecord) throws(NVMeCSIError) -> BlockDevice {
     guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) else {
-      let paths = attacher.paths(subsystemNQN: record.subsystemNQN).map { "\($0.name) \($0.address) \($0.state)" }
+      let paths = ControllerPath.describe(attacher.paths(subsystemNQN: record.subsystemNQN))
       throw .failedPrecondition(
-        "the device of volume \(record.volumeID) is gone (paths: \(paths.isEmpty ? "none" : paths.joined(separator: ", "))): unstage and stage it again")
+        "the device of volume \(record.volumeID) is gone (paths: \(paths)): unstage and stage it again")
     }
     return device
   }
@@ -322,7 +345,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     }
     guard record.accessType == .mount else { return true }
     guard let mount = try mounter.mount(at: record.stagingPath) else { return false }
-    return try sameDevice(mount.source, device.path)
+    return isSameDevice(mountSource: mount.source, devicePath: device.path)
   }
 
   /// Formats only a blank device; a device holding another file system is refused,
@@ -352,34 +375,53 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try await attacher.disconnect(subsystemNQN: record.subsystemNQN)
   }
 
-  private func sameDevice(_ a: String, _ b: String) throws(NVMeCSIError) -> Bool {
-    a == b || (realpath(a) != nil && realpath(a) == realpath(b))
+  /// Whether a mount's source is the device: the same path, or both resolve to one node.
+  private func isSameDevice(mountSource: String, devicePath: String) -> Bool {
+    guard mountSource != devicePath else { return true }
+    guard let resolved = resolvedPath(mountSource) else { return false }
+    return resolved == resolvedPath(devicePath)
   }
 
-  private func realpath(_ path: String) -> String? {
+  private func resolvedPath(_ path: String) -> String? {
     guard let resolved = Glibc.realpath(path, nil) else { return nil }
     defer { free(resolved) }
     return String(cString: resolved)
   }
 
+  /// Removes the empty directory or file kubelet's target was; one that is already gone is success.
   private func removeTarget(_ path: String) throws(NVMeCSIError) {
     var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    let result = (st.st_mode & S_IFMT) == S_IFDIR ? rmdir(path) : unlink(path)
-    if result != 0 && errno != ENOENT {
-      throw .internalError("cannot remove \(path): \(String(cString: strerror(errno)))")
+    switch valueOrErrno({ lstat(path, &st) }) {
+    case .success: break
+    case .failure(.noEntry), .failure(.notDirectory): return
+    case .failure(let error):
+      throw NVMeCSIError(.internalError, "cannot look at \(path) to remove it: \(error)", cause: error)
+    }
+    let removed = valueOrErrno { (st.st_mode & S_IFMT) == S_IFDIR ? rmdir(path) : unlink(path) }
+    if case .failure(let error) = removed, error != .noEntry {
+      throw NVMeCSIError(.internalError, "cannot remove \(path): \(error)", cause: error)
     }
   }
 
-  private func condition(of record: StagingRecord) -> Csi_V1_VolumeCondition {
+  /// Abnormal when the device lookup failed, found none, or no path is live.
+  private func condition(
+    of record: StagingRecord, device: Result<BlockDevice?, NVMeCSIError>
+  ) -> Csi_V1_VolumeCondition {
     let paths = attacher.paths(subsystemNQN: record.subsystemNQN)
-    let device = try? attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
-    let described = paths.map { "\($0.name) \($0.address) \($0.state)" }.joined(separator: ", ")
-    if device == nil {
-      return .with { $0.abnormal = true; $0.message = "no block device for the volume (paths: \(described.isEmpty ? "none" : described))" }
+    let described = ControllerPath.describe(paths)
+    switch device {
+    case .failure(let error):
+      return .with {
+        $0.abnormal = true
+        $0.message = "cannot look up the volume's block device: \(error.message) (paths: \(described))"
+      }
+    case .success(nil):
+      return .with { $0.abnormal = true; $0.message = "no block device for the volume (paths: \(described))" }
+    case .success:
+      break
     }
     if !paths.contains(where: \.isLive) {
-      return .with { $0.abnormal = true; $0.message = "no live NVMe/TCP path (\(described.isEmpty ? "none" : described)): I/O is queued or failing" }
+      return .with { $0.abnormal = true; $0.message = "no live NVMe/TCP path (\(described)): I/O is queued or failing" }
     }
     return .with { $0.abnormal = false; $0.message = "\(paths.filter(\.isLive).count) of \(paths.count) paths live" }
   }

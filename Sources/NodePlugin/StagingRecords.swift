@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NVMeCSICore
 
 /// What the node did for one staged volume, so that Unstage, Publish and a restarted
@@ -69,12 +70,25 @@ public struct StagingRecords: Sendable {
 
   public func remove(_ volume: ObjectID) throws(NVMeCSIError) { try DurableFile.remove(path(volume)) }
 
-  public func all() -> [StagingRecord] {
-    let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-    return names.sorted().compactMap { name in
-      guard name.hasSuffix(".json"), !name.hasPrefix("."), let id = try? ObjectID(parsing: String(name.dropLast(5)), as: .volume)
-      else { return nil }
-      return try? load(id)
+  /// Every record that can be read. One that cannot (a corrupt file, a name that is no
+  /// volume ID) is skipped and logged with its path and the reason, so the others are
+  /// still checked; Stage and Unstage of that volume report it again. Hidden files are
+  /// DurableFile's temporaries.
+  public func loadAll(logger: Logger) -> [StagingRecord] {
+    let names: [String]
+    do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+      logger.error("cannot list staging records", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      return []
+    }
+    return names.sorted().compactMap { (name) -> StagingRecord? in
+      guard name.hasSuffix(".json"), !name.hasPrefix(".") else { return nil }
+      let path = "\(directory)/\(name)"
+      do throws(NVMeCSIError) {
+        return try load(try ObjectID(parsing: String(name.dropLast(5)), as: .volume))
+      } catch {
+        logger.warning("skipping staging record", metadata: ["path": "\(path)", "reason": "\(error.message)"])
+        return nil
+      }
     }
   }
 

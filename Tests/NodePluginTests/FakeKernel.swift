@@ -174,7 +174,7 @@ struct FakeAttacher: Attacher {
         throw .failedPrecondition("connecting \(context.subsystemNQN) failed: the target has no such subsystem")
       }
       for path in context.paths {
-        let address = path.address.contains(":") ? "[\(path.address)]:\(path.port)" : "\(path.address):\(path.port)"
+        let address = path.description
         if s.controllers.contains(where: { $0.subsystemNQN == context.subsystemNQN && $0.address == address }) { continue }
         let name = FakeKernel.lowestFree("nvme", in: s.controllers.map(\.name))
         s.controllers.append(.init(name: name, subsystemNQN: context.subsystemNQN, address: address, state: "live"))

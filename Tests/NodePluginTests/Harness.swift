@@ -38,7 +38,7 @@ final class Machine: Sendable {
   /// A volume the target exports for this node.
   func export(
     sizeBytes: UInt64 = 1 << 30, fileSystem: String? = nil,
-    paths: [PublishContext.Path] = [.init(address: "127.0.0.1", port: 4420)]
+    paths: [HostPort] = [.init(host: "127.0.0.1", port: 4420)]
   ) -> TestVolume {
     let volume = TestVolume(uuid: .random(), paths: paths)
     kernel.export(volume.nqn, namespaceUUID: volume.namespaceUUID, sizeBytes: sizeBytes, fileSystem: fileSystem)
@@ -80,12 +80,12 @@ final class Machine: Sendable {
 /// A volume as the controller describes it to the node.
 struct TestVolume: Sendable {
   let uuid: ObjectUUID
-  var paths: [PublishContext.Path]
+  var paths: [HostPort]
 
   var objectID: ObjectID { ObjectID(kind: .volume, target: try! TargetName("store-a"), uuid: uuid) }
   var id: String { objectID.description }
   var nqn: String { SubsystemNaming.nqn(for: uuid) }
-  var namespaceUUID: String { SubsystemNaming.namespaceUUID(for: uuid) }
+  var namespaceUUID: String { SubsystemNaming.namespaceUUID(for: uuid).value }
   var publishContext: [String: String] {
     PublishContext(paths: paths, subsystemNQN: nqn, namespaceUUID: namespaceUUID).encoded
   }
@@ -109,18 +109,24 @@ final class Harness: Sendable {
   var kernel: FakeKernel { machine.kernel }
 
   /// Serves a fresh plugin process on `machine` (a new one when nil) for `body`.
+  /// With `logs`, the plugin's log lines (every level) are kept there.
   static func with(
     machine: Machine? = nil, deviceTimeout: Duration = .seconds(10), topology: [String: String] = [:],
-    maxVolumesPerNode: Int64 = 0, _ body: (Harness) async throws -> Void
+    maxVolumesPerNode: Int64 = 0, logs: CapturedLogs? = nil, _ body: (Harness) async throws -> Void
   ) async throws {
     guard let machine else {
       try await Machine.with { m in
-        try await with(machine: m, deviceTimeout: deviceTimeout, topology: topology, maxVolumesPerNode: maxVolumesPerNode, body)
+        try await with(
+          machine: m, deviceTimeout: deviceTimeout, topology: topology, maxVolumesPerNode: maxVolumesPerNode, logs: logs,
+          body)
       }
       return
     }
-    var logger = Logger(label: "test.node") { _ in SwiftLogNoOpLogHandler() }
-    logger.logLevel = .critical
+    let logger = logs?.logger ?? {
+      var logger = Logger(label: "test.node") { _ in SwiftLogNoOpLogHandler() }
+      logger.logLevel = .critical
+      return logger
+    }()
     let node = NodeService(
       configuration: .init(host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
       attacher: FakeAttacher(kernel: machine.kernel), mounter: FakeMounter(kernel: machine.kernel),

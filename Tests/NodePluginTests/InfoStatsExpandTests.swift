@@ -63,7 +63,7 @@ struct VolumeStatsTests {
   @Test("A volume without a live path is reported abnormal, saying which paths are in which state")
   func noLivePath() async throws {
     try await Harness.with { h in
-      let v = h.machine.export(paths: [.init(address: "127.0.0.1", port: 4420), .init(address: "fd00::1", port: 4420)])
+      let v = h.machine.export(paths: [.init(host: "127.0.0.1", port: 4420), .init(host: "fd00::1", port: 4420)])
       try await h.stage(v)
       try await h.publish(v)
       h.kernel.setPathState(v.nqn, "connecting")
@@ -78,7 +78,7 @@ struct VolumeStatsTests {
   @Test("One live path of two is a normal condition")
   func oneLivePath() async throws {
     try await Harness.with { h in
-      let v = h.machine.export(paths: [.init(address: "127.0.0.1", port: 4420), .init(address: "127.0.0.2", port: 4420)])
+      let v = h.machine.export(paths: [.init(host: "127.0.0.1", port: 4420), .init(host: "127.0.0.2", port: 4420)])
       try await h.stage(v, blockCapability())
       try await h.publish(v, blockCapability())
       h.kernel.state.withLock { $0.controllers[0].state = "resetting" }
@@ -99,6 +99,37 @@ struct VolumeStatsTests {
       #expect(stats.volumeCondition.abnormal)
       #expect(stats.volumeCondition.message.contains("no block device"))
       #expect(stats.volumeCondition.message.contains("paths: none"))
+    }
+  }
+
+  @Test("When the file system's statistics cannot be read, stats still answer, without usage, and log the reason")
+  func usageUnreadable() async throws {
+    let logs = CapturedLogs()
+    try await Harness.with(logs: logs) { h in
+      let v = h.machine.export()
+      try await h.stage(v)
+      try await h.publish(v)
+      h.kernel.loseDevice(v.nqn)  // the fake's statvfs then fails with an I/O error
+      let stats = try await h.stats(v, path: h.machine.targetPath(v))
+      #expect(stats.usage.isEmpty)
+      #expect(stats.volumeCondition.abnormal)
+      let logged = try #require(logs.lines(containing: "no usage for the volume").first)
+      #expect(logged.metadata["reason"]?.contains("input/output error") == true, "\(logged)")
+      #expect(logged.metadata["volume"] == v.id)
+    }
+  }
+
+  @Test("A device lookup that fails makes the volume abnormal, saying why")
+  func deviceLookupFails() async throws {
+    try await Harness.with { h in
+      let v = h.machine.export()
+      try await h.stage(v, blockCapability())
+      try await h.publish(v, blockCapability())
+      h.kernel.fail(.device, with: .internalError("sysfs is unreadable"))
+      let stats = try await h.stats(v, path: h.machine.targetPath(v))
+      #expect(stats.usage.isEmpty)
+      #expect(stats.volumeCondition.abnormal)
+      #expect(stats.volumeCondition.message.contains("sysfs is unreadable"))
     }
   }
 

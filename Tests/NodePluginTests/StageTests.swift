@@ -109,7 +109,7 @@ struct StageTests {
   @Test("Staging a staged volume again neither reconnects nor remounts nor reformats")
   func stageTwice() async throws {
     try await Harness.with { h in
-      let v = h.machine.export(paths: [.init(address: "127.0.0.1", port: 4420), .init(address: "fd00::1", port: 4420)])
+      let v = h.machine.export(paths: [.init(host: "127.0.0.1", port: 4420), .init(host: "fd00::1", port: 4420)])
       for _ in 0..<3 { try await h.stage(v) }
       #expect(h.kernel.connectCalls == 1)
       #expect(h.kernel.controllersCreated == 2, "one controller per path")
