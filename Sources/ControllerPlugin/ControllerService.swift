@@ -147,11 +147,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         )
       }
     }
-    let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
-    return .with {
-      $0.entries = page.entries
-      $0.nextToken = page.nextToken
-    }
+    return try .init(paging: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
   }
 
   public func controllerGetVolume(request: Csi_V1_ControllerGetVolumeRequest, context: ServerContext) async throws
@@ -273,11 +269,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         )
       }
     }
-    let page = try Page(all: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
-    return .with {
-      $0.entries = page.entries
-      $0.nextToken = page.nextToken
-    }
+    return try .init(paging: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
   }
 
   public func getSnapshot(request: Csi_V1_GetSnapshotRequest, context: ServerContext) async throws

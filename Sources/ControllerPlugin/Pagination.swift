@@ -1,3 +1,4 @@
+import CSIProto
 import NVMeCSICore
 
 /// Pagination for ListVolumes and ListSnapshots across targets.
@@ -22,5 +23,28 @@ struct Page<Entry> {
     let page = maxEntries == 0 ? remaining : remaining.prefix(Int(maxEntries))
     entries = page.map(\.entry)
     nextToken = page.count < remaining.count ? page.last!.id.description : ""
+  }
+}
+
+/// The CSI list responses, built from a page.
+protocol PagedListResponse {
+  associatedtype Entry
+  init()
+  var entries: [Entry] { get set }
+  var nextToken: String { get set }
+}
+
+extension Csi_V1_ListVolumesResponse: PagedListResponse {}
+extension Csi_V1_ListSnapshotsResponse: PagedListResponse {}
+
+extension PagedListResponse {
+  /// The page of `all` that `starting_token` and `max_entries` ask for.
+  init(paging all: [(id: ObjectID, entry: Entry)], startingToken: String, maxEntries: Int32, kind: ObjectID.Kind)
+    throws(NVMeCSIError)
+  {
+    let page = try Page(all: all, startingToken: startingToken, maxEntries: maxEntries, kind: kind)
+    self.init()
+    entries = page.entries
+    nextToken = page.nextToken
   }
 }

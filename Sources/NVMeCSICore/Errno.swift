@@ -61,7 +61,7 @@ extension NVMeCSIError {
   public init(systemCall what: String, _ subject: String, _ error: Errno) {
     let text = "\(what) \(subject): \(error)"
     if error == .noSpace || error == .quotaExceeded {
-      self.init(.resourceExhausted, text + " (free space on the storage target)", cause: error)
+      self.init(.resourceExhausted, text + " (the file system is full: free space)", cause: error)
     } else {
       self.init(.internalError, text, cause: error)
     }

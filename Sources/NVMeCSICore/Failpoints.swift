@@ -19,7 +19,7 @@ public struct Failpoints: Sendable {
 
   public init(environment: [String: String]) {
     let spec = environment[Self.environmentVariable] ?? ""
-    self.crashAt = Set(KeyValueList.items(spec).filter { $0.value == "crash" }.map(\.key))
+    self.crashAt = Set(KeyValueList.items(spec).filter { !$0.key.isEmpty && $0.value == "crash" }.map(\.key))
   }
 
   public func reach(_ point: String) {

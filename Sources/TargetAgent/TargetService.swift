@@ -20,11 +20,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func createVolume(request: Nvmecsi_Target_V1_CreateVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_CreateVolumeResponse
   {
-    let result = try await target.createVolume(try NewVolume(wire: request))
-    return .with {
-      $0.volume = result.volume.wire
-      $0.existed = result.existed
-    }
+    .init(try await target.createVolume(try NewVolume(wire: request)))
   }
 
   public func deleteVolume(request: Nvmecsi_Target_V1_DeleteVolumeRequest, context: ServerContext) async throws
@@ -78,11 +74,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func createSnapshot(request: Nvmecsi_Target_V1_CreateSnapshotRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_CreateSnapshotResponse
   {
-    let result = try await target.createSnapshot(named: request.name, of: try ObjectUUID(request.sourceVolumeUuid))
-    return .with {
-      $0.snapshot = result.snapshot.wire
-      $0.existed = result.existed
-    }
+    .init(try await target.createSnapshot(named: request.name, of: try ObjectUUID(request.sourceVolumeUuid)))
   }
 
   public func deleteSnapshot(request: Nvmecsi_Target_V1_DeleteSnapshotRequest, context: ServerContext) async throws

@@ -172,3 +172,19 @@ extension SnapshotFilter {
     }
   }
 }
+
+extension Nvmecsi_Target_V1_CreateVolumeResponse {
+  public init(_ result: (volume: TargetVolume, existed: Bool)) {
+    self.init()
+    volume = result.volume.wire
+    existed = result.existed
+  }
+}
+
+extension Nvmecsi_Target_V1_CreateSnapshotResponse {
+  public init(_ result: (snapshot: SnapshotRecord, existed: Bool)) {
+    self.init()
+    snapshot = result.snapshot.wire
+    existed = result.existed
+  }
+}
