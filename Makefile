@@ -37,11 +37,11 @@ SWIFT_SOURCES = $(shell find Sources Tests -name '*.swift' -not -path 'Sources/C
 
 ## Reformat the hand-written Swift with the committed .swift-format.
 format:
-	$(SWIFT) format format --in-place --parallel $(SWIFT_SOURCES)
+	@$(SWIFT) format format --in-place --parallel $(SWIFT_SOURCES)
 
 ## Fail on any difference from .swift-format (part of make test).
 lint:
-	$(SWIFT) format lint --strict --parallel $(SWIFT_SOURCES)
+	@$(SWIFT) format lint --strict --parallel $(SWIFT_SOURCES)
 	@echo "formatting is clean"
 
 ## Render deploy/kubernetes, validate it against the Kubernetes schemas, cross-check

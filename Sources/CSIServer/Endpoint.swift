@@ -13,7 +13,8 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
       var path = s
       if path.hasPrefix("unix://") { path.removeFirst(7) } else if path.hasPrefix("unix:") { path.removeFirst(5) }
       guard path.hasPrefix("/"), !path.split(separator: "/").contains("..") else {
-        throw .invalidArgument("endpoint \(quoted(s)): a unix socket needs an absolute path without '..' (unix:///csi/csi.sock)")
+        throw .invalidArgument(
+          "endpoint \(quoted(s)): a unix socket needs an absolute path without '..' (unix:///csi/csi.sock)")
       }
       self = .unix(path: path)
       return
@@ -34,7 +35,8 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     switch self {
     case .unix(let path): .unixDomainSocket(path: path)
     case .tcp(let address):
-      address.isIPv6 ? .ipv6(host: address.host, port: Int(address.port)) : .ipv4(host: address.host, port: Int(address.port))
+      address.isIPv6
+        ? .ipv6(host: address.host, port: Int(address.port)) : .ipv4(host: address.host, port: Int(address.port))
     }
   }
 
@@ -42,9 +44,11 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     switch self {
     case .unix(let path): .unixDomainSocket(path: path)
     case .tcp(let address):
-      address.isIPv6 ? .ipv6(host: address.host, port: Int(address.port))
-        : address.isNumeric ? .ipv4(host: address.host, port: Int(address.port))
-        : .dns(host: address.host, port: Int(address.port))
+      address.isIPv6
+        ? .ipv6(host: address.host, port: Int(address.port))
+        : address.isNumeric
+          ? .ipv4(host: address.host, port: Int(address.port))
+          : .dns(host: address.host, port: Int(address.port))
     }
   }
 }

@@ -5,7 +5,7 @@ import NVMeCSICore
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Serves gRPC services on one endpoint as a ServiceLifecycle service: on SIGTERM or
@@ -74,5 +74,6 @@ public func withClient<Result: Sendable>(
 public func makeClient(to endpoint: Endpoint) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
   var config = HTTP2ClientTransport.Posix.Config.defaults
   config.backoff = .init(initial: .milliseconds(100), max: .seconds(1), multiplier: 1.6, jitter: 0.2)
-  return GRPCClient(transport: try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext, config: config))
+  return GRPCClient(
+    transport: try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext, config: config))
 }

@@ -11,7 +11,9 @@ public struct IdentityService: Csi_V1_Identity.SimpleServiceProtocol {
   let isReady: Readiness
 
   /// - Parameter isReady: whether the plugin's dependencies answer (Probe's `ready`).
-  public init(driverName: String, version: String, capabilities: [Csi_V1_PluginCapability], isReady: @escaping Readiness) {
+  public init(
+    driverName: String, version: String, capabilities: [Csi_V1_PluginCapability], isReady: @escaping Readiness
+  ) {
     self.driverName = driverName
     self.version = version
     self.capabilities = capabilities

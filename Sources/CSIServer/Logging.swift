@@ -2,7 +2,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// How log lines look: `text` for people, `json` for log pipelines.

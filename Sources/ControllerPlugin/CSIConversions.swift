@@ -5,7 +5,9 @@ import NVMeCSICore
 extension VolumeCapabilities {
   /// A request's capabilities; `invalidArgument` when there are none or one is unsupported.
   init(_ capabilities: [Csi_V1_VolumeCapability]) throws(NVMeCSIError) {
-    guard !capabilities.isEmpty else { throw .invalidArgument("volume_capabilities is empty: at least one is required") }
+    guard !capabilities.isEmpty else {
+      throw .invalidArgument("volume_capabilities is empty: at least one is required")
+    }
     var accesses: [VolumeAccess] = []
     for capability in capabilities { accesses.append(try VolumeAccess(capability)) }
     self.init(accesses)

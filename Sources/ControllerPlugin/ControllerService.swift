@@ -58,7 +58,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     // An ID we could not have issued names no volume: deleting it is done already.
     guard let id = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
     guard let target = targets[id.target] else {
-      logger.warning("DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
+      logger.warning(
+        "DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
       return .init()
     }
     try await target.api.deleteVolume(id.uuid)
@@ -67,7 +68,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
 
   // MARK: publish
 
-  public func controllerPublishVolume(request: Csi_V1_ControllerPublishVolumeRequest, context: ServerContext) async throws
+  public func controllerPublishVolume(request: Csi_V1_ControllerPublishVolumeRequest, context: ServerContext)
+    async throws
     -> Csi_V1_ControllerPublishVolumeResponse
   {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
@@ -98,7 +100,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       node = parsed
     }
     do { try await target.api.unpublishVolume(id.uuid, from: node) } catch let error as NVMeCSIError
-    where error.kind == .notFound {}
+      where error.kind == .notFound
+    {}
     return .init()
   }
 
@@ -367,11 +370,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     if let source { candidates = candidates.filter { $0.name == source.id.target } }
     if !topology.requisite.isEmpty {
-      candidates = candidates.filter { target in topology.requisite.contains { target.isAccessible(from: $0.segments) } }
+      candidates = candidates.filter { target in topology.requisite.contains { target.isAccessible(from: $0.segments) }
+      }
     }
     guard !candidates.isEmpty else {
       throw NVMeCSIError.resourceExhausted(
-        "no storage target fits: \(source != nil ? "clones must stay on the source's target \(source!.id.target), " : "")check the StorageClass's target parameter and allowedTopologies")
+        "no storage target fits: \(source != nil ? "clones must stay on the source's target \(source!.id.target), " : "")check the StorageClass's target parameter and allowedTopologies"
+      )
     }
     func preference(_ target: StorageTarget) -> Int {
       topology.preferred.firstIndex { target.isAccessible(from: $0.segments) } ?? Int.max
@@ -466,7 +471,8 @@ struct RequestedVolume {
     if VolumeAttribute.context(of: existing) != context { differences.append("parameters") }
     guard differences.isEmpty else {
       throw .alreadyExists(
-        "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): use another name or the same request")
+        "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): use another name or the same request"
+      )
     }
   }
 }

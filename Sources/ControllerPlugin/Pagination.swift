@@ -11,7 +11,9 @@ struct Page<Entry> {
   var entries: [Entry]
   var nextToken: String
 
-  init(all: [(id: ObjectID, entry: Entry)], startingToken: String, maxEntries: Int32, kind: ObjectID.Kind) throws(NVMeCSIError) {
+  init(all: [(id: ObjectID, entry: Entry)], startingToken: String, maxEntries: Int32, kind: ObjectID.Kind)
+    throws(NVMeCSIError)
+  {
     guard maxEntries >= 0 else { throw .invalidArgument("max_entries must not be negative (got \(maxEntries))") }
     var remaining = all.sorted { $0.id < $1.id }[...]
     if !startingToken.isEmpty {

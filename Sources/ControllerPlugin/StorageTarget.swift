@@ -22,4 +22,3 @@ public struct StorageTarget: Sendable {
       && segments.allSatisfy { key, value in topology[key] == nil || topology[key] == value }
   }
 }
-

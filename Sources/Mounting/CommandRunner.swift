@@ -3,7 +3,7 @@ import NVMeCSICore
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// What a finished tool left behind (only a `CommandRunner` makes one).
@@ -155,7 +155,11 @@ private final class Once<T: Sendable>: Sendable {
 }
 
 struct ChildOutcome: Sendable {
-  enum Ending: Sendable, Equatable { case exited(Int32), signaled(Int32), timedOut, cancelled, lost }
+  enum Ending: Sendable, Equatable {
+    case exited(Int32)
+    case signaled(Int32)
+    case timedOut, cancelled, lost
+  }
   var ending: Ending
   var stdout: String
   var stderr: String
@@ -258,7 +262,8 @@ enum ChildProcess {
       return deliver(.failure(POSIX.internalError("cannot create a pipe for \(name)", error)))
     }
     let spawned = spawn(
-      path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write, stderr: stderrPipe.write)
+      path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write, stderr: stderrPipe.write
+    )
     close(stdoutPipe.write)
     close(stderrPipe.write)
     let pid: pid_t
@@ -320,7 +325,9 @@ enum ChildProcess {
       }
     }
 
-    for index in fds.indices where fds[index].fd >= 0 { _ = drain(fds[index].fd, into: &outputs[index], buffer: &buffer) }
+    for index in fds.indices where fds[index].fd >= 0 {
+      _ = drain(fds[index].fd, into: &outputs[index], buffer: &buffer)
+    }
     let ending: ChildOutcome.Ending
     if timedOut {
       ending = .timedOut
@@ -376,8 +383,8 @@ enum ChildProcess {
     let cArguments = argv.map { strdup($0) } + [nil]
     let cEnvironment = environment.map { strdup($0) } + [nil]
     defer {
-      cArguments.forEach { free($0) }
-      cEnvironment.forEach { free($0) }
+      for argument in cArguments { free(argument) }
+      for variable in cEnvironment { free(variable) }
     }
     var pid: pid_t = 0
     let result = posix_spawn(&pid, path, &actions, &attributes, cArguments, cEnvironment)

@@ -1,7 +1,7 @@
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// CSI mount flags turned into what mount(2) takes: generic options ("noatime", "nodev",
@@ -88,7 +88,8 @@ public struct MountOptions: Equatable, Sendable {
 
   private static func isAllowed(_ byte: UInt8) -> Bool {
     switch byte {
-    case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+    case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+      UInt8(ascii: "0")...UInt8(ascii: "9"):
       return true
     case UInt8(ascii: "="), UInt8(ascii: ","), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):
       return true

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// One line of /proc/self/mountinfo, every field (see proc(5)):

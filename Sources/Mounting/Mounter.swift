@@ -61,7 +61,10 @@ public struct FileSystemUsage: Hashable, Sendable {
   public var freeInodes: UInt64
   public var usedInodes: UInt64
 
-  public init(totalBytes: UInt64, availableBytes: UInt64, usedBytes: UInt64, totalInodes: UInt64, freeInodes: UInt64, usedInodes: UInt64) {
+  public init(
+    totalBytes: UInt64, availableBytes: UInt64, usedBytes: UInt64, totalInodes: UInt64, freeInodes: UInt64,
+    usedInodes: UInt64
+  ) {
     self.totalBytes = totalBytes
     self.availableBytes = availableBytes
     self.usedBytes = usedBytes

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Small wrappers over the POSIX calls this module is built from.
@@ -25,7 +25,9 @@ enum POSIX {
   }
 
   // glibc's gnu_dev_major / gnu_dev_minor, which Swift does not import (they are macros).
-  static func major(_ dev: dev_t) -> UInt32 { UInt32(truncatingIfNeeded: ((dev >> 8) & 0xfff) | ((dev >> 32) & ~0xfff)) }
+  static func major(_ dev: dev_t) -> UInt32 {
+    UInt32(truncatingIfNeeded: ((dev >> 8) & 0xfff) | ((dev >> 32) & ~0xfff))
+  }
   static func minor(_ dev: dev_t) -> UInt32 { UInt32(truncatingIfNeeded: (dev & 0xff) | ((dev >> 12) & ~0xff)) }
 
   /// Creates `path` and any missing parents with `mode`; an existing directory is success.

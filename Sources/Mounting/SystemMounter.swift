@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The `Mounter` of a real Linux node: mountinfo for lookups, mount(2)/umount2(2)
@@ -105,7 +105,9 @@ public struct SystemMounter: Mounter {
   /// A file system type mount(2) may be given: lowercase letters and digits.
   static func isPlainName(_ fsType: String) -> Bool {
     !fsType.isEmpty
-      && fsType.utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+      && fsType.utf8.allSatisfy {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+      }
   }
 
   static func unsupported(_ fsType: String) -> NVMeCSIError {
@@ -165,7 +167,9 @@ public struct SystemMounter: Mounter {
     }
   }
 
-  static func mountFailure(_ error: Errno, device: String, target: String, fsType: String, data: String?) -> NVMeCSIError {
+  static func mountFailure(_ error: Errno, device: String, target: String, fsType: String, data: String?)
+    -> NVMeCSIError
+  {
     let what = "cannot mount \(quoted(device)) (\(fsType)) at \(quoted(target)): \(error)"
     let options = data.map { " or one of the options \(quoted($0)) is not a \(fsType) option" } ?? ""
     var failure: NVMeCSIError =
@@ -205,7 +209,8 @@ public struct SystemMounter: Mounter {
     }
     let sourceIsDirectory = POSIX.isDirectory(sourceStatus)
     guard sourceIsDirectory || POSIX.isBlockDevice(sourceStatus) || POSIX.isRegularFile(sourceStatus) else {
-      throw .invalidArgument("cannot bind-mount \(quoted(source)): it is neither a directory, a block device nor a file")
+      throw .invalidArgument(
+        "cannot bind-mount \(quoted(source)): it is neither a directory, a block device nor a file")
     }
 
     if let existing = entry(at: target, in: try table()) {
@@ -271,10 +276,12 @@ public struct SystemMounter: Mounter {
     switch POSIX.status(path) {
     case .success(let st):
       guard POSIX.isRegularFile(st) else {
-        throw .failedPrecondition("\(quoted(path)) exists and is not a regular file, so a device cannot be bound onto it")
+        throw .failedPrecondition(
+          "\(quoted(path)) exists and is not a regular file, so a device cannot be bound onto it")
       }
       guard st.st_size == 0 else {
-        throw .failedPrecondition("\(quoted(path)) is a file with data in it; a device is only bound onto an empty file")
+        throw .failedPrecondition(
+          "\(quoted(path)) is a file with data in it; a device is only bound onto an empty file")
       }
     case .failure(.noEntry):
       let parent = (path as NSString).deletingLastPathComponent
@@ -332,7 +339,8 @@ public struct SystemMounter: Mounter {
     let totalInodes = UInt64(statistics.f_files)
     let freeInodes = UInt64(statistics.f_ffree)
     return FileSystemUsage(
-      totalBytes: total, availableBytes: UInt64(statistics.f_bavail) * unit, usedBytes: total >= free ? total - free : 0,
+      totalBytes: total, availableBytes: UInt64(statistics.f_bavail) * unit,
+      usedBytes: total >= free ? total - free : 0,
       totalInodes: totalInodes, freeInodes: freeInodes,
       usedInodes: totalInodes >= freeInodes ? totalInodes - freeInodes : 0)
   }

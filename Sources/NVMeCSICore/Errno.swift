@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// An errno value as a typed Swift error (swift-system's shape, without the

@@ -21,7 +21,9 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible {
       }
       host = text[text.index(after: text.startIndex)..<close]
       portText = text[text.index(close, offsetBy: 2)...]
-      guard host.contains(":") else { throw .invalidArgument("address \(quoted(String(text))): brackets are for IPv6 only") }
+      guard host.contains(":") else {
+        throw .invalidArgument("address \(quoted(String(text))): brackets are for IPv6 only")
+      }
     } else {
       guard let colon = text.lastIndex(of: ":") else {
         throw .invalidArgument("address \(quoted(String(text))) is not host:port")

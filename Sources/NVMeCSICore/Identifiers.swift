@@ -93,7 +93,10 @@ public struct ObjectUUID: Hashable, Comparable, Sendable, TextCodable {
 
 /// Where an object lives and what it is called there.
 public struct ObjectID: Hashable, Comparable, Sendable, CustomStringConvertible {
-  public enum Kind: String, Sendable { case volume = "v1", snapshot = "s1" }
+  public enum Kind: String, Sendable {
+    case volume = "v1"
+    case snapshot = "s1"
+  }
 
   public let kind: Kind
   public let target: TargetName
@@ -115,7 +118,9 @@ public struct ObjectID: Hashable, Comparable, Sendable, CustomStringConvertible 
     guard s.utf8.count <= 128, parts.count == 3, parts[0] == kind.rawValue,
       let target = try? TargetName(parts[1]), let uuid = try? ObjectUUID(parts[2])
     else {
-      throw .notFound("\(what) \(quoted(s)) does not exist: not a \(what) ID of this driver (expected \(kind.rawValue).<target>.<uuid>)")
+      throw .notFound(
+        "\(what) \(quoted(s)) does not exist: not a \(what) ID of this driver (expected \(kind.rawValue).<target>.<uuid>)"
+      )
     }
     self.init(kind: kind, target: target, uuid: uuid)
   }

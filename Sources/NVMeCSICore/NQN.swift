@@ -14,7 +14,8 @@ public struct HostNQN: Hashable, Sendable, CustomStringConvertible {
     }
     guard value.hasPrefix("nqn."), bytes.count > 4, bytes.count <= NodeID.maxHostNQNBytes, allowed else {
       throw .invalidArgument(
-        "host NQN \(quoted(value)) is not valid: it must start with \"nqn.\", be at most \(NodeID.maxHostNQNBytes) bytes and use only letters, digits, '.', '-', ':' and '_'")
+        "host NQN \(quoted(value)) is not valid: it must start with \"nqn.\", be at most \(NodeID.maxHostNQNBytes) bytes and use only letters, digits, '.', '-', ':' and '_'"
+      )
     }
     self.value = value
   }
@@ -67,7 +68,8 @@ public struct NodeID: Hashable, Sendable, TextCodable {
       let id = try? ObjectUUID(String(decoding: bytes[3..<39], as: UTF8.self)),
       let nqn = try? HostNQN(String(decoding: bytes[40...], as: UTF8.self))
     else {
-      throw .notFound("node \(quoted(s)) does not exist: not a node ID of this driver (expected n1.<host-id>.<host-nqn>)")
+      throw .notFound(
+        "node \(quoted(s)) does not exist: not a node ID of this driver (expected n1.<host-id>.<host-nqn>)")
     }
     self.init(hostID: id, hostNQN: nqn)
   }

@@ -39,7 +39,9 @@ public struct PublishContext: Hashable, Sendable {
       return v
     }
     let transport = try value(Key.transport)
-    guard transport == "tcp" else { throw .invalidArgument("publish_context transport \(quoted(transport)) is not supported (tcp)") }
+    guard transport == "tcp" else {
+      throw .invalidArgument("publish_context transport \(quoted(transport)) is not supported (tcp)")
+    }
     var paths: [HostPort] = []
     for item in try value(Key.paths).split(separator: ",") {
       do { paths.append(try HostPort(parsing: item)) } catch {

@@ -80,4 +80,3 @@ public struct SnapshotRecord: Codable, Hashable, Sendable {
     self.created = created
   }
 }
-

@@ -38,14 +38,17 @@ public struct VolumeAccess: Hashable, Sendable {
   public func validate() throws(NVMeCSIError) {
     switch mode {
     case .multiNodeSingleWriter:
-      throw .invalidArgument("access mode MULTI_NODE_SINGLE_WRITER is not supported: use a SINGLE_NODE_* mode, or MULTI_NODE_READER_ONLY")
+      throw .invalidArgument(
+        "access mode MULTI_NODE_SINGLE_WRITER is not supported: use a SINGLE_NODE_* mode, or MULTI_NODE_READER_ONLY")
     case .multiNodeMultiWriter where type == .mount:
       throw .invalidArgument(
-        "access mode MULTI_NODE_MULTI_WRITER needs access type block: ext4 and xfs are not cluster file systems, mounting one on several nodes corrupts it")
+        "access mode MULTI_NODE_MULTI_WRITER needs access type block: ext4 and xfs are not cluster file systems, mounting one on several nodes corrupts it"
+      )
     default: break
     }
     if type == .mount && !fsType.isEmpty && !Self.supportedFileSystems.contains(fsType) {
-      throw .invalidArgument("fs_type \(quoted(fsType)) is not supported: use one of \(Self.supportedFileSystems.joined(separator: ", "))")
+      throw .invalidArgument(
+        "fs_type \(quoted(fsType)) is not supported: use one of \(Self.supportedFileSystems.joined(separator: ", "))")
     }
   }
 }

@@ -27,11 +27,11 @@ public struct ConnectionParameters: Hashable, Sendable {
 
   static var knobs: [Knob] {
     [
-    Knob(key: "ctrlLossTmo", range: 0...86_400, allowsMinusOne: true, keyPath: \.ctrlLossTmo),
-    Knob(key: "reconnectDelay", range: 1...3_600, allowsMinusOne: false, keyPath: \.reconnectDelay),
-    Knob(key: "fastIoFailTmo", range: 0...3_600, allowsMinusOne: true, keyPath: \.fastIoFailTmo),
-    Knob(key: "keepAliveTmo", range: 1...3_600, allowsMinusOne: false, keyPath: \.keepAliveTmo),
-    Knob(key: "nrIoQueues", range: 0...1_024, allowsMinusOne: false, keyPath: \.nrIoQueues),
+      Knob(key: "ctrlLossTmo", range: 0...86_400, allowsMinusOne: true, keyPath: \.ctrlLossTmo),
+      Knob(key: "reconnectDelay", range: 1...3_600, allowsMinusOne: false, keyPath: \.reconnectDelay),
+      Knob(key: "fastIoFailTmo", range: 0...3_600, allowsMinusOne: true, keyPath: \.fastIoFailTmo),
+      Knob(key: "keepAliveTmo", range: 1...3_600, allowsMinusOne: false, keyPath: \.keepAliveTmo),
+      Knob(key: "nrIoQueues", range: 0...1_024, allowsMinusOne: false, keyPath: \.nrIoQueues),
     ]
   }
 
@@ -44,7 +44,8 @@ public struct ConnectionParameters: Hashable, Sendable {
       guard let n = Int(text), knob.range.contains(n) || (knob.allowsMinusOne && n == -1) else {
         let extra = knob.allowsMinusOne ? " or -1" : ""
         throw .invalidArgument(
-          "parameter \(knob.key)=\(quoted(text)) is out of range: use an integer in \(knob.range.lowerBound)...\(knob.range.upperBound)\(extra)")
+          "parameter \(knob.key)=\(quoted(text)) is out of range: use an integer in \(knob.range.lowerBound)...\(knob.range.upperBound)\(extra)"
+        )
       }
       self[keyPath: knob.keyPath] = n
     }

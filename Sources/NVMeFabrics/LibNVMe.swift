@@ -4,7 +4,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The one safe type over libnvme. libnvme handles are not thread-safe and its calls
@@ -34,7 +34,8 @@ public final class LibNVMe: Sendable {
         throw .internalError("libnvme could not set up host \(connection.host.nqn)")
       }
       let portal = connection.portal
-      guard let ctrl = nvme_create_ctrl(root, connection.subsystemNQN, "tcp", portal.host, nil, nil, String(portal.port))
+      guard
+        let ctrl = nvme_create_ctrl(root, connection.subsystemNQN, "tcp", portal.host, nil, nil, String(portal.port))
       else {
         throw .internalError("libnvme could not describe controller \(connection.subsystemNQN) at \(portal)")
       }
@@ -97,7 +98,9 @@ public final class LibNVMe: Sendable {
       // The kernel refused the connect command: most often the target does not allow
       // this host NQN, or nothing serves that subsystem on that portal.
       return .unavailable(
-        what + ": the target refused the connection; check that ControllerPublishVolume granted this node and that the target serves this portal")
+        what
+          + ": the target refused the connection; check that ControllerPublishVolume granted this node and that the target serves this portal"
+      )
     default:
       return .unavailable(what)
     }
@@ -105,7 +108,9 @@ public final class LibNVMe: Sendable {
 
   // MARK: internals
 
-  private func onQueue<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T) async throws(NVMeCSIError) -> T {
+  private func onQueue<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T) async throws(NVMeCSIError)
+    -> T
+  {
     let result: Result<T, NVMeCSIError> = await withCheckedContinuation { continuation in
       queue.async {
         do throws(NVMeCSIError) { continuation.resume(returning: .success(try body())) } catch {

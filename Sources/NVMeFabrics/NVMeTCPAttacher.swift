@@ -12,7 +12,8 @@ public struct NVMeTCPAttacher: Attacher {
   let sysfs: SysfsNVMe
   let fabricsDevice: String
 
-  public init(libnvme: LibNVMe = LibNVMe(), sysfs: SysfsNVMe = SysfsNVMe(), fabricsDevice: String = Self.fabricsDevice) {
+  public init(libnvme: LibNVMe = LibNVMe(), sysfs: SysfsNVMe = SysfsNVMe(), fabricsDevice: String = Self.fabricsDevice)
+  {
     self.libnvme = libnvme
     self.sysfs = sysfs
     self.fabricsDevice = fabricsDevice
@@ -34,7 +35,9 @@ public struct NVMeTCPAttacher: Attacher {
       // A live, connecting or resetting controller for this path is ours already:
       // the kernel is reconnecting it, and a second connection would duplicate it.
       let address = portal.description
-      if existing.contains(where: { $0.address == address && !["deleting", "deleting (no IO)", "dead"].contains($0.state) }) {
+      if existing.contains(where: {
+        $0.address == address && !["deleting", "deleting (no IO)", "dead"].contains($0.state)
+      }) {
         continue
       }
       do throws(NVMeCSIError) {

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Reads the kernel's NVMe state from sysfs: which block device holds a namespace,
@@ -23,7 +23,8 @@ public struct SysfsNVMe: Sendable {
     let namespaceUUID = namespaceUUID.lowercased()
     for name in entries(of: sysfs + "/block") where Self.isNamespaceHead(name) {
       let dir = sysfs + "/block/" + name
-      guard attribute(dir + "/uuid")?.lowercased() == namespaceUUID, attribute(dir + "/device/subsysnqn") == subsystemNQN
+      guard attribute(dir + "/uuid")?.lowercased() == namespaceUUID,
+        attribute(dir + "/device/subsysnqn") == subsystemNQN
       else {
         continue
       }
@@ -49,7 +50,8 @@ public struct SysfsNVMe: Sendable {
     for path in paths(subsystemNQN: subsystemNQN) where path.isLive {
       let file = sysfs + "/class/nvme/\(path.name)/rescan_controller"
       if case .failure(let error) = Self.write("1", toExisting: file) {
-        throw NVMeCSIError(.internalError, "cannot write \(file): \(error): rescanning \(path.name) failed", cause: error)
+        throw NVMeCSIError(
+          .internalError, "cannot write \(file): \(error): rescanning \(path.name) failed", cause: error)
       }
     }
   }

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The configfs operations the exporter needs. Two implementations:

@@ -2,7 +2,7 @@ import NVMeCSICore
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Exports volumes through Linux nvmet's configfs:
@@ -32,7 +32,8 @@ public struct NVMetExporter: VolumeExporter {
     // the host has not (Talos does not mount configfs).
     if configfs.hasPrefix("/sys/") && !isConfigfs(configfs) && mount("configfs", configfs, "configfs", 0, nil) != 0 {
       throw .failedPrecondition(
-        "configfs is not mounted at \(configfs) and mounting it failed (\(String(cString: strerror(errno)))): run `mount -t configfs configfs \(configfs)` on the storage node, or run the target privileged")
+        "configfs is not mounted at \(configfs) and mounting it failed (\(String(cString: strerror(errno)))): run `mount -t configfs configfs \(configfs)` on the storage node, or run the target privileged"
+      )
     }
     let tree: any ConfigfsTree
     if isConfigfs(configfs) {
@@ -52,7 +53,8 @@ public struct NVMetExporter: VolumeExporter {
   public init(tree: any ConfigfsTree, portals: [HostPort]) throws(NVMeCSIError) {
     guard tree.exists("subsystems"), tree.exists("ports"), tree.exists("hosts") else {
       throw .failedPrecondition(
-        "the kernel NVMe target is not loaded (\(tree.root)/subsystems missing): load the nvmet and nvmet_tcp modules (on Talos: machine.kernel.modules)")
+        "the kernel NVMe target is not loaded (\(tree.root)/subsystems missing): load the nvmet and nvmet_tcp modules (on Talos: machine.kernel.modules)"
+      )
     }
     self.tree = tree
     self.portals = portals
@@ -150,10 +152,13 @@ public struct NVMetExporter: VolumeExporter {
     }
     let allowed = Set(tree.list(subsystem + "/allowed_hosts"))
     guard allowed == spec.allowedHosts else {
-      return "nvmet subsystem \(spec.subsystemNQN) allows hosts \(allowed.sorted()) instead of \(spec.allowedHosts.sorted())"
+      return
+        "nvmet subsystem \(spec.subsystemNQN) allows hosts \(allowed.sorted()) instead of \(spec.allowedHosts.sorted())"
     }
     let namespace = subsystem + "/namespaces/1"
-    guard tree.read(namespace + "/enable") == "1" else { return "nvmet namespace 1 of \(spec.subsystemNQN) is not enabled" }
+    guard tree.read(namespace + "/enable") == "1" else {
+      return "nvmet namespace 1 of \(spec.subsystemNQN) is not enabled"
+    }
     guard tree.read(namespace + "/device_path") == spec.devicePath else {
       return "nvmet namespace 1 of \(spec.subsystemNQN) serves the wrong device"
     }
@@ -197,7 +202,7 @@ public struct NVMetExporter: VolumeExporter {
     try hostEntries.mutex.withLock { _ throws(NVMeCSIError) in
       let stillUsed = tree.list("subsystems").contains { tree.exists("subsystems/\($0)/allowed_hosts/\(host)") }
       guard !stillUsed else { return }
-      do throws(NVMeCSIError) { try tree.removeDirectory("hosts/" + host) } catch where error.cause == .busy {}
+      do throws(NVMeCSIError) { try tree.removeDirectory("hosts/" + host) } catch  where error.cause == .busy {}
     }
   }
 }

@@ -55,7 +55,8 @@ public struct HostIdentityLoader: Sendable {
       throw .failedPrecondition("\(directory) has hostid but no hostnqn: write both or neither")
     case (_?, nil):
       // nvme-cli often writes only hostnqn; its UUID form carries the host ID.
-      guard let nqn = nqnText, let range = nqn.range(of: ":uuid:"), let uuid = try? ObjectUUID(String(nqn[range.upperBound...]).lowercased())
+      guard let nqn = nqnText, let range = nqn.range(of: ":uuid:"),
+        let uuid = try? ObjectUUID(String(nqn[range.upperBound...]).lowercased())
       else {
         throw .failedPrecondition("\(directory) has hostnqn but no hostid: write \(directory)/hostid")
       }

@@ -20,7 +20,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     public var maxVolumesPerNode: Int64
     public var deviceTimeout: Duration
 
-    public init(host: HostIdentity, topology: [String: String] = [:], maxVolumesPerNode: Int64 = 0, deviceTimeout: Duration = .seconds(30)) {
+    public init(
+      host: HostIdentity, topology: [String: String] = [:], maxVolumesPerNode: Int64 = 0,
+      deviceTimeout: Duration = .seconds(30)
+    ) {
       self.host = host
       self.topology = topology
       self.maxVolumesPerNode = maxVolumesPerNode
@@ -35,7 +38,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   let logger: Logger
   private let locks = KeyedLock<String>()
 
-  public init(configuration: Configuration, attacher: any Attacher, mounter: any Mounter, records: StagingRecords, logger: Logger) {
+  public init(
+    configuration: Configuration, attacher: any Attacher, mounter: any Mounter, records: StagingRecords, logger: Logger
+  ) {
     self.configuration = configuration
     self.attacher = attacher
     self.mounter = mounter
@@ -55,7 +60,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         }
       } catch {
         logger.warning(
-          "cannot check the device of a staged volume", metadata: metadata.merging(["error": "\(error.message)"]) { $1 })
+          "cannot check the device of a staged volume", metadata: metadata.merging(["error": "\(error.message)"]) { $1 }
+        )
       }
     }
   }
@@ -115,13 +121,16 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         if access.type == .mount {
           try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
           try await mounter.mountFileSystem(
-            device.path, at: stagingPath, fsType: access.fsType, options: access.mountOptions, readonly: access.readonly)
+            device.path, at: stagingPath, fsType: access.fsType, options: access.mountOptions, readonly: access.readonly
+          )
           undo.push("unmount \(stagingPath)") { try await mounter.unmount(stagingPath) }
         }
         record.state = .staged
         record.device = device.name
         try records.save(record)
-        logger.info("volume staged", metadata: ["volume": "\(volume)", "device": "\(device.path)", "bytes": "\(device.sizeBytes)"])
+        logger.info(
+          "volume staged",
+          metadata: ["volume": "\(volume)", "device": "\(device.path)", "bytes": "\(device.sizeBytes)"])
         return .init()
       } catch {
         await undo.run(logger: logger)
@@ -144,7 +153,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let held = try record.targets.filter { try mounter.mount(at: $0) != nil }
       guard held.isEmpty else {
         throw NVMeCSIError.failedPrecondition(
-          "volume \(volume) is still published at \(held.joined(separator: ", ")): unpublish it first (NodeUnpublishVolume)")
+          "volume \(volume) is still published at \(held.joined(separator: ", ")): unpublish it first (NodeUnpublishVolume)"
+        )
       }
       if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
         try await mounter.unmount(record.stagingPath)
@@ -170,7 +180,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let targetPath = request.targetPath
 
     return try await locks.withLock(volume.description) {
-      guard var record = try records.load(volume), record.state == .staged, record.stagingPath == request.stagingTargetPath
+      guard var record = try records.load(volume), record.state == .staged,
+        record.stagingPath == request.stagingTargetPath
       else {
         throw NVMeCSIError.failedPrecondition(
           "volume \(volume) is not staged at \(request.stagingTargetPath): NodeStageVolume must succeed first")
@@ -187,7 +198,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           isSameDevice(mountSource: staged.source, devicePath: device.path)
         else {
           throw NVMeCSIError.failedPrecondition(
-            "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): unstage and stage again")
+            "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): unstage and stage again"
+          )
         }
         try await mounter.bindMount(record.stagingPath, at: targetPath, readonly: readonly)
       case .block:
@@ -264,7 +276,12 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           metadata: ["volume": "\(volume)", "path": "\(request.volumePath)", "reason": "\(error.message)"])
       }
     } else if case .success(let device?) = device {
-      usage = [.with { $0.unit = .bytes; $0.total = Int64(clamping: device.sizeBytes) }]
+      usage = [
+        .with {
+          $0.unit = .bytes
+          $0.total = Int64(clamping: device.sizeBytes)
+        }
+      ]
     }
     // A block volume without a device (or whose lookup failed) has no size to report;
     // the condition carries that.
@@ -330,7 +347,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
   /// The volume's device as the kernel shows it now, found by identity.
   private func currentDevice(of record: StagingRecord) throws(NVMeCSIError) -> BlockDevice {
-    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) else {
+    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+    else {
       let paths = ControllerPath.describe(attacher.paths(subsystemNQN: record.subsystemNQN))
       throw .failedPrecondition(
         "the device of volume \(record.volumeID) is gone (paths: \(paths)): unstage and stage it again")
@@ -340,7 +358,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
   /// Still staged: the device is there and, for mounts, the staging path holds it.
   private func isStillStaged(_ record: StagingRecord) async throws -> Bool {
-    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) else {
+    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+    else {
       return false
     }
     guard record.accessType == .mount else { return true }
@@ -353,12 +372,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   private func prepareFileSystem(on device: BlockDevice, as fsType: String, volume: ObjectID) async throws {
     switch try await mounter.fileSystem(on: device.path) {
     case nil:
-      logger.info("formatting blank device", metadata: ["volume": "\(volume)", "device": "\(device.path)", "fs": "\(fsType)"])
+      logger.info(
+        "formatting blank device", metadata: ["volume": "\(volume)", "device": "\(device.path)", "fs": "\(fsType)"])
       try await mounter.format(device.path, as: fsType)
     case fsType?: break
     case let other?:
       throw NVMeCSIError.failedPrecondition(
-        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: refusing to reformat a volume with data")
+        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: refusing to reformat a volume with data"
+      )
     }
   }
 
@@ -369,7 +390,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let binds = try record.targets.filter { try mounter.mount(at: $0) != nil }
       guard mounts.isEmpty && binds.isEmpty else {
         throw NVMeCSIError.failedPrecondition(
-          "\(device.path) of volume \(record.volumeID) is still mounted at \((mounts + binds).joined(separator: ", ")): unpublish it first")
+          "\(device.path) of volume \(record.volumeID) is still mounted at \((mounts + binds).joined(separator: ", ")): unpublish it first"
+        )
       }
     }
     try await attacher.disconnect(subsystemNQN: record.subsystemNQN)
@@ -416,14 +438,23 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         $0.message = "cannot look up the volume's block device: \(error.message) (paths: \(described))"
       }
     case .success(nil):
-      return .with { $0.abnormal = true; $0.message = "no block device for the volume (paths: \(described))" }
+      return .with {
+        $0.abnormal = true
+        $0.message = "no block device for the volume (paths: \(described))"
+      }
     case .success:
       break
     }
     if !paths.contains(where: \.isLive) {
-      return .with { $0.abnormal = true; $0.message = "no live NVMe/TCP path (\(described)): I/O is queued or failing" }
+      return .with {
+        $0.abnormal = true
+        $0.message = "no live NVMe/TCP path (\(described)): I/O is queued or failing"
+      }
     }
-    return .with { $0.abnormal = false; $0.message = "\(paths.filter(\.isLive).count) of \(paths.count) paths live" }
+    return .with {
+      $0.abnormal = false
+      $0.message = "\(paths.filter(\.isLive).count) of \(paths.count) paths live"
+    }
   }
 }
 
@@ -448,7 +479,9 @@ struct NodeAccess {
     readonly = access.mode.isReadOnly
     mountFlags = capability.mount.mountFlags
     for flag in mountFlags {
-      let allowed = flag.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "=,._-".unicodeScalars.contains($0) }
+      let allowed = flag.unicodeScalars.allSatisfy {
+        CharacterSet.alphanumerics.contains($0) || "=,._-".unicodeScalars.contains($0)
+      }
       guard !flag.isEmpty, allowed else { throw .invalidArgument("mount flag \(quoted(flag)) is not allowed") }
     }
   }
@@ -463,7 +496,9 @@ struct UndoStack {
   func run(logger: Logger) async {
     for (what, step) in steps.reversed() {
       do { try await step() } catch {
-        logger.error("undo step failed; the next NodeStageVolume or NodeUnstageVolume retries it", metadata: ["step": "\(what)", "error": "\(error)"])
+        logger.error(
+          "undo step failed; the next NodeStageVolume or NodeUnstageVolume retries it",
+          metadata: ["step": "\(what)", "error": "\(error)"])
       }
     }
   }

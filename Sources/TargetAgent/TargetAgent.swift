@@ -18,7 +18,8 @@ public final class TargetAgent: TargetAPI {
   private let locks = KeyedLock<String>()
   private let logger: Logger
 
-  public init(store: any VolumeStore, exporter: any VolumeExporter, version: String = BuildInfo.version, logger: Logger) {
+  public init(store: any VolumeStore, exporter: any VolumeExporter, version: String = BuildInfo.version, logger: Logger)
+  {
     self.store = store
     self.exporter = exporter
     self.version = version
@@ -38,8 +39,12 @@ public final class TargetAgent: TargetAPI {
   public func start() throws(NVMeCSIError) {
     logger.info("reconciling store and exports", metadata: ["store": "\(store.kind)", "exporter": "\(exporter.kind)"])
     let repairs = try store.reconcile()
-    for path in repairs.removedDebris { logger.notice("removed debris of an interrupted operation", metadata: ["path": "\(path)"]) }
-    for path in repairs.missingData { logger.error("volume data is missing; the volume is reported abnormal", metadata: ["path": "\(path)"]) }
+    for path in repairs.removedDebris {
+      logger.notice("removed debris of an interrupted operation", metadata: ["path": "\(path)"])
+    }
+    for path in repairs.missingData {
+      logger.error("volume data is missing; the volume is reported abnormal", metadata: ["path": "\(path)"])
+    }
     let records = try store.volumes()
     let recorded = Set(records.map(\.uuid))
     for volume in exporter.exportedVolumes() where !recorded.contains(volume) {
@@ -51,7 +56,10 @@ public final class TargetAgent: TargetAPI {
     }
     logger.info(
       "target ready",
-      metadata: ["volumes": "\(records.count)", "store": "\(store.kind)", "exporter": "\(exporter.kind)", "reflink": "\(store.sharesBlocks)"])
+      metadata: [
+        "volumes": "\(records.count)", "store": "\(store.kind)", "exporter": "\(exporter.kind)",
+        "reflink": "\(store.sharesBlocks)",
+      ])
   }
 
   // MARK: volumes
@@ -64,19 +72,23 @@ public final class TargetAgent: TargetAPI {
         return (status(existing), true)
       }
       if let sourceSize = try sourceSize(request.source), request.sizeBytes < sourceSize {
-        throw NVMeCSIError.outOfRange("requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
+        throw NVMeCSIError.outOfRange(
+          "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
       }
       let capacity = try store.capacity()
       if request.source == nil || !store.sharesBlocks, request.sizeBytes > capacity.availableBytes {
         throw NVMeCSIError.resourceExhausted(
-          "target has \(capacity.availableBytes) bytes free, volume needs \(request.sizeBytes): free space or add a target")
+          "target has \(capacity.availableBytes) bytes free, volume needs \(request.sizeBytes): free space or add a target"
+        )
       }
       let record = VolumeRecord(
         uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
         attributes: request.attributes)
       let created = try store.createVolume(record)
       try exporter.apply(exportSpec(created))
-      logger.info("volume created", metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
+      logger.info(
+        "volume created",
+        metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
       return (status(created), false)
     }
   }
@@ -90,7 +102,8 @@ public final class TargetAgent: TargetAPI {
       }
       if !record.publications.isEmpty {
         let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
-        throw NVMeCSIError.failedPrecondition("volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
+        throw NVMeCSIError.failedPrecondition(
+          "volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
       }
       try exporter.remove(uuid)
       try store.deleteVolume(uuid)

@@ -63,7 +63,9 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   }
 
   public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume {
-    try await call { try TargetVolume(wire: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume) }
+    try await call {
+      try TargetVolume(wire: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume)
+    }
   }
 
   public func volumes(named name: String?) async throws -> [TargetVolume] {

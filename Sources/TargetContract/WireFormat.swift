@@ -10,7 +10,8 @@ import TargetProto
 extension HostPort {
   public init(wire portal: Nvmecsi_Target_V1_Portal) throws(NVMeCSIError) {
     guard let port = UInt16(exactly: portal.port), portal.transport == "tcp" else {
-      throw .internalError("portal \(quoted(portal.address)) port \(portal.port) over \(quoted(portal.transport)) is not a TCP portal")
+      throw .internalError(
+        "portal \(quoted(portal.address)) port \(portal.port) over \(quoted(portal.transport)) is not a TCP portal")
     }
     self.init(host: portal.address, port: port)
   }
@@ -67,7 +68,8 @@ extension TargetVolume {
     }
     let record = VolumeRecord(
       uuid: try ObjectUUID(volume.uuid), name: volume.name, sizeBytes: volume.sizeBytes,
-      source: try VolumeSource(snapshotUUID: volume.sourceSnapshotUuid, volumeUUID: volume.sourceVolumeUuid), created: volume.created.date, publications: publications,
+      source: try VolumeSource(snapshotUUID: volume.sourceSnapshotUuid, volumeUUID: volume.sourceVolumeUuid),
+      created: volume.created.date, publications: publications,
       attributes: volume.attributes)
     self.init(record: record, problem: volume.abnormalReason.isEmpty ? nil : volume.abnormalReason)
   }
@@ -120,7 +122,8 @@ extension SnapshotRecord {
 extension NewVolume {
   public init(wire request: Nvmecsi_Target_V1_CreateVolumeRequest) throws(NVMeCSIError) {
     self.init(
-      name: request.name, sizeBytes: request.sizeBytes, source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
+      name: request.name, sizeBytes: request.sizeBytes,
+      source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
       attributes: request.attributes)
   }
 

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The few POSIX file operations the file store is built from, each turning errno
@@ -22,7 +22,6 @@ enum FileOperations {
     guard stat(path, &st) == 0 else { throw DurableFile.failure("cannot stat", path) }
     return UInt64(st.st_size)
   }
-
 
   static func list(_ directory: String) throws(NVMeCSIError) -> [String] {
     guard let dir = opendir(directory) else { throw DurableFile.failure("cannot list", directory) }
@@ -48,7 +47,9 @@ enum FileOperations {
   /// system can, otherwise by a sparse copy (holes stay holes). Returns whether it
   /// was a reflink.
   @discardableResult
-  static func copyContents(from src: Int32, to dst: Int32, srcPath: String, dstPath: String) throws(NVMeCSIError) -> Bool {
+  static func copyContents(from src: Int32, to dst: Int32, srcPath: String, dstPath: String) throws(NVMeCSIError)
+    -> Bool
+  {
     if ioctl(dst, ficlone, CInt(src)) == 0 { return true }
     let total = try size(ofDescriptor: src, path: srcPath)
     guard ftruncate(dst, off_t(total)) == 0 else { throw DurableFile.failure("cannot size", dstPath) }
@@ -93,7 +94,8 @@ enum FileOperations {
 
   /// Whether this directory's file system supports reflinks (tried, not guessed).
   static func supportsReflink(in directory: String) -> Bool {
-    let a = directory + "/.reflink-probe-a", b = directory + "/.reflink-probe-b"
+    let a = directory + "/.reflink-probe-a"
+    let b = directory + "/.reflink-probe-b"
     defer {
       unlink(a)
       unlink(b)

@@ -2,7 +2,7 @@ import Foundation
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Volumes as sparse files, snapshots and clones as reflinks (full sparse copies where
@@ -29,7 +29,9 @@ public final class FileStore: VolumeStore {
   /// Opens (creating if needed) a store in `root`, which must be on a local file
   /// system nvmet can serve files from (ext4, xfs, btrfs; not tmpfs or overlayfs).
   public init(root: String, failpoints: Failpoints = .none) throws(NVMeCSIError) {
-    guard root.hasPrefix("/") else { throw .invalidArgument("store directory \(quoted(root)) must be an absolute path") }
+    guard root.hasPrefix("/") else {
+      throw .invalidArgument("store directory \(quoted(root)) must be an absolute path")
+    }
     self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
     self.failpoints = failpoints
     try FileOperations.makeDirectory(self.root)

@@ -42,10 +42,13 @@ public struct LVMCommand: Sendable {
       throw .unavailable("lvm \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
     }
     let output = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-    let errors = ((try? String(contentsOfFile: String(errPath), encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    let errors = ((try? String(contentsOfFile: String(errPath), encoding: .utf8)) ?? "").trimmingCharacters(
+      in: .whitespacesAndNewlines)
     guard process.terminationStatus == 0 else {
       let message = "lvm \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(errors)"
-      if errors.contains("Insufficient free space") || errors.contains("would exceed") || errors.contains("out of data space") {
+      if errors.contains("Insufficient free space") || errors.contains("would exceed")
+        || errors.contains("out of data space")
+      {
         throw .resourceExhausted(message)
       }
       throw .internalError(message)
@@ -66,7 +69,9 @@ public struct LVMCommand: Sendable {
       let device = sysfs + "/block/" + name + "/device"
       // Without multipath `device` is the controller; with it, the subsystem, whose
       // entries include its controllers.
-      let controllers = [device] + ((try? FileManager.default.contentsOfDirectory(atPath: device)) ?? [])
+      let controllers =
+        [device]
+        + ((try? FileManager.default.contentsOfDirectory(atPath: device)) ?? [])
         .filter { $0.hasPrefix("nvme") }.map { device + "/" + $0 }
       return controllers.contains { dir in
         guard let transport = try? String(contentsOfFile: dir + "/transport", encoding: .utf8) else { return false }

@@ -45,12 +45,16 @@ public final class LVMThinStore: VolumeStore {
     let pool = try lvm.report(volumeGroup, fields: "lv_name,lv_attr").first { $0["lv_name"] == thinPool }
     guard let pool, pool["lv_attr"]?.hasPrefix("t") == true else {
       throw .failedPrecondition(
-        "\(spec) is not an LVM thin pool: create one, e.g. `lvcreate -T \(spec) -L <size>` on a volume group with 1 MiB extents")
+        "\(spec) is not an LVM thin pool: create one, e.g. `lvcreate -T \(spec) -L <size>` on a volume group with 1 MiB extents"
+      )
     }
   }
 
   public func capacity() throws(NVMeCSIError) -> StoreCapacity {
-    guard let pool = try lvm.report(volumeGroup, fields: "lv_name,lv_size,data_percent").first(where: { $0["lv_name"] == thinPool }),
+    guard
+      let pool = try lvm.report(volumeGroup, fields: "lv_name,lv_size,data_percent").first(where: {
+        $0["lv_name"] == thinPool
+      }),
       let size = pool["lv_size"].flatMap(UInt64.init)
     else { throw .internalError("thin pool \(volumeGroup)/\(thinPool) vanished") }
     let used = Double(pool["data_percent"] ?? "0") ?? 0
@@ -74,7 +78,9 @@ public final class LVMThinStore: VolumeStore {
     let tags = Self.tags(of: record, owner: owner)
     switch record.source {
     case nil:
-      try lvm.run(["lvcreate", "-y", "-T", "\(volumeGroup)/\(thinPool)", "-V", "\(record.sizeBytes)B", "-n", name] + addTags(tags))
+      try lvm.run(
+        ["lvcreate", "-y", "-T", "\(volumeGroup)/\(thinPool)", "-V", "\(record.sizeBytes)B", "-n", name] + addTags(tags)
+      )
     case let source?:
       let sourceLV =
         switch source {
@@ -88,7 +94,9 @@ public final class LVMThinStore: VolumeStore {
       failpoints.reach("store.create-volume.after-data")
       try growIfNeeded(name, to: record.sizeBytes)
     }
-    guard let created = try volume(uuid) else { throw .internalError("LV \(volumeGroup)/\(name) vanished after lvcreate") }
+    guard let created = try volume(uuid) else {
+      throw .internalError("LV \(volumeGroup)/\(name) vanished after lvcreate")
+    }
     return created
   }
 
@@ -99,10 +107,12 @@ public final class LVMThinStore: VolumeStore {
     }
     let wanted = Set(Self.tags(of: record, owner: owner))
     let current = Set(object.tags)
-    let remove = current.subtracting(wanted).sorted(), add = wanted.subtracting(current).sorted()
+    let remove = current.subtracting(wanted).sorted()
+    let add = wanted.subtracting(current).sorted()
     guard !remove.isEmpty || !add.isEmpty else { return }
     // One lvchange: LVM commits all tag changes together.
-    try lvm.run(["lvchange"] + remove.flatMap { ["--deltag", $0] } + addTags(add) + ["\(volumeGroup)/\(object.lvName)"])
+    try lvm.run(
+      ["lvchange"] + remove.flatMap { ["--deltag", $0] } + addTags(add) + ["\(volumeGroup)/\(object.lvName)"])
   }
 
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) throws(NVMeCSIError) -> VolumeRecord {
@@ -139,7 +149,8 @@ public final class LVMThinStore: VolumeStore {
       throw .notFound("the source volume \(record.sourceVolume) is missing on this target")
     }
     // Thin snapshots are created with the activation-skip flag: they need no device.
-    try lvm.run(["lvcreate", "-y", "-s", "\(volumeGroup)/\(source)", "-n", name] + addTags(Self.tags(of: record, owner: owner)))
+    try lvm.run(
+      ["lvcreate", "-y", "-s", "\(volumeGroup)/\(source)", "-n", name] + addTags(Self.tags(of: record, owner: owner)))
     guard let created = try objects().first(where: { $0.lvName == name })?.snapshot else {
       throw .internalError("LV \(volumeGroup)/\(name) vanished after lvcreate")
     }
@@ -215,11 +226,16 @@ public final class LVMThinStore: VolumeStore {
 
   static func isLVMName(_ s: String) -> Bool {
     !s.isEmpty && s.count <= 127 && !s.hasPrefix("-")
-      && s.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) && $0.isASCII || "+_.-".unicodeScalars.contains($0) }
+      && s.unicodeScalars.allSatisfy {
+        CharacterSet.alphanumerics.contains($0) && $0.isASCII || "+_.-".unicodeScalars.contains($0)
+      }
   }
 
   static func isTagValue(_ s: String) -> Bool {
-    !s.isEmpty && s.unicodeScalars.allSatisfy { ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || "_+.-".unicodeScalars.contains($0) }
+    !s.isEmpty
+      && s.unicodeScalars.allSatisfy {
+        ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || "_+.-".unicodeScalars.contains($0)
+      }
   }
 
   // MARK: tag encoding
@@ -260,7 +276,8 @@ public final class LVMThinStore: VolumeStore {
   static func tags(of r: SnapshotRecord, owner: String) -> [String] {
     [
       "nvmecsi.owner=\(owner)", "nvmecsi.kind=snapshot", "nvmecsi.name=\(hex(r.name))",
-      "nvmecsi.created=\(milliseconds(r.created))", "nvmecsi.size=\(r.sizeBytes)", "nvmecsi.source=volume:\(r.sourceVolume)",
+      "nvmecsi.created=\(milliseconds(r.created))", "nvmecsi.size=\(r.sizeBytes)",
+      "nvmecsi.source=volume:\(r.sourceVolume)",
     ]
   }
 
@@ -275,7 +292,8 @@ public final class LVMThinStore: VolumeStore {
       let wantedSize = one("size").flatMap({ UInt64($0) })
     else { return }
     let created = Date(timeIntervalSince1970: Double(createdMS) / 1000)
-    let prefix = object.lvName.hasPrefix("nvmecsi-v-") ? "nvmecsi-v-" : object.lvName.hasPrefix("nvmecsi-s-") ? "nvmecsi-s-" : nil
+    let prefix =
+      object.lvName.hasPrefix("nvmecsi-v-") ? "nvmecsi-v-" : object.lvName.hasPrefix("nvmecsi-s-") ? "nvmecsi-s-" : nil
     guard let prefix, let uuid = try? ObjectUUID(String(object.lvName.dropFirst(prefix.count))) else { return }
     let source = one("source")
     switch one("kind") {
@@ -298,8 +316,11 @@ public final class LVMThinStore: VolumeStore {
       }
       object.volume = record
     case "snapshot"?:
-      guard let source, source.hasPrefix("volume:"), let of = try? ObjectUUID(String(source.dropFirst(7))) else { return }
-      object.snapshot = SnapshotRecord(uuid: uuid, name: name, sourceVolume: of, sizeBytes: wantedSize, created: created)
+      guard let source, source.hasPrefix("volume:"), let of = try? ObjectUUID(String(source.dropFirst(7))) else {
+        return
+      }
+      object.snapshot = SnapshotRecord(
+        uuid: uuid, name: name, sourceVolume: of, sizeBytes: wantedSize, created: created)
     default: return
     }
   }

@@ -1,10 +1,10 @@
 import ArgumentParser
 import CSIServer
 import ControllerPlugin
-import TargetContract
 import Logging
 import NVMeCSICore
 import ServiceLifecycle
+import TargetContract
 
 struct ControllerCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -33,7 +33,8 @@ struct ControllerCommand: AsyncParsableCommand {
       let client = try makeClient(to: try Endpoint(parsing: entry.address))
       clients.append(GRPCClientService(client))
       storageTargets.append(
-        StorageTarget(name: entry.name, topology: entry.topology, api: RemoteTargetAPI(name: entry.name, client: client)))
+        StorageTarget(
+          name: entry.name, topology: entry.topology, api: RemoteTargetAPI(name: entry.name, client: client)))
     }
     let targetSet = TargetSet(storageTargets)
     let controller = ControllerService(targets: targetSet, logger: logger)
@@ -42,9 +43,11 @@ struct ControllerCommand: AsyncParsableCommand {
       driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
       isReady: { await controller.reachableTargetCount() > 0 })
     let server = try GRPCService(endpoint: endpoint, services: [identity, controller], logger: logger)
-    logger.info("controller starting", metadata: ["driver": "\(driverName)", "targets": "\(config.targets.map(\.name.value))"])
+    logger.info(
+      "controller starting", metadata: ["driver": "\(driverName)", "targets": "\(config.targets.map(\.name.value))"])
     let group = ServiceGroup(
-      services: clients.map { $0 as any Service } + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: clients.map { $0 as any Service } + [server], gracefulShutdownSignals: [.sigterm, .sigint],
+      logger: logger)
     try await group.run()
   }
 }

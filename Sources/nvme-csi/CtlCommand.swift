@@ -27,7 +27,10 @@ struct CtlOptions: ParsableArguments {
 
   /// Runs one call with a controller and identity client, printing errors readably.
   func call<R: Sendable>(
-    _ body: @Sendable (Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>, Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>)
+    _ body:
+      @Sendable (
+        Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>, Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>
+      )
       async throws -> R
   ) async throws -> R {
     let endpoint = try Endpoint(parsing: self.endpoint)
@@ -65,7 +68,10 @@ struct CapabilityOptions: ParsableArguments {
   @Option(help: "File system for mount volumes: ext4 or xfs.")
   var fsType: String = "ext4"
 
-  @Option(help: "Access mode: single-node-writer, single-node-reader-only, single-node-single-writer, single-node-multi-writer, multi-node-reader-only, multi-node-multi-writer.")
+  @Option(
+    help:
+      "Access mode: single-node-writer, single-node-reader-only, single-node-single-writer, single-node-multi-writer, multi-node-reader-only, multi-node-multi-writer."
+  )
   var accessMode: String = "single-node-writer"
 
   func capability() throws -> Csi_V1_VolumeCapability {
@@ -85,12 +91,16 @@ struct CapabilityOptions: ParsableArguments {
 
 extension CtlCommand {
   struct PluginInfo: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "plugin-info", abstract: "Name, version, capabilities and readiness.")
+    static let configuration = CommandConfiguration(
+      commandName: "plugin-info", abstract: "Name, version, capabilities and readiness.")
     @OptionGroup var options: CtlOptions
 
     func run() async throws {
       let (info, capabilities, probe) = try await options.call { _, identity in
-        (try await identity.getPluginInfo(.init()), try await identity.getPluginCapabilities(.init()), try await identity.probe(.init()))
+        (
+          try await identity.getPluginInfo(.init()), try await identity.getPluginCapabilities(.init()),
+          try await identity.probe(.init())
+        )
       }
       try options.show(info) {
         let names = capabilities.capabilities.map { c -> String in
@@ -100,13 +110,15 @@ extension CtlCommand {
           case nil: "?"
           }
         }
-        return "\(info.name) \(info.vendorVersion)  ready=\(probe.ready.value)  capabilities: \(names.joined(separator: ", "))"
+        return
+          "\(info.name) \(info.vendorVersion)  ready=\(probe.ready.value)  capabilities: \(names.joined(separator: ", "))"
       }
     }
   }
 
   struct CreateVolume: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create-volume", abstract: "Create (or find) a volume by name.")
+    static let configuration = CommandConfiguration(
+      commandName: "create-volume", abstract: "Create (or find) a volume by name.")
     @OptionGroup var options: CtlOptions
     @OptionGroup var capability: CapabilityOptions
     @Argument(help: "Volume name (idempotency key).") var name: String
@@ -148,7 +160,8 @@ extension CtlCommand {
   }
 
   struct GetVolume: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "get-volume", abstract: "Show one volume, its nodes and health.")
+    static let configuration = CommandConfiguration(
+      commandName: "get-volume", abstract: "Show one volume, its nodes and health.")
     @OptionGroup var options: CtlOptions
     @Argument var volumeID: String
 
@@ -161,14 +174,19 @@ extension CtlCommand {
   }
 
   struct ListVolumes: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list-volumes", abstract: "List volumes on every target.")
+    static let configuration = CommandConfiguration(
+      commandName: "list-volumes", abstract: "List volumes on every target.")
     @OptionGroup var options: CtlOptions
     @Option(help: "Page size (0: all).") var maxEntries: Int32 = 0
     @Option(help: "Continue after this token.") var startingToken: String = ""
 
     func run() async throws {
       let r = try await options.call { [maxEntries, startingToken] controller, _ in
-        try await controller.listVolumes(.with { $0.maxEntries = maxEntries; $0.startingToken = startingToken })
+        try await controller.listVolumes(
+          .with {
+            $0.maxEntries = maxEntries
+            $0.startingToken = startingToken
+          })
       }
       try options.show(r) {
         var lines = r.entries.map { volumeLine($0.volume, $0.status.publishedNodeIds, $0.status.volumeCondition) }
@@ -180,7 +198,8 @@ extension CtlCommand {
   }
 
   struct Expand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "expand", abstract: "Grow a volume (ControllerExpandVolume).")
+    static let configuration = CommandConfiguration(
+      commandName: "expand", abstract: "Grow a volume (ControllerExpandVolume).")
     @OptionGroup var options: CtlOptions
     @Argument var volumeID: String
     @Option(help: "New size, e.g. 2Gi.") var size: String
@@ -189,7 +208,10 @@ extension CtlCommand {
       let bytes = Int64(try ByteSize.parse(size))
       let r = try await options.call { controller, _ in
         try await controller.controllerExpandVolume(
-          .with { $0.volumeID = volumeID; $0.capacityRange.requiredBytes = bytes })
+          .with {
+            $0.volumeID = volumeID
+            $0.capacityRange.requiredBytes = bytes
+          })
       }
       try options.show(r) {
         "expanded \(volumeID) to \(ByteSize.format(UInt64(r.capacityBytes)))\(r.nodeExpansionRequired ? " (the node grows the file system)" : "")"
@@ -198,7 +220,8 @@ extension CtlCommand {
   }
 
   struct Publish: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "publish", abstract: "Allow a node to attach a volume (ControllerPublishVolume).")
+    static let configuration = CommandConfiguration(
+      commandName: "publish", abstract: "Allow a node to attach a volume (ControllerPublishVolume).")
     @OptionGroup var options: CtlOptions
     @OptionGroup var capability: CapabilityOptions
     @Argument var volumeID: String
@@ -217,34 +240,45 @@ extension CtlCommand {
           })
       }
       try options.show(r) {
-        "published \(volumeID) to \(node)\n" + r.publishContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }.joined(separator: "\n")
+        "published \(volumeID) to \(node)\n"
+          + r.publishContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }.joined(separator: "\n")
       }
     }
   }
 
   struct Unpublish: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "unpublish", abstract: "Revoke a node's access (ControllerUnpublishVolume).")
+    static let configuration = CommandConfiguration(
+      commandName: "unpublish", abstract: "Revoke a node's access (ControllerUnpublishVolume).")
     @OptionGroup var options: CtlOptions
     @Argument var volumeID: String
     @Option(help: "Node ID (empty: every node).") var node: String = ""
 
     func run() async throws {
       let r = try await options.call { controller, _ in
-        try await controller.controllerUnpublishVolume(.with { $0.volumeID = volumeID; $0.nodeID = node })
+        try await controller.controllerUnpublishVolume(
+          .with {
+            $0.volumeID = volumeID
+            $0.nodeID = node
+          })
       }
       try options.show(r) { "unpublished \(volumeID)\(node.isEmpty ? " from every node" : " from \(node)")" }
     }
   }
 
   struct CreateSnapshot: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create-snapshot", abstract: "Snapshot a volume (idempotent by name).")
+    static let configuration = CommandConfiguration(
+      commandName: "create-snapshot", abstract: "Snapshot a volume (idempotent by name).")
     @OptionGroup var options: CtlOptions
     @Argument var name: String
     @Option(help: "Source volume ID.") var volume: String
 
     func run() async throws {
       let r = try await options.call { controller, _ in
-        try await controller.createSnapshot(.with { $0.name = name; $0.sourceVolumeID = volume })
+        try await controller.createSnapshot(
+          .with {
+            $0.name = name
+            $0.sourceVolumeID = volume
+          })
       }
       try options.show(r) { snapshotLine(r.snapshot) }
     }
@@ -272,12 +306,15 @@ extension CtlCommand {
       let r = try await options.call { controller, _ in
         try await controller.listSnapshots(.with { $0.sourceVolumeID = volume })
       }
-      try options.show(r) { r.entries.isEmpty ? "no snapshots" : r.entries.map { snapshotLine($0.snapshot) }.joined(separator: "\n") }
+      try options.show(r) {
+        r.entries.isEmpty ? "no snapshots" : r.entries.map { snapshotLine($0.snapshot) }.joined(separator: "\n")
+      }
     }
   }
 
   struct GetCapacity: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "get-capacity", abstract: "Free space for new volumes.")
+    static let configuration = CommandConfiguration(
+      commandName: "get-capacity", abstract: "Free space for new volumes.")
     @OptionGroup var options: CtlOptions
     @Option(help: "Topology segment key=value (repeatable).") var topology: [String] = []
 

@@ -23,7 +23,8 @@ struct LoggingOptions: ParsableArguments {
 
   func makeLogger(label: String) throws -> Logger {
     guard let level = Logger.Level(rawValue: logLevel) else {
-      throw ValidationError("--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical")
+      throw ValidationError(
+        "--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical")
     }
     guard let format = LogFormat(rawValue: logFormat) else {
       throw ValidationError("--log-format \(logFormat) is not text or json")

@@ -48,11 +48,13 @@ struct NodeCommand: AsyncParsableCommand {
       segments[pair.key] = value
     }
     let records = try StagingRecords(stateDirectory: stateDir)
-    let hostIdentity = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(logger: logger)
+    let hostIdentity = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(
+      logger: logger)
     let attacher = NVMeTCPAttacher()
     let node = NodeService(
       configuration: .init(
-        host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: .seconds(deviceTimeout)),
+        host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode,
+        deviceTimeout: .seconds(deviceTimeout)),
       attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")

@@ -16,10 +16,16 @@ struct TargetCommand: AsyncParsableCommand {
   @Option(help: "Address the target API listens on (host:port). Plaintext for now: keep it on a trusted network.")
   var listen: String = "127.0.0.1:7600"
 
-  @Option(help: "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs) or lvm:<vg>/<thinpool> (thin volumes and snapshots).")
+  @Option(
+    help:
+      "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs) or lvm:<vg>/<thinpool> (thin volumes and snapshots)."
+  )
   var store: String
 
-  @Option(help: "configfs mount point holding nvmet. A directory that is not configfs is used as a simulated nvmet (nothing is served).")
+  @Option(
+    help:
+      "configfs mount point holding nvmet. A directory that is not configfs is used as a simulated nvmet (nothing is served)."
+  )
   var configfs: String = "/sys/kernel/config"
 
   @Option(help: "NVMe/TCP listen address written into an nvmet port (addr:port). Repeat for several paths.")
@@ -28,7 +34,9 @@ struct TargetCommand: AsyncParsableCommand {
   @OptionGroup var logging: LoggingOptions
 
   func validate() throws {
-    guard !portal.isEmpty else { throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)") }
+    guard !portal.isEmpty else {
+      throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)")
+    }
   }
 
   func run() async throws {

@@ -37,7 +37,8 @@ struct CrashConsistencyTests {
   @Test("A crash after the record is removed but before the data finishes the delete on restart")
   func crashDuringDelete() async throws {
     try await Harness.with(failpoints: Self.failpoint("store.delete-volume.after-record")) { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-del", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-del", parameters: ["target": "store-a"]))
+        .volume
       await expectStatus(.unavailable) { try await h.controller.deleteVolume(.with { $0.volumeID = volume.volumeID }) }
       #expect(h.storeA.waitForExit() == Failpoints.crashExitCode)
       try await h.restart(h.storeA)
@@ -50,8 +51,12 @@ struct CrashConsistencyTests {
   @Test("A crash while taking a snapshot leaves no half snapshot, and the retry succeeds")
   func crashDuringSnapshot() async throws {
     try await Harness.with(failpoints: Self.failpoint("store.create-snapshot.after-data")) { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-snap", parameters: ["target": "store-a"])).volume
-      let request = Csi_V1_CreateSnapshotRequest.with { $0.name = "snap"; $0.sourceVolumeID = volume.volumeID }
+      let volume = try await h.controller.createVolume(createRequest("pvc-snap", parameters: ["target": "store-a"]))
+        .volume
+      let request = Csi_V1_CreateSnapshotRequest.with {
+        $0.name = "snap"
+        $0.sourceVolumeID = volume.volumeID
+      }
       await expectStatus(.unavailable) { try await h.controller.createSnapshot(request) }
       #expect(h.storeA.waitForExit() == Failpoints.crashExitCode)
       try await h.restart(h.storeA)
@@ -67,7 +72,8 @@ struct CrashConsistencyTests {
   @Test("A crash after the data grew but before the record did completes the expansion on restart")
   func crashDuringExpand() async throws {
     try await Harness.with(failpoints: Self.failpoint("store.expand-volume.after-data")) { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-exp", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-exp", parameters: ["target": "store-a"]))
+        .volume
       let request = Csi_V1_ControllerExpandVolumeRequest.with {
         $0.volumeID = volume.volumeID
         $0.capacityRange.requiredBytes = 96 * mebibyte

@@ -46,11 +46,13 @@ struct CreateDeleteVolumeTests {
     }
   }
 
-  @Test("The same name with an incompatible request is AlreadyExists", arguments: [
-    ("size", createRequest("pvc-x", bytes: 128 * mebibyte)),
-    ("capabilities", createRequest("pvc-x", capability: blockCapability())),
-    ("parameters", createRequest("pvc-x", parameters: ["ctrlLossTmo": "60"])),
-  ])
+  @Test(
+    "The same name with an incompatible request is AlreadyExists",
+    arguments: [
+      ("size", createRequest("pvc-x", bytes: 128 * mebibyte)),
+      ("capabilities", createRequest("pvc-x", capability: blockCapability())),
+      ("parameters", createRequest("pvc-x", parameters: ["ctrlLossTmo": "60"])),
+    ])
   func incompatibleRepeat(what: String, second: Csi_V1_CreateVolumeRequest) async throws {
     try await Harness.with { h in
       _ = try await h.controller.createVolume(createRequest("pvc-x"))
@@ -62,7 +64,9 @@ struct CreateDeleteVolumeTests {
   func concurrentCreate() async throws {
     try await Harness.with { h in
       let ids = try await withThrowingTaskGroup(of: String.self) { group in
-        for _ in 0..<16 { group.addTask { try await h.controller.createVolume(createRequest("pvc-race")).volume.volumeID } }
+        for _ in 0..<16 {
+          group.addTask { try await h.controller.createVolume(createRequest("pvc-race")).volume.volumeID }
+        }
         return try await group.reduce(into: Set<String>()) { $0.insert($1) }
       }
       #expect(ids.count == 1)
@@ -72,10 +76,12 @@ struct CreateDeleteVolumeTests {
     }
   }
 
-  @Test("An unsatisfiable capacity range is OutOfRange", arguments: [
-    (Int64(10) * mebibyte, Int64(5) * mebibyte),  // required above limit
-    (Int64(1) + mebibyte, Int64(1) + mebibyte),  // no whole MiB between them
-  ])
+  @Test(
+    "An unsatisfiable capacity range is OutOfRange",
+    arguments: [
+      (Int64(10) * mebibyte, Int64(5) * mebibyte),  // required above limit
+      (Int64(1) + mebibyte, Int64(1) + mebibyte),  // no whole MiB between them
+    ])
   func outOfRange(required: Int64, limit: Int64) async throws {
     try await Harness.with { h in
       var request = createRequest("pvc-range")
@@ -103,18 +109,21 @@ struct CreateDeleteVolumeTests {
       await expectStatus(.invalidArgument, mentioning: "block") {
         try await h.controller.createVolume(createRequest("pvc-mw", capability: mountCapability(.multiNodeMultiWriter)))
       }
-      _ = try await h.controller.createVolume(createRequest("pvc-mw-block", capability: blockCapability(.multiNodeMultiWriter)))
+      _ = try await h.controller.createVolume(
+        createRequest("pvc-mw-block", capability: blockCapability(.multiNodeMultiWriter)))
     }
   }
 
-  @Test("Parameters are validated: unknown keys and out-of-range knobs are InvalidArgument", arguments: [
-    (["replicas": "3"], "replicas"),
-    (["ctrlLossTmo": "forever"], "ctrlLossTmo"),
-    (["keepAliveTmo": "0"], "keepAliveTmo"),
-    (["nrIoQueues": "100000"], "nrIoQueues"),
-    (["target": "no-such-target"], "no-such-target"),
-    (["target": "Bad_Name"], "Bad_Name"),
-  ])
+  @Test(
+    "Parameters are validated: unknown keys and out-of-range knobs are InvalidArgument",
+    arguments: [
+      (["replicas": "3"], "replicas"),
+      (["ctrlLossTmo": "forever"], "ctrlLossTmo"),
+      (["keepAliveTmo": "0"], "keepAliveTmo"),
+      (["nrIoQueues": "100000"], "nrIoQueues"),
+      (["target": "no-such-target"], "no-such-target"),
+      (["target": "Bad_Name"], "Bad_Name"),
+    ])
   func badParameters(parameters: [String: String], named: String) async throws {
     try await Harness.with { h in
       await expectStatus(.invalidArgument, mentioning: named) {
@@ -142,7 +151,8 @@ struct CreateDeleteVolumeTests {
     }
   }
 
-  @Test("Topology: requisite zones choose the target, preferred zones order them, impossible zones are ResourceExhausted")
+  @Test(
+    "Topology: requisite zones choose the target, preferred zones order them, impossible zones are ResourceExhausted")
   func topology() async throws {
     try await Harness.with { h in
       func zone(_ z: String) -> Csi_V1_Topology { .with { $0.segments = [Harness.zoneKey: z] } }
@@ -169,12 +179,15 @@ struct CreateDeleteVolumeTests {
   @Test("DeleteVolume removes data, record and export, and repeating it succeeds")
   func deleteVolume() async throws {
     try await Harness.with { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-del", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-del", parameters: ["target": "store-a"]))
+        .volume
       _ = try await h.controller.deleteVolume(.with { $0.volumeID = volume.volumeID })
       #expect(h.storeA.files(in: "volumes").isEmpty)
       #expect(h.storeA.subsystems().isEmpty)
       _ = try await h.controller.deleteVolume(.with { $0.volumeID = volume.volumeID })
-      await expectStatus(.notFound) { try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID }) }
+      await expectStatus(.notFound) {
+        try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID })
+      }
     }
   }
 
@@ -186,7 +199,11 @@ struct CreateDeleteVolumeTests {
       await expectStatus(.failedPrecondition, mentioning: hostNQN(1)) {
         try await h.controller.deleteVolume(.with { $0.volumeID = volume.volumeID })
       }
-      _ = try await h.controller.controllerUnpublishVolume(.with { $0.volumeID = volume.volumeID; $0.nodeID = nodeID(1) })
+      _ = try await h.controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.nodeID = nodeID(1)
+        })
       _ = try await h.controller.deleteVolume(.with { $0.volumeID = volume.volumeID })
     }
   }
@@ -194,7 +211,8 @@ struct CreateDeleteVolumeTests {
   @Test("A target restarted after a reboot rebuilds its exports from its records")
   func targetRestart() async throws {
     try await Harness.with(processes: true) { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-keep", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-keep", parameters: ["target": "store-a"]))
+        .volume
       _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 7))
       h.storeA.kill()
       try FileManager.default.removeItem(atPath: h.storeA.nvmet)  // a reboot empties configfs

@@ -12,7 +12,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Two real storage targets (store-a in zone a, store-b in zone b), each with its own
@@ -161,10 +161,11 @@ final class TargetProcess: @unchecked Sendable {
     let deadline = ContinuousClock.now + .seconds(20)
     while ContinuousClock.now < deadline {
       if FileManager.default.fileExists(atPath: socket) {
-        let ok = (try? await withClient(to: endpoint) { client in
-          _ = try await TargetInfoProbe.getInfo(client)
-          return true
-        }) ?? false
+        let ok =
+          (try? await withClient(to: endpoint) { client in
+            _ = try await TargetInfoProbe.getInfo(client)
+            return true
+          }) ?? false
         if ok { return }
       }
       guard process?.isRunning == true else { throw HarnessError("target \(name) exited during start") }
@@ -209,7 +210,8 @@ final class TargetProcess: @unchecked Sendable {
 
   func allowedHosts(ofVolume id: String) -> [String] {
     let nqn = SubsystemNaming.prefix + String(id.split(separator: ".").last!)
-    return ((try? FileManager.default.contentsOfDirectory(atPath: nvmet + "/subsystems/\(nqn)/allowed_hosts")) ?? []).sorted()
+    return ((try? FileManager.default.contentsOfDirectory(atPath: nvmet + "/subsystems/\(nqn)/allowed_hosts")) ?? [])
+      .sorted()
   }
 }
 
@@ -227,7 +229,9 @@ struct HarnessError: Error, CustomStringConvertible {
 }
 
 func makeTemporaryDirectory() throws -> String {
-  let path = FileManager.default.temporaryDirectory.appendingPathComponent("nvme-csi-test-\(UUID().uuidString.prefix(8))").path
+  let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+    "nvme-csi-test-\(UUID().uuidString.prefix(8))"
+  ).path
   try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
   return path
 }

@@ -17,7 +17,11 @@ struct ListAndCapacityTests {
       var token = ""
       var pages = 0
       repeat {
-        let page = try await h.controller.listVolumes(.with { $0.maxEntries = 2; $0.startingToken = token })
+        let page = try await h.controller.listVolumes(
+          .with {
+            $0.maxEntries = 2
+            $0.startingToken = token
+          })
         #expect(page.entries.count <= 2)
         seen += page.entries.map(\.volume.volumeID)
         token = page.nextToken
@@ -42,7 +46,8 @@ struct ListAndCapacityTests {
   @Test("ListVolumes and ControllerGetVolume report published nodes and an abnormal condition when data is gone")
   func statusAndCondition() async throws {
     try await Harness.with { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-status", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-status", parameters: ["target": "store-a"]))
+        .volume
       _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 3))
       let entry = try #require(try await h.controller.listVolumes(.init()).entries.first)
       #expect(entry.status.publishedNodeIds == [nodeID(3)])
@@ -85,7 +90,9 @@ struct ListAndCapacityTests {
   @Test("ControllerModifyVolume answers Unimplemented")
   func modify() async throws {
     try await Harness.with { h in
-      await expectStatus(.unimplemented) { try await h.controller.controllerModifyVolume(.with { $0.volumeID = "v1.a.b" }) }
+      await expectStatus(.unimplemented) {
+        try await h.controller.controllerModifyVolume(.with { $0.volumeID = "v1.a.b" })
+      }
     }
   }
 }

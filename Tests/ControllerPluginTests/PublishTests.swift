@@ -8,7 +8,8 @@ struct PublishTests {
   @Test("Publish allows exactly that node's host NQN and says how to reach the volume")
   func publish() async throws {
     try await Harness.with { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-pub", parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-pub", parameters: ["target": "store-a"]))
+        .volume
       let response = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 1))
       let context = try PublishContext(decoding: response.publishContext)
       let id = try ObjectID(parsing: volume.volumeID, as: .volume)
@@ -31,7 +32,11 @@ struct PublishTests {
       await expectStatus(.failedPrecondition, mentioning: hostNQN(1)) {
         try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 2))
       }
-      _ = try await h.controller.controllerUnpublishVolume(.with { $0.volumeID = volume.volumeID; $0.nodeID = nodeID(1) })
+      _ = try await h.controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.nodeID = nodeID(1)
+        })
       _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 2))
     }
   }
@@ -40,9 +45,12 @@ struct PublishTests {
   func multiNodeReaders() async throws {
     try await Harness.with { h in
       let cap = mountCapability(.multiNodeReaderOnly)
-      let volume = try await h.controller.createVolume(createRequest("pvc-ro", capability: cap, parameters: ["target": "store-a"])).volume
+      let volume = try await h.controller.createVolume(
+        createRequest("pvc-ro", capability: cap, parameters: ["target": "store-a"])
+      ).volume
       for node in 1...3 {
-        _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: node, capability: cap, readonly: true))
+        _ = try await h.controller.controllerPublishVolume(
+          publishRequest(volume.volumeID, node: node, capability: cap, readonly: true))
       }
       #expect(h.storeA.allowedHosts(ofVolume: volume.volumeID) == [hostNQN(1), hostNQN(2), hostNQN(3)].sorted())
       let status = try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID }).status
@@ -68,7 +76,8 @@ struct PublishTests {
       let unknown = "v1.store-a.00000000-0000-4000-8000-000000000000"
       await expectStatus(.notFound) { try await h.controller.controllerPublishVolume(publishRequest(unknown, node: 1)) }
       await expectStatus(.notFound) {
-        try await h.controller.controllerPublishVolume(publishRequest("v1.store-z.00000000-0000-4000-8000-000000000000", node: 1))
+        try await h.controller.controllerPublishVolume(
+          publishRequest("v1.store-z.00000000-0000-4000-8000-000000000000", node: 1))
       }
       var badNode = publishRequest(volume.volumeID, node: 1)
       badNode.nodeID = "worker-1"
@@ -80,22 +89,36 @@ struct PublishTests {
       }
       var noNode = publishRequest(volume.volumeID, node: 1)
       noNode.nodeID = ""
-      await expectStatus(.invalidArgument, mentioning: "node_id") { try await h.controller.controllerPublishVolume(noNode) }
+      await expectStatus(.invalidArgument, mentioning: "node_id") {
+        try await h.controller.controllerPublishVolume(noNode)
+      }
     }
   }
 
   @Test("Unpublish revokes the host, and repeating it or naming unknown things succeeds")
   func unpublish() async throws {
     try await Harness.with { h in
-      let volume = try await h.controller.createVolume(createRequest("pvc-unpub", parameters: ["target": "store-b"])).volume
+      let volume = try await h.controller.createVolume(createRequest("pvc-unpub", parameters: ["target": "store-b"]))
+        .volume
       _ = try await h.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 4))
       for _ in 0..<2 {
-        _ = try await h.controller.controllerUnpublishVolume(.with { $0.volumeID = volume.volumeID; $0.nodeID = nodeID(4) })
+        _ = try await h.controller.controllerUnpublishVolume(
+          .with {
+            $0.volumeID = volume.volumeID
+            $0.nodeID = nodeID(4)
+          })
         #expect(h.storeB.allowedHosts(ofVolume: volume.volumeID).isEmpty)
       }
       _ = try await h.controller.controllerUnpublishVolume(
-        .with { $0.volumeID = "v1.store-b.00000000-0000-4000-8000-000000000000"; $0.nodeID = nodeID(4) })
-      _ = try await h.controller.controllerUnpublishVolume(.with { $0.volumeID = volume.volumeID; $0.nodeID = "garbage" })
+        .with {
+          $0.volumeID = "v1.store-b.00000000-0000-4000-8000-000000000000"
+          $0.nodeID = nodeID(4)
+        })
+      _ = try await h.controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.nodeID = "garbage"
+        })
       let status = try await h.controller.controllerGetVolume(.with { $0.volumeID = volume.volumeID }).status
       #expect(status.publishedNodeIds.isEmpty)
     }
@@ -106,16 +129,25 @@ struct PublishTests {
     try await Harness.with { h in
       let volume = try await h.controller.createVolume(createRequest("pvc-val")).volume
       let ok = try await h.controller.validateVolumeCapabilities(
-        .with { $0.volumeID = volume.volumeID; $0.volumeCapabilities = [mountCapability(), blockCapability()] })
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.volumeCapabilities = [mountCapability(), blockCapability()]
+        })
       #expect(ok.hasConfirmed)
       #expect(ok.confirmed.volumeCapabilities.count == 2)
       let refused = try await h.controller.validateVolumeCapabilities(
-        .with { $0.volumeID = volume.volumeID; $0.volumeCapabilities = [mountCapability(.multiNodeMultiWriter)] })
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.volumeCapabilities = [mountCapability(.multiNodeMultiWriter)]
+        })
       #expect(!refused.hasConfirmed)
       #expect(refused.message.contains("MULTI_NODE_MULTI_WRITER"))
       await expectStatus(.notFound) {
         try await h.controller.validateVolumeCapabilities(
-          .with { $0.volumeID = "v1.store-a.00000000-0000-4000-8000-000000000000"; $0.volumeCapabilities = [mountCapability()] })
+          .with {
+            $0.volumeID = "v1.store-a.00000000-0000-4000-8000-000000000000"
+            $0.volumeCapabilities = [mountCapability()]
+          })
       }
       await expectStatus(.invalidArgument) {
         try await h.controller.validateVolumeCapabilities(.with { $0.volumeID = volume.volumeID })

@@ -51,4 +51,3 @@ func publishRequest(
     $0.readonly = readonly
   }
 }
-

@@ -29,9 +29,16 @@ struct SnapshotAndCloneTests {
   @Test("A snapshot freezes the content; volumes restored from it and clones read back the exact bytes")
   func snapshotRestoreClone() async throws {
     try await Harness.with { h in
-      let source = try await h.controller.createVolume(createRequest("pvc-src", bytes: 16 * mebibyte, parameters: ["target": "store-a"])).volume
+      let source = try await h.controller.createVolume(
+        createRequest("pvc-src", bytes: 16 * mebibyte, parameters: ["target": "store-a"])
+      ).volume
       try Self.writePattern(h.storeA.dataPath(ofVolume: source.volumeID), seed: 1)
-      let snapshot = try await h.controller.createSnapshot(.with { $0.name = "snap-1"; $0.sourceVolumeID = source.volumeID }).snapshot
+      let snapshot = try await h.controller.createSnapshot(
+        .with {
+          $0.name = "snap-1"
+          $0.sourceVolumeID = source.volumeID
+        }
+      ).snapshot
       #expect(snapshot.snapshotID.hasPrefix("s1.store-a."))
       #expect(snapshot.sourceVolumeID == source.volumeID)
       #expect(snapshot.sizeBytes == 16 * mebibyte)
@@ -65,12 +72,17 @@ struct SnapshotAndCloneTests {
     try await Harness.with { h in
       let source = try await h.controller.createVolume(createRequest("pvc-big", bytes: 64 * mebibyte)).volume
       var small = createRequest("pvc-small", bytes: 0)
-      small.capacityRange = .with { $0.requiredBytes = 8 * mebibyte; $0.limitBytes = 8 * mebibyte }
+      small.capacityRange = .with {
+        $0.requiredBytes = 8 * mebibyte
+        $0.limitBytes = 8 * mebibyte
+      }
       small.volumeContentSource = .with { $0.volume = .with { $0.volumeID = source.volumeID } }
       await expectStatus(.outOfRange) { try await h.controller.createVolume(small) }
 
       var missing = createRequest("pvc-missing")
-      missing.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = "s1.store-a.00000000-0000-4000-8000-000000000000" } }
+      missing.volumeContentSource = .with {
+        $0.snapshot = .with { $0.snapshotID = "s1.store-a.00000000-0000-4000-8000-000000000000" }
+      }
       await expectStatus(.notFound) { try await h.controller.createVolume(missing) }
       missing.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = "../../etc" } }
       await expectStatus(.notFound) { try await h.controller.createVolume(missing) }
@@ -82,20 +94,43 @@ struct SnapshotAndCloneTests {
     try await Harness.with { h in
       let a = try await h.controller.createVolume(createRequest("pvc-a")).volume
       let b = try await h.controller.createVolume(createRequest("pvc-b")).volume
-      let first = try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = a.volumeID }).snapshot
-      let again = try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = a.volumeID }).snapshot
+      let first = try await h.controller.createSnapshot(
+        .with {
+          $0.name = "snap"
+          $0.sourceVolumeID = a.volumeID
+        }
+      ).snapshot
+      let again = try await h.controller.createSnapshot(
+        .with {
+          $0.name = "snap"
+          $0.sourceVolumeID = a.volumeID
+        }
+      ).snapshot
       #expect(first.snapshotID == again.snapshotID)
       await expectStatus(.alreadyExists) {
-        try await h.controller.createSnapshot(.with { $0.name = "snap"; $0.sourceVolumeID = b.volumeID })
+        try await h.controller.createSnapshot(
+          .with {
+            $0.name = "snap"
+            $0.sourceVolumeID = b.volumeID
+          })
       }
       await expectStatus(.notFound) {
-        try await h.controller.createSnapshot(.with { $0.name = "snap-x"; $0.sourceVolumeID = "v1.store-a.00000000-0000-4000-8000-000000000000" })
+        try await h.controller.createSnapshot(
+          .with {
+            $0.name = "snap-x"
+            $0.sourceVolumeID = "v1.store-a.00000000-0000-4000-8000-000000000000"
+          })
       }
       await expectStatus(.invalidArgument, mentioning: "name") {
         try await h.controller.createSnapshot(.with { $0.sourceVolumeID = a.volumeID })
       }
       await expectStatus(.invalidArgument, mentioning: "tier") {
-        try await h.controller.createSnapshot(.with { $0.name = "snap-p"; $0.sourceVolumeID = a.volumeID; $0.parameters = ["tier": "gold"] })
+        try await h.controller.createSnapshot(
+          .with {
+            $0.name = "snap-p"
+            $0.sourceVolumeID = a.volumeID
+            $0.parameters = ["tier": "gold"]
+          })
       }
     }
   }
@@ -107,14 +142,26 @@ struct SnapshotAndCloneTests {
       let b = try await h.controller.createVolume(createRequest("pvc-b", parameters: ["target": "store-b"])).volume
       var ids: [String] = []
       for i in 0..<3 {
-        ids.append(try await h.controller.createSnapshot(.with { $0.name = "a-\(i)"; $0.sourceVolumeID = a.volumeID }).snapshot.snapshotID)
+        ids.append(
+          try await h.controller.createSnapshot(
+            .with {
+              $0.name = "a-\(i)"
+              $0.sourceVolumeID = a.volumeID
+            }
+          ).snapshot.snapshotID)
       }
-      let fromB = try await h.controller.createSnapshot(.with { $0.name = "b-0"; $0.sourceVolumeID = b.volumeID }).snapshot
+      let fromB = try await h.controller.createSnapshot(
+        .with {
+          $0.name = "b-0"
+          $0.sourceVolumeID = b.volumeID
+        }
+      ).snapshot
 
       let observed1 = try await h.controller.listSnapshots(.init()).entries.count
 
       #expect(observed1 == 4)
-      let ofA = try await h.controller.listSnapshots(.with { $0.sourceVolumeID = a.volumeID }).entries.map(\.snapshot.snapshotID)
+      let ofA = try await h.controller.listSnapshots(.with { $0.sourceVolumeID = a.volumeID }).entries.map(
+        \.snapshot.snapshotID)
       #expect(Set(ofA) == Set(ids))
       let one = try await h.controller.listSnapshots(.with { $0.snapshotID = fromB.snapshotID }).entries
       #expect(one.map(\.snapshot.snapshotID) == [fromB.snapshotID])
@@ -123,7 +170,11 @@ struct SnapshotAndCloneTests {
 
       let page1 = try await h.controller.listSnapshots(.with { $0.maxEntries = 3 })
       #expect(page1.entries.count == 3 && !page1.nextToken.isEmpty)
-      let page2 = try await h.controller.listSnapshots(.with { $0.maxEntries = 3; $0.startingToken = page1.nextToken })
+      let page2 = try await h.controller.listSnapshots(
+        .with {
+          $0.maxEntries = 3
+          $0.startingToken = page1.nextToken
+        })
       #expect(page2.entries.count == 1 && page2.nextToken.isEmpty)
       await expectStatus(.aborted) { try await h.controller.listSnapshots(.with { $0.startingToken = "x" }) }
 

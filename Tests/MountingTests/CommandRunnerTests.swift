@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 @Suite("CommandRunner")
@@ -23,7 +23,8 @@ struct CommandRunnerTests {
 
   @Test("Arguments reach the tool verbatim, with no shell in between")
   func noShell() async throws {
-    let result = try await runner.run("printf", ["%s|", "a b", "$HOME", "*", "`id`", "; rm -rf /"], timeout: .seconds(30))
+    let result = try await runner.run(
+      "printf", ["%s|", "a b", "$HOME", "*", "`id`", "; rm -rf /"], timeout: .seconds(30))
     #expect(result.standardOutput == "a b|$HOME|*|`id`|; rm -rf /|")
   }
 
@@ -75,7 +76,8 @@ struct CommandRunnerTests {
       let pidFile = directory + "/pid"
       let started = ContinuousClock.now
       await expectError(.unavailable, mentioning: ["sh did not finish within 1.5 s", "killed"]) {
-        try await runner.run("sh", ["-c", "echo $$ > \"$1\"; exec sleep 30", "sh", pidFile], timeout: .milliseconds(1500))
+        try await runner.run(
+          "sh", ["-c", "echo $$ > \"$1\"; exec sleep 30", "sh", pidFile], timeout: .milliseconds(1500))
       }
       // Not a timing assertion: a tool that was not killed would take the full 30 s.
       #expect(ContinuousClock.now - started < .seconds(25))
@@ -91,7 +93,8 @@ struct CommandRunnerTests {
     try await withTemporaryDirectory { directory throws in
       let pidFile = directory + "/pid"
       await expectError(.unavailable, mentioning: ["did not finish"]) {
-        try await runner.run("sh", ["-c", "sleep 30 & echo $! > \"$1\"; wait", "sh", pidFile], timeout: .milliseconds(1500))
+        try await runner.run(
+          "sh", ["-c", "sleep 30 & echo $! > \"$1\"; wait", "sh", pidFile], timeout: .milliseconds(1500))
       }
       guard let pid = Self.pid(in: pidFile) else { return }  // killed before it started the helper
       // The helper got SIGKILL before the call returned; wait for the kernel to finish it off.
@@ -106,7 +109,9 @@ struct CommandRunnerTests {
   }
 
   static func pid(in file: String) -> pid_t? {
-    (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    (try? String(contentsOfFile: file, encoding: .utf8)).flatMap {
+      pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
   }
 
   static func isDeadOrZombie(_ pid: pid_t) -> Bool {
@@ -155,7 +160,8 @@ struct CommandRunnerTests {
   func missingTool(_ missing: MissingTool) async throws {
     try await withTemporaryDirectory { empty throws in
       let runner = CommandRunner(searchDirectories: [empty])
-      await expectError(.failedPrecondition, mentioning: [missing.tool, "not installed", "install \(missing.package)"]) {
+      await expectError(.failedPrecondition, mentioning: [missing.tool, "not installed", "install \(missing.package)"])
+      {
         try await runner.run(missing.tool, ["--version"], timeout: .seconds(5))
       }
     }
@@ -204,7 +210,9 @@ struct CommandRunnerTests {
   func concurrent() async throws {
     let outputs = try await withThrowingTaskGroup(of: String.self) { group in
       for index in 0..<8 {
-        group.addTask { try await runner.run("sh", ["-c", "sleep 0.2; echo \(index)"], timeout: .seconds(60)).standardOutput }
+        group.addTask {
+          try await runner.run("sh", ["-c", "sleep 0.2; echo \(index)"], timeout: .seconds(60)).standardOutput
+        }
       }
       return try await group.reduce(into: [String]()) { $0.append($1) }
     }

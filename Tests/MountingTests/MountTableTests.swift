@@ -44,7 +44,10 @@ struct MountTableTests {
           mountOptions: ["rw"], optionalFields: ["shared:1", "master:2"], fsType: "xfs", source: "/dev/nvme1n1",
           superOptions: ["rw", "attr2"]))
     #expect(entry.readonly == false)
-    #expect(entry.info == MountInfo(mountPoint: "/mnt/with space", source: "/dev/nvme1n1", root: "/data/sub", fsType: "xfs", readonly: false))
+    #expect(
+      entry.info
+        == MountInfo(
+          mountPoint: "/mnt/with space", source: "/dev/nvme1n1", root: "/data/sub", fsType: "xfs", readonly: false))
   }
 
   @Test("A line without optional fields parses too")
@@ -86,13 +89,16 @@ struct MountTableTests {
   @Test(
     "A mount is found by its mount point, with or without a trailing slash",
     arguments: [
-      Lookup(path: "/", expected: MountInfo(mountPoint: "/", source: "/dev/nvme0n1p2", root: "/", fsType: "ext4", readonly: false)),
+      Lookup(
+        path: "/",
+        expected: MountInfo(mountPoint: "/", source: "/dev/nvme0n1p2", root: "/", fsType: "ext4", readonly: false)),
       Lookup(path: staged.mountPoint, expected: staged),
       Lookup(path: staged.mountPoint + "/", expected: staged),
       Lookup(path: staged.mountPoint + "//", expected: staged),
       Lookup(
         path: "/mnt/with space/",
-        expected: MountInfo(mountPoint: "/mnt/with space", source: "/dev/nvme1n1", root: "/data/sub", fsType: "xfs", readonly: false)),
+        expected: MountInfo(
+          mountPoint: "/mnt/with space", source: "/dev/nvme1n1", root: "/data/sub", fsType: "xfs", readonly: false)),
       Lookup(
         path: "/mnt/stacked",
         expected: MountInfo(mountPoint: "/mnt/stacked", source: "upper", root: "/", fsType: "tmpfs", readonly: true)),

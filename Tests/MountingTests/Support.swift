@@ -5,9 +5,8 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
-
 
 /// A fresh, empty directory (canonical path, no symlinks), removed with everything in it when `body` returns.
 @discardableResult
@@ -15,10 +14,11 @@ func withTemporaryDirectory<R>(_ body: (String) async throws -> R) async throws 
   let base = FileManager.default.temporaryDirectory.path + "/nvme-csi-mounting-test-" + UUID().uuidString.lowercased()
   try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
   defer { try? FileManager.default.removeItem(atPath: base) }
-  let path = try #require(realpath(base, nil).map { pointer in
-    defer { free(pointer) }
-    return String(cString: pointer)
-  })
+  let path = try #require(
+    realpath(base, nil).map { pointer in
+      defer { free(pointer) }
+      return String(cString: pointer)
+    })
   return try await body(path)
 }
 
@@ -38,5 +38,3 @@ struct TestError: Error, CustomStringConvertible {
   var description: String
   init(_ description: String) { self.description = description }
 }
-
-let MiB: UInt64 = 1 << 20

@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `SystemMounter` against the real tools, on sparse regular files: this machine has no
@@ -81,7 +81,9 @@ struct SystemMounterTests {
     }
   }
 
-  @Test("An unsupported file system type is rejected before any tool runs", arguments: ["btrfs", "", "ext3", "EXT4", "ext4 ", "xfs;reboot"])
+  @Test(
+    "An unsupported file system type is rejected before any tool runs",
+    arguments: ["btrfs", "", "ext3", "EXT4", "ext4 ", "xfs;reboot"])
   func unsupportedFormat(_ fsType: String) async throws {
     try await withImage { image, _ throws in
       await expectError(.invalidArgument, mentioning: [quoted(fsType), "ext4, xfs"]) {
@@ -177,7 +179,9 @@ struct SystemMounterTests {
 
   @Test("The size of a missing device is not found; of a directory, invalid")
   func deviceSizeErrors() async throws {
-    await expectError(.notFound, mentioning: ["/nonexistent/disk.img"]) { try mounter.deviceSize("/nonexistent/disk.img") }
+    await expectError(.notFound, mentioning: ["/nonexistent/disk.img"]) {
+      try mounter.deviceSize("/nonexistent/disk.img")
+    }
     await expectError(.invalidArgument, mentioning: ["\"/tmp\"", "neither a block device nor a regular file"]) {
       try mounter.deviceSize("/tmp")
     }
@@ -219,7 +223,9 @@ struct SystemMounterTests {
       #expect(try mounter.mounts(ofDevice: link).map(\.mountPoint) == ["/stage", "/pod"])
       #expect(try mounter.mounts(ofDevice: "/not/a/real/path").map(\.mountPoint) == ["/named"])
       #expect(try mounter.mounts(ofDevice: directory + "/nvme9n1").isEmpty)
-      #expect(try mounter.mount(at: "/pod/") == MountInfo(mountPoint: "/pod", source: link, root: "/sub", fsType: "ext4", readonly: true))
+      #expect(
+        try mounter.mount(at: "/pod/")
+          == MountInfo(mountPoint: "/pod", source: link, root: "/sub", fsType: "ext4", readonly: true))
     }
   }
 
@@ -245,8 +251,9 @@ struct SystemMounterTests {
     return (root.source, "\(root.major):\(root.minor)")
   }()
 
-  @Test("Mounts of a block device are found by name, through a symlink and by device number",
-        .enabled(if: rootDevice != nil, "the root file system is not on a block device"))
+  @Test(
+    "Mounts of a block device are found by name, through a symlink and by device number",
+    .enabled(if: rootDevice != nil, "the root file system is not on a block device"))
   func mountsOfBlockDevice() async throws {
     let device = try #require(Self.rootDevice)
     #expect(try mounter.mounts(ofDevice: device.path).contains { $0.mountPoint == "/" })
@@ -255,7 +262,9 @@ struct SystemMounterTests {
       #expect(try mounter.mounts(ofDevice: directory + "/by-id").contains { $0.mountPoint == "/" })
       // Another name for the same device number (a node made elsewhere, a renamed device).
       let table = directory + "/mountinfo"
-      try writeFile(table, "1 0 \(device.number) / /stage rw - ext4 /dev/some-other-name rw\n2 1 1:3 / /other rw - ext4 /dev/x rw\n")
+      try writeFile(
+        table, "1 0 \(device.number) / /stage rw - ext4 /dev/some-other-name rw\n2 1 1:3 / /other rw - ext4 /dev/x rw\n"
+      )
       let fixtureMounter = SystemMounter(mountInfoPath: table)
       #expect(try fixtureMounter.mounts(ofDevice: device.path).map(\.mountPoint) == ["/stage"])
       // …which also makes mounting it there again a no-op.
@@ -303,7 +312,8 @@ struct SystemMounterTests {
     try await withImage { image, directory throws in
       let target = directory + "/target"
       await expectError(.invalidArgument, mentioning: ["mount option", "not allowed"]) {
-        try await mounter.mountFileSystem(image, at: target, fsType: "ext4", options: ["noatime", option], readonly: false)
+        try await mounter.mountFileSystem(
+          image, at: target, fsType: "ext4", options: ["noatime", option], readonly: false)
       }
       #expect(!FileManager.default.fileExists(atPath: target))
     }
@@ -313,7 +323,8 @@ struct SystemMounterTests {
   func badFSType(_ fsType: String) async throws {
     try await withImage { image, directory throws in
       await expectError(.invalidArgument, mentioning: [quoted(fsType)]) {
-        try await mounter.mountFileSystem(image, at: directory + "/target", fsType: fsType, options: [], readonly: false)
+        try await mounter.mountFileSystem(
+          image, at: directory + "/target", fsType: fsType, options: [], readonly: false)
       }
     }
   }
@@ -322,7 +333,9 @@ struct SystemMounterTests {
   func mountOntoOther() async throws {
     let root = try #require(try mounter.mount(at: "/"))
     try await withImage { image, _ throws in
-      await expectError(.failedPrecondition, mentioning: ["\"/\" already has", quoted(root.source), root.fsType, quoted(image)]) {
+      await expectError(
+        .failedPrecondition, mentioning: ["\"/\" already has", quoted(root.source), root.fsType, quoted(image)]
+      ) {
         try await mounter.mountFileSystem(image, at: "/", fsType: "ext4", options: [], readonly: false)
       }
     }
@@ -336,12 +349,14 @@ struct SystemMounterTests {
       let table = directory + "/mountinfo"
       try writeFile(table, "1 0 259:7 / \(directory)/stage rw,relatime - ext4 \(device) rw\n")
       let mounter = SystemMounter(mountInfoPath: table)
-      try await mounter.mountFileSystem(device, at: directory + "/stage/", fsType: "ext4", options: ["noatime"], readonly: false)
+      try await mounter.mountFileSystem(
+        device, at: directory + "/stage/", fsType: "ext4", options: ["noatime"], readonly: false)
       await expectError(.alreadyExists, mentioning: ["read-write", "not read-only"]) {
         try await mounter.mountFileSystem(device, at: directory + "/stage", fsType: "ext4", options: [], readonly: true)
       }
       await expectError(.alreadyExists, mentioning: ["read-write", "not read-only"]) {
-        try await mounter.mountFileSystem(device, at: directory + "/stage", fsType: "ext4", options: ["ro"], readonly: false)
+        try await mounter.mountFileSystem(
+          device, at: directory + "/stage", fsType: "ext4", options: ["ro"], readonly: false)
       }
       #expect(!FileManager.default.fileExists(atPath: directory + "/stage"), "nothing should have been created")
     }
@@ -379,26 +394,36 @@ struct SystemMounterTests {
   @Test(
     "A bind target of the wrong kind is refused",
     arguments: [
-      BadTarget(name: "directory onto a file", sourceIsDirectory: true, make: { directory in
-        try writeFile(directory + "/target", "")
-        return directory + "/target"
-      }, complaint: "is not a directory"),
-      BadTarget(name: "file onto a directory", sourceIsDirectory: false, make: { directory in
-        try FileManager.default.createDirectory(atPath: directory + "/target", withIntermediateDirectories: false)
-        return directory + "/target"
-      }, complaint: "is not a regular file"),
-      BadTarget(name: "file onto a file with data", sourceIsDirectory: false, make: { directory in
-        try writeFile(directory + "/target", "precious")
-        return directory + "/target"
-      }, complaint: "with data in it"),
-      BadTarget(name: "directory below a file", sourceIsDirectory: true, make: { directory in
-        try writeFile(directory + "/file", "")
-        return directory + "/file/target"
-      }, complaint: "part of its path is not a directory"),
-      BadTarget(name: "file below a file", sourceIsDirectory: false, make: { directory in
-        try writeFile(directory + "/file", "")
-        return directory + "/file/target"
-      }, complaint: "part of its path is not a directory"),
+      BadTarget(
+        name: "directory onto a file", sourceIsDirectory: true,
+        make: { directory in
+          try writeFile(directory + "/target", "")
+          return directory + "/target"
+        }, complaint: "is not a directory"),
+      BadTarget(
+        name: "file onto a directory", sourceIsDirectory: false,
+        make: { directory in
+          try FileManager.default.createDirectory(atPath: directory + "/target", withIntermediateDirectories: false)
+          return directory + "/target"
+        }, complaint: "is not a regular file"),
+      BadTarget(
+        name: "file onto a file with data", sourceIsDirectory: false,
+        make: { directory in
+          try writeFile(directory + "/target", "precious")
+          return directory + "/target"
+        }, complaint: "with data in it"),
+      BadTarget(
+        name: "directory below a file", sourceIsDirectory: true,
+        make: { directory in
+          try writeFile(directory + "/file", "")
+          return directory + "/file/target"
+        }, complaint: "part of its path is not a directory"),
+      BadTarget(
+        name: "file below a file", sourceIsDirectory: false,
+        make: { directory in
+          try writeFile(directory + "/file", "")
+          return directory + "/file/target"
+        }, complaint: "part of its path is not a directory"),
     ])
   func badBindTarget(_ bad: BadTarget) async throws {
     try await withTemporaryDirectory { directory throws in

@@ -2,9 +2,6 @@ import NVMeCSICore
 import TestSupport
 import Testing
 
-private let MiB = Capacity.mebibyte
-private let GiB = Capacity.gibibyte
-
 @Suite("Capacity resolution")
 struct CapacityTests {
   struct Case: Sendable, CustomTestStringConvertible {

@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 @Suite("errno as a typed error")
@@ -17,8 +17,9 @@ struct ErrnoTests {
   @Test("The named errno values are the C constants")
   func names() {
     #expect(Errno.noEntry.description == "No such file or directory")
-    #expect([Errno.noEntry, .exists, .busy, .interrupted, .noSpace, .quotaExceeded, .notDirectory, .noDevice].map(\.code)
-      == [ENOENT, EEXIST, EBUSY, EINTR, ENOSPC, EDQUOT, ENOTDIR, ENXIO])
+    #expect(
+      [Errno.noEntry, .exists, .busy, .interrupted, .noSpace, .quotaExceeded, .notDirectory, .noDevice].map(\.code)
+        == [ENOENT, EEXIST, EBUSY, EINTR, ENOSPC, EDQUOT, ENOTDIR, ENXIO])
   }
 
   /// A call that fails with each of `failures` in turn (-1 and errno), then returns `value`.

@@ -13,7 +13,9 @@ struct PublishContextTests {
   @Test("Encoding and decoding keeps every path, IPv4 and IPv6")
   func roundTrip() throws {
     let context = PublishContext(
-      paths: [.init(host: "10.0.0.1", port: 4420), .init(host: "fd00::1", port: 4421), .init(host: "10.0.0.2", port: 8009)],
+      paths: [
+        .init(host: "10.0.0.1", port: 4420), .init(host: "fd00::1", port: 4421), .init(host: "10.0.0.2", port: 8009),
+      ],
       subsystemNQN: Self.nqn, namespaceUUID: Sample.uuid)
     let encoded = context.encoded
     #expect(encoded["transport"] == "tcp")

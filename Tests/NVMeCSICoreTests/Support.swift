@@ -2,7 +2,6 @@ import NVMeCSICore
 import TestSupport
 import Testing
 
-
 /// Well-formed inputs shared by the suites.
 enum Sample {
   static let uuid = "0f8e2c3a-1b4d-4e5f-8a6b-7c8d9e0f1a2b"

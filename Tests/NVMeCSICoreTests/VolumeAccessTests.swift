@@ -46,7 +46,9 @@ struct VolumeAccessTests {
 
   @Test("Modes know whether they are single-node and read-only")
   func modeProperties() {
-    let singleNode: Set<AccessMode> = [.singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter, .singleNodeMultiWriter]
+    let singleNode: Set<AccessMode> = [
+      .singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter, .singleNodeMultiWriter,
+    ]
     let readOnly: Set<AccessMode> = [.singleNodeReaderOnly, .multiNodeReaderOnly]
     for mode in AccessMode.allCases {
       #expect(mode.isSingleNode == singleNode.contains(mode), "\(mode)")

@@ -30,7 +30,8 @@ struct VolumeParametersTests {
     #expect(p.connection.nrIoQueues == 4)
   }
 
-  @Test("An unknown parameter is an invalid argument naming it and the known ones",
+  @Test(
+    "An unknown parameter is an invalid argument naming it and the known ones",
     arguments: ["ctrlLossTimeout", "fsType", "Target", "csi.storage.k8s.io", "csi.storage.k8s.io.pvc/name"])
   func unknownKey(_ key: String) {
     expectError(.invalidArgument, mentioning: [quoted(key), "ctrlLossTmo", "target"]) {
@@ -125,7 +126,10 @@ struct VolumeParametersTests {
     c.nrIoQueues = 8
     let context = c.asContext
     #expect(Set(context.keys) == Set(ConnectionParameters.keys))
-    #expect(Set(ConnectionParameters.keys) == ["ctrlLossTmo", "reconnectDelay", "fastIoFailTmo", "keepAliveTmo", "nrIoQueues"])
+    #expect(
+      Set(ConnectionParameters.keys) == [
+        "ctrlLossTmo", "reconnectDelay", "fastIoFailTmo", "keepAliveTmo", "nrIoQueues",
+      ])
     #expect(try ConnectionParameters(from: context) == c)
     #expect(try VolumeParameters(parsing: context).connection == c)
   }

@@ -6,7 +6,7 @@ import Testing
 @testable import NVMeFabrics
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// How libnvme's connect failures read to a user: libnvme's own text (its codes are
@@ -31,7 +31,9 @@ struct LibNVMeErrorTests {
     #expect(Self.connectCodes.map(\.rawValue) == Array(1000...1017).map { UInt32($0) })
   }
 
-  @Test("Every ENVME_CONNECT_* failure carries libnvme's text, the subsystem, the address and the code", arguments: connectCodes)
+  @Test(
+    "Every ENVME_CONNECT_* failure carries libnvme's text, the subsystem, the address and the code",
+    arguments: connectCodes)
   func libnvmeText(code: nvme_connect_err) {
     let number = Int32(code.rawValue)
     let text = Self.libnvmeText(number)
@@ -43,7 +45,9 @@ struct LibNVMeErrorTests {
     #expect(error.kind != .internalError)
   }
 
-  @Test("A refused connection is Unavailable, whichever way it is reported", arguments: [Int32(ENVME_CONNECT_CONNREFUSED.rawValue), ECONNREFUSED])
+  @Test(
+    "A refused connection is Unavailable, whichever way it is reported",
+    arguments: [Int32(ENVME_CONNECT_CONNREFUSED.rawValue), ECONNREFUSED])
   func refused(code: Int32) {
     let error = LibNVMe.connectError(code, Self.connection())
     #expect(error.kind == .unavailable)
@@ -51,7 +55,9 @@ struct LibNVMeErrorTests {
     #expect(error.message.contains("target serving this portal"))
   }
 
-  @Test("Invalid arguments mean the target refused this host: FailedPrecondition pointing at ControllerPublishVolume", arguments: [Int32(ENVME_CONNECT_INVAL.rawValue), EINVAL])
+  @Test(
+    "Invalid arguments mean the target refused this host: FailedPrecondition pointing at ControllerPublishVolume",
+    arguments: [Int32(ENVME_CONNECT_INVAL.rawValue), EINVAL])
   func refusedHost(code: Int32) {
     let error = LibNVMe.connectError(code, Self.connection())
     #expect(error.kind == .failedPrecondition)
@@ -61,17 +67,21 @@ struct LibNVMeErrorTests {
 
   @Test("Failing to open the fabrics device without one is FailedPrecondition telling what to load")
   func openWithoutFabrics() throws {
-    try #require(!FileManager.default.fileExists(atPath: NVMeTCPAttacher.fabricsDevice), "this machine has NVMe over Fabrics")
+    try #require(
+      !FileManager.default.fileExists(atPath: NVMeTCPAttacher.fabricsDevice), "this machine has NVMe over Fabrics")
     let error = LibNVMe.connectError(Int32(ENVME_CONNECT_OPEN.rawValue), Self.connection())
     #expect(error.kind == .failedPrecondition)
     #expect(error.message.contains("load nvme-tcp"))
     #expect(error.message.contains("Talos"))
   }
 
-  @Test("Other failures are Unavailable: the target may come back", arguments: [
-    Int32(ENVME_CONNECT_RESOLVE.rawValue), Int32(ENVME_CONNECT_WRITE.rawValue), Int32(ENVME_CONNECT_ADDRINUSE.rawValue),
-    ETIMEDOUT, EHOSTUNREACH,
-  ])
+  @Test(
+    "Other failures are Unavailable: the target may come back",
+    arguments: [
+      Int32(ENVME_CONNECT_RESOLVE.rawValue), Int32(ENVME_CONNECT_WRITE.rawValue),
+      Int32(ENVME_CONNECT_ADDRINUSE.rawValue),
+      ETIMEDOUT, EHOSTUNREACH,
+    ])
   func otherFailures(code: Int32) {
     let error = LibNVMe.connectError(code, Self.connection())
     #expect(error.kind == .unavailable)

@@ -16,7 +16,9 @@ struct NVMeTCPAttacherTests {
     try await withTemporaryDirectory { root in
       let missing = root + "/fabrics"
       let attacher = NVMeTCPAttacher(sysfs: SysfsNVMe(sysfs: root), fabricsDevice: missing)
-      let error = await expectError(.failedPrecondition, mentioning: ["(\(missing) missing)", "load nvme-tcp", "Talos"]) {
+      let error = await expectError(
+        .failedPrecondition, mentioning: ["(\(missing) missing)", "load nvme-tcp", "Talos"]
+      ) {
         try attacher.checkKernelSupport()
       }
       #expect(error?.message.contains("(/dev/nvme-fabrics") == false, "names the configured path, not the default")

@@ -3,7 +3,6 @@ import NVMeCSICore
 import TestSupport
 import Testing
 
-
 /// A fresh directory, removed after `body`.
 func withTemporaryDirectory<R>(_ body: (String) async throws -> R) async throws -> R {
   let path = FileManager.default.temporaryDirectory.path + "/nvme-csi-fabrics-test-" + UUID().uuidString.lowercased()
@@ -42,7 +41,10 @@ struct SysfsFixture {
   init(root: String, style: FixtureStyle = .symlinks) throws {
     self.root = root
     self.style = style
-    for dir in ["block", "class/nvme", "class/nvme-subsystem", "devices/virtual/nvme-fabrics/ctl", "devices/virtual/nvme-subsystem"] {
+    for dir in [
+      "block", "class/nvme", "class/nvme-subsystem", "devices/virtual/nvme-fabrics/ctl",
+      "devices/virtual/nvme-subsystem",
+    ] {
       try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
     }
   }
@@ -113,7 +115,8 @@ struct SysfsFixture {
   static func standard(root: String, style: FixtureStyle = .symlinks) throws -> SysfsFixture {
     let f = try SysfsFixture(root: root, style: style)
     try f.subsystem(0, nqn: Sample.nqnA)
-    try f.controller("nvme0", nqn: Sample.nqnA, state: "live", address: "traddr=127.0.0.1,trsvcid=4420,src_addr=127.0.0.1")
+    try f.controller(
+      "nvme0", nqn: Sample.nqnA, state: "live", address: "traddr=127.0.0.1,trsvcid=4420,src_addr=127.0.0.1")
     try f.controller("nvme1", nqn: Sample.nqnA, state: "connecting", address: "traddr=fd00::1,trsvcid=4420")
     try f.disk("nvme0c0n1", uuid: Sample.uuidA, sectors: 2_097_152, parent: controllerDirectory + "nvme0")
     try f.disk("nvme0c1n1", uuid: Sample.uuidA, sectors: 2_097_152, parent: controllerDirectory + "nvme1")

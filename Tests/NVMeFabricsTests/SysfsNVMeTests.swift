@@ -44,11 +44,15 @@ struct SysfsNVMeTests {
       // Once the kernel has identified the namespace, the same lookup finds it.
       let sizeFile = style == .symlinks ? SysfsFixture.subsystemDirectory + "1/nvme1n1/size" : "block/nvme1n1/size"
       try fixture.write(sizeFile, "2048\n")
-      #expect(sysfs.device(subsystemNQN: Sample.nqnB, namespaceUUID: Sample.uuidB) == BlockDevice(name: "nvme1n1", sizeBytes: 2048 * 512))
+      #expect(
+        sysfs.device(subsystemNQN: Sample.nqnB, namespaceUUID: Sample.uuidB)
+          == BlockDevice(name: "nvme1n1", sizeBytes: 2048 * 512))
     }
   }
 
-  @Test("Without native multipath the disk's device is the controller, which names the subsystem", arguments: FixtureStyle.allCases)
+  @Test(
+    "Without native multipath the disk's device is the controller, which names the subsystem",
+    arguments: FixtureStyle.allCases)
   func withoutMultipath(style: FixtureStyle) async throws {
     try await withTemporaryDirectory { root in
       _ = try SysfsFixture.standard(root: root, style: style)
@@ -64,7 +68,8 @@ struct SysfsNVMeTests {
       let sysfs = SysfsNVMe(sysfs: root)
       #expect(sysfs.device(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidB) == nil)
       #expect(sysfs.device(subsystemNQN: Sample.nqnB, namespaceUUID: Sample.uuidA) == nil)
-      #expect(sysfs.device(subsystemNQN: "nqn.2024-01.dev.nvme-csi:vol:" + Sample.uuidC, namespaceUUID: Sample.uuidA) == nil)
+      #expect(
+        sysfs.device(subsystemNQN: "nqn.2024-01.dev.nvme-csi:vol:" + Sample.uuidC, namespaceUUID: Sample.uuidA) == nil)
       #expect(SysfsNVMe(sysfs: root + "/missing").device(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA) == nil)
       #expect(SysfsNVMe(sysfs: root + "/missing").paths(subsystemNQN: Sample.nqnA).isEmpty)
     }
@@ -81,7 +86,10 @@ struct SysfsNVMeTests {
           ControllerPath(name: "nvme1", address: "[fd00::1]:4420", state: "connecting"),
         ])
       #expect(sysfs.paths(subsystemNQN: Sample.nqnA).map(\.isLive) == [true, false])
-      #expect(sysfs.paths(subsystemNQN: Sample.nqnC) == [ControllerPath(name: "nvme2", address: "10.0.0.7:4420", state: "live")])
+      #expect(
+        sysfs.paths(subsystemNQN: Sample.nqnC) == [
+          ControllerPath(name: "nvme2", address: "10.0.0.7:4420", state: "live")
+        ])
       #expect(sysfs.paths(subsystemNQN: "nqn.2024-01.dev.nvme-csi:vol:44444444-4444-4444-8444-444444444444").isEmpty)
     }
   }
@@ -111,7 +119,8 @@ struct SysfsNVMeTests {
   func rescanFails() async throws {
     try await withTemporaryDirectory { root in
       let fixture = try SysfsFixture(root: root)
-      try fixture.controller("nvme7", nqn: Sample.nqnA, state: "live", address: "traddr=127.0.0.1,trsvcid=4420", rescanFile: false)
+      try fixture.controller(
+        "nvme7", nqn: Sample.nqnA, state: "live", address: "traddr=127.0.0.1,trsvcid=4420", rescanFile: false)
       await expectError(.internalError, mentioning: ["nvme7/rescan_controller"]) {
         try SysfsNVMe(sysfs: root).rescan(subsystemNQN: Sample.nqnA)
       }
@@ -122,7 +131,8 @@ struct SysfsNVMeTests {
     "Only namespace heads count as devices",
     arguments: [
       ("nvme0n1", true), ("nvme10n12", true), ("nvme0c0n1", false), ("nvme0c1n1", false), ("nvme0n1p1", false),
-      ("nvme0", false), ("nvmen1", false), ("nvme0n", false), ("nvme0n1n1", false), ("sda", false), ("nvme-fabrics", false),
+      ("nvme0", false), ("nvmen1", false), ("nvme0n", false), ("nvme0n1n1", false), ("sda", false),
+      ("nvme-fabrics", false),
       ("nvme0n1 ", false), ("nvme\u{0663}n1", false), ("NVME0N1", false), ("", false),
     ])
   func namespaceHead(name: String, expected: Bool) {

@@ -20,7 +20,9 @@ final class PollingAttacher: Attacher {
   var lookupCount: Int { lookups.withLock { $0 } }
 
   func checkKernelSupport() throws(NVMeCSIError) {}
-  func connect(_ context: PublishContext, as host: HostIdentity, with parameters: ConnectionParameters) async throws(NVMeCSIError) {}
+  func connect(_ context: PublishContext, as host: HostIdentity, with parameters: ConnectionParameters)
+    async throws(NVMeCSIError)
+  {}
   func device(subsystemNQN: String, namespaceUUID: String) throws(NVMeCSIError) -> BlockDevice? {
     if let error { throw error }
     let n = lookups.withLock { count in
@@ -31,7 +33,10 @@ final class PollingAttacher: Attacher {
     return BlockDevice(name: "nvme0n1", sizeBytes: 1 << 30)
   }
   func paths(subsystemNQN: String) -> [ControllerPath] {
-    [.init(name: "nvme0", address: "127.0.0.1:4420", state: "connecting"), .init(name: "nvme1", address: "[fd00::1]:4420", state: "dead")]
+    [
+      .init(name: "nvme0", address: "127.0.0.1:4420", state: "connecting"),
+      .init(name: "nvme1", address: "[fd00::1]:4420", state: "dead"),
+    ]
   }
   func rescan(subsystemNQN: String) throws(NVMeCSIError) {}
   func disconnect(subsystemNQN: String) async throws(NVMeCSIError) {}
@@ -42,7 +47,8 @@ struct WaitForDeviceTests {
   @Test("The device is returned as soon as a lookup finds it", arguments: [0, 1, 5])
   func appears(after polls: Int) async throws {
     let attacher = PollingAttacher(appearsAfter: polls)
-    let device = try await attacher.waitForDevice(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .seconds(30))
+    let device = try await attacher.waitForDevice(
+      subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .seconds(30))
     #expect(device == BlockDevice(name: "nvme0n1", sizeBytes: 1 << 30))
     #expect(attacher.lookupCount == polls + 1)
   }
@@ -50,7 +56,8 @@ struct WaitForDeviceTests {
   @Test("A device already there is returned even with no time to wait")
   func zeroTimeout() async throws {
     let attacher = PollingAttacher(appearsAfter: 0)
-    let device = try await attacher.waitForDevice(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .zero)
+    let device = try await attacher.waitForDevice(
+      subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .zero)
     #expect(device.name == "nvme0n1")
   }
 
@@ -61,7 +68,8 @@ struct WaitForDeviceTests {
       .unavailable,
       mentioning: [Sample.uuidA, Sample.nqnA, "nvme0 127.0.0.1:4420 connecting", "nvme1 [fd00::1]:4420 dead"]
     ) {
-      try await attacher.waitForDevice(subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .milliseconds(200))
+      try await attacher.waitForDevice(
+        subsystemNQN: Sample.nqnA, namespaceUUID: Sample.uuidA, timeout: .milliseconds(200))
     }
     #expect(attacher.lookupCount > 1, "it polled instead of giving up at once")
   }

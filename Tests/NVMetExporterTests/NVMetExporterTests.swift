@@ -1,14 +1,15 @@
 import Foundation
 import NVMeCSICore
 import NVMetExporter
-import TestSupport
 import Synchronization
+import TestSupport
 import Testing
 
 @Suite("nvmet exporter")
 struct NVMetExporterTests {
   func spec(_ volume: ObjectUUID, hosts: Set<String>, device: String? = nil) -> ExportSpec {
-    ExportSpec(volume: volume, devicePath: device ?? "/var/lib/nvme-csi/volumes/\(volume.value).img", allowedHosts: hosts)
+    ExportSpec(
+      volume: volume, devicePath: device ?? "/var/lib/nvme-csi/volumes/\(volume.value).img", allowedHosts: hosts)
   }
 
   @Test("Opening creates the nvmet tree and one tcp port per portal")
@@ -158,13 +159,15 @@ struct NVMetExporterTests {
     try withConfigfsDirectory { directory in
       let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
       let nvmet = Inspector(root: exporter.tree.root)
-      let one = ObjectUUID.random(), two = ObjectUUID.random()
+      let one = ObjectUUID.random()
+      let two = ObjectUUID.random()
       try exporter.apply(spec(one, hosts: [Hosts.a]))
       try exporter.apply(spec(two, hosts: [Hosts.a]))
 
       try exporter.apply(spec(one, hosts: [Hosts.b]))
       #expect(nvmet.entries("hosts") == [Hosts.a, Hosts.b])
-      #expect(nvmet.linkTarget("subsystems/\(SubsystemNaming.nqn(for: two))/allowed_hosts/\(Hosts.a)") == "hosts/\(Hosts.a)")
+      #expect(
+        nvmet.linkTarget("subsystems/\(SubsystemNaming.nqn(for: two))/allowed_hosts/\(Hosts.a)") == "hosts/\(Hosts.a)")
     }
   }
 
@@ -223,7 +226,8 @@ struct NVMetExporterTests {
     try withConfigfsDirectory { directory in
       let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
       let nvmet = Inspector(root: exporter.tree.root)
-      let gone = ObjectUUID.random(), kept = ObjectUUID.random()
+      let gone = ObjectUUID.random()
+      let kept = ObjectUUID.random()
       let keptSpec = spec(kept, hosts: [Hosts.a])
       try exporter.apply(spec(gone, hosts: [Hosts.a, Hosts.b]))
       try exporter.apply(keptSpec)
@@ -308,7 +312,8 @@ struct SharedHostTests {
   func concurrentAllowAndRevoke() throws {
     try withConfigfsDirectory { directory in
       let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
-      let churned = ObjectUUID.random(), watched = ObjectUUID.random()
+      let churned = ObjectUUID.random()
+      let watched = ObjectUUID.random()
       let inspector = Inspector(root: directory + "/nvmet")
       let dangling = Mutex(0)
       let failures = Mutex<[String]>([])
@@ -338,17 +343,22 @@ struct SharedHostTests {
 struct DirectoryConfigfsTests {
   @Test(
     "Attributes nvmet does not have are rejected",
-    arguments: ["subsystems/x/attr_bogus", "ports/1/addr_port", "subsystems/x/namespaces/1/device", "subsystems/x/Enable"])
+    arguments: [
+      "subsystems/x/attr_bogus", "ports/1/addr_port", "subsystems/x/namespaces/1/device", "subsystems/x/Enable",
+    ])
   func unknownAttribute(_ path: String) throws {
     try withConfigfsDirectory { directory in
       let tree = DirectoryConfigfs(root: directory)
-      try FileManager.default.createDirectory(atPath: directory + "/" + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+      try FileManager.default.createDirectory(
+        atPath: directory + "/" + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
       expectError(.internalError, mentioning: [directory + "/" + path]) { try tree.write(path, "1") }
       #expect(!FileManager.default.fileExists(atPath: directory + "/" + path))
     }
   }
 
-  @Test("A namespace's identity can change only while it is disabled", arguments: ["device_path", "device_uuid", "device_nguid"])
+  @Test(
+    "A namespace's identity can change only while it is disabled",
+    arguments: ["device_path", "device_uuid", "device_nguid"])
   func identityWhileEnabled(_ attribute: String) throws {
     try withConfigfsDirectory { directory in
       let tree = DirectoryConfigfs(root: directory)
@@ -369,7 +379,9 @@ struct DirectoryConfigfsTests {
   func removeDirectory() throws {
     try withConfigfsDirectory { directory in
       let tree = DirectoryConfigfs(root: directory)
-      for dir in ["hosts", "hosts/h", "subsystems", "subsystems/s", "subsystems/s/allowed_hosts", "subsystems/s/namespaces"] {
+      for dir in [
+        "hosts", "hosts/h", "subsystems", "subsystems/s", "subsystems/s/allowed_hosts", "subsystems/s/namespaces",
+      ] {
         _ = try tree.makeDirectory(dir)
       }
       #expect(try tree.makeDirectory("hosts") == false)

@@ -27,7 +27,9 @@ struct Inspector {
 
   /// Where the symlink at `path` points, relative to the root (nil if not a link).
   func linkTarget(_ path: String) -> String? {
-    guard let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + path) else { return nil }
+    guard let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + path) else {
+      return nil
+    }
     return destination.hasPrefix(root + "/") ? String(destination.dropFirst(root.count + 1)) : destination
   }
 
@@ -80,7 +82,6 @@ final class RecordingConfigfs: ConfigfsTree, @unchecked Sendable {
   func list(_ path: String) -> [String] { inner.list(path) }
   func exists(_ path: String) -> Bool { inner.exists(path) }
 }
-
 
 enum Hosts {
   static let a = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-4000-8000-000000000001"

@@ -91,7 +91,9 @@ final class FakeKernel: Sendable {
 
   /// A target exports a volume: the device shows up when the node connects.
   func export(_ nqn: String, namespaceUUID: String, sizeBytes: UInt64 = 1 << 30, fileSystem: String? = nil) {
-    state.withLock { $0.exports[nqn] = Export(namespaceUUID: namespaceUUID, sizeBytes: sizeBytes, fileSystem: fileSystem) }
+    state.withLock {
+      $0.exports[nqn] = Export(namespaceUUID: namespaceUUID, sizeBytes: sizeBytes, fileSystem: fileSystem)
+    }
   }
 
   /// ControllerExpandVolume happened on the target: the node sees it after a rescan.
@@ -114,7 +116,9 @@ final class FakeKernel: Sendable {
   func loseDevice(_ nqn: String) { state.withLock { Self.removeSubsystem(nqn, from: &$0) } }
 
   /// A mount made behind the plugin's back (an administrator, another pod).
-  func addMount(_ info: MountInfo) { state.withLock { $0.mounts.append(Mount(info: info, options: [], generation: nil)) } }
+  func addMount(_ info: MountInfo) {
+    state.withLock { $0.mounts.append(Mount(info: info, options: [], generation: nil)) }
+  }
 
   // MARK: what a test inspects
 
@@ -132,7 +136,9 @@ final class FakeKernel: Sendable {
   /// Whether the mount on top of `path` is on a device the kernel still has.
   func isLive(mountAt path: String) -> Bool {
     read { s in
-      guard let top = s.mounts.last(where: { $0.info.mountPoint == path }), let generation = top.generation else { return false }
+      guard let top = s.mounts.last(where: { $0.info.mountPoint == path }), let generation = top.generation else {
+        return false
+      }
       return s.disks.contains { $0.generation == generation }
     }
   }
@@ -164,7 +170,9 @@ struct FakeAttacher: Attacher {
     try kernel.state.withLock { (s) throws(NVMeCSIError) in try kernel.check(.kernelSupport, s) }
   }
 
-  func connect(_ context: PublishContext, as host: HostIdentity, with parameters: ConnectionParameters) async throws(NVMeCSIError) {
+  func connect(_ context: PublishContext, as host: HostIdentity, with parameters: ConnectionParameters)
+    async throws(NVMeCSIError)
+  {
     try kernel.state.withLock { (s) throws(NVMeCSIError) in
       s.connectCalls += 1
       s.lastHost = host
@@ -175,7 +183,9 @@ struct FakeAttacher: Attacher {
       }
       for path in context.paths {
         let address = path.description
-        if s.controllers.contains(where: { $0.subsystemNQN == context.subsystemNQN && $0.address == address }) { continue }
+        if s.controllers.contains(where: { $0.subsystemNQN == context.subsystemNQN && $0.address == address }) {
+          continue
+        }
         let name = FakeKernel.lowestFree("nvme", in: s.controllers.map(\.name))
         s.controllers.append(.init(name: name, subsystemNQN: context.subsystemNQN, address: address, state: "live"))
         s.controllersCreated += 1
@@ -184,7 +194,8 @@ struct FakeAttacher: Attacher {
         let name = FakeKernel.lowestFree("nvme", suffix: "n1", in: s.disks.map(\.name))
         s.disks.append(
           .init(
-            name: name, subsystemNQN: context.subsystemNQN, namespaceUUID: export.namespaceUUID, sizeBytes: export.sizeBytes,
+            name: name, subsystemNQN: context.subsystemNQN, namespaceUUID: export.namespaceUUID,
+            sizeBytes: export.sizeBytes,
             generation: s.nextGeneration))
         s.nextGeneration += 1
         s.pendingLookups[context.subsystemNQN] = s.lookupsBeforeDeviceAppears
@@ -196,7 +207,9 @@ struct FakeAttacher: Attacher {
     try kernel.state.withLock { (s) throws(NVMeCSIError) -> BlockDevice? in
       try kernel.check(.device, s)
       guard !s.deviceNeverAppears,
-        let disk = s.disks.first(where: { $0.subsystemNQN == subsystemNQN && $0.namespaceUUID == namespaceUUID.lowercased() })
+        let disk = s.disks.first(where: {
+          $0.subsystemNQN == subsystemNQN && $0.namespaceUUID == namespaceUUID.lowercased()
+        })
       else { return nil }
       if let pending = s.pendingLookups[subsystemNQN], pending > 0 {
         s.pendingLookups[subsystemNQN] = pending - 1
@@ -248,7 +261,9 @@ struct FakeMounter: Mounter {
     try kernel.state.withLock { (s) throws(NVMeCSIError) -> String? in
       s.fileSystemCalls += 1
       try kernel.check(.fileSystem, s)
-      guard let disk = s.disks.first(where: { $0.path == device }) else { throw .internalError("blkid: \(device): no such device") }
+      guard let disk = s.disks.first(where: { $0.path == device }) else {
+        throw .internalError("blkid: \(device): no such device")
+      }
       return s.exports[disk.subsystemNQN]?.fileSystem
     }
   }
@@ -256,7 +271,9 @@ struct FakeMounter: Mounter {
   func format(_ device: String, as fsType: String) async throws(NVMeCSIError) {
     try kernel.state.withLock { (s) throws(NVMeCSIError) in
       try kernel.check(.format, s)
-      guard let disk = s.disks.first(where: { $0.path == device }) else { throw .internalError("mkfs: \(device): no such device") }
+      guard let disk = s.disks.first(where: { $0.path == device }) else {
+        throw .internalError("mkfs: \(device): no such device")
+      }
       s.exports[disk.subsystemNQN]?.fileSystem = fsType
       s.formats.append((device, fsType))
     }
@@ -268,14 +285,17 @@ struct FakeMounter: Mounter {
     try kernel.state.withLock { (s) throws(NVMeCSIError) in
       try kernel.check(.mount, s)
       if let top = s.mounts.last(where: { $0.info.mountPoint == target }), top.info.source == device { return }
-      guard let disk = s.disks.first(where: { $0.path == device }) else { throw .internalError("mount: \(device): no such device") }
+      guard let disk = s.disks.first(where: { $0.path == device }) else {
+        throw .internalError("mount: \(device): no such device")
+      }
       guard s.exports[disk.subsystemNQN]?.fileSystem == fsType else {
         throw .internalError("mount: \(target): wrong fs type, bad option, bad superblock on \(device)")
       }
       guard Self.isDirectory(target) else { throw .internalError("mount: \(target): mount point does not exist") }
       s.mounts.append(
         .init(
-          info: MountInfo(mountPoint: target, source: device, root: "/", fsType: fsType, readonly: readonly), options: options,
+          info: MountInfo(mountPoint: target, source: device, root: "/", fsType: fsType, readonly: readonly),
+          options: options,
           generation: disk.generation))
       s.mountCalls.append((device, target, fsType, options, readonly))
     }
@@ -287,14 +307,17 @@ struct FakeMounter: Mounter {
       let mount: FakeKernel.Mount
       if let base = s.mounts.last(where: { $0.info.mountPoint == source }) {
         mount = .init(
-          info: MountInfo(mountPoint: target, source: base.info.source, root: base.info.root, fsType: base.info.fsType, readonly: readonly),
+          info: MountInfo(
+            mountPoint: target, source: base.info.source, root: base.info.root, fsType: base.info.fsType,
+            readonly: readonly),
           options: [], generation: base.generation)
         if !FileManager.default.fileExists(atPath: target) {
           try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
         }
       } else if let disk = s.disks.first(where: { $0.path == source }) {
         mount = .init(
-          info: MountInfo(mountPoint: target, source: "udev", root: "/" + disk.name, fsType: "devtmpfs", readonly: readonly),
+          info: MountInfo(
+            mountPoint: target, source: "udev", root: "/" + disk.name, fsType: "devtmpfs", readonly: readonly),
           options: [], generation: disk.generation)
         if !FileManager.default.fileExists(atPath: target) {
           FileManager.default.createFile(atPath: target, contents: nil)
@@ -308,7 +331,9 @@ struct FakeMounter: Mounter {
         }
         return
       }
-      guard FileManager.default.fileExists(atPath: target) else { throw .internalError("mount: \(target): cannot create") }
+      guard FileManager.default.fileExists(atPath: target) else {
+        throw .internalError("mount: \(target): cannot create")
+      }
       s.mounts.append(mount)
       s.bindCalls.append((source, target, readonly))
     }
@@ -332,7 +357,9 @@ struct FakeMounter: Mounter {
 
   func usage(of path: String) throws(NVMeCSIError) -> FileSystemUsage {
     try kernel.state.withLock { (s) throws(NVMeCSIError) -> FileSystemUsage in
-      guard let mount = s.mounts.last(where: { $0.info.mountPoint == path }) else { throw .notFound("\(path) is not a mount point") }
+      guard let mount = s.mounts.last(where: { $0.info.mountPoint == path }) else {
+        throw .notFound("\(path) is not a mount point")
+      }
       guard let disk = s.disks.first(where: { $0.generation == mount.generation }) else {
         throw .internalError("statvfs \(path): input/output error")
       }
@@ -344,7 +371,9 @@ struct FakeMounter: Mounter {
 
   func deviceSize(_ device: String) throws(NVMeCSIError) -> UInt64 {
     try kernel.state.withLock { (s) throws(NVMeCSIError) -> UInt64 in
-      guard let disk = s.disks.first(where: { $0.path == device }) else { throw .internalError("\(device): no such device") }
+      guard let disk = s.disks.first(where: { $0.path == device }) else {
+        throw .internalError("\(device): no such device")
+      }
       return disk.sizeBytes
     }
   }

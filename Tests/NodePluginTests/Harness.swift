@@ -65,7 +65,9 @@ final class Machine: Sendable {
   }
 
   var recordFiles: [String] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: stateDirectory + "/volumes")) ?? []).filter { !$0.hasPrefix(".") }
+    ((try? FileManager.default.contentsOfDirectory(atPath: stateDirectory + "/volumes")) ?? []).filter {
+      !$0.hasPrefix(".")
+    }
   }
 
   /// Nothing of `volume` is left on the node: no controller, no device, no mount, no record.
@@ -117,22 +119,27 @@ final class Harness: Sendable {
     guard let machine else {
       try await Machine.with { m in
         try await with(
-          machine: m, deviceTimeout: deviceTimeout, topology: topology, maxVolumesPerNode: maxVolumesPerNode, logs: logs,
+          machine: m, deviceTimeout: deviceTimeout, topology: topology, maxVolumesPerNode: maxVolumesPerNode,
+          logs: logs,
           body)
       }
       return
     }
-    let logger = logs?.logger ?? {
-      var logger = Logger(label: "test.node") { _ in SwiftLogNoOpLogHandler() }
-      logger.logLevel = .critical
-      return logger
-    }()
+    let logger =
+      logs?.logger
+      ?? {
+        var logger = Logger(label: "test.node") { _ in SwiftLogNoOpLogHandler() }
+        logger.logLevel = .critical
+        return logger
+      }()
     let node = NodeService(
-      configuration: .init(host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
+      configuration: .init(
+        host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
       attacher: FakeAttacher(kernel: machine.kernel), mounter: FakeMounter(kernel: machine.kernel),
       records: try StagingRecords(stateDirectory: machine.stateDirectory), logger: logger)
     let identity = IdentityService(
-      driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.nodeCapabilities(hasTopology: !topology.isEmpty),
+      driverName: "nvme.csi.dev", version: "test",
+      capabilities: IdentityService.nodeCapabilities(hasTopology: !topology.isEmpty),
       isReady: { true })
     let socket = machine.directory + "/csi-\(UUID().uuidString.prefix(8)).sock"
     try await withServedPlugin(socket: socket, services: [identity, node], logger: logger) {
@@ -142,36 +149,43 @@ final class Harness: Sendable {
 
   // MARK: the kubelet steps, with the requests kubelet sends
 
-  func stage(_ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), at path: String? = nil) async throws {
+  func stage(_ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), at path: String? = nil)
+    async throws
+  {
     _ = try await node.nodeStageVolume(stageRequest(v, capability, at: path ?? machine.stagingPath(v)))
   }
 
   func publish(
-    _ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), pod: String = "pod-a", readonly: Bool = false
+    _ v: TestVolume, _ capability: Csi_V1_VolumeCapability = mountCapability(), pod: String = "pod-a",
+    readonly: Bool = false
   ) async throws {
     _ = try await node.nodePublishVolume(
-      publishRequest(v, capability, staging: machine.stagingPath(v), target: machine.targetPath(v, pod: pod), readonly: readonly))
+      publishRequest(
+        v, capability, staging: machine.stagingPath(v), target: machine.targetPath(v, pod: pod), readonly: readonly))
   }
 
   func unpublish(_ v: TestVolume, pod: String = "pod-a") async throws {
-    _ = try await node.nodeUnpublishVolume(.with {
-      $0.volumeID = v.id
-      $0.targetPath = machine.targetPath(v, pod: pod)
-    })
+    _ = try await node.nodeUnpublishVolume(
+      .with {
+        $0.volumeID = v.id
+        $0.targetPath = machine.targetPath(v, pod: pod)
+      })
   }
 
   func unstage(_ v: TestVolume) async throws {
-    _ = try await node.nodeUnstageVolume(.with {
-      $0.volumeID = v.id
-      $0.stagingTargetPath = machine.stagingPath(v)
-    })
+    _ = try await node.nodeUnstageVolume(
+      .with {
+        $0.volumeID = v.id
+        $0.stagingTargetPath = machine.stagingPath(v)
+      })
   }
 
   func stats(_ v: TestVolume, path: String) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
-    try await node.nodeGetVolumeStats(.with {
-      $0.volumeID = v.id
-      $0.volumePath = path
-    })
+    try await node.nodeGetVolumeStats(
+      .with {
+        $0.volumeID = v.id
+        $0.volumePath = path
+      })
   }
 }
 
@@ -179,7 +193,9 @@ final class Harness: Sendable {
 
 typealias Mode = Csi_V1_VolumeCapability.AccessMode.Mode
 
-func mountCapability(_ mode: Mode = .singleNodeWriter, fsType: String = "ext4", flags: [String] = []) -> Csi_V1_VolumeCapability {
+func mountCapability(_ mode: Mode = .singleNodeWriter, fsType: String = "ext4", flags: [String] = [])
+  -> Csi_V1_VolumeCapability
+{
   .with {
     $0.mount = .with {
       $0.fsType = fsType
@@ -226,7 +242,9 @@ func publishRequest(
 let gibibyte: UInt64 = 1 << 30
 
 func makeTemporaryDirectory() throws -> String {
-  let path = FileManager.default.temporaryDirectory.appendingPathComponent("nvme-csi-node-\(UUID().uuidString.prefix(8))").path
+  let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+    "nvme-csi-node-\(UUID().uuidString.prefix(8))"
+  ).path
   try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
   return path
 }

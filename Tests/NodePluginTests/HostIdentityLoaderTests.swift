@@ -45,8 +45,10 @@ struct HostIdentityLoaderTests {
   }
 
   /// Runs `body`, expecting an NVMeCSIError of `kind` mentioning `fragment`.
-  static func expectError(_ kind: NVMeCSIError.Kind, mentioning fragment: String, _ body: () throws -> HostIdentity,
-    sourceLocation: SourceLocation = #_sourceLocation) {
+  static func expectError(
+    _ kind: NVMeCSIError.Kind, mentioning fragment: String, _ body: () throws -> HostIdentity,
+    sourceLocation: SourceLocation = #_sourceLocation
+  ) {
     do {
       let identity = try body()
       Issue.record("expected \(kind), loaded \(identity)", sourceLocation: sourceLocation)
@@ -99,9 +101,11 @@ struct HostIdentityLoaderTests {
     }
   }
 
-  @Test("A hostid that is not a UUID, or a hostnqn that is not an NQN, is FailedPrecondition", arguments: [
-    ("hostid", "not-a-uuid"), ("hostnqn", "iqn.2004-01.com.example:node-1"),
-  ])
+  @Test(
+    "A hostid that is not a UUID, or a hostnqn that is not an NQN, is FailedPrecondition",
+    arguments: [
+      ("hostid", "not-a-uuid"), ("hostnqn", "iqn.2004-01.com.example:node-1"),
+    ])
   func malformed(file: String, content: String) throws {
     try Self.withDirectories { d in
       try d.write(d.nvme + "/hostnqn", Self.uuidNQN)

@@ -42,7 +42,9 @@ struct NodeInfoTests {
     }
   }
 
-  @Test("The node's identity offers online expansion, and topology only when the node has segments", arguments: [true, false])
+  @Test(
+    "The node's identity offers online expansion, and topology only when the node has segments",
+    arguments: [true, false])
   func pluginCapabilities(hasTopology: Bool) async throws {
     try await Harness.with(topology: hasTopology ? [Self.zoneKey: "a"] : [:]) { h in
       let caps = try await h.identity.getPluginCapabilities(.init()).capabilities
@@ -167,11 +169,13 @@ struct VolumeStatsTests {
 @Suite("Node volume expansion")
 struct NodeExpandTests {
   static func expand(_ h: Harness, _ v: TestVolume, to bytes: UInt64?, path: String? = nil) async throws -> Int64 {
-    try await h.node.nodeExpandVolume(.with {
-      $0.volumeID = v.id
-      $0.volumePath = path ?? h.machine.targetPath(v)
-      if let bytes { $0.capacityRange = .with { $0.requiredBytes = Int64(bytes) } }
-    }).capacityBytes
+    try await h.node.nodeExpandVolume(
+      .with {
+        $0.volumeID = v.id
+        $0.volumePath = path ?? h.machine.targetPath(v)
+        if let bytes { $0.capacityRange = .with { $0.requiredBytes = Int64(bytes) } }
+      }
+    ).capacityBytes
   }
 
   @Test("A mount volume sees the grown device after a rescan and grows its file system", arguments: ["ext4", "xfs"])
@@ -185,7 +189,10 @@ struct NodeExpandTests {
       let bytes = try await Self.expand(h, v, to: 3 * gibibyte)
       #expect(bytes == Int64(3 * gibibyte))
       let disk = try #require(h.kernel.disk(of: v.nqn))
-      #expect(h.kernel.read { $0.grows.map { "\($0.device) \($0.mountPoint) \($0.fsType)" } } == ["\(disk.path) \(h.machine.stagingPath(v)) \(fsType)"])
+      #expect(
+        h.kernel.read { $0.grows.map { "\($0.device) \($0.mountPoint) \($0.fsType)" } } == [
+          "\(disk.path) \(h.machine.stagingPath(v)) \(fsType)"
+        ])
       // Repeating it is harmless.
       #expect(try await Self.expand(h, v, to: 3 * gibibyte) == Int64(3 * gibibyte))
     }
@@ -224,7 +231,9 @@ struct NodeExpandTests {
       try await h.publish(v)
       h.kernel.setGrowsOnRescan(false)
       h.kernel.resizeExport(v.nqn, to: 2 * gibibyte)
-      await expectStatus(.unavailable, mentioning: "ControllerExpandVolume") { try await Self.expand(h, v, to: 2 * gibibyte) }
+      await expectStatus(.unavailable, mentioning: "ControllerExpandVolume") {
+        try await Self.expand(h, v, to: 2 * gibibyte)
+      }
       #expect(h.kernel.read(\.grows.count) == 0)
     }
   }

@@ -15,7 +15,9 @@ struct MalformedRequestTests {
     var mounts: [String]
     var unmounts: Int
     var records: [String]
-    var description: String { "connects \(connects), disconnects \(disconnects), mounts \(mounts), unmounts \(unmounts), records \(records)" }
+    var description: String {
+      "connects \(connects), disconnects \(disconnects), mounts \(mounts), unmounts \(unmounts), records \(records)"
+    }
 
     init(_ machine: Machine) {
       connects = machine.kernel.connectCalls
@@ -54,7 +56,9 @@ struct MalformedRequestTests {
     ("longer than 4096 bytes", "/" + String(repeating: "a", count: 4096)),
   ]
 
-  @Test("Bad staging_target_path, target_path and volume_path values are InvalidArgument and change nothing", arguments: badPaths)
+  @Test(
+    "Bad staging_target_path, target_path and volume_path values are InvalidArgument and change nothing",
+    arguments: badPaths)
   func badPath(why: String, path: String) async throws {
     try await Self.withBusyNode { h, v in
       let other = h.machine.export()
@@ -64,7 +68,11 @@ struct MalformedRequestTests {
         try await h.node.nodeStageVolume(stageRequest(other, at: path))
       }
       await expectStatus(.invalidArgument, mentioning: "staging_target_path") {
-        try await h.node.nodeUnstageVolume(.with { $0.volumeID = v.id; $0.stagingTargetPath = path })
+        try await h.node.nodeUnstageVolume(
+          .with {
+            $0.volumeID = v.id
+            $0.stagingTargetPath = path
+          })
       }
       await expectStatus(.invalidArgument, mentioning: "staging_target_path") {
         try await h.node.nodePublishVolume(publishRequest(v, staging: path, target: target))
@@ -73,11 +81,19 @@ struct MalformedRequestTests {
         try await h.node.nodePublishVolume(publishRequest(v, staging: staging, target: path))
       }
       await expectStatus(.invalidArgument, mentioning: "target_path") {
-        try await h.node.nodeUnpublishVolume(.with { $0.volumeID = v.id; $0.targetPath = path })
+        try await h.node.nodeUnpublishVolume(
+          .with {
+            $0.volumeID = v.id
+            $0.targetPath = path
+          })
       }
       await expectStatus(.invalidArgument, mentioning: "volume_path") { try await h.stats(v, path: path) }
       await expectStatus(.invalidArgument, mentioning: "volume_path") {
-        try await h.node.nodeExpandVolume(.with { $0.volumeID = v.id; $0.volumePath = path })
+        try await h.node.nodeExpandVolume(
+          .with {
+            $0.volumeID = v.id
+            $0.volumePath = path
+          })
       }
     }
   }
@@ -94,13 +110,29 @@ struct MalformedRequestTests {
       publish.volumeID = id
       await expectStatus(.notFound) { try await h.node.nodePublishVolume(publish) }
       await expectStatus(.notFound) {
-        try await h.node.nodeGetVolumeStats(.with { $0.volumeID = id; $0.volumePath = h.machine.targetPath(v) })
+        try await h.node.nodeGetVolumeStats(
+          .with {
+            $0.volumeID = id
+            $0.volumePath = h.machine.targetPath(v)
+          })
       }
       await expectStatus(.notFound) {
-        try await h.node.nodeExpandVolume(.with { $0.volumeID = id; $0.volumePath = h.machine.targetPath(v) })
+        try await h.node.nodeExpandVolume(
+          .with {
+            $0.volumeID = id
+            $0.volumePath = h.machine.targetPath(v)
+          })
       }
-      _ = try await h.node.nodeUnstageVolume(.with { $0.volumeID = id; $0.stagingTargetPath = staging })
-      _ = try await h.node.nodeUnpublishVolume(.with { $0.volumeID = id; $0.targetPath = target })
+      _ = try await h.node.nodeUnstageVolume(
+        .with {
+          $0.volumeID = id
+          $0.stagingTargetPath = staging
+        })
+      _ = try await h.node.nodeUnpublishVolume(
+        .with {
+          $0.volumeID = id
+          $0.targetPath = target
+        })
     }
   }
 
@@ -134,7 +166,13 @@ struct MalformedRequestTests {
     ("no capability", nil),
     ("no access type", .with { $0.accessMode.mode = .singleNodeWriter }),
     ("no access mode", .with { $0.mount = .init() }),
-    ("unknown access mode", .with { $0.mount = .init(); $0.accessMode.mode = .UNRECOGNIZED(42) }),
+    (
+      "unknown access mode",
+      .with {
+        $0.mount = .init()
+        $0.accessMode.mode = .UNRECOGNIZED(42)
+      }
+    ),
     ("unsupported file system", mountCapability(fsType: "ntfs")),
     ("path-like file system", mountCapability(fsType: "../../bin/sh")),
     ("MULTI_NODE_SINGLE_WRITER", mountCapability(.multiNodeSingleWriter)),
@@ -160,7 +198,9 @@ struct MalformedRequestTests {
       await expectStatus(.invalidArgument) { try await h.node.nodeStageVolume(stage) }
       await expectStatus(.invalidArgument) { try await h.node.nodePublishVolume(publish) }
       if capability == nil {
-        await expectStatus(.invalidArgument, mentioning: "volume_capability") { try await h.node.nodeStageVolume(stage) }
+        await expectStatus(.invalidArgument, mentioning: "volume_capability") {
+          try await h.node.nodeStageVolume(stage)
+        }
       }
     }
   }
@@ -181,14 +221,19 @@ struct MalformedRequestTests {
     ("no paths", ["paths": nil]),
     ("path without port", ["paths": "127.0.0.1"]),
     ("no subsystem NQN", ["subsystemNQN": nil]),
-    ("a host NQN for the subsystem", ["subsystemNQN": "nqn.2014-08.org.nvmexpress:uuid:6b1c6d5e-0e7e-4a39-9d8f-0a1b2c3d4e5f"]),
+    (
+      "a host NQN for the subsystem",
+      ["subsystemNQN": "nqn.2014-08.org.nvmexpress:uuid:6b1c6d5e-0e7e-4a39-9d8f-0a1b2c3d4e5f"]
+    ),
     ("another driver's subsystem", ["subsystemNQN": "nqn.2016-06.io.spdk:cnode1"]),
     ("no namespace UUID", ["namespaceUUID": nil]),
     ("uppercase namespace UUID", ["namespaceUUID": "0F8E2C3A-1B4D-4E5F-8A6B-7C8D9E0F1A2B"]),
     ("garbage namespace UUID", ["namespaceUUID": "../1"]),
   ]
 
-  @Test("A publish_context this driver's controller did not write is InvalidArgument and connects nothing", arguments: badContexts)
+  @Test(
+    "A publish_context this driver's controller did not write is InvalidArgument and connects nothing",
+    arguments: badContexts)
   func badPublishContext(why: String, changes: [String: String?]) async throws {
     try await Self.withBusyNode { h, _ in
       let v = h.machine.export()

@@ -29,9 +29,11 @@ struct PublishTests {
     }
   }
 
-  @Test("Publishing with another access type than staged is InvalidArgument", arguments: [
-    (mountCapability(), blockCapability()), (blockCapability(), mountCapability()),
-  ])
+  @Test(
+    "Publishing with another access type than staged is InvalidArgument",
+    arguments: [
+      (mountCapability(), blockCapability()), (blockCapability(), mountCapability()),
+    ])
   func accessTypeMismatch(staged: Csi_V1_VolumeCapability, published: Csi_V1_VolumeCapability) async throws {
     try await Harness.with { h in
       let v = h.machine.export()
@@ -42,10 +44,14 @@ struct PublishTests {
     }
   }
 
-  @Test("A read-only publish binds read-only", arguments: [
-    ("readonly flag, mount", mountCapability(), true), ("reader-only mode, mount", mountCapability(.singleNodeReaderOnly), false),
-    ("readonly flag, block", blockCapability(), true), ("reader-only mode, block", blockCapability(.multiNodeReaderOnly), false),
-  ])
+  @Test(
+    "A read-only publish binds read-only",
+    arguments: [
+      ("readonly flag, mount", mountCapability(), true),
+      ("reader-only mode, mount", mountCapability(.singleNodeReaderOnly), false),
+      ("readonly flag, block", blockCapability(), true),
+      ("reader-only mode, block", blockCapability(.multiNodeReaderOnly), false),
+    ])
   func readonly(why: String, capability: Csi_V1_VolumeCapability, flag: Bool) async throws {
     try await Harness.with { h in
       let v = h.machine.export()
@@ -95,7 +101,9 @@ struct PublishTests {
     }
   }
 
-  @Test("Publishing a volume whose device is gone is FailedPrecondition naming the paths", arguments: [mountCapability(), blockCapability()])
+  @Test(
+    "Publishing a volume whose device is gone is FailedPrecondition naming the paths",
+    arguments: [mountCapability(), blockCapability()])
   func deviceGone(capability: Csi_V1_VolumeCapability) async throws {
     try await Harness.with { h in
       let v = h.machine.export()
@@ -146,7 +154,8 @@ struct PublishTests {
       let v = h.machine.export()
       try await h.stage(v, blockCapability())
       let disk = try #require(h.kernel.disk(of: v.nqn))
-      h.kernel.addMount(MountInfo(mountPoint: "/mnt/debug", source: disk.path, root: "/", fsType: "ext4", readonly: false))
+      h.kernel.addMount(
+        MountInfo(mountPoint: "/mnt/debug", source: disk.path, root: "/", fsType: "ext4", readonly: false))
       await expectStatus(.failedPrecondition, mentioning: "/mnt/debug") { try await h.unstage(v) }
       #expect(h.kernel.controllers(of: v.nqn).count == 1)
       #expect(h.machine.record(of: v) != nil)
@@ -179,7 +188,9 @@ struct PublishTests {
     }
   }
 
-  @Test("A restarted plugin unpublishes and unstages what the previous one staged", arguments: [mountCapability(), blockCapability()])
+  @Test(
+    "A restarted plugin unpublishes and unstages what the previous one staged",
+    arguments: [mountCapability(), blockCapability()])
   func restart(capability: Csi_V1_VolumeCapability) async throws {
     try await Machine.with { machine in
       let v = machine.export()

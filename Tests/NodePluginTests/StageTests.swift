@@ -149,9 +149,12 @@ struct StageTests {
     }
   }
 
-  @Test("xfs is mounted with nouuid exactly once, ext4 with the flags as given", arguments: [
-    ("xfs", [String](), ["nouuid"]), ("xfs", ["nouuid", "noatime"], ["nouuid", "noatime"]), ("ext4", ["discard"], ["discard"]),
-  ])
+  @Test(
+    "xfs is mounted with nouuid exactly once, ext4 with the flags as given",
+    arguments: [
+      ("xfs", [String](), ["nouuid"]), ("xfs", ["nouuid", "noatime"], ["nouuid", "noatime"]),
+      ("ext4", ["discard"], ["discard"]),
+    ])
   func mountOptions(fsType: String, flags: [String], expected: [String]) async throws {
     try await Harness.with { h in
       let v = h.machine.export()
@@ -175,7 +178,9 @@ struct StageTests {
   func connectionParameters() async throws {
     try await Harness.with { h in
       let v = h.machine.export()
-      let context = ["ctrlLossTmo": "120", "reconnectDelay": "5", "fastIoFailTmo": "10", "keepAliveTmo": "7", "nrIoQueues": "2"]
+      let context = [
+        "ctrlLossTmo": "120", "reconnectDelay": "5", "fastIoFailTmo": "10", "keepAliveTmo": "7", "nrIoQueues": "2",
+      ]
       _ = try await h.node.nodeStageVolume(stageRequest(v, at: h.machine.stagingPath(v), volumeContext: context))
       let parameters = try #require(h.kernel.read(\.lastParameters))
       #expect(parameters.asContext == context)
@@ -196,7 +201,9 @@ struct StageTests {
       #expect(h.kernel.disk(of: v.nqn) != nil)
       #expect(h.kernel.formatCount == 1, "the file system on the volume is kept")
       #expect(h.machine.record(of: v)?.state == .staged)
-      #expect(h.kernel.mounts(at: staging).count == 1, "one mount at the staging path: \(h.kernel.mounts(at: staging).map(\.info))")
+      #expect(
+        h.kernel.mounts(at: staging).count == 1,
+        "one mount at the staging path: \(h.kernel.mounts(at: staging).map(\.info))")
       #expect(h.kernel.isLive(mountAt: staging), "the staging mount is on the device the kernel has now")
     }
   }
@@ -223,7 +230,9 @@ struct StageFailureTests {
   func neverReformat() async throws {
     try await Harness.with { h in
       let v = h.machine.export(fileSystem: "xfs")
-      await expectStatus(.failedPrecondition, mentioning: "xfs") { try await h.stage(v, mountCapability(fsType: "ext4")) }
+      await expectStatus(.failedPrecondition, mentioning: "xfs") {
+        try await h.stage(v, mountCapability(fsType: "ext4"))
+      }
       #expect(h.kernel.formatCount == 0)
       #expect(h.kernel.fileSystem(of: v.nqn) == "xfs")
       h.machine.expectNothingLeft(of: v)
@@ -271,7 +280,8 @@ struct StageFailureTests {
     (.mount, .internalError("mount: bad superblock"), .internalError),
   ]
 
-  @Test("A failing step is reported with its code and leaves nothing connected, mounted or recorded", arguments: failures)
+  @Test(
+    "A failing step is reported with its code and leaves nothing connected, mounted or recorded", arguments: failures)
   func undo(step: FakeKernel.Step, error: NVMeCSIError, code: RPCError.Code) async throws {
     try await Harness.with { h in
       let v = h.machine.export()

@@ -37,7 +37,8 @@ struct StagingRecordsTests {
 
       let skipped = logs.lines(containing: "skipping staging record")
       #expect(skipped.map { $0.metadata["path"] } == [strayPath, corruptPath].sorted())
-      let reasons = Dictionary(uniqueKeysWithValues: skipped.map { ($0.metadata["path"] ?? "", $0.metadata["reason"] ?? "") })
+      let reasons = Dictionary(
+        uniqueKeysWithValues: skipped.map { ($0.metadata["path"] ?? "", $0.metadata["reason"] ?? "") })
       #expect(reasons[corruptPath]?.contains("is corrupt") == true, "\(reasons)")
       #expect(reasons[strayPath]?.contains("not a volume ID") == true, "\(reasons)")
       #expect(logs.all.count == 2, "hidden temporaries and other files are not logged: \(logs.all.map(\.message))")

@@ -24,9 +24,11 @@ struct TargetAPIFactory: Sendable, CustomTestStringConvertible {
     let socket = target.store + "/../target.sock"
     var logger = Logger(label: "test.target.grpc") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
-    let server = try GRPCService(endpoint: .unix(path: socket), services: [TargetService(target: target.agent)], logger: logger)
+    let server = try GRPCService(
+      endpoint: .unix(path: socket), services: [TargetService(target: target.agent)], logger: logger)
     let client = try makeClient(to: .unix(path: socket))
-    let group = ServiceGroup(services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
+    let group = ServiceGroup(
+      services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }
       let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10))
@@ -64,8 +66,6 @@ func withTarget(
   let target = try LocalTarget(name: "store-t", directory: directory)
   try await factory.run(target) { api in try await body(api, target) }
 }
-
-let MiB: UInt64 = 1 << 20
 
 func node(_ n: Int) throws -> NodeID {
   NodeID(

@@ -79,7 +79,8 @@ struct TargetAPIContractTests {
     }
   }
 
-  @Test("Snapshots are listed by filter, restored into volumes no smaller than they are", arguments: TargetAPIFactory.all)
+  @Test(
+    "Snapshots are listed by filter, restored into volumes no smaller than they are", arguments: TargetAPIFactory.all)
   func snapshots(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in
       let volume = try await api.createVolume(newVolume("pvc-s", size: 8 * MiB)).volume
@@ -95,7 +96,8 @@ struct TargetAPIContractTests {
       await expectError(.outOfRange, mentioning: ["smaller"]) {
         try await api.createVolume(newVolume("pvc-small", size: 4 * MiB, source: .snapshot(snapshot.snapshot.uuid)))
       }
-      let restored = try await api.createVolume(newVolume("pvc-r", size: 8 * MiB, source: .snapshot(snapshot.snapshot.uuid)))
+      let restored = try await api.createVolume(
+        newVolume("pvc-r", size: 8 * MiB, source: .snapshot(snapshot.snapshot.uuid)))
       #expect(restored.volume.record.source == .snapshot(snapshot.snapshot.uuid))
       try await api.deleteSnapshot(snapshot.snapshot.uuid)
       try await api.deleteSnapshot(snapshot.snapshot.uuid)
@@ -140,7 +142,9 @@ struct TargetAPIContractTests {
       for name in ["", String(repeating: "n", count: 254), "a\nb"] {
         await expectError(.invalidArgument) { try await api.createVolume(newVolume(name)) }
       }
-      await expectError(.invalidArgument) { try await api.createVolume(NewVolume(name: "z", sizeBytes: 0, source: nil, attributes: [:])) }
+      await expectError(.invalidArgument) {
+        try await api.createVolume(NewVolume(name: "z", sizeBytes: 0, source: nil, attributes: [:]))
+      }
       #expect(try await api.volumes(named: nil).isEmpty)
     }
   }

@@ -32,7 +32,8 @@ public func withServedPlugin(
   }
 }
 
-private func waitUntilServing(socket: String, identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>) async throws {
+private func waitUntilServing(socket: String, identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>) async throws
+{
   let deadline = ContinuousClock.now + .seconds(20)
   while ContinuousClock.now < deadline {
     if FileManager.default.fileExists(atPath: socket), (try? await identity.probe(.init())) != nil { return }

@@ -5,7 +5,7 @@ import Testing
 import VolumeStore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// What only the file store promises: its layout, sparse files and repairs at startup.
@@ -61,7 +61,8 @@ struct FileStoreTests {
       _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: 256 * MiB, created: created))
       try Device.write(pattern(4096, seed: 1), at: 128 * MiB, to: store.devicePath(of: uuid))
       let snapshot = ObjectUUID.random()
-      _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: uuid, sizeBytes: 256 * MiB, created: created))
+      _ = try store.createSnapshot(
+        SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: uuid, sizeBytes: 256 * MiB, created: created))
       let clone = ObjectUUID.random()
       _ = try store.createVolume(
         VolumeRecord(uuid: clone, name: "c", sizeBytes: 512 * MiB, source: .volume(uuid), created: created))
@@ -90,7 +91,8 @@ struct FileStoreTests {
     try withFileStore { (store, root) throws in
       expectError(.notFound) {
         try store.createVolume(
-          VolumeRecord(uuid: .random(), name: "v", sizeBytes: MiB, source: .snapshot(ObjectUUID.random()), created: created))
+          VolumeRecord(
+            uuid: .random(), name: "v", sizeBytes: MiB, source: .snapshot(ObjectUUID.random()), created: created))
       }
       #expect(try files(root + "/volumes").isEmpty)
     }
@@ -103,7 +105,8 @@ struct FileStoreTests {
       _ = try store.createVolume(VolumeRecord(uuid: uuid, name: "v", sizeBytes: MiB, source: nil, created: created))
       let path = root + "/volumes/\(uuid.value).json"
       var text = try String(contentsOfFile: path, encoding: .utf8)
-      text = text.replacingOccurrences(of: "\"name\"", with: "\"source\" : { \"volume\" : { \"_0\" : \"..\\/x\" } },\n  \"name\"")
+      text = text.replacingOccurrences(
+        of: "\"name\"", with: "\"source\" : { \"volume\" : { \"_0\" : \"..\\/x\" } },\n  \"name\"")
       try Data(text.utf8).write(to: URL(fileURLWithPath: path))
       expectError(.internalError, mentioning: [path, "corrupt"]) { try store.volume(uuid) }
     }
@@ -115,7 +118,8 @@ struct FileStoreTests {
       let kept = ObjectUUID.random()
       _ = try store.createVolume(VolumeRecord(uuid: kept, name: "kept", sizeBytes: MiB, created: created))
       let keptSnapshot = ObjectUUID.random()
-      _ = try store.createSnapshot(SnapshotRecord(uuid: keptSnapshot, name: "s", sourceVolume: kept, sizeBytes: MiB, created: created))
+      _ = try store.createSnapshot(
+        SnapshotRecord(uuid: keptSnapshot, name: "s", sourceVolume: kept, sizeBytes: MiB, created: created))
       try Device.write(pattern(512, seed: 3), at: 0, to: store.devicePath(of: kept))
       let dataless = ObjectUUID.random()
       _ = try store.createVolume(VolumeRecord(uuid: dataless, name: "dataless", sizeBytes: MiB, created: created))

@@ -5,7 +5,7 @@ import Testing
 import VolumeStore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// One `VolumeStore` implementation under test. `open` opens (creating if needed) a
@@ -45,9 +45,6 @@ func withTemporaryDirectory<R>(_ body: (String) throws -> R) throws -> R {
 func withStore<R>(_ factory: StoreFactory, _ body: (any VolumeStore, String) throws -> R) throws -> R {
   try withTemporaryDirectory { directory in try body(try factory.open(directory + "/store"), directory + "/store") }
 }
-
-
-let MiB: UInt64 = 1 << 20
 
 /// A node with this host NQN (and a fixed host ID).
 func node(_ hostNQN: String) throws -> NodeID {

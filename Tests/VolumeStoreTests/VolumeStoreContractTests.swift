@@ -8,7 +8,9 @@ import VolumeStore
 /// implementation `makeStores()` returns.
 @Suite("VolumeStore contract")
 struct VolumeStoreContractTests {
-  func volumeRecord(_ uuid: ObjectUUID = .random(), name: String = "pvc-1", size: UInt64 = 4 * MiB, source: VolumeSource? = nil)
+  func volumeRecord(
+    _ uuid: ObjectUUID = .random(), name: String = "pvc-1", size: UInt64 = 4 * MiB, source: VolumeSource? = nil
+  )
     -> VolumeRecord
   {
     VolumeRecord(uuid: uuid, name: name, sizeBytes: size, source: source, created: created)
@@ -74,7 +76,8 @@ struct VolumeStoreContractTests {
       try Device.write(pattern(4096, seed: 2), at: 5 * MiB + 123, to: device)
 
       let snapshotUUID = ObjectUUID.random()
-      let snapshot = SnapshotRecord(uuid: snapshotUUID, name: "snap-1", sourceVolume: source, sizeBytes: 8 * MiB, created: created)
+      let snapshot = SnapshotRecord(
+        uuid: snapshotUUID, name: "snap-1", sourceVolume: source, sizeBytes: 8 * MiB, created: created)
       #expect(try store.createSnapshot(snapshot) == snapshot)
       #expect(try store.snapshots() == [snapshot])
 
@@ -82,7 +85,8 @@ struct VolumeStoreContractTests {
       try Device.write(pattern(4096, seed: 3), at: 0, to: device)
 
       let restored = ObjectUUID.random()
-      _ = try store.createVolume(volumeRecord(restored, name: "pvc-restored", size: 8 * MiB, source: .snapshot(snapshotUUID)))
+      _ = try store.createVolume(
+        volumeRecord(restored, name: "pvc-restored", size: 8 * MiB, source: .snapshot(snapshotUUID)))
       let restoredDevice = store.devicePath(of: restored)
       #expect(try Device.size(of: restoredDevice) == 8 * MiB)
       #expect(try Device.read(4096, at: 0, from: restoredDevice) == pattern(4096, seed: 1))
@@ -115,7 +119,8 @@ struct VolumeStoreContractTests {
       try Device.write(pattern(8192, seed: 7), at: 4 * MiB - 8192, to: store.devicePath(of: source))
 
       let clone = ObjectUUID.random()
-      let record = try store.createVolume(volumeRecord(clone, name: "pvc-clone", size: 12 * MiB, source: .volume(source)))
+      let record = try store.createVolume(
+        volumeRecord(clone, name: "pvc-clone", size: 12 * MiB, source: .volume(source)))
       #expect(record.sizeBytes == 12 * MiB)
       let device = store.devicePath(of: clone)
       #expect(try Device.size(of: device) == 12 * MiB)
@@ -215,7 +220,8 @@ struct VolumeStoreContractTests {
       _ = try store.createVolume(volumeRecord(source))
       try Device.write(pattern(4096, seed: 6), at: 0, to: store.devicePath(of: source))
       let snapshot = ObjectUUID.random()
-      _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
+      _ = try store.createSnapshot(
+        SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
       let restored = ObjectUUID.random()
       _ = try store.createVolume(volumeRecord(restored, source: .snapshot(snapshot)))
 
@@ -237,7 +243,8 @@ struct VolumeStoreContractTests {
       _ = try store.createVolume(volumeRecord(source))
       try Device.write(pattern(4096, seed: 10), at: MiB, to: store.devicePath(of: source))
       let snapshot = ObjectUUID.random()
-      _ = try store.createSnapshot(SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
+      _ = try store.createSnapshot(
+        SnapshotRecord(uuid: snapshot, name: "s", sourceVolume: source, sizeBytes: 4 * MiB, created: created))
       try store.deleteVolume(source)
 
       #expect(try store.snapshots().map(\.uuid) == [snapshot])
@@ -268,7 +275,8 @@ struct VolumeStoreContractTests {
   @Test("Volumes keep separate data", arguments: makeStores())
   func separateData(_ factory: StoreFactory) throws {
     try withStore(factory) { store, _ in
-      let a = ObjectUUID.random(), b = ObjectUUID.random()
+      let a = ObjectUUID.random()
+      let b = ObjectUUID.random()
       _ = try store.createVolume(volumeRecord(a, name: "a"))
       _ = try store.createVolume(volumeRecord(b, name: "b"))
       try Device.write(pattern(4096, seed: 11), at: 0, to: store.devicePath(of: a))
@@ -278,7 +286,8 @@ struct VolumeStoreContractTests {
 
   @Test("Operations on different volumes may run concurrently", arguments: makeStores())
   func concurrentCreates(_ factory: StoreFactory) async throws {
-    let directory = FileManager.default.temporaryDirectory.path + "/nvme-csi-store-test-" + UUID().uuidString.lowercased()
+    let directory =
+      FileManager.default.temporaryDirectory.path + "/nvme-csi-store-test-" + UUID().uuidString.lowercased()
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let store = try factory.open(directory)
     let uuids = (0..<8).map { _ in ObjectUUID.random() }
@@ -308,7 +317,8 @@ struct VolumeStoreContractTests {
       var record = volumeRecord(uuid, name: "pvc-persist", size: 6 * MiB)
       record.publications = [Publication(nodeID: try node("nqn.2014-08.org.example:n"), readonly: true)]
       record.attributes = ["fsType": "ext4"]
-      let snapshot = SnapshotRecord(uuid: snapshotUUID, name: "snap", sourceVolume: uuid, sizeBytes: 6 * MiB, created: created)
+      let snapshot = SnapshotRecord(
+        uuid: snapshotUUID, name: "snap", sourceVolume: uuid, sizeBytes: 6 * MiB, created: created)
       do {
         let store = try factory.open(location)
         _ = try store.createVolume(record)
@@ -337,11 +347,14 @@ struct VolumeStoreContractTests {
     }
   }
 
-  @Test("Creating twice returns equal records even when the creation time has sub-millisecond digits", arguments: makeStores())
+  @Test(
+    "Creating twice returns equal records even when the creation time has sub-millisecond digits",
+    arguments: makeStores())
   func createTwiceEqualRecords(_ factory: StoreFactory) throws {
     try withStore(factory) { store, _ in
       let uuid = ObjectUUID.random()
-      let record = VolumeRecord(uuid: uuid, name: "t", sizeBytes: MiB, created: Date(timeIntervalSinceReferenceDate: 800_000_000.1))
+      let record = VolumeRecord(
+        uuid: uuid, name: "t", sizeBytes: MiB, created: Date(timeIntervalSinceReferenceDate: 800_000_000.1))
       let first = try store.createVolume(record)
       let again = try store.createVolume(record)
       #expect(again == first)

@@ -6,7 +6,7 @@ import GRPCNIOTransportHTTP2
 import NVMeCSICore
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The three plugin processes as a cluster would run them, plus CSI clients that
@@ -69,7 +69,8 @@ final class Cluster: @unchecked Sendable {
     try FileManager.default.createDirectory(atPath: work + "/nvme", withIntermediateDirectories: true)
     // What Talos writes: this node's own host identity.
     let hostID = "6a1d0e52-7c7b-4f6e-9a43-5b0c1f7d2e11"
-    try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
+    try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(
+      toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
     let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}]}"#
     try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
@@ -88,7 +89,10 @@ final class Cluster: @unchecked Sendable {
   func startNode() throws {
     node = try launch(
       "node",
-      ["node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir", work + "/nvme"])
+      [
+        "node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir",
+        work + "/nvme",
+      ])
   }
 
   /// kill -9, as a crash or an OOM kill would.

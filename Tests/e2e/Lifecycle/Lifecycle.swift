@@ -7,7 +7,7 @@ import NVMeCSICore
 import NVMeFabrics
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The end-to-end lifecycle against the real kernel: nvmet through configfs on the
@@ -18,7 +18,9 @@ import Glibc
 struct Lifecycle {
   static func main() async {
     var arguments = CommandLine.arguments.dropFirst()
-    var bin = "", work = "/e2e", store = ""
+    var bin = ""
+    var work = "/e2e"
+    var store = ""
     while let flag = arguments.popFirst() {
       switch flag {
       case "--bin": bin = arguments.popFirst() ?? ""
@@ -40,7 +42,8 @@ struct Lifecycle {
         group.addTask { try await controllerClient.runConnections() }
         group.addTask { try await nodeClient.runConnections() }
         let run = Scenario(
-          cluster: cluster, steps: steps, controller: .init(wrapping: controllerClient), node: .init(wrapping: nodeClient),
+          cluster: cluster, steps: steps, controller: .init(wrapping: controllerClient),
+          node: .init(wrapping: nodeClient),
           identity: .init(wrapping: nodeClient), controllerIdentity: .init(wrapping: controllerClient))
         await run.all()
         controllerClient.beginGracefulShutdown()
@@ -73,17 +76,21 @@ struct Scenario {
 
   func all() async {
     guard
-      let nodeID = await steps.run("plugins up: controller reaches the target, node reports its identity", {
-        try await eventually("controller ready") { try await controllerIdentity.probe(.init()).ready.value }
-        try await eventually("node ready") { try await identity.probe(.init()).ready.value }
-        let info = try await node.nodeGetInfo(.init())
-        _ = try NodeID(parsing: info.nodeID)
-        steps.note("node_id \(info.nodeID)")
-        if let ready = cluster.logTail("target", lines: 50).split(separator: "\n").first(where: { $0.contains("target ready") }) {
-          steps.note("target log: \(ready)")
-        }
-        return info.nodeID
-      })
+      let nodeID = await steps.run(
+        "plugins up: controller reaches the target, node reports its identity",
+        {
+          try await eventually("controller ready") { try await controllerIdentity.probe(.init()).ready.value }
+          try await eventually("node ready") { try await identity.probe(.init()).ready.value }
+          let info = try await node.nodeGetInfo(.init())
+          _ = try NodeID(parsing: info.nodeID)
+          steps.note("node_id \(info.nodeID)")
+          if let ready = cluster.logTail("target", lines: 50).split(separator: "\n").first(where: {
+            $0.contains("target ready")
+          }) {
+            steps.note("target log: \(ready)")
+          }
+          return info.nodeID
+        })
     else { return }
     guard let ext4 = await mountLifecycle(nodeID: nodeID) else { return }
     await snapshotsAndClones(nodeID: nodeID, source: ext4)
@@ -110,25 +117,33 @@ struct Scenario {
 
   func mountLifecycle(nodeID: String) async -> Attached? {
     let capability = mountCapability("ext4")
-    guard let volume = await steps.run("CreateVolume 256 MiB ext4", {
-      let v = try await controller.createVolume(
-        .with {
-          $0.name = "pvc-ext4"
-          $0.capacityRange.requiredBytes = 256 * mebibyte
-          $0.volumeCapabilities = [capability]
-          $0.parameters = ["reconnectDelay": "1", "ctrlLossTmo": "120"]
-        }
-      ).volume
-      steps.note("\(v.volumeID), backed by \(try storeFile(of: v.volumeID))")
-      return v
-    }) else { return nil }
+    guard
+      let volume = await steps.run(
+        "CreateVolume 256 MiB ext4",
+        {
+          let v = try await controller.createVolume(
+            .with {
+              $0.name = "pvc-ext4"
+              $0.capacityRange.requiredBytes = 256 * mebibyte
+              $0.volumeCapabilities = [capability]
+              $0.parameters = ["reconnectDelay": "1", "ctrlLossTmo": "120"]
+            }
+          ).volume
+          steps.note("\(v.volumeID), backed by \(try storeFile(of: v.volumeID))")
+          return v
+        })
+    else { return nil }
     guard let attached = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-1") else { return nil }
     await steps.run("write a file through the mount and fsync it") {
       try writeFile(attached.target + "/data.txt", Self.payload)
       steps.note("wrote \(Self.payload.utf8.count) bytes to \(attached.target)/data.txt")
     }
     await steps.run("NodeGetVolumeStats: sizes sane, condition normal") {
-      let stats = try await node.nodeGetVolumeStats(.with { $0.volumeID = attached.volumeID; $0.volumePath = attached.target })
+      let stats = try await node.nodeGetVolumeStats(
+        .with {
+          $0.volumeID = attached.volumeID
+          $0.volumePath = attached.target
+        })
       let bytes = try stats.usage.first { $0.unit == .bytes }.orThrow("no byte usage")
       try check(bytes.total > 200 * mebibyte && bytes.total <= 256 * mebibyte, "total \(bytes.total)")
       try check(bytes.used > 0 && bytes.available > 0, "used \(bytes.used) available \(bytes.available)")
@@ -142,63 +157,94 @@ struct Scenario {
   static let payload = "nvme-csi end-to-end: written through NVMe/TCP at \(Date())\n"
 
   /// ControllerPublish → NodeStage → NodePublish, each repeated (idempotency against the real kernel).
-  func attach(_ volume: Csi_V1_Volume, capability: Csi_V1_VolumeCapability, nodeID: String, pod: String, readonly: Bool = false)
+  func attach(
+    _ volume: Csi_V1_Volume, capability: Csi_V1_VolumeCapability, nodeID: String, pod: String, readonly: Bool = false
+  )
     async -> Attached?
   {
     let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
     let target = cluster.work + "/kubelet/pods/\(pod)/volumes/" + volume.volumeID
-    guard let context = await steps.run("ControllerPublishVolume to this node (twice)", {
-      var response = Csi_V1_ControllerPublishVolumeResponse()
-      for _ in 0..<2 {
-        response = try await controller.controllerPublishVolume(
-          .with {
-            $0.volumeID = volume.volumeID
-            $0.nodeID = nodeID
-            $0.volumeCapability = capability
-            $0.readonly = readonly
-          })
-      }
-      steps.note("publish_context \(response.publishContext.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
-      return response.publishContext
-    }) else { return nil }
+    guard
+      let context = await steps.run(
+        "ControllerPublishVolume to this node (twice)",
+        {
+          var response = Csi_V1_ControllerPublishVolumeResponse()
+          for _ in 0..<2 {
+            response = try await controller.controllerPublishVolume(
+              .with {
+                $0.volumeID = volume.volumeID
+                $0.nodeID = nodeID
+                $0.volumeCapability = capability
+                $0.readonly = readonly
+              })
+          }
+          steps.note(
+            "publish_context \(response.publishContext.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+          )
+          return response.publishContext
+        })
+    else { return nil }
     let attached = Attached(
       volumeID: volume.volumeID, staging: staging, target: target, capability: capability, publishContext: context,
       volumeContext: volume.volumeContext)
-    guard await steps.run("NodeStageVolume: connect, find the device, format if blank, mount (twice)", {
-      try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
-      for _ in 0..<2 { _ = try await node.nodeStageVolume(stageRequest(attached)) }
-      steps.note(kernelView(attached))
-      return true
-    }) == true else { return nil }
-    guard await steps.run("NodePublishVolume\(readonly ? " read-only" : "") (twice)", {
-      try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-      for _ in 0..<2 { _ = try await node.nodePublishVolume(publishRequest(attached, readonly: readonly)) }
-      return true
-    }) == true else { return nil }
+    guard
+      await steps.run(
+        "NodeStageVolume: connect, find the device, format if blank, mount (twice)",
+        {
+          try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+          for _ in 0..<2 { _ = try await node.nodeStageVolume(stageRequest(attached)) }
+          steps.note(kernelView(attached))
+          return true
+        }) == true
+    else { return nil }
+    guard
+      await steps.run(
+        "NodePublishVolume\(readonly ? " read-only" : "") (twice)",
+        {
+          try FileManager.default.createDirectory(
+            atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+          for _ in 0..<2 { _ = try await node.nodePublishVolume(publishRequest(attached, readonly: readonly)) }
+          return true
+        }) == true
+    else { return nil }
     return attached
   }
 
   // MARK: 2. snapshots and clones
 
   func snapshotsAndClones(nodeID: String, source: Attached) async {
-    guard let snapshot = await steps.run("CreateSnapshot while the volume is published", {
-      try await controller.createSnapshot(.with { $0.name = "snap-1"; $0.sourceVolumeID = source.volumeID }).snapshot
-    }) else { return }
+    guard
+      let snapshot = await steps.run(
+        "CreateSnapshot while the volume is published",
+        {
+          try await controller.createSnapshot(
+            .with {
+              $0.name = "snap-1"
+              $0.sourceVolumeID = source.volumeID
+            }
+          ).snapshot
+        })
+    else { return }
     for (name, contentSource) in [
       ("restore", Csi_V1_VolumeContentSource.with { $0.snapshot.snapshotID = snapshot.snapshotID }),
       ("clone", Csi_V1_VolumeContentSource.with { $0.volume.volumeID = source.volumeID }),
     ] {
-      guard let volume = await steps.run("CreateVolume from the \(name == "restore" ? "snapshot" : "volume (clone)")", {
-        try await controller.createVolume(
-          .with {
-            $0.name = "pvc-\(name)"
-            $0.capacityRange.requiredBytes = 256 * mebibyte
-            $0.volumeCapabilities = [source.capability]
-            $0.volumeContentSource = contentSource
-          }
-        ).volume
-      }) else { continue }
-      guard let attached = await attach(volume, capability: source.capability, nodeID: nodeID, pod: "pod-\(name)") else { continue }
+      guard
+        let volume = await steps.run(
+          "CreateVolume from the \(name == "restore" ? "snapshot" : "volume (clone)")",
+          {
+            try await controller.createVolume(
+              .with {
+                $0.name = "pvc-\(name)"
+                $0.capacityRange.requiredBytes = 256 * mebibyte
+                $0.volumeCapabilities = [source.capability]
+                $0.volumeContentSource = contentSource
+              }
+            ).volume
+          })
+      else { continue }
+      guard let attached = await attach(volume, capability: source.capability, nodeID: nodeID, pod: "pod-\(name)")
+      else { continue }
       await steps.run("the \(name) reads back the exact content") {
         let text = try String(contentsOfFile: attached.target + "/data.txt", encoding: .utf8)
         try check(text == Self.payload, "read \(text.debugDescription)")
@@ -216,7 +262,11 @@ struct Scenario {
     await steps.run("ControllerExpandVolume to 512 MiB, then NodeExpandVolume grows ext4 online") {
       let before = try fileSystemBytes(v.target)
       let response = try await controller.controllerExpandVolume(
-        .with { $0.volumeID = v.volumeID; $0.capacityRange.requiredBytes = 512 * mebibyte; $0.volumeCapability = v.capability })
+        .with {
+          $0.volumeID = v.volumeID
+          $0.capacityRange.requiredBytes = 512 * mebibyte
+          $0.volumeCapability = v.capability
+        })
       try check(response.nodeExpansionRequired, "node expansion not requested")
       for _ in 0..<2 {
         _ = try await node.nodeExpandVolume(
@@ -248,7 +298,9 @@ struct Scenario {
       try cluster.startTarget()
       try await eventually("path live again", timeout: .seconds(90)) { pathStates(v).contains("live") }
       try writeFile(v.target + "/after.txt", "after restart\n")
-      try check(try String(contentsOfFile: v.target + "/before.txt", encoding: .utf8) == "before restart\n", "before.txt changed")
+      try check(
+        try String(contentsOfFile: v.target + "/before.txt", encoding: .utf8) == "before restart\n",
+        "before.txt changed")
       try check(try String(contentsOfFile: v.target + "/data.txt", encoding: .utf8) == Self.payload, "data.txt changed")
       steps.note("paths after restart: \(pathStates(v))")
     }
@@ -270,18 +322,34 @@ struct Scenario {
 
   func xfsVolume(nodeID: String) async {
     let capability = mountCapability("xfs")
-    guard let volume = await steps.run("CreateVolume 320 MiB xfs", {
-      try await controller.createVolume(
-        .with { $0.name = "pvc-xfs"; $0.capacityRange.requiredBytes = 320 * mebibyte; $0.volumeCapabilities = [capability] }
-      ).volume
-    }) else { return }
+    guard
+      let volume = await steps.run(
+        "CreateVolume 320 MiB xfs",
+        {
+          try await controller.createVolume(
+            .with {
+              $0.name = "pvc-xfs"
+              $0.capacityRange.requiredBytes = 320 * mebibyte
+              $0.volumeCapabilities = [capability]
+            }
+          ).volume
+        })
+    else { return }
     guard let v = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-xfs") else { return }
     await steps.run("xfs: write, read back, grow online") {
       try writeFile(v.target + "/x.txt", "xfs\n")
       try check(try String(contentsOfFile: v.target + "/x.txt", encoding: .utf8) == "xfs\n", "read back")
-      _ = try await controller.controllerExpandVolume(.with { $0.volumeID = v.volumeID; $0.capacityRange.requiredBytes = 400 * mebibyte })
+      _ = try await controller.controllerExpandVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.capacityRange.requiredBytes = 400 * mebibyte
+        })
       _ = try await node.nodeExpandVolume(
-        .with { $0.volumeID = v.volumeID; $0.volumePath = v.target; $0.capacityRange.requiredBytes = 400 * mebibyte })
+        .with {
+          $0.volumeID = v.volumeID
+          $0.volumePath = v.target
+          $0.capacityRange.requiredBytes = 400 * mebibyte
+        })
       try check(try fileSystemBytes(v.target) > 330 * UInt64(mebibyte), "xfs did not grow")
     }
     await steps.run("a read-only publish refuses writes") {
@@ -295,19 +363,36 @@ struct Scenario {
           $0.readonly = true
         })
       try check(try String(contentsOfFile: ro + "/x.txt", encoding: .utf8) == "xfs\n", "read through the ro mount")
-      try check(!FileManager.default.createFile(atPath: ro + "/nope", contents: Data("x".utf8)), "wrote through a read-only mount")
-      _ = try await node.nodeUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.targetPath = ro })
+      try check(
+        !FileManager.default.createFile(atPath: ro + "/nope", contents: Data("x".utf8)),
+        "wrote through a read-only mount")
+      _ = try await node.nodeUnpublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.targetPath = ro
+        })
     }
     await detach(v, deleteVolume: true)
   }
 
   func blockVolume(nodeID: String) async {
-    let capability = Csi_V1_VolumeCapability.with { $0.block = .init(); $0.accessMode.mode = .singleNodeWriter }
-    guard let volume = await steps.run("CreateVolume 64 MiB raw block", {
-      try await controller.createVolume(
-        .with { $0.name = "pvc-block"; $0.capacityRange.requiredBytes = 64 * mebibyte; $0.volumeCapabilities = [capability] }
-      ).volume
-    }) else { return }
+    let capability = Csi_V1_VolumeCapability.with {
+      $0.block = .init()
+      $0.accessMode.mode = .singleNodeWriter
+    }
+    guard
+      let volume = await steps.run(
+        "CreateVolume 64 MiB raw block",
+        {
+          try await controller.createVolume(
+            .with {
+              $0.name = "pvc-block"
+              $0.capacityRange.requiredBytes = 64 * mebibyte
+              $0.volumeCapabilities = [capability]
+            }
+          ).volume
+        })
+    else { return }
     guard let v = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-block") else { return }
     await steps.run("block: bytes written at known offsets through the published device read back") {
       let offsets: [off_t] = [0, 4096, 63 * off_t(mebibyte)]
@@ -326,7 +411,11 @@ struct Scenario {
         let bytes = buffer.assumingMemoryBound(to: UInt8.self)
         try check((0..<4096).allSatisfy { bytes[$0] == UInt8(0x41 + i) }, "wrong bytes at \(offset)")
       }
-      let stats = try await node.nodeGetVolumeStats(.with { $0.volumeID = v.volumeID; $0.volumePath = v.target })
+      let stats = try await node.nodeGetVolumeStats(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.volumePath = v.target
+        })
       try check(stats.usage.first?.total == 64 * mebibyte, "block size \(stats.usage.first?.total ?? -1)")
     }
     await detach(v, deleteVolume: true)
@@ -336,11 +425,19 @@ struct Scenario {
 
   func accessControl(nodeID: String) async {
     let capability = mountCapability("ext4")
-    guard let volume = await steps.run("CreateVolume for the access-control checks", {
-      try await controller.createVolume(
-        .with { $0.name = "pvc-acl"; $0.capacityRange.requiredBytes = 32 * mebibyte; $0.volumeCapabilities = [capability] }
-      ).volume
-    }) else { return }
+    guard
+      let volume = await steps.run(
+        "CreateVolume for the access-control checks",
+        {
+          try await controller.createVolume(
+            .with {
+              $0.name = "pvc-acl"
+              $0.capacityRange.requiredBytes = 32 * mebibyte
+              $0.volumeCapabilities = [capability]
+            }
+          ).volume
+        })
+    else { return }
     let uuid = String(volume.volumeID.split(separator: ".").last!)
     await steps.run("a host that was not published cannot connect: the kernel target refuses it") {
       let stranger = HostIdentity(
@@ -360,13 +457,25 @@ struct Scenario {
       let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
       try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
       let published = try await controller.controllerPublishVolume(
-        .with { $0.volumeID = volume.volumeID; $0.nodeID = nodeID; $0.volumeCapability = capability })
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.nodeID = nodeID
+          $0.volumeCapability = capability
+        })
       let v = Attached(
         volumeID: volume.volumeID, staging: staging, target: "", capability: capability,
         publishContext: published.publishContext, volumeContext: volume.volumeContext)
       _ = try await node.nodeStageVolume(stageRequest(v))
-      _ = try await node.nodeUnstageVolume(.with { $0.volumeID = v.volumeID; $0.stagingTargetPath = staging })
-      _ = try await controller.controllerUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.nodeID = nodeID })
+      _ = try await node.nodeUnstageVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.stagingTargetPath = staging
+        })
+      _ = try await controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.nodeID = nodeID
+        })
       let message = try await expectFailureAny { try await node.nodeStageVolume(stageRequest(v)) }
       steps.note("NodeStageVolume refused: \(message)")
       _ = try await controller.deleteVolume(.with { $0.volumeID = v.volumeID })
@@ -380,16 +489,36 @@ struct Scenario {
   }
 
   func detach(_ v: Attached, deleteVolume: Bool) async {
-    await steps.run("NodeUnpublish, NodeUnstage (device gone), ControllerUnpublish\(deleteVolume ? ", DeleteVolume" : "") (each twice)") {
-      for _ in 0..<2 { _ = try await node.nodeUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.targetPath = v.target }) }
+    await steps.run(
+      "NodeUnpublish, NodeUnstage (device gone), ControllerUnpublish\(deleteVolume ? ", DeleteVolume" : "") (each twice)"
+    ) {
+      for _ in 0..<2 {
+        _ = try await node.nodeUnpublishVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.targetPath = v.target
+          })
+      }
       try check(!FileManager.default.fileExists(atPath: v.target), "target path left behind")
-      for _ in 0..<2 { _ = try await node.nodeUnstageVolume(.with { $0.volumeID = v.volumeID; $0.stagingTargetPath = v.staging }) }
+      for _ in 0..<2 {
+        _ = try await node.nodeUnstageVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.stagingTargetPath = v.staging
+          })
+      }
       let context = try PublishContext(decoding: v.publishContext)
       try await eventually("device gone", timeout: .seconds(30)) {
         (try NVMeTCPAttacher().device(subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)) == nil
       }
       let nodeID = try await node.nodeGetInfo(.init()).nodeID
-      for _ in 0..<2 { _ = try await controller.controllerUnpublishVolume(.with { $0.volumeID = v.volumeID; $0.nodeID = nodeID }) }
+      for _ in 0..<2 {
+        _ = try await controller.controllerUnpublishVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.nodeID = nodeID
+          })
+      }
       if deleteVolume {
         for _ in 0..<2 { _ = try await controller.deleteVolume(.with { $0.volumeID = v.volumeID }) }
       }
@@ -446,7 +575,8 @@ struct Scenario {
   /// What the kernel shows for an attached volume: device, size, paths, mount.
   func kernelView(_ v: Attached) -> String {
     guard let context = try? PublishContext(decoding: v.publishContext),
-      let device = try? NVMeTCPAttacher().device(subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)
+      let device = try? NVMeTCPAttacher().device(
+        subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)
     else { return "kernel: no device" }
     return "kernel: \(device.path) \(device.sizeBytes) bytes, paths \(pathStates(v))"
   }
@@ -462,13 +592,17 @@ struct Scenario {
     let fm = FileManager.default
     let root = cluster.nvmet
     for port in (try? fm.contentsOfDirectory(atPath: root + "/ports")) ?? [] {
-      for link in (try? fm.contentsOfDirectory(atPath: "\(root)/ports/\(port)/subsystems")) ?? [] where link.hasPrefix(SubsystemNaming.prefix) {
+      for link in (try? fm.contentsOfDirectory(atPath: "\(root)/ports/\(port)/subsystems")) ?? []
+      where link.hasPrefix(SubsystemNaming.prefix) {
         unlink("\(root)/ports/\(port)/subsystems/\(link)")
       }
     }
-    for nqn in (try? fm.contentsOfDirectory(atPath: root + "/subsystems")) ?? [] where nqn.hasPrefix(SubsystemNaming.prefix) {
+    for nqn in (try? fm.contentsOfDirectory(atPath: root + "/subsystems")) ?? []
+    where nqn.hasPrefix(SubsystemNaming.prefix) {
       let s = "\(root)/subsystems/\(nqn)"
-      for host in (try? fm.contentsOfDirectory(atPath: s + "/allowed_hosts")) ?? [] { unlink(s + "/allowed_hosts/" + host) }
+      for host in (try? fm.contentsOfDirectory(atPath: s + "/allowed_hosts")) ?? [] {
+        unlink(s + "/allowed_hosts/" + host)
+      }
       try? "0".write(toFile: s + "/namespaces/1/enable", atomically: false, encoding: .utf8)
       rmdir(s + "/namespaces/1")
       guard rmdir(s) == 0 else { throw CheckFailed("cannot remove \(s): \(String(cString: strerror(errno)))") }
