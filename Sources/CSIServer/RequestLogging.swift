@@ -20,8 +20,10 @@ public struct RequestLoggingInterceptor: ServerInterceptor {
   ) async throws -> StreamingServerResponse<Output> {
     var logger = self.logger
     logger[metadataKey: "rpc"] = "\(context.descriptor.method)"
-    logger[metadataKey: "request_id"] =
-      "\(request.metadata[stringValues: "x-request-id"].first(where: { _ in true }) ?? String(UUID().uuidString.prefix(8)).lowercased())"
+    let requestID =
+      request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
+      ?? String(UUID().uuidString.prefix(8)).lowercased()
+    logger[metadataKey: "request_id"] = "\(requestID)"
     let start = ContinuousClock.now
     do {
       let response = try await next(request, context)

@@ -375,7 +375,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     guard !candidates.isEmpty else {
       throw NVMeCSIError.resourceExhausted(
-        "no storage target fits: \(source != nil ? "clones must stay on the source's target \(source!.id.target), " : "")check the StorageClass's target parameter and allowedTopologies"
+        "no storage target fits: "
+          + "\(source != nil ? "clones must stay on the source's target \(source!.id.target), " : "")"
+          + "check the StorageClass's target parameter and allowedTopologies"
       )
     }
     func preference(_ target: StorageTarget) -> Int {
@@ -471,7 +473,8 @@ struct RequestedVolume {
     if VolumeAttribute.context(of: existing) != context { differences.append("parameters") }
     guard differences.isEmpty else {
       throw .alreadyExists(
-        "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): use another name or the same request"
+        "volume \(quoted(name)) already exists with a different \(differences.joined(separator: ", ")): "
+          + "use another name or the same request"
       )
     }
   }

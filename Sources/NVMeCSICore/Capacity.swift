@@ -27,7 +27,8 @@ public enum Capacity {
     }
     if size == 0 || (limit != 0 && size > limit) {
       throw .outOfRange(
-        "capacity_range is unsatisfiable: sizes are whole MiB and no multiple of \(alignment) bytes lies between \(max(required, minimum)) and \(limit) bytes"
+        "capacity_range is unsatisfiable: sizes are whole MiB and no multiple of \(alignment) bytes lies "
+          + "between \(max(required, minimum)) and \(limit) bytes"
       )
     }
     return size

@@ -119,7 +119,8 @@ public struct ObjectID: Hashable, Comparable, Sendable, CustomStringConvertible 
       let target = try? TargetName(parts[1]), let uuid = try? ObjectUUID(parts[2])
     else {
       throw .notFound(
-        "\(what) \(quoted(s)) does not exist: not a \(what) ID of this driver (expected \(kind.rawValue).<target>.<uuid>)"
+        "\(what) \(quoted(s)) does not exist: "
+          + "not a \(what) ID of this driver (expected \(kind.rawValue).<target>.<uuid>)"
       )
     }
     self.init(kind: kind, target: target, uuid: uuid)

@@ -14,7 +14,8 @@ public struct HostNQN: Hashable, Sendable, CustomStringConvertible {
     }
     guard value.hasPrefix("nqn."), bytes.count > 4, bytes.count <= NodeID.maxHostNQNBytes, allowed else {
       throw .invalidArgument(
-        "host NQN \(quoted(value)) is not valid: it must start with \"nqn.\", be at most \(NodeID.maxHostNQNBytes) bytes and use only letters, digits, '.', '-', ':' and '_'"
+        "host NQN \(quoted(value)) is not valid: it must start with \"nqn.\", "
+          + "be at most \(NodeID.maxHostNQNBytes) bytes and use only letters, digits, '.', '-', ':' and '_'"
       )
     }
     self.value = value

@@ -42,7 +42,8 @@ public struct VolumeAccess: Hashable, Sendable {
         "access mode MULTI_NODE_SINGLE_WRITER is not supported: use a SINGLE_NODE_* mode, or MULTI_NODE_READER_ONLY")
     case .multiNodeMultiWriter where type == .mount:
       throw .invalidArgument(
-        "access mode MULTI_NODE_MULTI_WRITER needs access type block: ext4 and xfs are not cluster file systems, mounting one on several nodes corrupts it"
+        "access mode MULTI_NODE_MULTI_WRITER needs access type block: "
+          + "ext4 and xfs are not cluster file systems, mounting one on several nodes corrupts it"
       )
     default: break
     }

@@ -44,7 +44,8 @@ public struct ConnectionParameters: Hashable, Sendable {
       guard let n = Int(text), knob.range.contains(n) || (knob.allowsMinusOne && n == -1) else {
         let extra = knob.allowsMinusOne ? " or -1" : ""
         throw .invalidArgument(
-          "parameter \(knob.key)=\(quoted(text)) is out of range: use an integer in \(knob.range.lowerBound)...\(knob.range.upperBound)\(extra)"
+          "parameter \(knob.key)=\(quoted(text)) is out of range: "
+            + "use an integer in \(knob.range.lowerBound)...\(knob.range.upperBound)\(extra)"
         )
       }
       self[keyPath: knob.keyPath] = n

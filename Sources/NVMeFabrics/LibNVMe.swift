@@ -85,9 +85,11 @@ public final class LibNVMe: Sendable {
   static func connectError(_ code: Int32, _ connection: Connection) -> NVMeCSIError {
     let text = String(cString: nvme_errno_to_string(code))
     let what =
-      "connecting \(connection.subsystemNQN) at \(connection.portal) as \(connection.host.nqn) failed: \(text) (\(code))"
+      "connecting \(connection.subsystemNQN) at \(connection.portal) as \(connection.host.nqn) "
+      + "failed: \(text) (\(code))"
+    let fabricsDevice = NVMeTCPAttacher.fabricsDevice
     switch code {
-    case Int32(ENVME_CONNECT_OPEN.rawValue) where !FileManager.default.fileExists(atPath: NVMeTCPAttacher.fabricsDevice):
+    case Int32(ENVME_CONNECT_OPEN.rawValue) where !FileManager.default.fileExists(atPath: fabricsDevice):
       return .failedPrecondition(what + ": " + NVMeTCPAttacher.noFabricsHint)
     case Int32(ENVME_CONNECT_CONNREFUSED.rawValue), Int32(ECONNREFUSED):
       return .unavailable(what + ": is the target serving this portal?")
@@ -99,7 +101,8 @@ public final class LibNVMe: Sendable {
       // this host NQN, or nothing serves that subsystem on that portal.
       return .unavailable(
         what
-          + ": the target refused the connection; check that ControllerPublishVolume granted this node and that the target serves this portal"
+          + ": the target refused the connection; check that ControllerPublishVolume granted this node"
+          + " and that the target serves this portal"
       )
     default:
       return .unavailable(what)

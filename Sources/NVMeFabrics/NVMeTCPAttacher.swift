@@ -6,7 +6,8 @@ import NVMeCSICore
 public struct NVMeTCPAttacher: Attacher {
   public static let fabricsDevice = "/dev/nvme-fabrics"
   static let noFabricsHint =
-    "the kernel has no NVMe over Fabrics support (/dev/nvme-fabrics missing): load nvme-tcp (on Talos it is built in: check the machine config)"
+    "the kernel has no NVMe over Fabrics support (/dev/nvme-fabrics missing): "
+    + "load nvme-tcp (on Talos it is built in: check the machine config)"
 
   let libnvme: LibNVMe
   let sysfs: SysfsNVMe

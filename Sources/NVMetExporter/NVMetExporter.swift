@@ -32,7 +32,8 @@ public struct NVMetExporter: VolumeExporter {
     // the host has not (Talos does not mount configfs).
     if configfs.hasPrefix("/sys/") && !isConfigfs(configfs) && mount("configfs", configfs, "configfs", 0, nil) != 0 {
       throw .failedPrecondition(
-        "configfs is not mounted at \(configfs) and mounting it failed (\(String(cString: strerror(errno)))): run `mount -t configfs configfs \(configfs)` on the storage node, or run the target privileged"
+        "configfs is not mounted at \(configfs) and mounting it failed (\(String(cString: strerror(errno)))): "
+          + "run `mount -t configfs configfs \(configfs)` on the storage node, or run the target privileged"
       )
     }
     let tree: any ConfigfsTree
@@ -53,7 +54,8 @@ public struct NVMetExporter: VolumeExporter {
   public init(tree: any ConfigfsTree, portals: [HostPort]) throws(NVMeCSIError) {
     guard tree.exists("subsystems"), tree.exists("ports"), tree.exists("hosts") else {
       throw .failedPrecondition(
-        "the kernel NVMe target is not loaded (\(tree.root)/subsystems missing): load the nvmet and nvmet_tcp modules (on Talos: machine.kernel.modules)"
+        "the kernel NVMe target is not loaded (\(tree.root)/subsystems missing): "
+          + "load the nvmet and nvmet_tcp modules (on Talos: machine.kernel.modules)"
       )
     }
     self.tree = tree

@@ -54,9 +54,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let metadata: Logger.Metadata = ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"]
       do {
         if try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) == nil {
-          logger.warning(
-            "staged volume has no device: the kernel lost it (target down?) or the node rebooted; the next NodeStageVolume reattaches it",
-            metadata: metadata)
+          let message =
+            "staged volume has no device: the kernel lost it (target down?) or the node rebooted; "
+            + "the next NodeStageVolume reattaches it"
+          logger.warning("\(message)", metadata: metadata)
         }
       } catch {
         logger.warning(
@@ -153,7 +154,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let held = try record.targets.filter { try mounter.mount(at: $0) != nil }
       guard held.isEmpty else {
         throw NVMeCSIError.failedPrecondition(
-          "volume \(volume) is still published at \(held.joined(separator: ", ")): unpublish it first (NodeUnpublishVolume)"
+          "volume \(volume) is still published at \(held.joined(separator: ", ")): "
+            + "unpublish it first (NodeUnpublishVolume)"
         )
       }
       if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
@@ -198,7 +200,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           isSameDevice(mountSource: staged.source, devicePath: device.path)
         else {
           throw NVMeCSIError.failedPrecondition(
-            "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): unstage and stage again"
+            "staging path \(record.stagingPath) no longer holds \(device.path) of volume \(volume): "
+              + "unstage and stage again"
           )
         }
         try await mounter.bindMount(record.stagingPath, at: targetPath, readonly: readonly)
@@ -378,7 +381,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     case fsType?: break
     case let other?:
       throw NVMeCSIError.failedPrecondition(
-        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: refusing to reformat a volume with data"
+        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: "
+          + "refusing to reformat a volume with data"
       )
     }
   }
@@ -390,7 +394,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let binds = try record.targets.filter { try mounter.mount(at: $0) != nil }
       guard mounts.isEmpty && binds.isEmpty else {
         throw NVMeCSIError.failedPrecondition(
-          "\(device.path) of volume \(record.volumeID) is still mounted at \((mounts + binds).joined(separator: ", ")): unpublish it first"
+          "\(device.path) of volume \(record.volumeID) is still mounted at "
+            + "\((mounts + binds).joined(separator: ", ")): unpublish it first"
         )
       }
     }

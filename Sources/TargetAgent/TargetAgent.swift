@@ -78,7 +78,8 @@ public final class TargetAgent: TargetAPI {
       let capacity = try store.capacity()
       if request.source == nil || !store.sharesBlocks, request.sizeBytes > capacity.availableBytes {
         throw NVMeCSIError.resourceExhausted(
-          "target has \(capacity.availableBytes) bytes free, volume needs \(request.sizeBytes): free space or add a target"
+          "target has \(capacity.availableBytes) bytes free, volume needs \(request.sizeBytes): "
+            + "free space or add a target"
         )
       }
       let record = VolumeRecord(

@@ -45,7 +45,8 @@ public final class LVMThinStore: VolumeStore {
     let pool = try lvm.report(volumeGroup, fields: "lv_name,lv_attr").first { $0["lv_name"] == thinPool }
     guard let pool, pool["lv_attr"]?.hasPrefix("t") == true else {
       throw .failedPrecondition(
-        "\(spec) is not an LVM thin pool: create one, e.g. `lvcreate -T \(spec) -L <size>` on a volume group with 1 MiB extents"
+        "\(spec) is not an LVM thin pool: "
+          + "create one, e.g. `lvcreate -T \(spec) -L <size>` on a volume group with 1 MiB extents"
       )
     }
   }

@@ -69,8 +69,9 @@ struct CapabilityOptions: ParsableArguments {
   var fsType: String = "ext4"
 
   @Option(
-    help:
-      "Access mode: single-node-writer, single-node-reader-only, single-node-single-writer, single-node-multi-writer, multi-node-reader-only, multi-node-multi-writer."
+    help: ArgumentHelp(
+      "Access mode: single-node-writer, single-node-reader-only, single-node-single-writer, "
+        + "single-node-multi-writer, multi-node-reader-only, multi-node-multi-writer.")
   )
   var accessMode: String = "single-node-writer"
 
@@ -110,8 +111,8 @@ extension CtlCommand {
           case nil: "?"
           }
         }
-        return
-          "\(info.name) \(info.vendorVersion)  ready=\(probe.ready.value)  capabilities: \(names.joined(separator: ", "))"
+        return "\(info.name) \(info.vendorVersion)  ready=\(probe.ready.value)  "
+          + "capabilities: \(names.joined(separator: ", "))"
       }
     }
   }
@@ -214,7 +215,8 @@ extension CtlCommand {
           })
       }
       try options.show(r) {
-        "expanded \(volumeID) to \(ByteSize.format(UInt64(r.capacityBytes)))\(r.nodeExpansionRequired ? " (the node grows the file system)" : "")"
+        "expanded \(volumeID) to \(ByteSize.format(UInt64(r.capacityBytes)))"
+          + "\(r.nodeExpansionRequired ? " (the node grows the file system)" : "")"
       }
     }
   }
@@ -327,7 +329,8 @@ extension CtlCommand {
       }
       let r = try await options.call { [request] controller, _ in try await controller.getCapacity(request) }
       try options.show(r) {
-        "available \(ByteSize.format(UInt64(r.availableCapacity)))  largest volume \(ByteSize.format(UInt64(r.maximumVolumeSize.value)))"
+        "available \(ByteSize.format(UInt64(r.availableCapacity)))  "
+          + "largest volume \(ByteSize.format(UInt64(r.maximumVolumeSize.value)))"
       }
     }
   }

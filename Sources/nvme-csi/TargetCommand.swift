@@ -17,14 +17,16 @@ struct TargetCommand: AsyncParsableCommand {
   var listen: String = "127.0.0.1:7600"
 
   @Option(
-    help:
-      "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs) or lvm:<vg>/<thinpool> (thin volumes and snapshots)."
+    help: ArgumentHelp(
+      "Volume store: file:<dir> (sparse files; reflink snapshots on XFS/btrfs) "
+        + "or lvm:<vg>/<thinpool> (thin volumes and snapshots).")
   )
   var store: String
 
   @Option(
-    help:
-      "configfs mount point holding nvmet. A directory that is not configfs is used as a simulated nvmet (nothing is served)."
+    help: ArgumentHelp(
+      "configfs mount point holding nvmet. "
+        + "A directory that is not configfs is used as a simulated nvmet (nothing is served).")
   )
   var configfs: String = "/sys/kernel/config"
 

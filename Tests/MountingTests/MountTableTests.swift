@@ -10,10 +10,13 @@ let fixture = #"""
   22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw,errors=remount-ro
   23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
   24 22 0:5 / /dev rw,nosuid,relatime shared:2 - devtmpfs udev rw,size=4017300k,nr_inodes=1004325,mode=755
-  30 22 259:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/nvme.csi.example.com/abc/globalmount rw,relatime shared:50 - xfs /dev/nvme1n1 rw,attr2,inode64,noquota
-  31 22 259:3 / /var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount ro,relatime shared:50 - xfs /dev/nvme1n1 rw,attr2,inode64,noquota
+  30 22 259:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/nvme.csi.example.com/abc/globalmount \#
+  rw,relatime shared:50 - xfs /dev/nvme1n1 rw,attr2,inode64,noquota
+  31 22 259:3 / /var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount \#
+  ro,relatime shared:50 - xfs /dev/nvme1n1 rw,attr2,inode64,noquota
   32 22 259:3 /data/sub /mnt/with\040space rw shared:1 master:2 - xfs /dev/nvme1n1 rw,attr2
-  33 22 0:5 /nvme2n1 /var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pvc-2/pod1 rw,nosuid,relatime shared:2 - devtmpfs udev rw,mode=755
+  33 22 0:5 /nvme2n1 /var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pvc-2/pod1 \#
+  rw,nosuid,relatime shared:2 - devtmpfs udev rw,mode=755
   34 22 0:40 / /mnt/stacked rw,relatime - tmpfs tmpfs rw
   35 34 0:41 / /mnt/stacked ro,relatime - tmpfs upper rw
   36 22 0:42 / /mnt/tab\011and\134backslash rw - tmpfs  rw

@@ -178,9 +178,8 @@ struct Scenario {
                 $0.readonly = readonly
               })
           }
-          steps.note(
-            "publish_context \(response.publishContext.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
-          )
+          let pairs = response.publishContext.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+          steps.note("publish_context \(pairs.joined(separator: " "))")
           return response.publishContext
         })
     else { return nil }
@@ -490,7 +489,8 @@ struct Scenario {
 
   func detach(_ v: Attached, deleteVolume: Bool) async {
     await steps.run(
-      "NodeUnpublish, NodeUnstage (device gone), ControllerUnpublish\(deleteVolume ? ", DeleteVolume" : "") (each twice)"
+      "NodeUnpublish, NodeUnstage (device gone), ControllerUnpublish"
+        + "\(deleteVolume ? ", DeleteVolume" : "") (each twice)"
     ) {
       for _ in 0..<2 {
         _ = try await node.nodeUnpublishVolume(
