@@ -13,7 +13,9 @@ public protocol Mounter: Sendable {
   /// Every mount whose source is `device` (e.g. "/dev/nvme0n1"), any mount point.
   func mounts(ofDevice device: String) throws(NVMeCSIError) -> [MountInfo]
 
-  /// The file system on `device` (blkid), nil when the device holds none.
+  /// What `device` holds (a file system type, a partition table type, or "unknown"),
+  /// nil only when a successful probe proved it blank. A probe that fails throws: it
+  /// is never taken for a blank device.
   func fileSystem(on device: String) async throws(NVMeCSIError) -> String?
   /// Creates `fsType` ("ext4" or "xfs") on `device`. Callers check it is blank first.
   func format(_ device: String, as fsType: String) async throws(NVMeCSIError)

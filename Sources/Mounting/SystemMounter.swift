@@ -52,17 +52,22 @@ public struct SystemMounter: Mounter {
 
   // MARK: File systems
 
-  /// Runs `blkid -p -o export`: TYPE when there is a file system, else PTTYPE ("gpt",
-  /// "dos") when the device holds a partition table, else "unknown" for any other
-  /// signature; nil only when blkid finds nothing at all (exit code 2). Asking for TYPE
-  /// alone would call a partitioned disk blank, and formatting it would destroy it.
+  /// What is on the device: TYPE when there is a file system, else PTTYPE ("gpt",
+  /// "dos") when it holds a partition table, else "unknown" for any other signature or
+  /// for data without one; nil only when the device is proven blank.
+  ///
+  /// Fail closed: nil means formatting destroys nothing, so it needs two proofs. blkid
+  /// (`-p`, low-level probing, so a partitioned disk is not called blank) must find no
+  /// signature (exit code 2), and this process must then read the first and last MiB
+  /// in full and find only zeros. blkid also answers 2 when it cannot read the device,
+  /// so exit code 2 alone proves nothing: a read error here is an error, never "blank".
   public func fileSystem(on device: String) async throws(NVMeCSIError) -> String? {
     try Self.checkReadable(device)
     let result = try await runner.run(
       "blkid", ["-p", "-o", "export", device], timeout: Self.probeTimeout, acceptedExitCodes: [0, 2, 8])
     switch result.exitCode {
     case 2:
-      return nil
+      return try Self.zeroedEnds(of: device, size: try deviceSize(device)) ? nil : "unknown"
     case 8:
       throw .failedPrecondition(
         "\(quoted(device)) holds signatures of more than one kind (blkid: ambivalent result), so it is neither"
@@ -73,16 +78,56 @@ public struct SystemMounter: Mounter {
     }
   }
 
+  /// How much of each end of a device must read back as zeros before it counts as blank.
+  static let blankProbeBytes = 1 << 20
+
+  /// Whether the first and last `blankProbeBytes` of the device read back, in full, as
+  /// zeros. Any read failure or short read throws: an unreadable device is not blank.
+  public static func zeroedEnds(of device: String, size: UInt64) throws(NVMeCSIError) -> Bool {
+    guard size > 0 else {
+      throw .unavailable("\(quoted(device)) reports size 0 (not identified yet?): not formatting it; retry")
+    }
+    let fd = try openDevice(device)
+    defer { close(fd) }
+    let length = Int(min(UInt64(blankProbeBytes), size))
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+    defer { buffer.deallocate() }
+    for offset in Set([UInt64(0), size - UInt64(length)]).sorted() {
+      var done = 0
+      while done < length {
+        let read = valueOrErrno { pread(fd, buffer.baseAddress! + done, length - done, off_t(offset) + off_t(done)) }
+        switch read {
+        case .success(0):
+          throw .unavailable(
+            "\(quoted(device)) ended early while proving it blank (at byte \(offset + UInt64(done)) of \(size)):"
+              + " not formatting it; retry")
+        case .success(let n): done += n
+        case .failure(let error):
+          throw NVMeCSIError(
+            .unavailable,
+            "cannot read \(quoted(device)) to prove it blank (\(error)): not formatting it, a read error is"
+              + " never taken for a blank device; retry once the path is healthy",
+            cause: error)
+        }
+      }
+      if buffer.contains(where: { $0 != 0 }) { return false }
+    }
+    return true
+  }
+
   public func format(_ device: String, as fsType: String) async throws(NVMeCSIError) {
     let tool: String
     let arguments: [String]
     switch fsType {
     case "ext4":
       tool = "mkfs.ext4"
-      arguments = ["-F", "-q", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", device]
+      // No -F: mke2fs still refuses a device in use. (Run without a terminal it does not
+      // stop for an existing signature: the blank probe before it is what guards data.)
+      arguments = ["-q", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", device]
     case "xfs":
       tool = "mkfs.xfs"
-      arguments = ["-f", "-q", "-K", device]
+      // No -f: mkfs.xfs refuses a device that holds any signature.
+      arguments = ["-q", "-K", device]
     default:
       throw Self.unsupported(fsType)
     }

@@ -380,8 +380,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       try await mounter.format(device.path, as: fsType)
     case fsType?: break
     case let other?:
+      let holds = other == "unknown" ? "data no probe recognises" : other
       throw NVMeCSIError.failedPrecondition(
-        "\(device.path) of volume \(volume) holds \(other), but \(fsType) was requested: "
+        "\(device.path) of volume \(volume) holds \(holds), but \(fsType) was requested: "
           + "refusing to reformat a volume with data"
       )
     }

@@ -53,7 +53,7 @@ struct SystemMounterTests {
   @Test("mkfs's own complaint reaches the caller")
   func mkfsFailure() async throws {
     try await withImage(size: 64 * MiB) { image, _ throws in
-      await expectError(.internalError, mentioning: ["mkfs.xfs -f -q -K", "exit code", "larger than"]) {
+      await expectError(.internalError, mentioning: ["mkfs.xfs -q -K", "exit code", "larger than"]) {
         try await mounter.format(image, as: "xfs")
       }
     }
@@ -71,6 +71,78 @@ struct SystemMounterTests {
       try handle.write(contentsOf: sector)
       try handle.close()
       #expect(try await mounter.fileSystem(on: image) == "dos")
+    }
+  }
+
+  /// A mounter whose `blkid` is a script that prints `output` and exits with `code`.
+  func mounter(withBlkidExiting code: Int32, output: String = "", in directory: String) throws -> SystemMounter {
+    let script = directory + "/blkid"
+    try Data("#!/bin/sh\nprintf '\(output)'\nexit \(code)\n".utf8).write(to: URL(fileURLWithPath: script))
+    #expect(chmod(script, 0o755) == 0)
+    return SystemMounter(runner: CommandRunner(searchDirectories: [directory]))
+  }
+
+  @Test("blkid finding nothing on zeros is blank; on data, or on an unreadable device, it is not")
+  func blkidFindsNothing() async throws {
+    try await withImage(size: 8 * MiB) { image, directory throws in
+      let probe = try mounter(withBlkidExiting: 2, in: directory)
+      #expect(try await probe.fileSystem(on: image) == nil)
+
+      // Data in the last MiB, no signature anywhere: not blank.
+      let handle = try #require(FileHandle(forWritingAtPath: image))
+      try handle.seek(toOffset: 8 * MiB - 10)
+      try handle.write(contentsOf: Data([1]))
+      try handle.close()
+      #expect(try await probe.fileSystem(on: image) == "unknown")
+
+    }
+  }
+
+  @Test("A device whose end cannot be read is never blank")
+  func shortDevice() async throws {
+    try await withTemporaryDirectory { directory throws in
+      let image = directory + "/short.img"
+      try makeSparseFile(image, size: 2 * MiB)
+      // Claim more than is there, as a device that fails at its end would read.
+      expectError(.unavailable, mentioning: ["ended early", "not formatting"]) {
+        try SystemMounter.zeroedEnds(of: image, size: 4 * MiB)
+      }
+      expectError(.unavailable, mentioning: ["size 0"]) { try SystemMounter.zeroedEnds(of: image, size: 0) }
+      // A read that fails (EISDIR here; EIO on a dying path) is an error, never blank.
+      expectError(.unavailable, mentioning: ["cannot read", "never taken for a blank device"]) {
+        try SystemMounter.zeroedEnds(of: directory, size: 4 * MiB)
+      }
+      #expect(try SystemMounter.zeroedEnds(of: image, size: 2 * MiB))
+    }
+  }
+
+  @Test("blkid's other answers: a type, a partition table, ambivalence, failure")
+  func blkidOutcomes() async throws {
+    try await withImage(size: 4 * MiB) { image, directory throws in
+      #expect(
+        try await mounter(withBlkidExiting: 0, output: "TYPE=xfs\\n", in: directory).fileSystem(on: image) == "xfs")
+      #expect(
+        try await mounter(withBlkidExiting: 0, output: "PTTYPE=gpt\\n", in: directory).fileSystem(on: image) == "gpt")
+      #expect(try await mounter(withBlkidExiting: 0, output: "", in: directory).fileSystem(on: image) == "unknown")
+      await expectError(.failedPrecondition, mentioning: ["ambivalent"]) {
+        try await mounter(withBlkidExiting: 8, in: directory).fileSystem(on: image)
+      }
+      // Usage or system errors (exit 4) are errors, not "blank".
+      let failed = await expectError(.internalError) {
+        try await mounter(withBlkidExiting: 4, in: directory).fileSystem(on: image)
+      }
+      #expect(failed?.message.contains("blkid") == true)
+    }
+  }
+
+  @Test("mkfs.xfs is never forced: it refuses a device that holds a file system")
+  func mkfsNotForced() async throws {
+    try await withImage(size: 512 * MiB) { image, _ throws in
+      try await mounter.format(image, as: "xfs")
+      await expectError(.internalError, mentioning: ["existing filesystem"]) {
+        try await mounter.format(image, as: "xfs")
+      }
+      #expect(try await mounter.fileSystem(on: image) == "xfs")
     }
   }
 
