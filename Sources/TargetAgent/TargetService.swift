@@ -14,13 +14,13 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func getInfo(request: Nvmecsi_Target_V1_GetInfoRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_GetInfoResponse
   {
-    try await target.info().wire
+    try await target.info().proto
   }
 
   public func createVolume(request: Nvmecsi_Target_V1_CreateVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_CreateVolumeResponse
   {
-    .init(try await target.createVolume(try NewVolume(wire: request)))
+    .init(try await target.createVolume(try NewVolume(proto: request)))
   }
 
   public func deleteVolume(request: Nvmecsi_Target_V1_DeleteVolumeRequest, context: ServerContext) async throws
@@ -34,21 +34,21 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     -> Nvmecsi_Target_V1_GetVolumeResponse
   {
     let volume = try await target.volume(try ObjectUUID(request.uuid))
-    return .with { $0.volume = volume.wire }
+    return .with { $0.volume = volume.proto }
   }
 
   public func listVolumes(request: Nvmecsi_Target_V1_ListVolumesRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_ListVolumesResponse
   {
     let volumes = try await target.volumes(named: request.name.isEmpty ? nil : request.name)
-    return .with { $0.volumes = volumes.map(\.wire) }
+    return .with { $0.volumes = volumes.map(\.proto) }
   }
 
   public func expandVolume(request: Nvmecsi_Target_V1_ExpandVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_ExpandVolumeResponse
   {
     let volume = try await target.expandVolume(try ObjectUUID(request.uuid), to: request.sizeBytes)
-    return .with { $0.volume = volume.wire }
+    return .with { $0.volume = volume.proto }
   }
 
   public func publishVolume(request: Nvmecsi_Target_V1_PublishVolumeRequest, context: ServerContext) async throws
@@ -60,7 +60,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     }
     let export = try await target.publishVolume(
       try ObjectUUID(request.uuid), to: node, readonly: request.readonly, exclusive: request.exclusive)
-    return export.wire
+    return export.proto
   }
 
   public func unpublishVolume(request: Nvmecsi_Target_V1_UnpublishVolumeRequest, context: ServerContext) async throws
@@ -87,7 +87,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func listSnapshots(request: Nvmecsi_Target_V1_ListSnapshotsRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_ListSnapshotsResponse
   {
-    let snapshots = try await target.snapshots(matching: try SnapshotFilter(wire: request))
-    return .with { $0.snapshots = snapshots.map(\.wire) }
+    let snapshots = try await target.snapshots(matching: try SnapshotFilter(proto: request))
+    return .with { $0.snapshots = snapshots.map(\.proto) }
   }
 }

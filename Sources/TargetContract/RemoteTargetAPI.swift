@@ -48,13 +48,13 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   }
 
   public func info() async throws -> TargetInfo {
-    try await call { try TargetInfo(wire: try await client.getInfo(.init(), options: $0)) }
+    try await call { try TargetInfo(proto: try await client.getInfo(.init(), options: $0)) }
   }
 
   public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try await call {
-      let response = try await client.createVolume(request.wire, options: $0)
-      return (try TargetVolume(wire: response.volume), response.existed)
+      let response = try await client.createVolume(request.proto, options: $0)
+      return (try TargetVolume(proto: response.volume), response.existed)
     }
   }
 
@@ -64,7 +64,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
 
   public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume {
     try await call {
-      try TargetVolume(wire: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume)
+      try TargetVolume(proto: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume)
     }
   }
 
@@ -72,7 +72,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     try await call {
       var volumes: [TargetVolume] = []
       for volume in try await client.listVolumes(.with { $0.name = name ?? "" }, options: $0).volumes {
-        volumes.append(try TargetVolume(wire: volume))
+        volumes.append(try TargetVolume(proto: volume))
       }
       return volumes
     }
@@ -84,7 +84,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
         $0.uuid = uuid.value
         $0.sizeBytes = sizeBytes
       }
-      return try TargetVolume(wire: try await client.expandVolume(request, options: $0).volume)
+      return try TargetVolume(proto: try await client.expandVolume(request, options: $0).volume)
     }
   }
 
@@ -99,7 +99,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
         $0.readonly = readonly
         $0.exclusive = exclusive
       }
-      return try VolumeExport(wire: try await client.publishVolume(request, options: $0))
+      return try VolumeExport(proto: try await client.publishVolume(request, options: $0))
     }
   }
 
@@ -120,7 +120,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     }
     return try await call {
       let response = try await client.createSnapshot(request, options: $0)
-      return (try SnapshotRecord(wire: response.snapshot), response.existed)
+      return (try SnapshotRecord(proto: response.snapshot), response.existed)
     }
   }
 
@@ -131,8 +131,8 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call {
       var snapshots: [SnapshotRecord] = []
-      for snapshot in try await client.listSnapshots(filter.wire, options: $0).snapshots {
-        snapshots.append(try SnapshotRecord(wire: snapshot))
+      for snapshot in try await client.listSnapshots(filter.proto, options: $0).snapshots {
+        snapshots.append(try SnapshotRecord(proto: snapshot))
       }
       return snapshots
     }

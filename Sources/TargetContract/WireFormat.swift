@@ -3,12 +3,12 @@ import NVMeCSICore
 import SwiftProtobuf
 import TargetProto
 
-// The target API's wire format, both directions, in one place: `init(wire:)` reads a
-// proto message into a domain value (throwing on malformed input), `wire` writes one.
+// The target API's wire format, both directions, in one place: `init(proto:)` reads a
+// proto message into a domain value (throwing on malformed input), `.proto` writes one.
 // The server reads requests and writes responses; the client does the reverse.
 
 extension HostPort {
-  public init(wire portal: Nvmecsi_Target_V1_Portal) throws(NVMeCSIError) {
+  public init(proto portal: Nvmecsi_Target_V1_Portal) throws(NVMeCSIError) {
     guard let port = UInt16(exactly: portal.port), portal.transport == "tcp" else {
       throw .internalError(
         "portal \(quoted(portal.address)) port \(portal.port) over \(quoted(portal.transport)) is not a TCP portal")
@@ -16,7 +16,7 @@ extension HostPort {
     self.init(host: portal.address, port: port)
   }
 
-  public var wire: Nvmecsi_Target_V1_Portal {
+  public var proto: Nvmecsi_Target_V1_Portal {
     .with {
       $0.transport = "tcp"
       $0.address = host
@@ -26,22 +26,22 @@ extension HostPort {
 }
 
 extension TargetInfo {
-  public init(wire info: Nvmecsi_Target_V1_GetInfoResponse) throws(NVMeCSIError) {
+  public init(proto info: Nvmecsi_Target_V1_GetInfoResponse) throws(NVMeCSIError) {
     var portals: [HostPort] = []
-    for portal in info.portals { portals.append(try HostPort(wire: portal)) }
+    for portal in info.portals { portals.append(try HostPort(proto: portal)) }
     self.init(
       storeKind: info.storeKind, exporterKind: info.exporterKind, totalBytes: info.totalBytes,
       availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version)
   }
 
-  public var wire: Nvmecsi_Target_V1_GetInfoResponse {
+  public var proto: Nvmecsi_Target_V1_GetInfoResponse {
     .with {
       $0.storeKind = storeKind
       $0.exporterKind = exporterKind
       $0.totalBytes = totalBytes
       $0.availableBytes = availableBytes
       $0.reflink = sharesBlocks
-      $0.portals = portals.map(\.wire)
+      $0.portals = portals.map(\.proto)
       $0.version = version
     }
   }
@@ -61,7 +61,7 @@ extension VolumeSource {
 }
 
 extension TargetVolume {
-  public init(wire volume: Nvmecsi_Target_V1_Volume) throws(NVMeCSIError) {
+  public init(proto volume: Nvmecsi_Target_V1_Volume) throws(NVMeCSIError) {
     var publications: [Publication] = []
     for p in volume.publications {
       publications.append(Publication(nodeID: try NodeID(parsing: p.nodeID), readonly: p.readonly))
@@ -74,7 +74,7 @@ extension TargetVolume {
     self.init(record: record, problem: volume.abnormalReason.isEmpty ? nil : volume.abnormalReason)
   }
 
-  public var wire: Nvmecsi_Target_V1_Volume {
+  public var proto: Nvmecsi_Target_V1_Volume {
     .with {
       $0.uuid = record.uuid.value
       $0.name = record.name
@@ -101,13 +101,13 @@ extension TargetVolume {
 }
 
 extension SnapshotRecord {
-  public init(wire snapshot: Nvmecsi_Target_V1_Snapshot) throws(NVMeCSIError) {
+  public init(proto snapshot: Nvmecsi_Target_V1_Snapshot) throws(NVMeCSIError) {
     self.init(
       uuid: try ObjectUUID(snapshot.uuid), name: snapshot.name, sourceVolume: try ObjectUUID(snapshot.sourceVolumeUuid),
       sizeBytes: snapshot.sizeBytes, created: snapshot.created.date)
   }
 
-  public var wire: Nvmecsi_Target_V1_Snapshot {
+  public var proto: Nvmecsi_Target_V1_Snapshot {
     .with {
       $0.uuid = uuid.value
       $0.name = name
@@ -120,14 +120,14 @@ extension SnapshotRecord {
 }
 
 extension NewVolume {
-  public init(wire request: Nvmecsi_Target_V1_CreateVolumeRequest) throws(NVMeCSIError) {
+  public init(proto request: Nvmecsi_Target_V1_CreateVolumeRequest) throws(NVMeCSIError) {
     self.init(
       name: request.name, sizeBytes: request.sizeBytes,
       source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
       attributes: request.attributes)
   }
 
-  public var wire: Nvmecsi_Target_V1_CreateVolumeRequest {
+  public var proto: Nvmecsi_Target_V1_CreateVolumeRequest {
     .with {
       $0.name = name
       $0.sizeBytes = sizeBytes
@@ -142,32 +142,32 @@ extension NewVolume {
 }
 
 extension VolumeExport {
-  public init(wire response: Nvmecsi_Target_V1_PublishVolumeResponse) throws(NVMeCSIError) {
+  public init(proto response: Nvmecsi_Target_V1_PublishVolumeResponse) throws(NVMeCSIError) {
     var portals: [HostPort] = []
-    for portal in response.portals { portals.append(try HostPort(wire: portal)) }
+    for portal in response.portals { portals.append(try HostPort(proto: portal)) }
     self.init(
       subsystemNQN: response.subsystemNqn, namespaceUUID: try ObjectUUID(response.namespaceUuid), portals: portals)
   }
 
-  public var wire: Nvmecsi_Target_V1_PublishVolumeResponse {
+  public var proto: Nvmecsi_Target_V1_PublishVolumeResponse {
     .with {
       $0.subsystemNqn = subsystemNQN
       $0.namespaceUuid = namespaceUUID.value
-      $0.portals = portals.map(\.wire)
+      $0.portals = portals.map(\.proto)
     }
   }
 }
 
 extension SnapshotFilter {
   /// Empty fields match everything.
-  public init(wire request: Nvmecsi_Target_V1_ListSnapshotsRequest) throws(NVMeCSIError) {
+  public init(proto request: Nvmecsi_Target_V1_ListSnapshotsRequest) throws(NVMeCSIError) {
     self.init(
       name: request.name.isEmpty ? nil : request.name,
       uuid: request.uuid.isEmpty ? nil : try ObjectUUID(request.uuid),
       sourceVolume: request.sourceVolumeUuid.isEmpty ? nil : try ObjectUUID(request.sourceVolumeUuid))
   }
 
-  public var wire: Nvmecsi_Target_V1_ListSnapshotsRequest {
+  public var proto: Nvmecsi_Target_V1_ListSnapshotsRequest {
     .with {
       $0.name = name ?? ""
       $0.uuid = uuid?.value ?? ""
@@ -179,7 +179,7 @@ extension SnapshotFilter {
 extension Nvmecsi_Target_V1_CreateVolumeResponse {
   public init(_ result: (volume: TargetVolume, existed: Bool)) {
     self.init()
-    volume = result.volume.wire
+    volume = result.volume.proto
     existed = result.existed
   }
 }
@@ -187,7 +187,7 @@ extension Nvmecsi_Target_V1_CreateVolumeResponse {
 extension Nvmecsi_Target_V1_CreateSnapshotResponse {
   public init(_ result: (snapshot: SnapshotRecord, existed: Bool)) {
     self.init()
-    snapshot = result.snapshot.wire
+    snapshot = result.snapshot.proto
     existed = result.existed
   }
 }
