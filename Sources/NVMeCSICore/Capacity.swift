@@ -6,6 +6,8 @@ public enum Capacity {
   public static let alignment: UInt64 = mebibyte
   /// The size of a volume whose request names none.
   public static let defaultSize: UInt64 = gibibyte
+  /// The largest volume: the largest aligned size a file offset (off_t, Int64) can hold.
+  public static let maximumSize: UInt64 = alignDown(UInt64(Int64.max))
 
   /// Picks the size for a CSI capacity range (0 means "not set" for either bound):
   /// the required size rounded up to the alignment, or the default, never above the
@@ -20,7 +22,7 @@ public enum Capacity {
       size = defaultSize
       if limit != 0 && limit < size { size = alignDown(limit) }
     } else {
-      guard let up = alignUp(floor) else {
+      guard let up = alignUp(floor), up <= maximumSize else {
         throw .outOfRange("capacity_range is unsatisfiable: \(floor) bytes is too large")
       }
       size = up

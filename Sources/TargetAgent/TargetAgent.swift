@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NVMeCSICore
 import NVMetExporter
+import Synchronization
 import TargetContract
 import VolumeStore
 
@@ -17,6 +18,8 @@ public final class TargetAgent: TargetAPI {
   private let version: String
   private let locks = KeyedLock<String>()
   private let logger: Logger
+  /// Volumes whose files `start()` moved aside, with why: reported abnormal, never served.
+  private let quarantined = Mutex<[ObjectUUID: String]>([:])
 
   public init(store: any VolumeStore, exporter: any VolumeExporter, version: String = BuildInfo.version, logger: Logger)
   {
@@ -34,22 +37,45 @@ public final class TargetAgent: TargetAPI {
       portals: exporter.portals, version: version)
   }
 
-  /// Repairs what an earlier crash left behind: store debris, exports without
-  /// records, records whose export is missing or stale.
+  /// Repairs what an earlier crash left behind, then exports every recorded volume.
+  ///
+  /// Never destroys on doubt: the store moves what it cannot explain aside; an export
+  /// of a volume the store has no record of is left in place and reported; and a store
+  /// with no volume at all while nvmet exports ours (its file system not mounted yet,
+  /// the wrong directory) stops the target before it touches anything.
   public func start() throws(NVMeCSIError) {
     logger.info("reconciling store and exports", metadata: ["store": "\(store.kind)", "exporter": "\(exporter.kind)"])
     let repairs = try store.reconcile()
     for path in repairs.removedDebris {
       logger.notice("removed debris of an interrupted operation", metadata: ["path": "\(path)"])
     }
+    for step in repairs.completed {
+      logger.notice("finished an interrupted operation", metadata: ["step": "\(step)"])
+    }
     for path in repairs.missingData {
       logger.error("volume data is missing; the volume is reported abnormal", metadata: ["path": "\(path)"])
     }
+    for item in repairs.quarantined {
+      logger.error(
+        "moved aside what the store cannot explain; nothing was deleted: inspect it, then restore or remove it",
+        metadata: ["path": "\(item.originalPath)", "movedTo": "\(item.movedTo)", "reason": "\(item.reason)"])
+      if let volume = item.volume {
+        quarantined.withLock { $0[volume] = "quarantined: \(item.reason); its files are in \(item.movedTo)" }
+      }
+    }
     let records = try store.volumes()
     let recorded = Set(records.map(\.uuid))
-    for volume in exporter.exportedVolumes() where !recorded.contains(volume) {
-      logger.notice("removing export of a volume that no longer exists", metadata: ["volume": "\(volume)"])
-      try exporter.remove(volume)
+    let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
+    if records.isEmpty && !unexplained.isEmpty {
+      let some = unexplained.prefix(3).map(\.value).joined(separator: ", ")
+      throw .failedPrecondition(
+        "the \(store.kind) store \(store.isNew ? "is new" : "holds no volume"), yet nvmet exports \(unexplained.count)"
+          + " volume(s) of this driver (\(some)): its file system is probably not mounted yet, or --store names the"
+          + " wrong place; refusing to start so that no export is touched")
+    }
+    for volume in unexplained {
+      let message = "nvmet exports a volume this store has no record of: left in place, never removed on doubt"
+      logger.warning("\(message) (DeleteVolume of it removes the export)", metadata: ["volume": "\(volume)"])
     }
     for record in records where store.hasData(record.uuid) {
       try exporter.apply(exportSpec(record))
@@ -58,7 +84,7 @@ public final class TargetAgent: TargetAPI {
       "target ready",
       metadata: [
         "volumes": "\(records.count)", "store": "\(store.kind)", "exporter": "\(exporter.kind)",
-        "reflink": "\(store.sharesBlocks)",
+        "reflink": "\(store.sharesBlocks)", "quarantined": "\(repairs.quarantined.count)",
       ])
   }
 
@@ -66,21 +92,23 @@ public final class TargetAgent: TargetAPI {
 
   public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try validateName(request.name, what: "volume")
-    guard request.sizeBytes > 0 else { throw NVMeCSIError.invalidArgument("volume size must be positive") }
+    try validateSize(request.sizeBytes)
+    try validateAttributes(request.attributes)
     return try await locks.withLock("volume-name:" + request.name) {
       if let existing = try store.volumes().first(where: { $0.name == request.name }) {
         return (status(existing), true)
       }
-      if let sourceSize = try sourceSize(request.source), request.sizeBytes < sourceSize {
+      let sourceSize = try sourceSize(request.source)
+      if let sourceSize, request.sizeBytes < sourceSize {
         throw NVMeCSIError.outOfRange(
           "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
       }
+      // A clone that shares blocks costs only what it adds beyond its source.
+      let needed = store.sharesBlocks ? request.sizeBytes - (sourceSize ?? 0) : request.sizeBytes
       let capacity = try store.capacity()
-      if request.source == nil || !store.sharesBlocks, request.sizeBytes > capacity.availableBytes {
+      if needed > capacity.availableBytes {
         throw NVMeCSIError.resourceExhausted(
-          "target has \(capacity.availableBytes) bytes free, volume needs \(request.sizeBytes): "
-            + "free space or add a target"
-        )
+          "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
       }
       let record = VolumeRecord(
         uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
@@ -113,15 +141,26 @@ public final class TargetAgent: TargetAPI {
   }
 
   public func volume(_ uuid: ObjectUUID) throws(NVMeCSIError) -> TargetVolume {
-    status(try record(uuid))
+    if let reason = quarantined.withLock({ $0[uuid] }) { return Self.quarantinedVolume(uuid, reason) }
+    return status(try record(uuid))
   }
 
   public func volumes(named name: String?) throws(NVMeCSIError) -> [TargetVolume] {
-    try store.volumes().filter { name == nil || $0.name == name }.map(status)
+    let recorded = try store.volumes().filter { name == nil || $0.name == name }.map(status)
+    guard name == nil else { return recorded }
+    return recorded + quarantined.withLock { $0 }.sorted { $0.key < $1.key }.map(Self.quarantinedVolume)
+  }
+
+  /// A quarantined volume as listed: known only by its UUID, abnormal, saying why.
+  private static func quarantinedVolume(_ uuid: ObjectUUID, _ reason: String) -> TargetVolume {
+    TargetVolume(
+      record: VolumeRecord(uuid: uuid, name: "", sizeBytes: 0, created: Date(timeIntervalSince1970: 0)), problem: reason
+    )
   }
 
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
-    try await locks.withLock("volume:" + uuid.value) {
+    try validateSize(sizeBytes)
+    return try await locks.withLock("volume:" + uuid.value) {
       let record = try record(uuid)
       guard sizeBytes > record.sizeBytes else { return status(record) }
       let capacity = try store.capacity()
@@ -236,6 +275,35 @@ public final class TargetAgent: TargetAPI {
         throw .notFound("snapshot \(s) does not exist")
       }
       return snapshot.sizeBytes
+    }
+  }
+
+  /// Limits on what the controller keeps with a volume: records stay small, so a list
+  /// of many volumes stays far below gRPC's message limit.
+  static let maximumAttributes = 64
+  static let maximumAttributeKeyBytes = 256
+  static let maximumAttributeValueBytes = 4096
+
+  private func validateAttributes(_ attributes: [String: String]) throws(NVMeCSIError) {
+    guard attributes.count <= Self.maximumAttributes else {
+      throw .invalidArgument("\(attributes.count) attributes: at most \(Self.maximumAttributes) are kept with a volume")
+    }
+    for (key, value) in attributes {
+      guard !key.isEmpty, key.utf8.count <= Self.maximumAttributeKeyBytes,
+        value.utf8.count <= Self.maximumAttributeValueBytes
+      else {
+        throw .invalidArgument(
+          "attribute \(quoted(key)): keys must be 1-\(Self.maximumAttributeKeyBytes) bytes and values at most"
+            + " \(Self.maximumAttributeValueBytes) bytes")
+      }
+    }
+  }
+
+  /// Sizes must fit a file offset (and so every store): larger is `outOfRange`, never a trap.
+  private func validateSize(_ size: UInt64) throws(NVMeCSIError) {
+    guard size > 0 else { throw .invalidArgument("volume size must be positive") }
+    guard size <= Capacity.maximumSize else {
+      throw .outOfRange("volume size \(size) bytes is above the largest supported (\(Capacity.maximumSize) bytes)")
     }
   }
 

@@ -12,19 +12,32 @@ import NVMeCSICore
 ///
 ///     volumes/<uuid>.img    the data nvmet serves        volumes/<uuid>.json    its record
 ///     snapshots/<uuid>.img  a frozen copy                snapshots/<uuid>.json  its record
+///     store.json            the store's identity (written at first use)
+///     quarantine/           what reconcile() could not explain, moved aside
 ///
-/// Crash safety: data is built under a hidden temp name, fsynced and renamed into
-/// place; the record is written last (atomically) and is the commit point. Deletion
-/// removes the record first. So a crash leaves at most a hidden temp file or a data
-/// file without a record: debris nobody sees, which `reconcile()` removes.
+/// Crash safety: the record is the commit point, and every unfinished step lives under
+/// a hidden name, so a visible data file without a record is never debris.
+/// - Create: data is built under `.<uuid>.img.tmp` and fsynced, the record is written
+///   (atomically), then the data is renamed into place. A crash before the record
+///   leaves a hidden temp file (removed); after it, reconcile finishes the rename.
+/// - Delete: the data is renamed to `.<uuid>.img.deleting`, the record removed, the
+///   data unlinked. A crash before the record is removed is undone (renamed back);
+///   after it, the hidden file is removed.
+/// - Anything else reconcile cannot explain (data without a record, a corrupt record)
+///   is moved to quarantine/ and reported: never deleted.
 public final class FileStore: VolumeStore {
   public let kind = "file"
   public let root: String
   public let sharesBlocks: Bool
+  public let isNew: Bool
+  /// This store's identity, from store.json.
+  public let identity: StoreMarker
   private let failpoints: Failpoints
 
   private var volumesDir: String { root + "/volumes" }
   private var snapshotsDir: String { root + "/snapshots" }
+  private var quarantineDir: String { root + "/quarantine" }
+  static let markerName = "store.json"
 
   /// Opens (creating if needed) a store in `root`, which must be on a local file
   /// system nvmet can serve files from (ext4, xfs, btrfs; not tmpfs or overlayfs).
@@ -35,6 +48,21 @@ public final class FileStore: VolumeStore {
     self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
     self.failpoints = failpoints
     try FileOperations.makeDirectory(self.root)
+    let markerPath = self.root + "/" + Self.markerName
+    if FileOperations.exists(markerPath) {
+      do { self.identity = try Self.decode(StoreMarker.self, at: markerPath) } catch {
+        throw .failedPrecondition(
+          "\(markerPath) is not an nvme-csi store marker (\(error.message)): --store must name this driver's store")
+      }
+      self.isNew = false
+    } else {
+      // A store from before markers holds volumes: adopt it. Otherwise it is new.
+      let volumes = self.root + "/volumes"
+      let existing = FileOperations.exists(volumes) ? try FileOperations.list(volumes) : []
+      self.isNew = existing.isEmpty
+      self.identity = StoreMarker(uuid: .random(), created: Date())
+      try Self.write(identity, to: markerPath)
+    }
     try FileOperations.makeDirectory(self.root + "/volumes")
     try FileOperations.makeDirectory(self.root + "/snapshots")
     self.sharesBlocks = FileOperations.supportsReflink(in: self.root + "/volumes")
@@ -59,16 +87,21 @@ public final class FileStore: VolumeStore {
 
   public func createVolume(_ record: VolumeRecord) throws(NVMeCSIError) -> VolumeRecord {
     let uuid = record.uuid
-    if let existing = try volume(uuid) { return existing }
+    if let existing = try volume(uuid) {
+      try finishCreate(dataPath(volumesDir, uuid))
+      return existing
+    }
     let sourcePath: String?
     switch record.source {
     case .snapshot(let s)?: sourcePath = dataPath(snapshotsDir, s)
     case .volume(let v)?: sourcePath = dataPath(volumesDir, v)
     case nil: sourcePath = nil
     }
-    try buildData(at: dataPath(volumesDir, uuid), size: record.sizeBytes, copying: sourcePath)
+    let data = dataPath(volumesDir, uuid)
+    try buildData(at: Self.building(data), size: record.sizeBytes, copying: sourcePath)
     failpoints.reach("store.create-volume.after-data")
     try writeRecord(record, to: recordPath(volumesDir, uuid))
+    try finishCreate(data)
     return try readBack(volume(uuid), path: recordPath(volumesDir, uuid))
   }
 
@@ -84,10 +117,13 @@ public final class FileStore: VolumeStore {
     // The data may already be larger than the record after a crash mid-expansion.
     let current = try FileOperations.size(of: path)
     if sizeBytes > current {
+      guard let length = off_t(exactly: sizeBytes) else {
+        throw .outOfRange("size \(sizeBytes) bytes is larger than a file can be (\(off_t.max) bytes)")
+      }
       let fd = open(path, O_RDWR | O_CLOEXEC)
       guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
       defer { close(fd) }
-      guard ftruncate(fd, off_t(sizeBytes)) == 0 else { throw DurableFile.failure("cannot grow", path) }
+      guard ftruncate(fd, length) == 0 else { throw DurableFile.failure("cannot grow", path) }
       guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", path) }
     }
     failpoints.reach("store.expand-volume.after-data")
@@ -100,9 +136,7 @@ public final class FileStore: VolumeStore {
   }
 
   public func deleteVolume(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try DurableFile.remove(recordPath(volumesDir, uuid))
-    failpoints.reach("store.delete-volume.after-record")
-    try DurableFile.remove(dataPath(volumesDir, uuid))
+    try delete(uuid, in: volumesDir, failpoint: "store.delete-volume.after-record")
   }
 
   public func devicePath(of uuid: ObjectUUID) -> String { dataPath(volumesDir, uuid) }
@@ -118,18 +152,30 @@ public final class FileStore: VolumeStore {
   public func createSnapshot(_ record: SnapshotRecord) throws(NVMeCSIError) -> SnapshotRecord {
     let uuid = record.uuid
     let path = recordPath(snapshotsDir, uuid)
-    if let existing: SnapshotRecord = try self.record(at: path) { return existing }
+    let data = dataPath(snapshotsDir, uuid)
+    if let existing: SnapshotRecord = try self.record(at: path) {
+      try finishCreate(data)
+      return existing
+    }
     let source = dataPath(volumesDir, record.sourceVolume)
-    try buildData(at: dataPath(snapshotsDir, uuid), size: record.sizeBytes, copying: source)
+    try buildData(at: Self.building(data), size: record.sizeBytes, copying: source)
     failpoints.reach("store.create-snapshot.after-data")
     try writeRecord(record, to: path)
+    try finishCreate(data)
     return try readBack(self.record(at: path), path: path)
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try DurableFile.remove(recordPath(snapshotsDir, uuid))
-    failpoints.reach("store.delete-snapshot.after-record")
-    try DurableFile.remove(dataPath(snapshotsDir, uuid))
+    try delete(uuid, in: snapshotsDir, failpoint: "store.delete-snapshot.after-record")
+  }
+
+  /// Data aside under its hidden name, record removed (the commit), data unlinked.
+  private func delete(_ uuid: ObjectUUID, in directory: String, failpoint: String) throws(NVMeCSIError) {
+    let data = dataPath(directory, uuid)
+    try moveAside(data, to: Self.deleting(data))
+    try DurableFile.remove(recordPath(directory, uuid))
+    failpoints.reach(failpoint)
+    try DurableFile.remove(Self.deleting(data))
   }
 
   // MARK: startup
@@ -138,16 +184,49 @@ public final class FileStore: VolumeStore {
     var repairs = StoreRepairs()
     for directory in [volumesDir, snapshotsDir] {
       let names = try FileOperations.list(directory)
-      let recorded = Set(names.filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map { String($0.dropLast(5)) })
-      for name in names {
+      // Records that decode; a corrupt one is moved aside with its data.
+      var recorded: Set<String> = []
+      for name in names where name.hasSuffix(".json") && !name.hasPrefix(".") {
+        let base = String(name.dropLast(5))
+        do {
+          if directory == volumesDir {
+            _ = try Self.decode(VolumeRecord.self, at: directory + "/" + name)
+          } else {
+            _ = try Self.decode(SnapshotRecord.self, at: directory + "/" + name)
+          }
+          recorded.insert(base)
+        } catch {
+          for file in [name, base + ".img"] where FileOperations.exists(directory + "/" + file) {
+            repairs.quarantined.append(try quarantine(directory + "/" + file, reason: error.message))
+          }
+        }
+      }
+      for name in names where name.hasPrefix(".") {
         let path = directory + "/" + name
-        let isDebris =
-          name.hasPrefix(".")  // unfinished temp file
-          || (name.hasSuffix(".img") && !recorded.contains(String(name.dropLast(4))))  // data never committed
-        if isDebris {
+        // Only what this store's own steps leave behind is finished or removed.
+        if let data = Self.unhidden(name, suffix: ".tmp") ?? Self.unhidden(name, suffix: ".deleting"),
+          data.hasSuffix(".img")
+        {
+          let base = String(data.dropLast(4))
+          if recorded.contains(base) && !FileOperations.exists(directory + "/" + data) {
+            try moveAside(path, to: directory + "/" + data)
+            repairs.completed.append("\(path) → \(directory)/\(data)")
+          } else {
+            try DurableFile.remove(path)
+            repairs.removedDebris.append(path)
+          }
+        } else if name.hasSuffix(".json.tmp") || name.hasPrefix(".reflink-probe-") {
           try DurableFile.remove(path)
           repairs.removedDebris.append(path)
         }
+      }
+      for name in names where name.hasSuffix(".img") && !name.hasPrefix(".") {
+        // (A corrupt record's data was moved aside with it above.)
+        guard !recorded.contains(String(name.dropLast(4))), FileOperations.exists(directory + "/" + name) else {
+          continue
+        }
+        repairs.quarantined.append(
+          try quarantine(directory + "/" + name, reason: "data without a record (its record is lost or corrupt)"))
       }
       for base in recorded.sorted() where !FileOperations.exists(directory + "/" + base + ".img") {
         repairs.missingData.append(directory + "/" + base + ".img")
@@ -171,11 +250,12 @@ public final class FileStore: VolumeStore {
   private func dataPath(_ directory: String, _ uuid: ObjectUUID) -> String { "\(directory)/\(uuid.value).img" }
   private func recordPath(_ directory: String, _ uuid: ObjectUUID) -> String { "\(directory)/\(uuid.value).json" }
 
-  /// Builds a data file under a hidden temp name and renames it into place, so the
-  /// final name only ever holds complete data.
-  private func buildData(at path: String, size: UInt64, copying source: String?) throws(NVMeCSIError) {
-    let directory = (path as NSString).deletingLastPathComponent
-    let temp = directory + "/." + (path as NSString).lastPathComponent + ".tmp"
+  /// Builds complete, fsynced data at `temp` (a hidden name) for `finishCreate` to
+  /// rename into place once the record is written.
+  private func buildData(at temp: String, size: UInt64, copying source: String?) throws(NVMeCSIError) {
+    guard let length = off_t(exactly: size) else {
+      throw .outOfRange("size \(size) bytes is larger than a file can be (\(off_t.max) bytes)")
+    }
     unlink(temp)
     let fd = open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw DurableFile.failure("cannot create", temp) }
@@ -192,19 +272,62 @@ public final class FileStore: VolumeStore {
         try FileOperations.copyContents(from: src, to: fd, srcPath: source, dstPath: temp)
       }
       if try FileOperations.size(ofDescriptor: fd, path: temp) < size {
-        guard ftruncate(fd, off_t(size)) == 0 else { throw DurableFile.failure("cannot size", temp) }
+        guard ftruncate(fd, length) == 0 else { throw DurableFile.failure("cannot size", temp) }
       }
       guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", temp) }
     } catch {
       unlink(temp)
       throw error
     }
-    guard rename(temp, path) == 0 else {
-      let error = DurableFile.failure("cannot rename into place", path)
-      unlink(temp)
-      throw error
+  }
+
+  /// Renames the data built for a committed record into place (nothing to do when it
+  /// is there already).
+  private func finishCreate(_ data: String) throws(NVMeCSIError) {
+    guard !FileOperations.exists(data) else { return }
+    try moveAside(Self.building(data), to: data)
+  }
+
+  /// Renames durably (the directory is fsynced); a missing source is success.
+  private func moveAside(_ path: String, to destination: String) throws(NVMeCSIError) {
+    if rename(path, destination) != 0 {
+      if errno == ENOENT { return }
+      throw DurableFile.failure("cannot rename \(path) to", destination)
     }
-    try DurableFile.syncDirectory(directory)
+    try DurableFile.syncDirectory((destination as NSString).deletingLastPathComponent)
+  }
+
+  /// Moves an unexplained file into quarantine/ (never over an earlier one).
+  private func quarantine(_ path: String, reason: String) throws(NVMeCSIError) -> Quarantined {
+    try FileOperations.makeDirectory(quarantineDir)
+    let name = (path as NSString).lastPathComponent
+    let kind = (path as NSString).deletingLastPathComponent.hasSuffix("/snapshots") ? "snapshot-" : "volume-"
+    var destination = quarantineDir + "/" + kind + name
+    var attempt = 1
+    while FileOperations.exists(destination) {
+      attempt += 1
+      destination = quarantineDir + "/" + kind + name + ".\(attempt)"
+    }
+    try moveAside(path, to: destination)
+    try DurableFile.syncDirectory((path as NSString).deletingLastPathComponent)
+    let base = name.split(separator: ".").first.map(String.init) ?? ""
+    let volume = kind == "volume-" ? try? ObjectUUID(base) : nil
+    return Quarantined(volume: volume, originalPath: path, movedTo: destination, reason: reason)
+  }
+
+  /// Where data is built before its record exists, and kept while it is being deleted.
+  static func building(_ data: String) -> String { hidden(data, suffix: ".tmp") }
+  static func deleting(_ data: String) -> String { hidden(data, suffix: ".deleting") }
+
+  private static func hidden(_ path: String, suffix: String) -> String {
+    let directory = (path as NSString).deletingLastPathComponent
+    return directory + "/." + (path as NSString).lastPathComponent + suffix
+  }
+
+  /// "x.img" for ".x.img<suffix>"; nil for a name that is not hidden or lacks the suffix.
+  static func unhidden(_ name: String, suffix: String) -> String? {
+    guard name.hasPrefix("."), name.hasSuffix(suffix), name.count > suffix.count + 1 else { return nil }
+    return String(name.dropFirst().dropLast(suffix.count))
   }
 
   /// What was just written, as every later read will see it (dates round to ms).
@@ -214,6 +337,10 @@ public final class FileStore: VolumeStore {
   }
 
   private func writeRecord<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) {
+    try Self.write(record, to: path)
+  }
+
+  static func write<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     encoder.dateEncodingStrategy = .millisecondsSince1970
@@ -225,14 +352,20 @@ public final class FileStore: VolumeStore {
   }
 
   private func record<R: Decodable>(at path: String) throws(NVMeCSIError) -> R? {
+    guard FileOperations.exists(path) else { return nil }
+    return try Self.decode(R.self, at: path)
+  }
+
+  /// A record file's content; a corrupt one is `internalError` naming the file (the
+  /// target quarantines it at its next start).
+  static func decode<R: Decodable>(_ type: R.Type, at path: String) throws(NVMeCSIError) -> R {
     guard let data = FileManager.default.contents(atPath: path) else {
-      if FileOperations.exists(path) { throw .internalError("cannot read record \(path)") }
-      return nil
+      throw .internalError("cannot read record \(path)")
     }
     let decoder = JSONDecoder()
     decoder.dateDecodingStrategy = .millisecondsSince1970
     do { return try decoder.decode(R.self, from: data) } catch {
-      throw .internalError("record \(path) is corrupt (\(error)); move it aside to recover")
+      throw .internalError("record \(path) is corrupt (\(error)); a target restart moves it to quarantine/")
     }
   }
 
@@ -243,5 +376,17 @@ public final class FileStore: VolumeStore {
       if let r: R = try record(at: directory + "/" + name) { out.append(r) }
     }
     return out
+  }
+}
+
+/// What store.json says: which store this is, written once at first use.
+public struct StoreMarker: Codable, Sendable, Equatable {
+  public var format = 1
+  public var uuid: ObjectUUID
+  public var created: Date
+
+  public init(uuid: ObjectUUID, created: Date) {
+    self.uuid = uuid
+    self.created = created
   }
 }

@@ -22,6 +22,8 @@ import NVMeCSICore
 public final class LVMThinStore: VolumeStore {
   public let kind = "lvm"
   public let sharesBlocks = true
+  /// Records live in the LVs' own tags, so an empty store is one with no LV of ours.
+  public let isNew: Bool
   public let volumeGroup: String
   public let thinPool: String
   /// Which LVs of the volume group belong to this store.
@@ -42,13 +44,17 @@ public final class LVMThinStore: VolumeStore {
     self.owner = owner
     self.failpoints = failpoints
     self.lvm = lvm
-    let pool = try lvm.report(volumeGroup, fields: "lv_name,lv_attr").first { $0["lv_name"] == thinPool }
+    let poolName = parts[1]
+    let pool = try lvm.report(parts[0], fields: "lv_name,lv_attr").first { $0["lv_name"] == poolName }
     guard let pool, pool["lv_attr"]?.hasPrefix("t") == true else {
       throw .failedPrecondition(
         "\(spec) is not an LVM thin pool: "
           + "create one, e.g. `lvcreate -T \(spec) -L <size>` on a volume group with 1 MiB extents"
       )
     }
+    let ownerTag = "nvmecsi.owner=\(owner)"
+    let rows = try lvm.report(parts[0], fields: "lv_tags")
+    self.isNew = !rows.contains { ($0["lv_tags"] ?? "").split(separator: ",").contains(Substring(ownerTag)) }
   }
 
   public func capacity() throws(NVMeCSIError) -> StoreCapacity {

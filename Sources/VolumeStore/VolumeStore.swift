@@ -8,9 +8,32 @@ public struct StoreCapacity: Sendable, Equatable {
 
 /// What `reconcile()` found and repaired at startup.
 public struct StoreRepairs: Sendable, Equatable {
+  /// Hidden files of interrupted steps, removed (they never held committed data).
   public var removedDebris: [String] = []
+  /// Interrupted steps finished or undone from their hidden files.
+  public var completed: [String] = []
+  /// Records whose data is gone: those volumes are reported abnormal.
   public var missingData: [String] = []
+  /// What could not be explained (data without a record, a corrupt record): moved aside,
+  /// never deleted, for a person to look at.
+  public var quarantined: [Quarantined] = []
   public init() {}
+}
+
+/// A file moved aside by `reconcile()`.
+public struct Quarantined: Sendable, Equatable {
+  /// The volume it belonged to (nil for a snapshot's files).
+  public var volume: ObjectUUID?
+  public var originalPath: String
+  public var movedTo: String
+  public var reason: String
+
+  public init(volume: ObjectUUID?, originalPath: String, movedTo: String, reason: String) {
+    self.volume = volume
+    self.originalPath = originalPath
+    self.movedTo = movedTo
+    self.reason = reason
+  }
 }
 
 /// Keeps volumes and snapshots, each with a record, crash-safely.
@@ -28,6 +51,9 @@ public protocol VolumeStore: Sendable {
   var kind: String { get }
   /// Whether snapshots and clones share blocks with their source (else full copies).
   var sharesBlocks: Bool { get }
+  /// Whether opening it found nothing at all (no marker, no data): a store used for the
+  /// first time, or a file system that is not mounted where the store should be.
+  var isNew: Bool { get }
 
   func capacity() throws(NVMeCSIError) -> StoreCapacity
 
@@ -50,6 +76,8 @@ public protocol VolumeStore: Sendable {
   func createSnapshot(_ record: SnapshotRecord) throws(NVMeCSIError) -> SnapshotRecord
   func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError)
 
-  /// Removes debris left by interrupted operations; reports records whose data is gone.
+  /// Finishes or removes what interrupted operations left (only what they are known to
+  /// leave), moves aside what it cannot explain, and reports records whose data is gone.
+  /// Never deletes data it cannot account for.
   func reconcile() throws(NVMeCSIError) -> StoreRepairs
 }

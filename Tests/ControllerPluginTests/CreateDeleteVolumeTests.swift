@@ -60,15 +60,24 @@ struct CreateDeleteVolumeTests {
     }
   }
 
-  @Test("Sixteen concurrent CreateVolume calls with one name create one volume")
+  @Test("Sixteen concurrent CreateVolume calls with one name create one volume; the busy ones are Aborted")
   func concurrentCreate() async throws {
     try await Harness.with { h in
-      let ids = try await withThrowingTaskGroup(of: String.self) { group in
+      let outcomes = await withTaskGroup(of: Result<String, RPCError>.self) { group in
         for _ in 0..<16 {
-          group.addTask { try await h.controller.createVolume(createRequest("pvc-race")).volume.volumeID }
+          group.addTask {
+            do { return .success(try await h.controller.createVolume(createRequest("pvc-race")).volume.volumeID) } catch
+            {
+              return .failure(error as? RPCError ?? RPCError(code: .unknown, message: "\(error)"))
+            }
+          }
         }
-        return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        return await group.reduce(into: [Result<String, RPCError>]()) { $0.append($1) }
       }
+      var ids = Set(outcomes.compactMap { try? $0.get() })
+      for case .failure(let error) in outcomes { #expect(error.code == .aborted, "\(error)") }
+      // The provisioner retries an Aborted call: it gets the same volume.
+      ids.insert(try await h.controller.createVolume(createRequest("pvc-race")).volume.volumeID)
       #expect(ids.count == 1)
       let observed2 = try await h.controller.listVolumes(.init()).entries.count
       #expect(observed2 == 1)
@@ -81,6 +90,7 @@ struct CreateDeleteVolumeTests {
     arguments: [
       (Int64(10) * mebibyte, Int64(5) * mebibyte),  // required above limit
       (Int64(1) + mebibyte, Int64(1) + mebibyte),  // no whole MiB between them
+      (Int64.max, Int64(0)),  // rounds up past the largest file offset: OutOfRange, not a crashed target
     ])
   func outOfRange(required: Int64, limit: Int64) async throws {
     try await Harness.with { h in

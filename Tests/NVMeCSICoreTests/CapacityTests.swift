@@ -63,6 +63,8 @@ struct CapacityTests {
       Unsatisfiable(required: MiB + 1, limit: 2 * MiB - 1),
       Unsatisfiable(required: UInt64.max, limit: 0),  // aligning up would overflow
       Unsatisfiable(required: UInt64.max - 1, limit: UInt64.max),
+      Unsatisfiable(required: UInt64(Int64.max), limit: 0),  // rounds up to 2^63: no file offset holds it
+      Unsatisfiable(required: Capacity.maximumSize + 1, limit: 0),
       Unsatisfiable(required: 0, limit: 5 * MiB, minimum: 10 * MiB),  // the store's minimum exceeds the limit
     ])
   func unsatisfiable(_ c: Unsatisfiable) {

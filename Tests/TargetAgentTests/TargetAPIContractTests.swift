@@ -145,6 +145,16 @@ struct TargetAPIContractTests {
       await expectError(.invalidArgument) {
         try await api.createVolume(NewVolume(name: "z", sizeBytes: 0, source: nil, attributes: [:]))
       }
+      let bloated = [
+        ["big": String(repeating: "x", count: 3 << 20)],
+        Dictionary(uniqueKeysWithValues: (0..<65).map { ("k\($0)", "v") }),
+        ["": "empty key"],
+      ]
+      for attributes in bloated {
+        await expectError(.invalidArgument, mentioning: ["attribute"]) {
+          try await api.createVolume(NewVolume(name: "bloated", sizeBytes: MiB, source: nil, attributes: attributes))
+        }
+      }
       #expect(try await api.volumes(named: nil).isEmpty)
     }
   }

@@ -17,9 +17,16 @@ public struct LocalTarget: Sendable {
   public let agent: TargetAgent
 
   public init(name: String, directory: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420)) throws {
+    try self.init(name: name, store: directory + "/store", configfs: directory + "/configfs", portal: portal)
+  }
+
+  /// A target on these directories; `start()` has run (and may have refused).
+  public init(name: String, store: String, configfs: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420))
+    throws
+  {
     self.name = try TargetName(name)
-    self.store = directory + "/store"
-    self.configfs = directory + "/configfs"
+    self.store = store
+    self.configfs = configfs
     try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
     var logger = Logger(label: "test.target") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical

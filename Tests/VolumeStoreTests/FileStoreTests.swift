@@ -36,7 +36,7 @@ struct FileStoreTests {
       let store = try FileStore(root: directory + "/nested/")
       #expect(store.root == directory + "/nested")
       #expect(store.kind == "file")
-      #expect(try files(directory + "/nested") == ["snapshots", "volumes"])
+      #expect(try files(directory + "/nested") == ["snapshots", "store.json", "volumes"])
       #expect(try files(directory + "/nested/volumes").isEmpty)
       let uuid = ObjectUUID.random()
       #expect(store.devicePath(of: uuid) == directory + "/nested/volumes/\(uuid.value).img")
@@ -126,19 +126,33 @@ struct FileStoreTests {
       try FileManager.default.removeItem(atPath: store.devicePath(of: dataless))
 
       let orphan = ObjectUUID.random().value
+      let orphanSnapshot = ObjectUUID.random().value
       let debris = [
         root + "/volumes/.\(orphan).img.tmp",
         root + "/volumes/.\(kept.value).json.tmp",
-        root + "/volumes/\(orphan).img",
-        root + "/snapshots/\(ObjectUUID.random().value).img",
+        root + "/volumes/.\(orphan).img.deleting",
         root + "/snapshots/.\(orphan).img.tmp",
       ]
-      for path in debris { #expect(FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))) }
+      let unexplained = [root + "/volumes/\(orphan).img", root + "/snapshots/\(orphanSnapshot).img"]
+      for path in debris + unexplained {
+        #expect(FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3])))
+      }
+      let foreign = root + "/volumes/.someone-elses-file"
+      #expect(FileManager.default.createFile(atPath: foreign, contents: Data([4])))
 
       let repairs = try store.reconcile()
       #expect(Set(repairs.removedDebris) == Set(debris))
       #expect(repairs.missingData == [root + "/volumes/\(dataless.value).img"])
-      for path in debris { #expect(!FileManager.default.fileExists(atPath: path), "\(path)") }
+      for path in debris + unexplained { #expect(!FileManager.default.fileExists(atPath: path), "\(path)") }
+      // Data nobody can explain is moved aside, never deleted.
+      #expect(repairs.quarantined.map(\.originalPath).sorted() == unexplained.sorted())
+      #expect(repairs.quarantined.first { $0.originalPath.contains("/volumes/") }?.volume?.value == orphan)
+      #expect(repairs.quarantined.first { $0.originalPath.contains("/snapshots/") }?.volume == nil)
+      for item in repairs.quarantined {
+        #expect(FileManager.default.contents(atPath: item.movedTo) == Data([1, 2, 3]))
+        #expect(item.movedTo.hasPrefix(root + "/quarantine/"))
+      }
+      #expect(FileManager.default.fileExists(atPath: foreign), "files the store did not make are left alone")
 
       // What was committed is untouched.
       #expect(try Device.read(512, at: 0, from: store.devicePath(of: kept)) == pattern(512, seed: 3))
@@ -148,7 +162,66 @@ struct FileStoreTests {
 
       let again = try store.reconcile()
       #expect(again.removedDebris.isEmpty)
+      #expect(again.quarantined.isEmpty)
       #expect(again.missingData == repairs.missingData)
+    }
+  }
+
+  @Test("Reconcile finishes a create whose record was written, and undoes a delete whose record was not removed")
+  func reconcileRollsForwardAndBack() throws {
+    try withFileStore { store, root in
+      let building = ObjectUUID.random()
+      let deleting = ObjectUUID.random()
+      for uuid in [building, deleting] {
+        _ = try store.createVolume(VolumeRecord(uuid: uuid, name: uuid.value, sizeBytes: MiB, created: created))
+        try Device.write(pattern(512, seed: 9), at: 0, to: store.devicePath(of: uuid))
+      }
+      // As a crash leaves them: data still under its build name; data renamed for deletion.
+      try FileManager.default.moveItem(
+        atPath: store.devicePath(of: building), toPath: root + "/volumes/.\(building.value).img.tmp")
+      try FileManager.default.moveItem(
+        atPath: store.devicePath(of: deleting), toPath: root + "/volumes/.\(deleting.value).img.deleting")
+
+      let repairs = try store.reconcile()
+      #expect(repairs.completed.count == 2)
+      #expect(repairs.removedDebris.isEmpty && repairs.quarantined.isEmpty && repairs.missingData.isEmpty)
+      for uuid in [building, deleting] {
+        #expect(try Device.read(512, at: 0, from: store.devicePath(of: uuid)) == pattern(512, seed: 9))
+      }
+    }
+  }
+
+  @Test("A corrupt record is moved aside with its data at reconcile; the other volumes stay")
+  func reconcileQuarantinesCorruptRecord() throws {
+    try withFileStore { store, root in
+      let good = ObjectUUID.random()
+      let bad = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: good, name: "good", sizeBytes: MiB, created: created))
+      _ = try store.createVolume(VolumeRecord(uuid: bad, name: "bad", sizeBytes: MiB, created: created))
+      try Device.write(pattern(512, seed: 4), at: 0, to: store.devicePath(of: bad))
+      try Data("{not json".utf8).write(to: URL(fileURLWithPath: root + "/volumes/\(bad.value).json"))
+
+      let repairs = try store.reconcile()
+      #expect(repairs.quarantined.count == 2)
+      #expect(repairs.quarantined.allSatisfy { $0.volume == bad && $0.reason.contains("corrupt") })
+      #expect(try store.volumes().map(\.uuid) == [good])
+      let data = try #require(repairs.quarantined.first { $0.movedTo.hasSuffix(".img") })
+      #expect(try Device.read(512, at: 0, from: data.movedTo) == pattern(512, seed: 4))
+    }
+  }
+
+  @Test("A new store writes its marker; reopening finds it and is no longer new")
+  func marker() throws {
+    try withTemporaryDirectory { directory in
+      let first = try FileStore(root: directory + "/store")
+      #expect(first.isNew)
+      let again = try FileStore(root: directory + "/store")
+      #expect(!again.isNew)
+      #expect(again.identity.uuid == first.identity.uuid)
+      try Data("garbage".utf8).write(to: URL(fileURLWithPath: directory + "/store/store.json"))
+      expectError(.failedPrecondition, mentioning: ["store.json", "not an nvme-csi store marker"]) {
+        try FileStore(root: directory + "/store")
+      }
     }
   }
 
