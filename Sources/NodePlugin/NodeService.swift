@@ -72,10 +72,12 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   public func nodeStageVolume(request: Csi_V1_NodeStageVolumeRequest, context: ServerContext) async throws
     -> Csi_V1_NodeStageVolumeResponse
   {
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    // Required fields first (InvalidArgument), then whether the volume can be ours (NotFound).
+    try requireVolumeID(request.volumeID)
     try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
     let publishContext = try PublishContext(decoding: request.publishContext)
     guard SubsystemNaming.volume(inNQN: publishContext.subsystemNQN) == volume.uuid,
       publishContext.namespaceUUID == volume.uuid.value
@@ -173,11 +175,12 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   public func nodePublishVolume(request: Csi_V1_NodePublishVolumeRequest, context: ServerContext) async throws
     -> Csi_V1_NodePublishVolumeResponse
   {
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try requireVolumeID(request.volumeID)
     try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
     try PathCheck.validate(request.targetPath, field: "target_path")
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
     let readonly = request.readonly || access.readonly
     let targetPath = request.targetPath
 
@@ -192,7 +195,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         throw NVMeCSIError.invalidArgument(
           "volume \(volume) was staged for \(record.accessType.rawValue) access, not \(access.type.rawValue)")
       }
+      // SINGLE_NODE_SINGLE_WRITER promises one writer: one pod, so one target path.
+      if access.mode == .singleNodeSingleWriter, let other = record.targets.first(where: { $0 != targetPath }) {
+        throw NVMeCSIError.failedPrecondition(
+          "volume \(volume) has access mode SINGLE_NODE_SINGLE_WRITER and is already published at \(other):"
+            + " unpublish it there first")
+      }
       let device = try currentDevice(of: record)
+      // Recorded before mounting, so a crash mid-publish leaves a target this volume owns.
+      if !record.targets.contains(targetPath) {
+        record.targets.append(targetPath)
+        try records.save(record)
+      }
       switch access.type {
       case .mount:
         // Identity check: the staging mount must still hold this volume's device.
@@ -208,10 +222,6 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       case .block:
         try await mounter.bindMount(device.path, at: targetPath, readonly: readonly)
       }
-      if !record.targets.contains(targetPath) {
-        record.targets.append(targetPath)
-        try records.save(record)
-      }
       return .init()
     }
   }
@@ -226,9 +236,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let targetPath = request.targetPath
 
     return try await locks.withLock(volume.description) {
-      if try mounter.mount(at: targetPath) != nil { try await mounter.unmount(targetPath) }
+      let record = try records.load(volume)
+      let ours = record?.targets.contains(targetPath) ?? false
+      let mounted = try mounter.mount(at: targetPath) != nil
+      // Only this volume's publication is taken down; anything else at the path is left alone.
+      guard ours || (!mounted && Self.isEmptyLeftover(targetPath)) else {
+        throw NVMeCSIError.failedPrecondition(
+          "target_path \(targetPath) holds \(mounted ? "a mount" : "files") that this node's records do not"
+            + " attribute to volume \(volume): refusing to touch it")
+      }
+      if mounted { try await mounter.unmount(targetPath) }
       try removeTarget(targetPath)
-      if var record = try records.load(volume), record.targets.contains(targetPath) {
+      if var record, ours {
         record.targets.removeAll { $0 == targetPath }
         try records.save(record)
       }
@@ -241,8 +260,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   public func nodeGetVolumeStats(request: Csi_V1_NodeGetVolumeStatsRequest, context: ServerContext) async throws
     -> Csi_V1_NodeGetVolumeStatsResponse
   {
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    try requireVolumeID(request.volumeID)
     try PathCheck.validate(request.volumePath, field: "volume_path")
+    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
     guard FileManager.default.fileExists(atPath: request.volumePath) else {
       throw NVMeCSIError.notFound("volume_path \(request.volumePath) does not exist")
     }
@@ -417,6 +437,22 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   }
 
   /// Removes the empty directory or file kubelet's target was; one that is already gone is success.
+  /// Nothing there, an empty directory or an empty file: what a publish that never
+  /// finished leaves, safe to remove whoever made it.
+  static func isEmptyLeftover(_ path: String) -> Bool {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return true }
+    switch st.st_mode & S_IFMT {
+    case S_IFDIR: return ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? ["?"]).isEmpty
+    case S_IFREG: return st.st_size == 0
+    default: return false
+    }
+  }
+
+  private func requireVolumeID(_ id: String) throws(NVMeCSIError) {
+    guard !id.isEmpty else { throw .invalidArgument("volume_id is required") }
+  }
+
   private func removeTarget(_ path: String) throws(NVMeCSIError) {
     var st = stat()
     switch valueOrErrno({ lstat(path, &st) }) {
@@ -474,6 +510,7 @@ struct NodeAccess {
   }
 
   var type: AccessType
+  var mode: AccessMode
   var fsType: String
   var mountFlags: [String]
   var readonly: Bool
@@ -481,6 +518,7 @@ struct NodeAccess {
   init(_ capability: Csi_V1_VolumeCapability) throws(NVMeCSIError) {
     let access = try VolumeAccess(capability)  // validates type, mode and fs type
     type = access.type
+    mode = access.mode
     fsType = access.fsType.isEmpty ? "ext4" : access.fsType
     readonly = access.mode.isReadOnly
     mountFlags = capability.mount.mountFlags

@@ -162,6 +162,38 @@ struct MalformedRequestTests {
     }
   }
 
+  @Test("A missing field is InvalidArgument even for a volume this node cannot know (the spec's order)")
+  func missingFieldBeforeUnknownVolume() async throws {
+    try await Self.withBusyNode { h, v in
+      let unknown = "v1.store-x.00000000-0000-4000-8000-000000000000"
+      var publish = publishRequest(v, staging: h.machine.stagingPath(v), target: h.machine.targetPath(v))
+      publish.volumeID = unknown
+      var noTarget = publish
+      noTarget.targetPath = ""
+      await expectStatus(.invalidArgument, mentioning: "target_path") { try await h.node.nodePublishVolume(noTarget) }
+      var noCapability = publish
+      noCapability.clearVolumeCapability()
+      await expectStatus(.invalidArgument, mentioning: "volume_capability") {
+        try await h.node.nodePublishVolume(noCapability)
+      }
+      var stage = stageRequest(v, at: "")
+      stage.volumeID = "not-a-volume-of-ours"
+      await expectStatus(.invalidArgument, mentioning: "staging_target_path") {
+        try await h.node.nodeStageVolume(stage)
+      }
+      await expectStatus(.invalidArgument, mentioning: "volume_path") {
+        try await h.node.nodeGetVolumeStats(.with { $0.volumeID = unknown })
+      }
+      await expectStatus(.notFound, mentioning: "does not exist") {
+        try await h.node.nodeGetVolumeStats(
+          .with {
+            $0.volumeID = v.id
+            $0.volumePath = h.machine.kubelet + "/no/such/path"
+          })
+      }
+    }
+  }
+
   static let badCapabilities: [(String, Csi_V1_VolumeCapability?)] = [
     ("no capability", nil),
     ("no access type", .with { $0.accessMode.mode = .singleNodeWriter }),

@@ -224,6 +224,47 @@ struct PublishTests {
     }
   }
 
+  @Test("Unpublish leaves alone what is at target_path when it is not this volume's publication")
+  func unpublishSomeoneElses() async throws {
+    try await Harness.with { h in
+      let v = h.machine.export()
+      let other = h.machine.export()
+      try await h.stage(other)
+      try await h.publish(other)
+      // Kubelet (or a person) names the other volume's mount as this volume's target.
+      var request = Csi_V1_NodeUnpublishVolumeRequest()
+      request.volumeID = v.id
+      request.targetPath = h.machine.targetPath(other)
+      await expectStatus(.failedPrecondition, mentioning: "do not attribute") {
+        try await h.node.nodeUnpublishVolume(request)
+      }
+      #expect(h.kernel.mounts(at: h.machine.targetPath(other)).count == 1, "the other volume stays mounted")
+
+      // Files that are not ours at the path are not deleted either.
+      let target = h.machine.targetPath(v)
+      try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
+      try Data("pod data".utf8).write(to: URL(fileURLWithPath: target + "/keep"))
+      await expectStatus(.failedPrecondition, mentioning: "files") { try await h.unpublish(v) }
+      #expect(FileManager.default.fileExists(atPath: target + "/keep"))
+    }
+  }
+
+  @Test("A SINGLE_NODE_SINGLE_WRITER volume is published at one target path only")
+  func singleWriterOnePath() async throws {
+    try await Harness.with { h in
+      let v = h.machine.export()
+      try await h.stage(v, mountCapability(.singleNodeSingleWriter))
+      try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-a")
+      try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-a")
+      await expectStatus(.failedPrecondition, mentioning: "SINGLE_NODE_SINGLE_WRITER") {
+        try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-b")
+      }
+      #expect(h.kernel.mounts(at: h.machine.targetPath(v, pod: "pod-b")).isEmpty)
+      try await h.unpublish(v, pod: "pod-a")
+      try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-b")
+    }
+  }
+
   @Test("Unstaging a volume that was never staged succeeds")
   func unstageNothing() async throws {
     try await Harness.with { h in
