@@ -1,4 +1,5 @@
 import NVMeCSICore
+import TestSupport
 import Testing
 
 /// Counts how many bodies run at once.
@@ -29,24 +30,24 @@ private struct Boom: Error {}
 
 @Suite("Keyed lock")
 struct KeyedLockTests {
-  @Test("Work on one key never overlaps", .timeLimit(.minutes(1)))
-  func sameKeySerializes() async throws {
+  @Test("A second operation on a busy key is Aborted at once, and the key is free afterwards", .timeLimit(.minutes(1)))
+  func busyKeyAborts() async throws {
     let lock = KeyedLock<String>()
     let occupancy = Occupancy()
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      for _ in 0..<20 {
-        group.addTask {
-          try await lock.withLock("volume-1") {
-            await occupancy.enter()
-            try await Task.sleep(for: .milliseconds(1))
-            await Task.yield()
-            await occupancy.leave()
-          }
-        }
-      }
-      try await group.waitForAll()
+    let (release, releaser) = AsyncStream<Void>.makeStream()
+    async let first: Void = lock.withLock("volume-1") {
+      await occupancy.enter()
+      for await _ in release { break }
+      await occupancy.leave()
     }
-    #expect(await occupancy.entries == 20)
+    await occupancy.waitForOccupancy(1)
+    let second = await expectError(.aborted, mentioning: ["volume-1", "pending"]) {
+      try await lock.withLock("volume-1") { 1 }
+    }
+    #expect(second != nil)
+    releaser.yield()
+    try await first
+    #expect(try await lock.withLock("volume-1") { 2 } == 2)
     #expect(await occupancy.maximum == 1)
   }
 

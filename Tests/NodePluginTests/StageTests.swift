@@ -119,15 +119,24 @@ struct StageTests {
     }
   }
 
-  @Test("Concurrent stages of one volume connect, format and mount it once")
+  @Test("Concurrent stages of one volume connect, format and mount it once; the busy ones are Aborted")
   func concurrentStages() async throws {
     try await Harness.with { h in
       let v = h.machine.export()
       h.kernel.setLookupsBeforeDeviceAppears(3)
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        for _ in 0..<4 { group.addTask { try await h.stage(v) } }
-        try await group.waitForAll()
+      let failures = await withTaskGroup(of: RPCError?.self) { group in
+        for _ in 0..<4 {
+          group.addTask {
+            do { try await h.stage(v) } catch {
+              return error as? RPCError ?? RPCError(code: .unknown, message: "\(error)")
+            }
+            return nil
+          }
+        }
+        return await group.reduce(into: [RPCError]()) { if let error = $1 { $0.append(error) } }
       }
+      #expect(failures.allSatisfy { $0.code == .aborted }, "\(failures)")
+      try await h.stage(v)  // kubelet retries: the volume is staged
       #expect(h.kernel.connectCalls == 1)
       #expect(h.kernel.formatCount == 1)
       #expect(h.kernel.mountCallCount == 1)
