@@ -11,7 +11,8 @@ import VolumeStore
 /// The store's records are the desired state; after every change the exporter is
 /// converged to them, and `start()` converges everything again after a restart. So
 /// a crash between "record changed" and "export changed" heals itself.
-/// Calls on one name or one object are serialized; different ones run concurrently.
+/// One call at a time per name or object (a second is Aborted at once); different ones
+/// run concurrently.
 public final class TargetAgent: TargetAPI {
   let store: any VolumeStore
   let exporter: any VolumeExporter

@@ -96,8 +96,9 @@ public struct SnapshotFilter: Sendable, Equatable {
 ///
 /// Contract (every implementation; `TargetAPIContractTests` checks the in-process and
 /// the gRPC ones alike): every mutation is idempotent and safe to repeat after a crash
-/// or a lost reply; calls on one volume are serialized by the target, calls on
-/// different volumes may run concurrently. Errors are `NVMeCSIError`s in the CSI code
+/// or a lost reply; the target runs one call per volume (or name) at a time and
+/// answers `aborted` to a second one meanwhile; calls on different volumes run
+/// concurrently. Errors are `NVMeCSIError`s in the CSI code
 /// table (notFound, alreadyExists, failedPrecondition, resourceExhausted, …); an
 /// implementation reached over a network names the target in the message and answers
 /// `unavailable` when the target cannot be reached.
