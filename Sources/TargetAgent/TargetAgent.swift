@@ -60,10 +60,16 @@ public final class TargetAgent: TargetAPI {
       logger.error(
         "moved aside what the store cannot explain; nothing was deleted: inspect it, then restore or remove it",
         metadata: ["path": "\(item.originalPath)", "movedTo": "\(item.movedTo)", "reason": "\(item.reason)"])
-      if let volume = item.volume {
-        quarantined.withLock { $0[volume] = "quarantined: \(item.reason); its files are in \(item.movedTo)" }
-      }
     }
+    // Reported until a person resolves them, across restarts: what sits in quarantine now.
+    var reasons = try store.quarantinedVolumes().mapValues { "quarantined: \($0)" }
+    for item in repairs.quarantined {
+      if let volume = item.volume { reasons[volume] = "quarantined: \(item.reason); its files are in \(item.movedTo)" }
+    }
+    for (volume, reason) in reasons where !repairs.quarantined.contains(where: { $0.volume == volume }) {
+      logger.error("volume is still in quarantine", metadata: ["volume": "\(volume)", "reason": "\(reason)"])
+    }
+    quarantined.withLock { $0 = reasons }
     let records = try store.volumes()
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }

@@ -180,6 +180,18 @@ public final class FileStore: VolumeStore {
 
   // MARK: startup
 
+  public func quarantinedVolumes() throws(NVMeCSIError) -> [ObjectUUID: String] {
+    guard FileOperations.exists(quarantineDir) else { return [:] }
+    var volumes: [ObjectUUID: String] = [:]
+    for name in try FileOperations.list(quarantineDir) where name.hasPrefix("volume-") {
+      let base = name.dropFirst("volume-".count).split(separator: ".").first.map(String.init) ?? ""
+      if let uuid = try? ObjectUUID(base) {
+        volumes[uuid] = "its files were moved to \(quarantineDir) (\(name), …): restore or remove them"
+      }
+    }
+    return volumes
+  }
+
   public func reconcile() throws(NVMeCSIError) -> StoreRepairs {
     var repairs = StoreRepairs()
     for directory in [volumesDir, snapshotsDir] {

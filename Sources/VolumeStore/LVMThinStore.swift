@@ -170,6 +170,9 @@ public final class LVMThinStore: VolumeStore {
 
   // MARK: startup
 
+  /// Nothing is ever moved aside: every LVM step is one atomic command.
+  public func quarantinedVolumes() throws(NVMeCSIError) -> [ObjectUUID: String] { [:] }
+
   /// Finishes interrupted extensions and activates volumes (after a reboot LVs may be
   /// inactive). There is no other debris: every other step is one LVM command.
   public func reconcile() throws(NVMeCSIError) -> StoreRepairs {

@@ -76,6 +76,10 @@ public protocol VolumeStore: Sendable {
   func createSnapshot(_ record: SnapshotRecord) throws(NVMeCSIError) -> SnapshotRecord
   func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError)
 
+  /// Volumes whose files sit in quarantine (moved aside by this or an earlier
+  /// `reconcile()`), with where: they stay reported until a person resolves them.
+  func quarantinedVolumes() throws(NVMeCSIError) -> [ObjectUUID: String]
+
   /// Finishes or removes what interrupted operations left (only what they are known to
   /// leave), moves aside what it cannot explain, and reports records whose data is gone.
   /// Never deletes data it cannot account for.

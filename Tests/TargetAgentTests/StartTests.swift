@@ -45,6 +45,13 @@ struct StartTests {
       let listed = try await restarted.api.volumes(named: nil)
       #expect(Set(listed.map(\.uuid)) == [kept.uuid, lost.uuid])
       #expect(try await restarted.api.volume(kept.uuid).problem == nil)
+
+      // Still reported after the next restart, until a person resolves it.
+      let again = try LocalTarget(name: "store-t", store: directory + "/store", configfs: configfs)
+      #expect(try await again.api.volume(lost.uuid).problem?.contains("quarantine") == true)
+      try FileManager.default.removeItem(atPath: directory + "/store/quarantine/volume-\(lost.uuid.value).img")
+      let resolved = try LocalTarget(name: "store-t", store: directory + "/store", configfs: configfs)
+      await expectError(.notFound) { try await resolved.api.volume(lost.uuid) }
     }
   }
 

@@ -153,6 +153,7 @@ struct FileStoreTests {
         #expect(item.movedTo.hasPrefix(root + "/quarantine/"))
       }
       #expect(FileManager.default.fileExists(atPath: foreign), "files the store did not make are left alone")
+      #expect(try store.quarantinedVolumes().keys.map(\.value) == [orphan])
 
       // What was committed is untouched.
       #expect(try Device.read(512, at: 0, from: store.devicePath(of: kept)) == pattern(512, seed: 3))
