@@ -29,10 +29,10 @@ final class Harness: Sendable {
   let socket: String
   let controller: Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>
   let identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>
-  let targets: [TargetProcess]
+  let targets: [TestTarget]
 
   private init(
-    directory: String, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>, targets: [TargetProcess]
+    directory: String, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>, targets: [TestTarget]
   ) {
     self.directory = directory
     self.socket = socket
@@ -49,8 +49,8 @@ final class Harness: Sendable {
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let asProcesses = processes || !failpoints.isEmpty
     let targets = [
-      TargetProcess(name: "store-a", zone: "a", directory: directory, asProcess: asProcesses),
-      TargetProcess(name: "store-b", zone: "b", directory: directory, asProcess: asProcesses),
+      TestTarget(name: "store-a", zone: "a", directory: directory, asProcess: asProcesses),
+      TestTarget(name: "store-b", zone: "b", directory: directory, asProcess: asProcesses),
     ]
     for target in targets { try await target.start(environment: failpoints) }
     defer { for target in targets { target.stop() } }
@@ -83,7 +83,7 @@ final class Harness: Sendable {
 
   /// Restarts a target process and waits (bounded) until the controller reaches it
   /// again on its own, as it must after a target restart.
-  func restart(_ target: TargetProcess) async throws {
+  func restart(_ target: TestTarget) async throws {
     precondition(target.local == nil, "restart needs Harness.with(processes: true)")
     target.kill()
     try await target.start()
@@ -95,13 +95,13 @@ final class Harness: Sendable {
     throw HarnessError("the controller did not reconnect to \(target.name) within 10 s")
   }
 
-  var storeA: TargetProcess { targets[0] }
-  var storeB: TargetProcess { targets[1] }
+  var storeA: TestTarget { targets[0] }
+  var storeB: TestTarget { targets[1] }
 }
 
 /// One storage target under test: a `nvme-csi target` process, or the same agent in
 /// this process (`local`).
-final class TargetProcess: @unchecked Sendable {
+final class TestTarget: @unchecked Sendable {
   let name: String
   let zone: String
   let directory: String
