@@ -195,8 +195,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         throw NVMeCSIError.invalidArgument(
           "volume \(volume) was staged for \(record.accessType.rawValue) access, not \(access.type.rawValue)")
       }
-      // SINGLE_NODE_SINGLE_WRITER promises one writer: one pod, so one target path.
-      if access.mode == .singleNodeSingleWriter, let other = record.targets.first(where: { $0 != targetPath }) {
+      // SINGLE_NODE_SINGLE_WRITER promises one writer: one pod, so one mounted target path
+      // (a target whose publish failed holds nothing and does not count).
+      let others = try record.targets.filter { try $0 != targetPath && mounter.mount(at: $0) != nil }
+      if access.mode == .singleNodeSingleWriter, let other = others.first {
         throw NVMeCSIError.failedPrecondition(
           "volume \(volume) has access mode SINGLE_NODE_SINGLE_WRITER and is already published at \(other):"
             + " unpublish it there first")

@@ -260,8 +260,14 @@ struct PublishTests {
         try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-b")
       }
       #expect(h.kernel.mounts(at: h.machine.targetPath(v, pod: "pod-b")).isEmpty)
-      try await h.unpublish(v, pod: "pod-a")
+      // A target recorded by a publish that failed before mounting does not count.
+      try await FakeMounter(kernel: h.kernel).unmount(h.machine.targetPath(v, pod: "pod-a"))
       try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-b")
+      await expectStatus(.failedPrecondition, mentioning: "SINGLE_NODE_SINGLE_WRITER") {
+        try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-a")
+      }
+      try await h.unpublish(v, pod: "pod-b")
+      try await h.publish(v, mountCapability(.singleNodeSingleWriter), pod: "pod-a")
     }
   }
 
