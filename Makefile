@@ -88,6 +88,10 @@ clean:
 
 ## The real data path: boot Debian's stock kernel under qemu and run the lifecycle
 ## (nvmet target, nvme-tcp host through libnvme, mkfs, mount) inside it.
+# The CSI conformance suite (csi-test's csi-sanity), run inside the VM when present.
+CSI_SANITY ?= $(abspath ../shared/tools/csi-sanity/csi-sanity)
 e2e: $(DEPS_STAMP)
 	$(SWIFT) build --build-tests
-	Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path)
+	@[ -x "$(CSI_SANITY)" ] || echo "csi-sanity not found at $(CSI_SANITY): the CSI conformance suite is skipped (set CSI_SANITY=<path>)"
+	Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path) \
+	  $$([ -x "$(CSI_SANITY)" ] && echo "$(CSI_SANITY)")

@@ -10,6 +10,7 @@ packages=(
   e2fsprogs xfsprogs util-linux                # mkfs, blkid, resize tools the node plugin runs
   lvm2 thin-provisioning-tools                 # the LVM thin store
   qemu-system-x86 busybox-static kmod cpio xz-utils binutils  # the VM harness (Tests/e2e)
+  fio                                          # the writer with checksums in the VM fault suite
   python3 python3-venv                         # the manifest checks (Tests/deploy)
 )
 missing=()

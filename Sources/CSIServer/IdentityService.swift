@@ -34,6 +34,12 @@ public struct IdentityService: Csi_V1_Identity.SimpleServiceProtocol {
       + [.with { $0.volumeExpansion = .with { $0.type = .online } }]
   }
 
+  /// Controller and node on one endpoint (`all-in-one`): the Controller service plus
+  /// what the node offers.
+  public static func controllerAndNodeCapabilities(hasTopology: Bool) -> [Csi_V1_PluginCapability] {
+    [.with { $0.service = .with { $0.type = .controllerService } }] + nodeCapabilities(hasTopology: hasTopology)
+  }
+
   public func getPluginInfo(request: Csi_V1_GetPluginInfoRequest, context: ServerContext) async throws
     -> Csi_V1_GetPluginInfoResponse
   {

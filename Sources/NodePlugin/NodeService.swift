@@ -19,15 +19,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     public var topology: [String: String]
     public var maxVolumesPerNode: Int64
     public var deviceTimeout: Duration
+    /// Crash points between the steps of stage and unstage, for crash tests.
+    public var failpoints: Failpoints
 
     public init(
       host: HostIdentity, topology: [String: String] = [:], maxVolumesPerNode: Int64 = 0,
-      deviceTimeout: Duration = .seconds(30)
+      deviceTimeout: Duration = .seconds(30), failpoints: Failpoints = .none
     ) {
       self.host = host
       self.topology = topology
       self.maxVolumesPerNode = maxVolumesPerNode
       self.deviceTimeout = deviceTimeout
+      self.failpoints = failpoints
     }
   }
 
@@ -118,11 +121,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         }
         try await attacher.connect(publishContext, as: configuration.host, with: parameters)
         undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
+        configuration.failpoints.reach("node.stage.after-connect")
         let device = try await attacher.waitForDevice(
           subsystemNQN: publishContext.subsystemNQN, namespaceUUID: publishContext.namespaceUUID,
           timeout: configuration.deviceTimeout)
         if access.type == .mount {
           try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
+          configuration.failpoints.reach("node.stage.after-format")
           try await mounter.mountFileSystem(
             device.path, at: stagingPath, fsType: access.fsType, options: access.mountOptions, readonly: access.readonly
           )
@@ -163,7 +168,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
         try await mounter.unmount(record.stagingPath)
       }
+      configuration.failpoints.reach("node.unstage.after-unmount")
       try await disconnectIfUnused(record)
+      configuration.failpoints.reach("node.unstage.after-disconnect")
       try records.remove(volume)
       logger.info("volume unstaged", metadata: ["volume": "\(volume)"])
       return .init()
@@ -263,6 +270,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     -> Csi_V1_NodeGetVolumeStatsResponse
   {
     try requireVolumeID(request.volumeID)
+    // No volume is ever published at a relative path (the CSI spec's NotFound case).
+    if !request.volumePath.isEmpty && !request.volumePath.hasPrefix("/") {
+      throw NVMeCSIError.notFound("volume_path \(quoted(request.volumePath)) is not an absolute path: nothing is published there")
+    }
     try PathCheck.validate(request.volumePath, field: "volume_path")
     let volume = try ObjectID(parsing: request.volumeID, as: .volume)
     guard FileManager.default.fileExists(atPath: request.volumePath) else {

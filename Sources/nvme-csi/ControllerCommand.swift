@@ -14,20 +14,45 @@ struct ControllerCommand: AsyncParsableCommand {
   @Option(help: "CSI endpoint the sidecars connect to.")
   var endpoint: String = "unix:///csi/csi.sock"
 
-  @Option(help: "Targets file (JSON): each target's name, API address and topology segments.")
-  var targets: String
-
   @Option(help: "CSI driver name (the StorageClass provisioner).")
   var driverName: String = "nvme.csi.dev"
 
+  @OptionGroup var controller: ControllerOptions
   @OptionGroup var logging: LoggingOptions
 
   func run() async throws {
     let logger = try logging.makeLogger(label: "nvme-csi.controller")
     let endpoint = try Endpoint(parsing: endpoint)
-    let config = try TargetsConfig(contentsOf: targets)
+    let role = try controller.makeRole(logger: logger)
+    let identity = IdentityService(
+      driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
+      isReady: role.isReady)
+    let server = try GRPCService(endpoint: endpoint, services: [identity, role.service], logger: logger)
+    logger.info("controller starting", metadata: ["driver": "\(driverName)", "targets": "\(role.targetNames)"])
+    let group = ServiceGroup(
+      services: role.clients + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+  }
+}
 
-    var clients: [GRPCClientService] = []
+/// What the controller role needs: the targets file.
+struct ControllerOptions: ParsableArguments {
+  @Option(help: "Targets file (JSON): each target's name, API address and topology segments.")
+  var targets: String
+
+  /// The Controller service over clients of every listed target.
+  struct Role: Sendable {
+    let service: ControllerService
+    /// The target clients' connections, run for the life of the process.
+    let clients: [any Service]
+    let targetNames: [String]
+    /// Ready while any target answers: one target down must not stop provisioning on the others.
+    var isReady: IdentityService.Readiness { { [service] in await service.reachableTargetCount() > 0 } }
+  }
+
+  func makeRole(logger: Logger) throws -> Role {
+    let config = try TargetsConfig(contentsOf: targets)
+    var clients: [any Service] = []
     var storageTargets: [StorageTarget] = []
     for entry in config.targets {
       let client = try makeClient(to: try Endpoint(parsing: entry.address))
@@ -36,18 +61,7 @@ struct ControllerCommand: AsyncParsableCommand {
         StorageTarget(
           name: entry.name, topology: entry.topology, api: RemoteTargetAPI(name: entry.name, client: client)))
     }
-    let targetSet = TargetSet(storageTargets)
-    let controller = ControllerService(targets: targetSet, logger: logger)
-    // Ready while any target answers: one target down must not stop provisioning on the others.
-    let identity = IdentityService(
-      driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
-      isReady: { await controller.reachableTargetCount() > 0 })
-    let server = try GRPCService(endpoint: endpoint, services: [identity, controller], logger: logger)
-    logger.info(
-      "controller starting", metadata: ["driver": "\(driverName)", "targets": "\(config.targets.map(\.name.value))"])
-    let group = ServiceGroup(
-      services: clients.map { $0 as any Service } + [server], gracefulShutdownSignals: [.sigterm, .sigint],
-      logger: logger)
-    try await group.run()
+    let service = ControllerService(targets: TargetSet(storageTargets), logger: logger)
+    return Role(service: service, clients: clients, targetNames: config.targets.map(\.name.value))
   }
 }

@@ -10,7 +10,7 @@ struct NVMeCSICommand: AsyncParsableCommand {
     abstract: "A Kubernetes CSI driver for NVMe/TCP block storage.",
     discussion: "One binary for every role: the CSI controller, the storage target agent, and a CSI client (ctl).",
     version: BuildInfo.version,
-    subcommands: [ControllerCommand.self, NodeCommand.self, TargetCommand.self, CtlCommand.self])
+    subcommands: [ControllerCommand.self, NodeCommand.self, AllInOneCommand.self, TargetCommand.self, CtlCommand.self])
 }
 
 /// Logging flags shared by the long-running roles.

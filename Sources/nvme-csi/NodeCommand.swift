@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import CSIServer
 import Logging
 import Mounting
@@ -18,6 +19,25 @@ struct NodeCommand: AsyncParsableCommand {
   @Option(help: "CSI driver name (must match the controller's).")
   var driverName: String = "nvme.csi.dev"
 
+  @OptionGroup var node: NodeOptions
+  @OptionGroup var logging: LoggingOptions
+
+  func run() async throws {
+    let logger = try logging.makeLogger(label: "nvme-csi.node")
+    let endpoint = try Endpoint(parsing: endpoint)
+    let role = try node.makeRole(logger: logger)
+    let identity = IdentityService(
+      driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.nodeCapabilities(hasTopology: role.hasTopology),
+      isReady: role.isReady)
+    let server = try GRPCService(endpoint: endpoint, services: [identity, role.service], logger: logger)
+    logger.info("node starting", metadata: ["node_id": "\(role.nodeID)", "state_dir": "\(node.stateDir)"])
+    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+  }
+}
+
+/// What the node role needs: where its state lives, its identity and its limits.
+struct NodeOptions: ParsableArguments {
   @Option(help: "Directory for staging records and a derived host identity (survives restarts; keep it on the host).")
   var stateDir: String = "/var/lib/nvme-csi"
 
@@ -33,11 +53,16 @@ struct NodeCommand: AsyncParsableCommand {
   @Option(help: "Seconds to wait for a namespace's block device after connecting.")
   var deviceTimeout: Int = 30
 
-  @OptionGroup var logging: LoggingOptions
+  /// The Node service, checked against the kernel and its own records.
+  struct Role: Sendable {
+    let service: NodeService
+    let nodeID: String
+    let hasTopology: Bool
+    /// Ready when the kernel can attach NVMe/TCP volumes (why not is logged at start).
+    let isReady: IdentityService.Readiness
+  }
 
-  func run() async throws {
-    let logger = try logging.makeLogger(label: "nvme-csi.node")
-    let endpoint = try Endpoint(parsing: endpoint)
+  func makeRole(logger: Logger) throws -> Role {
     var segments: [String: String] = [:]
     for item in topology {
       // One segment per flag; a label value cannot hold a comma, so "a=b,c=d" is refused.
@@ -54,20 +79,15 @@ struct NodeCommand: AsyncParsableCommand {
     let node = NodeService(
       configuration: .init(
         host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode,
-        deviceTimeout: .seconds(deviceTimeout)),
+        deviceTimeout: .seconds(deviceTimeout), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment)),
       attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")
     }
     node.checkStagedVolumes()
-    // Ready when the kernel can attach NVMe/TCP volumes (why not is logged above).
-    let identity = IdentityService(
-      driverName: driverName, version: BuildInfo.version,
-      capabilities: IdentityService.nodeCapabilities(hasTopology: !segments.isEmpty),
+    return Role(
+      service: node, nodeID: "\(hostIdentity.nodeID)",
+      hasTopology: !segments.isEmpty,
       isReady: { (try? attacher.checkKernelSupport()) != nil })
-    let server = try GRPCService(endpoint: endpoint, services: [identity, node], logger: logger)
-    logger.info("node starting", metadata: ["node_id": "\(hostIdentity.nodeID)", "state_dir": "\(stateDir)"])
-    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-    try await group.run()
   }
 }

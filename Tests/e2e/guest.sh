@@ -2,10 +2,11 @@
 # Runs INSIDE the VM as root. Loads the kernel parts a storage node and a worker need
 # (on Talos: machine config), then runs the lifecycle twice: with the file store on
 # XFS (reflink snapshots, as on Talos's /var) and with the LVM thin store; and the
-# store contract tests against LVM thin, which needs device-mapper.
-# usage: guest.sh <bin-dir>
+# store contract tests against LVM thin, which needs device-mapper; the fault suite
+# with verified data; and the CSI conformance suite (csi-sanity) when it is given.
+# usage: guest.sh <bin-dir> [csi-sanity binary]
 set -uo pipefail
-bin=$1
+bin=$1 sanity=${2:-}
 # nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop + dm-thin: the stores.
 modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop dm-thin-pool || exit 1
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
@@ -25,6 +26,20 @@ mkdir -p /e2e/file/store
 loop=$(disk file 2G)
 mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/file/store || exit 1
 "$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store || status=1
+umount /e2e/file/store
+
+echo "=== faults under verified I/O: file store on XFS"
+mkdir -p /e2e/faults/store
+loop=$(disk faults 1G)
+mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/faults/store || exit 1
+"$bin/nvme-csi-e2e" --suite faults --bin "$bin" --work /e2e/faults --store file:/e2e/faults/store \
+  --store-device "$loop" || status=1
+umount /e2e/faults/store
+
+if [ -n "$sanity" ]; then
+  echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"
+  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity || status=1
+fi
 
 echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
 # No udev in this VM: LVM must create its device nodes itself instead of waiting.

@@ -86,13 +86,14 @@ final class Cluster: @unchecked Sendable {
       ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"])
   }
 
-  func startNode() throws {
+  /// - Parameter failpoints: `NVME_CSI_FAILPOINTS` for this run (crash tests).
+  func startNode(failpoints: String? = nil) throws {
     node = try launch(
       "node",
       [
         "node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir",
         work + "/nvme",
-      ])
+      ], failpoints: failpoints)
   }
 
   /// kill -9, as a crash or an OOM kill would.
@@ -109,8 +110,11 @@ final class Cluster: @unchecked Sendable {
     }
   }
 
-  private func launch(_ role: String, _ arguments: [String]) throws -> Process {
+  private func launch(_ role: String, _ arguments: [String], failpoints: String? = nil) throws -> Process {
     let process = Process()
+    var environment = ProcessInfo.processInfo.environment
+    environment[Failpoints.environmentVariable] = failpoints
+    process.environment = environment
     process.executableURL = URL(fileURLWithPath: bin + "/nvme-csi")
     process.arguments = arguments + ["--log-level", "debug"]
     let log = work + "/logs/\(role).log"

@@ -21,11 +21,17 @@ struct Lifecycle {
     var bin = ""
     var work = "/e2e"
     var store = ""
+    var suite = "lifecycle"
+    var storeDevice = ""
     while let flag = arguments.popFirst() {
       switch flag {
       case "--bin": bin = arguments.popFirst() ?? ""
       case "--work": work = arguments.popFirst() ?? work
       case "--store": store = arguments.popFirst() ?? ""
+      // faults: the fault suite (Faults.swift); --store-device: the block device
+      // under a file store's file system, which the suite unmounts and mounts again.
+      case "--suite": suite = arguments.popFirst() ?? suite
+      case "--store-device": storeDevice = arguments.popFirst() ?? ""
       default: break
       }
     }
@@ -45,7 +51,11 @@ struct Lifecycle {
           cluster: cluster, steps: steps, controller: .init(wrapping: controllerClient),
           node: .init(wrapping: nodeClient),
           identity: .init(wrapping: nodeClient), controllerIdentity: .init(wrapping: controllerClient))
-        await run.all()
+        if suite == "faults" {
+          await Faults(scenario: run, storeDevice: storeDevice).all()
+        } else {
+          await run.all()
+        }
         controllerClient.beginGracefulShutdown()
         nodeClient.beginGracefulShutdown()
       }
@@ -57,7 +67,7 @@ struct Lifecycle {
       exit(1)
     }
     cluster.stopAll()
-    print("lifecycle finished in \(steps.elapsed) ms")
+    print("\(suite) finished in \(steps.elapsed) ms")
     print("\(steps.passed) passed, \(steps.failed) failed")
     exit(steps.failed == 0 ? 0 : 1)
   }
@@ -77,20 +87,7 @@ struct Scenario {
   func all() async {
     guard
       let nodeID = await steps.run(
-        "plugins up: controller reaches the target, node reports its identity",
-        {
-          try await eventually("controller ready") { try await controllerIdentity.probe(.init()).ready.value }
-          try await eventually("node ready") { try await identity.probe(.init()).ready.value }
-          let info = try await node.nodeGetInfo(.init())
-          _ = try NodeID(parsing: info.nodeID)
-          steps.note("node_id \(info.nodeID)")
-          if let ready = cluster.logTail("target", lines: 50).split(separator: "\n").first(where: {
-            $0.contains("target ready")
-          }) {
-            steps.note("target log: \(ready)")
-          }
-          return info.nodeID
-        })
+        "plugins up: controller reaches the target, node reports its identity", { try await waitUntilReady() })
     else { return }
     guard let ext4 = await mountLifecycle(nodeID: nodeID) else { return }
     await snapshotsAndClones(nodeID: nodeID, source: ext4)
@@ -102,6 +99,47 @@ struct Scenario {
     await accessControl(nodeID: nodeID)
     await teardown(ext4)
     await nothingLeft()
+  }
+
+  /// Waits for both plugins to be ready; returns the node's ID.
+  func waitUntilReady() async throws -> String {
+    try await eventually("controller ready") { try await controllerIdentity.probe(.init()).ready.value }
+    try await eventually("node ready") { try await identity.probe(.init()).ready.value }
+    let info = try await node.nodeGetInfo(.init())
+    _ = try NodeID(parsing: info.nodeID)
+    steps.note("node_id \(info.nodeID)")
+    if let ready = cluster.logTail("target", lines: 50).split(separator: "\n").first(where: {
+      $0.contains("target ready")
+    }) {
+      steps.note("target log: \(ready)")
+    }
+    return info.nodeID
+  }
+
+  /// Creates a volume and attaches it to this node (published, staged, published).
+  func createAndAttach(_ name: String, bytes: Int64, _ capability: Csi_V1_VolumeCapability, _ nodeID: String) async
+    -> Attached?
+  {
+    guard
+      let volume = await steps.run(
+        "CreateVolume \(name), \(bytes / mebibyte) MiB",
+        {
+          try await controller.createVolume(
+            .with {
+              $0.name = name
+              $0.capacityRange.requiredBytes = bytes
+              $0.volumeCapabilities = [capability]
+            }
+          ).volume
+        })
+    else { return nil }
+    return await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-\(name)")
+  }
+
+  /// The volume's block device on this node, if the kernel has it.
+  func device(of v: Attached) throws -> BlockDevice? {
+    let context = try PublishContext(decoding: v.publishContext)
+    return try NVMeTCPAttacher().device(subsystemNQN: context.subsystemNQN, namespaceUUID: context.namespaceUUID)
   }
 
   // MARK: 1. a file-system volume

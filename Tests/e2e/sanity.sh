@@ -1,0 +1,43 @@
+#!/bin/bash
+# Runs INSIDE the VM as root (guest.sh calls it): the CSI conformance suite
+# (csi-sanity) against a real target on real configfs and `nvme-csi all-in-one`,
+# which serves Controller and Node on the one endpoint the suite's Node specs need.
+# usage: sanity.sh <bin-dir> <csi-sanity binary> <work dir on a tmpfs>
+set -uo pipefail
+bin=$1 sanity=$2 work=$3
+mkdir -p "$work/store" "$work/nvme" "$work/logs"
+# The store on XFS on a loop device, as in the lifecycle (reflink clones and snapshots).
+truncate -s 2G "$work/store.img"
+loop=$(losetup -f --show "$work/store.img") && mkfs.xfs -q -f "$loop" && mount "$loop" "$work/store" || exit 1
+echo "nqn.2014-08.org.nvmexpress:uuid:3f0b8c2e-5d1a-4b7e-9c64-2a8e1d7f0b35" >"$work/nvme/hostnqn"
+echo "3f0b8c2e-5d1a-4b7e-9c64-2a8e1d7f0b35" >"$work/nvme/hostid"
+echo '{"targets": [{"name": "sanity", "address": "127.0.0.1:7610"}]}' >"$work/targets.json"
+
+"$bin/nvme-csi" target --listen 127.0.0.1:7610 --store "file:$work/store" --portal 127.0.0.1:4430 \
+  --log-level debug >"$work/logs/target.log" 2>&1 &
+target=$!
+"$bin/nvme-csi" all-in-one --endpoint "unix://$work/csi.sock" --targets "$work/targets.json" \
+  --state-dir "$work/node-state" --nvme-config-dir "$work/nvme" --log-level debug >"$work/logs/plugin.log" 2>&1 &
+plugin=$!
+for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done
+
+# Every spec runs; 256 MiB volumes, expanded to 512 MiB. Skips are only for
+# capabilities we do not advertise (the suite decides that from our capabilities).
+"$sanity" -csi.endpoint "unix://$work/csi.sock" \
+  -csi.stagingdir "$work/staging" -csi.mountdir "$work/mount" \
+  -csi.testvolumesize 268435456 -csi.testvolumeexpandsize 536870912 \
+  -ginkgo.no-color -ginkgo.timeout 10m >"$work/logs/sanity.log" 2>&1
+status=$?
+grep -E '^(Ran |FAIL!|SUCCESS!|.*Passed.*Failed)|\[FAIL\]' "$work/logs/sanity.log"
+if [ $status -ne 0 ]; then
+  echo "--- csi-sanity failures"; grep -A25 '\[FAILED\]' "$work/logs/sanity.log" | head -150
+  echo "--- plugin log (tail)"; tail -40 "$work/logs/plugin.log"
+  echo "--- target log (tail)"; tail -20 "$work/logs/target.log"
+fi
+kill "$plugin" "$target" 2>/dev/null
+wait "$plugin" "$target" 2>/dev/null
+# The suite deletes what it creates: nothing of ours may be left in nvmet.
+left=$(ls /sys/kernel/config/nvmet/subsystems | grep -c nvme-csi)
+[ "$left" = 0 ] || { echo "csi-sanity left $left subsystems in nvmet"; status=1; }
+umount "$work/store"; losetup -d "$loop"
+exit $status
