@@ -104,7 +104,8 @@ let package = Package(
     .testTarget(
       name: "TargetAgentTests",
       dependencies: grpc + [
-        "TargetAgent", "TargetContract", "VolumeStore", "NVMetExporter", "NVMeCSICore", "CSIServer", "TestSupport", log,
+        "TargetAgent", "TargetContract", "TargetProto", "VolumeStore", "NVMetExporter", "NVMeCSICore", "CSIServer",
+        "TestSupport", log,
       ]),
     .testTarget(
       name: "ControllerPluginTests",

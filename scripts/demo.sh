@@ -37,7 +37,7 @@ show_store() {
   echo "   store: $(cd "$work/store" && find . -type f -name '*.img' -printf '%p %s bytes (%k KiB allocated)  ' | sed 's|\./||g')"
 }
 
-mkdir -p "$work/configfs"
+mkdir -p "$work/configfs" "$work/store"
 "$bin" target --listen 127.0.0.1:7600 --store "file:$work/store" --configfs "$work/configfs" \
   --portal 127.0.0.1:4420 --log-level warning 2>"$work/target.log" &
 pids+=($!)

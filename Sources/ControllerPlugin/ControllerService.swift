@@ -179,8 +179,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         && (!request.hasAccessibleTopology || target.isAccessible(from: request.accessibleTopology.segments))
     }
     let infos = await targets.reachableInfo(candidates, logger: logger)
-    let available = infos.reduce(UInt64(0)) { $0 + $1.info.availableBytes }
-    let largest = infos.map { Capacity.alignDown($0.info.availableBytes) }.max() ?? 0
+    // What can still be provisioned: the overcommit ratio and the physically free space.
+    let available = infos.reduce(UInt64(0)) { $0.addingReportingOverflow($1.info.allocatableBytes).partialValue }
+    let largest = infos.map { Capacity.alignDown($0.info.allocatableBytes) }.max() ?? 0
     return .with {
       $0.availableCapacity = Int64(clamping: available)
       $0.maximumVolumeSize = .init(Int64(clamping: largest))
@@ -385,11 +386,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let infos = await targets.reachableInfo(candidates, logger: logger)
     let ranked = infos.sorted {
-      (preference($0.target), $1.info.availableBytes) < (preference($1.target), $0.info.availableBytes)
+      (preference($0.target), $1.info.allocatableBytes) < (preference($1.target), $0.info.allocatableBytes)
     }
     let needsSpace = source == nil || ranked.first.map { !$0.info.sharesBlocks } ?? true
-    if let fit = ranked.first(where: { !needsSpace || $0.info.availableBytes >= size }) { return fit.target }
-    let report = ranked.map { "\($0.target.name): \($0.info.availableBytes) bytes free" }.joined(separator: ", ")
+    if let fit = ranked.first(where: { !needsSpace || $0.info.allocatableBytes >= size }) { return fit.target }
+    let report = ranked.map { "\($0.target.name): \($0.info.allocatableBytes) bytes allocatable" }.joined(
+      separator: ", ")
     throw NVMeCSIError.resourceExhausted(
       "no storage target has room for \(size) bytes (\(report.isEmpty ? "no target answered" : report))")
   }

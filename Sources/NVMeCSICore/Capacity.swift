@@ -36,6 +36,13 @@ public enum Capacity {
     return size
   }
 
+  /// The most that may be provisioned on `total` bytes with an overcommit ratio
+  /// (1 or more), saturating instead of trapping.
+  public static func provisioningLimit(total: UInt64, overcommitRatio: Double) -> UInt64 {
+    let limit = Double(total) * max(1, overcommitRatio)
+    return limit >= Double(UInt64.max) ? .max : UInt64(limit)
+  }
+
   public static func alignUp(_ n: UInt64) -> UInt64? {
     let (sum, overflow) = n.addingReportingOverflow(alignment - 1)
     return overflow ? nil : sum / alignment * alignment

@@ -272,7 +272,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try requireVolumeID(request.volumeID)
     // No volume is ever published at a relative path (the CSI spec's NotFound case).
     if !request.volumePath.isEmpty && !request.volumePath.hasPrefix("/") {
-      throw NVMeCSIError.notFound("volume_path \(quoted(request.volumePath)) is not an absolute path: nothing is published there")
+      throw NVMeCSIError.notFound(
+        "volume_path \(quoted(request.volumePath)) is not an absolute path: nothing is published there")
     }
     try PathCheck.validate(request.volumePath, field: "volume_path")
     let volume = try ObjectID(parsing: request.volumeID, as: .volume)

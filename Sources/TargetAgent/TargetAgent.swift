@@ -21,11 +21,23 @@ public final class TargetAgent: TargetAPI {
   private let logger: Logger
   /// Volumes whose files `start()` moved aside, with why: reported abnormal, never served.
   private let quarantined = Mutex<[ObjectUUID: String]>([:])
+  /// How far the volumes' sizes together may exceed the store's size (1: not at all).
+  public let overcommitRatio: Double
+  /// The sum of the volumes' sizes, kept in memory (counted at `start()`): a create or
+  /// expand reserves its bytes first, so concurrent ones cannot overshoot together.
+  private let provisioned = Mutex<UInt64>(0)
 
-  public init(store: any VolumeStore, exporter: any VolumeExporter, version: String = BuildInfo.version, logger: Logger)
-  {
+  /// The overcommit ratios a target accepts: none below 1 (that would refuse space
+  /// that is there) and none so large the limit means nothing.
+  public static let overcommitRatios: ClosedRange<Double> = 1...100
+
+  public init(
+    store: any VolumeStore, exporter: any VolumeExporter, overcommitRatio: Double = 1,
+    version: String = BuildInfo.version, logger: Logger
+  ) {
     self.store = store
     self.exporter = exporter
+    self.overcommitRatio = min(max(overcommitRatio, Self.overcommitRatios.lowerBound), Self.overcommitRatios.upperBound)
     self.version = version
     self.logger = logger
   }
@@ -35,7 +47,8 @@ public final class TargetAgent: TargetAPI {
     return TargetInfo(
       storeKind: store.kind, exporterKind: exporter.kind.rawValue, totalBytes: capacity.totalBytes,
       availableBytes: capacity.availableBytes, sharesBlocks: store.sharesBlocks,
-      portals: exporter.portals, version: version)
+      portals: exporter.portals, version: version, provisionedBytes: provisioned.withLock { $0 },
+      overcommitRatio: overcommitRatio)
   }
 
   /// Repairs what an earlier crash left behind, then exports every recorded volume.
@@ -71,6 +84,7 @@ public final class TargetAgent: TargetAPI {
     }
     quarantined.withLock { $0 = reasons }
     let records = try store.volumes()
+    provisioned.withLock { $0 = records.reduce(0) { $0.addingReportingOverflow($1.sizeBytes).partialValue } }
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
     if records.isEmpty && !unexplained.isEmpty {
@@ -117,10 +131,15 @@ public final class TargetAgent: TargetAPI {
         throw NVMeCSIError.resourceExhausted(
           "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
       }
+      try reserve(request.sizeBytes, total: capacity.totalBytes)
       let record = VolumeRecord(
         uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
         attributes: request.attributes)
-      let created = try store.createVolume(record)
+      let created: VolumeRecord
+      do { created = try store.createVolume(record) } catch {
+        release(request.sizeBytes)
+        throw error
+      }
       try exporter.apply(exportSpec(created))
       logger.info(
         "volume created",
@@ -143,6 +162,7 @@ public final class TargetAgent: TargetAPI {
       }
       try exporter.remove(uuid)
       try store.deleteVolume(uuid)
+      release(record.sizeBytes)
       logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
     }
   }
@@ -175,7 +195,12 @@ public final class TargetAgent: TargetAPI {
         throw NVMeCSIError.resourceExhausted(
           "target has \(capacity.availableBytes) bytes free, growing by \(sizeBytes - record.sizeBytes) does not fit")
       }
-      let grown = try store.expandVolume(uuid, to: sizeBytes)
+      try reserve(sizeBytes - record.sizeBytes, total: capacity.totalBytes)
+      let grown: VolumeRecord
+      do { grown = try store.expandVolume(uuid, to: sizeBytes) } catch {
+        release(sizeBytes - record.sizeBytes)
+        throw error
+      }
       try exporter.refreshSize(of: uuid)
       logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
       return status(grown)
@@ -251,6 +276,25 @@ public final class TargetAgent: TargetAPI {
   }
 
   // MARK: internals
+
+  /// Counts `bytes` as provisioned if the overcommit ratio allows them.
+  private func reserve(_ bytes: UInt64, total: UInt64) throws(NVMeCSIError) {
+    let limit = Capacity.provisioningLimit(total: total, overcommitRatio: overcommitRatio)
+    let ratio = overcommitRatio
+    try provisioned.withLock { (current: inout UInt64) throws(NVMeCSIError) in
+      let (after, overflow) = current.addingReportingOverflow(bytes)
+      guard !overflow, after <= limit else {
+        throw .resourceExhausted(
+          "target has \(current) of \(limit) bytes provisioned (store \(total) bytes, overcommit ratio \(ratio)): "
+            + "\(bytes) more bytes do not fit; free space, raise --overcommit-ratio or add a target")
+      }
+      current = after
+    }
+  }
+
+  private func release(_ bytes: UInt64) {
+    provisioned.withLock { $0 = $0 >= bytes ? $0 - bytes : 0 }
+  }
 
   private func record(_ uuid: ObjectUUID) throws(NVMeCSIError) -> VolumeRecord {
     guard let record = try store.volume(uuid) else { throw .notFound("volume \(uuid) does not exist") }

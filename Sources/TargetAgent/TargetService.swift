@@ -41,7 +41,12 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     -> Nvmecsi_Target_V1_ListVolumesResponse
   {
     let volumes = try await target.volumes(named: request.name.isEmpty ? nil : request.name)
-    return .with { $0.volumes = volumes.map(\.proto) }
+    let page = try ListPaging.page(
+      volumes.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+    return .with {
+      $0.volumes = page.items
+      $0.nextStartingAfter = page.next
+    }
   }
 
   public func expandVolume(request: Nvmecsi_Target_V1_ExpandVolumeRequest, context: ServerContext) async throws
@@ -88,6 +93,11 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     -> Nvmecsi_Target_V1_ListSnapshotsResponse
   {
     let snapshots = try await target.snapshots(matching: try SnapshotFilter(proto: request))
-    return .with { $0.snapshots = snapshots.map(\.proto) }
+    let page = try ListPaging.page(
+      snapshots.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+    return .with {
+      $0.snapshots = page.items
+      $0.nextStartingAfter = page.next
+    }
   }
 }

@@ -69,12 +69,15 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   }
 
   public func volumes(named name: String?) async throws -> [TargetVolume] {
-    try await call {
-      var volumes: [TargetVolume] = []
-      for volume in try await client.listVolumes(.with { $0.name = name ?? "" }, options: $0).volumes {
-        volumes.append(try TargetVolume(proto: volume))
+    try await call { options in
+      try await ListPaging.all { after in
+        let request = Nvmecsi_Target_V1_ListVolumesRequest.with {
+          $0.name = name ?? ""
+          $0.startingAfter = after
+        }
+        let page = try await client.listVolumes(request, options: options)
+        return (try page.volumes.map { (v) throws(NVMeCSIError) in try TargetVolume(proto: v) }, page.nextStartingAfter)
       }
-      return volumes
     }
   }
 
@@ -129,12 +132,15 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   }
 
   public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
-    try await call {
-      var snapshots: [SnapshotRecord] = []
-      for snapshot in try await client.listSnapshots(filter.proto, options: $0).snapshots {
-        snapshots.append(try SnapshotRecord(proto: snapshot))
+    try await call { options in
+      try await ListPaging.all { after in
+        var request = filter.proto
+        request.startingAfter = after
+        let page = try await client.listSnapshots(request, options: options)
+        return (
+          try page.snapshots.map { (s) throws(NVMeCSIError) in try SnapshotRecord(proto: s) }, page.nextStartingAfter
+        )
       }
-      return snapshots
     }
   }
 }

@@ -16,10 +16,14 @@ public struct TargetInfo: Sendable, Equatable {
   public var sharesBlocks: Bool
   public var portals: [HostPort]
   public var version: String
+  /// The sum of the volumes' sizes.
+  public var provisionedBytes: UInt64
+  /// How far `provisionedBytes` may exceed `totalBytes` (1: not at all).
+  public var overcommitRatio: Double
 
   public init(
     storeKind: String, exporterKind: String, totalBytes: UInt64, availableBytes: UInt64, sharesBlocks: Bool,
-    portals: [HostPort], version: String
+    portals: [HostPort], version: String, provisionedBytes: UInt64 = 0, overcommitRatio: Double = 1
   ) {
     self.storeKind = storeKind
     self.exporterKind = exporterKind
@@ -28,6 +32,15 @@ public struct TargetInfo: Sendable, Equatable {
     self.sharesBlocks = sharesBlocks
     self.portals = portals
     self.version = version
+    self.provisionedBytes = provisionedBytes
+    self.overcommitRatio = overcommitRatio
+  }
+
+  /// The most a new volume may take: what the overcommit ratio still allows, and
+  /// never more than is physically free.
+  public var allocatableBytes: UInt64 {
+    let allowed = Capacity.provisioningLimit(total: totalBytes, overcommitRatio: overcommitRatio)
+    return min(availableBytes, allowed > provisionedBytes ? allowed - provisionedBytes : 0)
   }
 }
 

@@ -31,7 +31,8 @@ extension TargetInfo {
     for portal in info.portals { portals.append(try HostPort(proto: portal)) }
     self.init(
       storeKind: info.storeKind, exporterKind: info.exporterKind, totalBytes: info.totalBytes,
-      availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version)
+      availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version,
+      provisionedBytes: info.provisionedBytes, overcommitRatio: info.overcommitRatio)
   }
 
   public var proto: Nvmecsi_Target_V1_GetInfoResponse {
@@ -40,6 +41,8 @@ extension TargetInfo {
       $0.exporterKind = exporterKind
       $0.totalBytes = totalBytes
       $0.availableBytes = availableBytes
+      $0.provisionedBytes = provisionedBytes
+      $0.overcommitRatio = overcommitRatio
       $0.reflink = sharesBlocks
       $0.portals = portals.map(\.proto)
       $0.version = version

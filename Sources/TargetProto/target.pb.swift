@@ -78,6 +78,13 @@ public nonisolated struct Nvmecsi_Target_V1_GetInfoResponse: Sendable {
 
   public var version: String = String()
 
+  /// The sum of the volumes' sizes, and how far it may exceed total_bytes
+  /// (--overcommit-ratio): new volumes fit while provisioned stays within
+  /// total_bytes * overcommit_ratio, and each must also fit in available_bytes.
+  public var provisionedBytes: UInt64 = 0
+
+  public var overcommitRatio: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -314,6 +321,10 @@ public nonisolated struct Nvmecsi_Target_V1_GetVolumeResponse: Sendable {
   fileprivate var _volume: Nvmecsi_Target_V1_Volume? = nil
 }
 
+/// Lists are paged in UUID order: a page holds at most max_entries (0: the server
+/// picks) and stays well under the gRPC message limit, whatever the volumes hold.
+/// starting_after is the last UUID of the previous page; next_starting_after is
+/// empty on the last page.
 public nonisolated struct Nvmecsi_Target_V1_ListVolumesRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -321,6 +332,10 @@ public nonisolated struct Nvmecsi_Target_V1_ListVolumesRequest: Sendable {
 
   /// only the volume with this name, when set
   public var name: String = String()
+
+  public var maxEntries: UInt32 = 0
+
+  public var startingAfter: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -333,6 +348,8 @@ public nonisolated struct Nvmecsi_Target_V1_ListVolumesResponse: Sendable {
   // methods supported on all messages.
 
   public var volumes: [Nvmecsi_Target_V1_Volume] = []
+
+  public var nextStartingAfter: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -507,6 +524,11 @@ public nonisolated struct Nvmecsi_Target_V1_ListSnapshotsRequest: Sendable {
 
   public var sourceVolumeUuid: String = String()
 
+  /// paged as ListVolumes
+  public var maxEntries: UInt32 = 0
+
+  public var startingAfter: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -518,6 +540,8 @@ public nonisolated struct Nvmecsi_Target_V1_ListSnapshotsResponse: Sendable {
   // methods supported on all messages.
 
   public var snapshots: [Nvmecsi_Target_V1_Snapshot] = []
+
+  public var nextStartingAfter: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -589,7 +613,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetInfoResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0\u{3}provisioned_bytes\0\u{3}overcommit_ratio\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -604,6 +628,8 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
       case 5: try { try decoder.decodeSingularBoolField(value: &self.reflink) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.portals) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.version) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.provisionedBytes) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.overcommitRatio) }()
       default: break
       }
     }
@@ -631,6 +657,12 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if !self.version.isEmpty {
       try visitor.visitSingularStringField(value: self.version, fieldNumber: 7)
     }
+    if self.provisionedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.provisionedBytes, fieldNumber: 8)
+    }
+    if self.overcommitRatio.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.overcommitRatio, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -642,6 +674,8 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if lhs.reflink != rhs.reflink {return false}
     if lhs.portals != rhs.portals {return false}
     if lhs.version != rhs.version {return false}
+    if lhs.provisionedBytes != rhs.provisionedBytes {return false}
+    if lhs.overcommitRatio != rhs.overcommitRatio {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1074,7 +1108,7 @@ nonisolated extension Nvmecsi_Target_V1_GetVolumeResponse: SwiftProtobuf.Message
 
 nonisolated extension Nvmecsi_Target_V1_ListVolumesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListVolumesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}max_entries\0\u{3}starting_after\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1083,6 +1117,8 @@ nonisolated extension Nvmecsi_Target_V1_ListVolumesRequest: SwiftProtobuf.Messag
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxEntries) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.startingAfter) }()
       default: break
       }
     }
@@ -1092,11 +1128,19 @@ nonisolated extension Nvmecsi_Target_V1_ListVolumesRequest: SwiftProtobuf.Messag
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
+    if self.maxEntries != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxEntries, fieldNumber: 2)
+    }
+    if !self.startingAfter.isEmpty {
+      try visitor.visitSingularStringField(value: self.startingAfter, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_ListVolumesRequest, rhs: Nvmecsi_Target_V1_ListVolumesRequest) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.maxEntries != rhs.maxEntries {return false}
+    if lhs.startingAfter != rhs.startingAfter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1104,7 +1148,7 @@ nonisolated extension Nvmecsi_Target_V1_ListVolumesRequest: SwiftProtobuf.Messag
 
 nonisolated extension Nvmecsi_Target_V1_ListVolumesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListVolumesResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volumes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volumes\0\u{3}next_starting_after\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1113,6 +1157,7 @@ nonisolated extension Nvmecsi_Target_V1_ListVolumesResponse: SwiftProtobuf.Messa
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.volumes) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextStartingAfter) }()
       default: break
       }
     }
@@ -1122,11 +1167,15 @@ nonisolated extension Nvmecsi_Target_V1_ListVolumesResponse: SwiftProtobuf.Messa
     if !self.volumes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.volumes, fieldNumber: 1)
     }
+    if !self.nextStartingAfter.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextStartingAfter, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_ListVolumesResponse, rhs: Nvmecsi_Target_V1_ListVolumesResponse) -> Bool {
     if lhs.volumes != rhs.volumes {return false}
+    if lhs.nextStartingAfter != rhs.nextStartingAfter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1470,7 +1519,7 @@ nonisolated extension Nvmecsi_Target_V1_DeleteSnapshotResponse: SwiftProtobuf.Me
 
 nonisolated extension Nvmecsi_Target_V1_ListSnapshotsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListSnapshotsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}uuid\0\u{3}source_volume_uuid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}uuid\0\u{3}source_volume_uuid\0\u{3}max_entries\0\u{3}starting_after\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1481,6 +1530,8 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsRequest: SwiftProtobuf.Mess
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.sourceVolumeUuid) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.maxEntries) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.startingAfter) }()
       default: break
       }
     }
@@ -1496,6 +1547,12 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsRequest: SwiftProtobuf.Mess
     if !self.sourceVolumeUuid.isEmpty {
       try visitor.visitSingularStringField(value: self.sourceVolumeUuid, fieldNumber: 3)
     }
+    if self.maxEntries != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxEntries, fieldNumber: 4)
+    }
+    if !self.startingAfter.isEmpty {
+      try visitor.visitSingularStringField(value: self.startingAfter, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1503,6 +1560,8 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsRequest: SwiftProtobuf.Mess
     if lhs.name != rhs.name {return false}
     if lhs.uuid != rhs.uuid {return false}
     if lhs.sourceVolumeUuid != rhs.sourceVolumeUuid {return false}
+    if lhs.maxEntries != rhs.maxEntries {return false}
+    if lhs.startingAfter != rhs.startingAfter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1510,7 +1569,7 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsRequest: SwiftProtobuf.Mess
 
 nonisolated extension Nvmecsi_Target_V1_ListSnapshotsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListSnapshotsResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}snapshots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}snapshots\0\u{3}next_starting_after\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1519,6 +1578,7 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsResponse: SwiftProtobuf.Mes
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.snapshots) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextStartingAfter) }()
       default: break
       }
     }
@@ -1528,11 +1588,15 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsResponse: SwiftProtobuf.Mes
     if !self.snapshots.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.snapshots, fieldNumber: 1)
     }
+    if !self.nextStartingAfter.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextStartingAfter, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_ListSnapshotsResponse, rhs: Nvmecsi_Target_V1_ListSnapshotsResponse) -> Bool {
     if lhs.snapshots != rhs.snapshots {return false}
+    if lhs.nextStartingAfter != rhs.nextStartingAfter {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -41,26 +41,44 @@ public final class FileStore: VolumeStore {
 
   /// Opens (creating if needed) a store in `root`, which must be on a local file
   /// system nvmet can serve files from (ext4, xfs, btrfs; not tmpfs or overlayfs).
-  public init(root: String, failpoints: Failpoints = .none) throws(NVMeCSIError) {
+  /// With a `target` name the store belongs to that target: its marker records the
+  /// name at first use, and a store marked for another target is refused.
+  public init(root: String, target: String? = nil, failpoints: Failpoints = .none) throws(NVMeCSIError) {
     guard root.hasPrefix("/") else {
       throw .invalidArgument("store directory \(quoted(root)) must be an absolute path")
     }
     self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
     self.failpoints = failpoints
-    try FileOperations.makeDirectory(self.root)
+    // A missing directory is a file system not mounted yet or a typo, never "start afresh".
+    guard FileOperations.exists(self.root) else {
+      throw .failedPrecondition(
+        "store directory \(self.root) does not exist: its file system is probably not mounted yet, or --store names"
+          + " the wrong place (create the directory to start a new store)")
+    }
     let markerPath = self.root + "/" + Self.markerName
     if FileOperations.exists(markerPath) {
-      do { self.identity = try Self.decode(StoreMarker.self, at: markerPath) } catch {
+      var marker: StoreMarker
+      do { marker = try Self.decode(StoreMarker.self, at: markerPath) } catch {
         throw .failedPrecondition(
           "\(markerPath) is not an nvme-csi store marker (\(error.message)): --store must name this driver's store")
       }
+      if let target, let owner = marker.target, owner != target {
+        throw .failedPrecondition(
+          "the store in \(self.root) belongs to target \(quoted(owner)) (store \(marker.uuid)), not to \(quoted(target)):"
+            + " --store names another target's store; refusing to touch it or nvmet")
+      }
+      if let target, marker.target == nil {
+        marker.target = target  // a marker from before names: this target adopts it
+        try Self.write(marker, to: markerPath)
+      }
+      self.identity = marker
       self.isNew = false
     } else {
       // A store from before markers holds volumes: adopt it. Otherwise it is new.
       let volumes = self.root + "/volumes"
       let existing = FileOperations.exists(volumes) ? try FileOperations.list(volumes) : []
       self.isNew = existing.isEmpty
-      self.identity = StoreMarker(uuid: .random(), created: Date())
+      self.identity = StoreMarker(uuid: .random(), created: Date(), target: target)
       try Self.write(identity, to: markerPath)
     }
     try FileOperations.makeDirectory(self.root + "/volumes")
@@ -396,9 +414,12 @@ public struct StoreMarker: Codable, Sendable, Equatable {
   public var format = 1
   public var uuid: ObjectUUID
   public var created: Date
+  /// The target (`--name`) that owns the store; nil in markers written before names.
+  public var target: String?
 
-  public init(uuid: ObjectUUID, created: Date) {
+  public init(uuid: ObjectUUID, created: Date, target: String? = nil) {
     self.uuid = uuid
     self.created = created
+    self.target = target
   }
 }

@@ -27,7 +27,8 @@ struct AllInOneCommand: AsyncParsableCommand {
     let controllerRole = try controller.makeRole(logger: logger)
     let nodeRole = try node.makeRole(logger: logger)
     let identity = IdentityService(
-      driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerAndNodeCapabilities(hasTopology: nodeRole.hasTopology),
+      driverName: driverName, version: BuildInfo.version,
+      capabilities: IdentityService.controllerAndNodeCapabilities(hasTopology: nodeRole.hasTopology),
       isReady: { [controllerRole, nodeRole] in
         let targetsReady = await controllerRole.isReady()
         let nodeReady = await nodeRole.isReady()

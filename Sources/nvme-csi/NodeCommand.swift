@@ -1,6 +1,6 @@
 import ArgumentParser
-import Foundation
 import CSIServer
+import Foundation
 import Logging
 import Mounting
 import NVMeCSICore
@@ -27,7 +27,8 @@ struct NodeCommand: AsyncParsableCommand {
     let endpoint = try Endpoint(parsing: endpoint)
     let role = try node.makeRole(logger: logger)
     let identity = IdentityService(
-      driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.nodeCapabilities(hasTopology: role.hasTopology),
+      driverName: driverName, version: BuildInfo.version,
+      capabilities: IdentityService.nodeCapabilities(hasTopology: role.hasTopology),
       isReady: role.isReady)
     let server = try GRPCService(endpoint: endpoint, services: [identity, role.service], logger: logger)
     logger.info("node starting", metadata: ["node_id": "\(role.nodeID)", "state_dir": "\(node.stateDir)"])
@@ -79,7 +80,8 @@ struct NodeOptions: ParsableArguments {
     let node = NodeService(
       configuration: .init(
         host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode,
-        deviceTimeout: .seconds(deviceTimeout), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment)),
+        deviceTimeout: .seconds(deviceTimeout), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment)
+      ),
       attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")

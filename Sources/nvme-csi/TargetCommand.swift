@@ -33,11 +33,29 @@ struct TargetCommand: AsyncParsableCommand {
   @Option(help: "NVMe/TCP listen address written into an nvmet port (addr:port). Repeat for several paths.")
   var portal: [String] = []
 
+  @Option(
+    help: ArgumentHelp(
+      "This target's name (the manifests use the node name). A file store records it at first use and is refused"
+        + " by a target of another name."))
+  var name: String?
+
+  @Option(
+    help: ArgumentHelp(
+      "How far the volumes' sizes together may exceed the store's size, 1-100. 1 (the default): no thin"
+        + " overcommit, a full store cannot surprise volumes with write errors."))
+  var overcommitRatio: Double = 1
+
   @OptionGroup var logging: LoggingOptions
 
   func validate() throws {
     guard !portal.isEmpty else {
       throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)")
+    }
+    guard TargetAgent.overcommitRatios.contains(overcommitRatio) else {
+      throw ValidationError("--overcommit-ratio \(overcommitRatio) is not between 1 and 100")
+    }
+    if let name, name.isEmpty || name.utf8.count > 253 || name.contains(where: { $0.isWhitespace || $0 == "/" }) {
+      throw ValidationError("--name \(name) must be 1-253 bytes without spaces or slashes")
     }
   }
 
@@ -48,7 +66,7 @@ struct TargetCommand: AsyncParsableCommand {
     let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
     let volumeStore: any VolumeStore
     if store.hasPrefix("file:") {
-      volumeStore = try FileStore(root: String(store.dropFirst(5)), failpoints: failpoints)
+      volumeStore = try FileStore(root: String(store.dropFirst(5)), target: name, failpoints: failpoints)
     } else if store.hasPrefix("lvm:") {
       volumeStore = try LVMThinStore(spec: String(store.dropFirst(4)), failpoints: failpoints)
     } else {
@@ -59,7 +77,8 @@ struct TargetCommand: AsyncParsableCommand {
       logger.warning(
         "\(configfs) is not configfs: exports are simulated in that directory and nothing is served over NVMe/TCP")
     }
-    let agent = TargetAgent(store: volumeStore, exporter: exporter, logger: logger)
+    let agent = TargetAgent(
+      store: volumeStore, exporter: exporter, overcommitRatio: overcommitRatio, logger: logger)
     try agent.start()
     let server = try GRPCService(endpoint: endpoint, services: [TargetService(target: agent)], logger: logger)
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

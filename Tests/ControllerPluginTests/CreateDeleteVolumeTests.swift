@@ -106,7 +106,7 @@ struct CreateDeleteVolumeTests {
   @Test("More than any target has free is ResourceExhausted and creates nothing")
   func tooLarge() async throws {
     try await Harness.with { h in
-      await expectStatus(.resourceExhausted, mentioning: "bytes free") {
+      await expectStatus(.resourceExhausted, mentioning: "bytes allocatable") {
         try await h.controller.createVolume(createRequest("pvc-huge", bytes: Int64(1) << 60))
       }
       #expect(h.storeA.files(in: "volumes").isEmpty && h.storeB.files(in: "volumes").isEmpty)

@@ -139,6 +139,7 @@ final class TestTarget: @unchecked Sendable {
       return
     }
     try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
     let binary = Self.binary
     guard FileManager.default.isExecutableFile(atPath: binary) else {
       Issue.record("\(binary) is missing: run `swift build` before `swift test` (make test does)")

@@ -58,12 +58,12 @@ struct TargetAPIFactory: Sendable, CustomTestStringConvertible {
 
 /// Runs `body` against a fresh target named "store-t" in its own temp directory.
 func withTarget(
-  _ factory: TargetAPIFactory, _ body: (any TargetAPI, LocalTarget) async throws -> Void
+  _ factory: TargetAPIFactory, overcommitRatio: Double = 1, _ body: (any TargetAPI, LocalTarget) async throws -> Void
 ) async throws {
   let directory = FileManager.default.temporaryDirectory.path + "/nvme-csi-target-test-" + UUID().uuidString.prefix(8)
   try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
   defer { try? FileManager.default.removeItem(atPath: directory) }
-  let target = try LocalTarget(name: "store-t", directory: directory)
+  let target = try LocalTarget(name: "store-t", directory: directory, overcommitRatio: overcommitRatio)
   try await factory.run(target) { api in try await body(api, target) }
 }
 

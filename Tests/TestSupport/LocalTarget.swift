@@ -16,23 +16,30 @@ public struct LocalTarget: Sendable {
   public let configfs: String
   public let agent: TargetAgent
 
-  public init(name: String, directory: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420)) throws {
-    try self.init(name: name, store: directory + "/store", configfs: directory + "/configfs", portal: portal)
+  public init(
+    name: String, directory: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420),
+    overcommitRatio: Double = 1
+  ) throws {
+    try self.init(
+      name: name, store: directory + "/store", configfs: directory + "/configfs", portal: portal,
+      overcommitRatio: overcommitRatio)
   }
 
   /// A target on these directories; `start()` has run (and may have refused).
-  public init(name: String, store: String, configfs: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420))
-    throws
-  {
+  public init(
+    name: String, store: String, configfs: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420),
+    overcommitRatio: Double = 1
+  ) throws {
     self.name = try TargetName(name)
     self.store = store
     self.configfs = configfs
     try FileManager.default.createDirectory(atPath: configfs, withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
     var logger = Logger(label: "test.target") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
     let agent = TargetAgent(
       store: try FileStore(root: store), exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
-      version: "test", logger: logger)
+      overcommitRatio: overcommitRatio, version: "test", logger: logger)
     try agent.start()
     self.agent = agent
   }

@@ -33,6 +33,7 @@ struct FileStoreTests {
   @Test("Opening creates the layout and leaves no probe files behind")
   func layout() throws {
     try withTemporaryDirectory { directory in
+      try FileManager.default.createDirectory(atPath: directory + "/nested", withIntermediateDirectories: false)
       let store = try FileStore(root: directory + "/nested/")
       #expect(store.root == directory + "/nested")
       #expect(store.kind == "file")
@@ -211,9 +212,40 @@ struct FileStoreTests {
     }
   }
 
+  @Test("A store directory that does not exist is refused, not created")
+  func missingRoot() throws {
+    try withTemporaryDirectory { directory in
+      expectError(.failedPrecondition, mentioning: [directory + "/absent", "not mounted"]) {
+        try FileStore(root: directory + "/absent")
+      }
+      #expect(!FileManager.default.fileExists(atPath: directory + "/absent"))
+    }
+  }
+
+  @Test("A store belongs to the target that first used it; another target's name is refused")
+  func owner() throws {
+    try withTemporaryDirectory { directory in
+      let root = directory + "/store"
+      try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: false)
+      // A marker from before names is adopted by the first named target.
+      let unnamed = try FileStore(root: root)
+      #expect(unnamed.identity.target == nil)
+      let adopted = try FileStore(root: root, target: "storage-1")
+      #expect(adopted.identity.target == "storage-1")
+      #expect(adopted.identity.uuid == unnamed.identity.uuid)
+      #expect(try FileStore(root: root, target: "storage-1").identity == adopted.identity)
+      expectError(.failedPrecondition, mentioning: ["belongs to target \"storage-1\"", "storage-2"]) {
+        try FileStore(root: root, target: "storage-2")
+      }
+      // Unnamed (library and test use) opens any store and changes nothing.
+      #expect(try FileStore(root: root).identity == adopted.identity)
+    }
+  }
+
   @Test("A new store writes its marker; reopening finds it and is no longer new")
   func marker() throws {
     try withTemporaryDirectory { directory in
+      try FileManager.default.createDirectory(atPath: directory + "/store", withIntermediateDirectories: false)
       let first = try FileStore(root: directory + "/store")
       #expect(first.isNew)
       let again = try FileStore(root: directory + "/store")

@@ -20,7 +20,12 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
 }
 
 func makeStores() -> [StoreFactory] {
-  var stores = [StoreFactory(name: "FileStore") { directory in try FileStore(root: directory) }]
+  var stores = [
+    StoreFactory(name: "FileStore") { directory in
+      try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+      return try FileStore(root: directory)
+    }
+  ]
   // LVM thin needs device-mapper: the VM harness sets this (Tests/e2e/guest-stores.sh).
   if let pool = ProcessInfo.processInfo.environment["NVME_CSI_TEST_LVM_POOL"] {
     stores.append(

@@ -111,8 +111,9 @@ class Cluster:
         for t in entries:
             root = self.dir / t["name"]
             (root / "configfs").mkdir(parents=True)
+            (root / "store").mkdir()
             sock = str(root / "target.sock")
-            argv = _substitute(target_inv, {"POD_IP": "127.0.0.1"}, {
+            argv = _substitute(target_inv, {"POD_IP": "127.0.0.1", "NODE_NAME": t["name"]}, {
                 "--listen": f"unix://{sock}",
                 "--store": f"file:{root / 'store'}",
                 "--configfs": str(root / "configfs"),
