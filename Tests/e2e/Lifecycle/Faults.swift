@@ -280,10 +280,21 @@ func milliseconds(_ duration: Duration) -> Int64 {
 func errnoText() -> String { String(cString: strerror(errno)) }
 
 func run(_ executable: String, _ arguments: [String]) throws {
+  _ = try output(executable, arguments)
+}
+
+/// Runs a tool and returns what it printed; a failure is an error with its output.
+func output(_ executable: String, _ arguments: [String]) throws -> String {
   let process = Process()
   process.executableURL = URL(fileURLWithPath: executable)
   process.arguments = arguments
+  let pipe = Pipe()
+  process.standardOutput = pipe
+  process.standardError = pipe
   try process.run()
+  let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
   process.waitUntilExit()
-  try check(process.terminationStatus == 0, "\(executable) \(arguments.joined(separator: " ")) failed")
+  try check(
+    process.terminationStatus == 0, "\(executable) \(arguments.joined(separator: " ")) failed: \(text)")
+  return text
 }

@@ -96,6 +96,7 @@ struct Scenario {
     await nodePluginCrash(ext4)
     await xfsVolume(nodeID: nodeID)
     await blockVolume(nodeID: nodeID)
+    if cluster.store.hasPrefix("lvm:") { await unreadableDevice(nodeID: nodeID) }
     await accessControl(nodeID: nodeID)
     await teardown(ext4)
     await nothingLeft()
@@ -454,6 +455,46 @@ struct Scenario {
           $0.volumePath = v.target
         })
       try check(stats.usage.first?.total == 64 * mebibyte, "block size \(stats.usage.first?.total ?? -1)")
+    }
+    await detach(v, deleteVolume: true)
+  }
+
+  /// A device that cannot be read while it is staged is never taken for blank: stage
+  /// fails, nothing is formatted, and once it reads again the data is all there. The
+  /// thin LV under the volume gets device-mapper's `error` table (every read fails,
+  /// through nvmet, on the node's NVMe/TCP device), then its own table back.
+  func unreadableDevice(nodeID: String) async {
+    guard let v = await createAndAttach("pvc-unreadable", bytes: 32 * mebibyte, mountCapability("ext4"), nodeID)
+    else { return }
+    await steps.run("a device that cannot be read during NodeStageVolume is refused, never formatted") {
+      try writeFile(v.target + "/data.txt", Self.payload)
+      _ = try await node.nodeUnpublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.targetPath = v.target
+        })
+      _ = try await node.nodeUnstageVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.stagingTargetPath = v.staging
+        })
+      let lv = try storeFile(of: v.volumeID)
+      let dm = try FileManager.default.destinationOfSymbolicLink(atPath: lv).split(separator: "/").last.orThrow(lv)
+      let name = try String(contentsOfFile: "/sys/block/\(dm)/dm/name", encoding: .utf8)
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+      let table = try output("/sbin/dmsetup", ["table", name]).trimmingCharacters(in: .whitespacesAndNewlines)
+      let sectors = try table.split(separator: " ").dropFirst().first.orThrow("dm table \(table)")
+      try run("/sbin/dmsetup", ["load", name, "--table", "0 \(sectors) error"])
+      try run("/sbin/dmsetup", ["resume", name])
+      steps.note("\(name): \(table) → error")
+      let refused = try await expectFailureAny { try await node.nodeStageVolume(stageRequest(v)) }
+      steps.note("NodeStageVolume: \(refused)")
+      try run("/sbin/dmsetup", ["load", name, "--table", table])
+      try run("/sbin/dmsetup", ["resume", name])
+      _ = try await node.nodeStageVolume(stageRequest(v))
+      _ = try await node.nodePublishVolume(publishRequest(v, readonly: false))
+      let text = try String(contentsOfFile: v.target + "/data.txt", encoding: .utf8)
+      try check(text == Self.payload, "data.txt after the unreadable stage reads \(text.debugDescription)")
     }
     await detach(v, deleteVolume: true)
   }
