@@ -22,6 +22,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+    .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
   ],
   targets: [
     // Generated code only (`make proto`).
@@ -32,8 +33,9 @@ let package = Package(
       name: "TargetProto",
       dependencies: grpc + [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
-    // CSI-agnostic domain: IDs, NQNs, sizes, capabilities, locks, errors. No gRPC.
-    .target(name: "NVMeCSICore"),
+    // CSI-agnostic domain: IDs, NQNs, sizes, capabilities, locks, errors, the pool for
+    // blocking work (NIO's thread pool). No gRPC.
+    .target(name: "NVMeCSICore", dependencies: [.product(name: "NIOPosix", package: "swift-nio")]),
 
     // Where volume data lives (sparse files with reflink snapshots).
     .target(name: "VolumeStore", dependencies: ["NVMeCSICore"]),

@@ -57,48 +57,10 @@ enum POSIX {
     NVMeCSIError(.internalError, "\(what): \(error)", cause: error)
   }
 
-  /// `pipe2(fds, O_CLOEXEC)`: both ends close on exec, set atomically where glibc allows
-  /// (Swift does not import pipe2, it needs _GNU_SOURCE).
-  static func makePipe() -> Result<(read: Int32, write: Int32), Errno> {
-    var fds: [Int32] = [-1, -1]
-    let made: Result<Int32, Errno>
-    if let pipe2 = Self.pipe2 {
-      made = valueOrErrno { fds.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) } }
-    } else {
-      made = valueOrErrno { pipe(&fds) }
-      // F_SETFD on a descriptor just made cannot fail.
-      if case .success = made { for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) } }
-    }
-    return made.map { _ in (fds[0], fds[1]) }
-  }
-
-  private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
-  private static let pipe2: Pipe2? = {
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pipe2") else { return nil }
-    return unsafeBitCast(symbol, to: Pipe2.self)
-  }()
-
   /// "/a/b/" → "/a/b"; "/" stays "/".
   static func withoutTrailingSlash(_ path: String) -> String {
     var result = Substring(path)
     while result.count > 1 && result.hasSuffix("/") { result = result.dropLast() }
     return String(result)
   }
-}
-
-/// Runs `body` on a thread of its own and returns its result, so that a call which may
-/// block for long (waiting for a child process, mount(2) replaying a journal, umount(2)
-/// flushing to a slow device) never holds a thread of Swift's cooperative pool.
-func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-  await withCheckedContinuation { continuation in
-    Thread { continuation.resume(returning: body()) }.start()
-  }
-}
-
-/// "30 s", "0.5 s".
-func formatSeconds(_ duration: Duration) -> String {
-  let (seconds, attoseconds) = duration.components
-  if attoseconds == 0 { return "\(seconds) s" }
-  let value = Double(seconds) + Double(attoseconds) / 1e18
-  return String(format: "%g s", value)
 }

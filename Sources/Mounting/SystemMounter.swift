@@ -22,7 +22,9 @@ public struct SystemMounter: Mounter {
   /// Where the mount table is read from; tests point it at a fixture.
   public var mountInfoPath: String
 
-  public init(runner: CommandRunner = CommandRunner(), mountInfoPath: String = MountTable.defaultPath) {
+  /// mount(2) and umount(2) run on the runner's pool too: they can block for long
+  /// (a journal replayed, a slow device flushed).
+  public init(runner: CommandRunner, mountInfoPath: String = MountTable.defaultPath) {
     self.runner = runner
     self.mountInfoPath = mountInfoPath
   }
@@ -198,7 +200,7 @@ public struct SystemMounter: Mounter {
     }
 
     try POSIX.makeDirectories(target, mode: 0o750)
-    let mounted = await onOwnThread {
+    let mounted = try await runner.pool.run {
       valueOrErrno {
         if let data = parsed.dataString {
           data.withCString { Glibc.mount(device, target, fsType, parsed.flags, $0) }
@@ -276,7 +278,7 @@ public struct SystemMounter: Mounter {
     } else {
       try Self.makeEmptyFile(target)
     }
-    let bound = await onOwnThread { valueOrErrno { Glibc.mount(source, target, nil, UInt(MS_BIND), nil) } }
+    let bound = try await runner.pool.run { valueOrErrno { Glibc.mount(source, target, nil, UInt(MS_BIND), nil) } }
     if case .failure(let error) = bound {
       let what = "cannot bind-mount \(quoted(source)) at \(quoted(target)): \(error)"
       if error.code == EPERM {
@@ -290,7 +292,7 @@ public struct SystemMounter: Mounter {
     } catch {
       // Best effort: the error says the bind was undone; if this fails too, the
       // read-write bind stays and the caller's retry finds it and answers alreadyExists.
-      _ = await onOwnThread { umount2(target, 0) }
+      _ = try? await runner.pool.run { umount2(target, 0) }
       throw error
     }
   }
@@ -302,7 +304,7 @@ public struct SystemMounter: Mounter {
       throw .internalError("the bind of \(quoted(source)) at \(quoted(target)) vanished before it was made read-only")
     }
     let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | MountOptions.flags(ofMountOptions: bind.mountOptions)
-    let remounted = await onOwnThread { valueOrErrno { Glibc.mount(source, target, nil, flags, nil) } }
+    let remounted = try await runner.pool.run { valueOrErrno { Glibc.mount(source, target, nil, flags, nil) } }
     if case .failure(let error) = remounted {
       throw POSIX.internalError(
         "cannot make the bind of \(quoted(source)) at \(quoted(target)) read-only (the bind was undone)", error)
@@ -350,7 +352,7 @@ public struct SystemMounter: Mounter {
     for _ in 0..<16 {
       guard let mounted = entry(at: target, in: try table()) else { return }
       let path = mounted.mountPoint
-      let unmounted = await onOwnThread { valueOrErrno { umount2(path, 0) } }
+      let unmounted = try await runner.pool.run { valueOrErrno { umount2(path, 0) } }
       guard case .failure(let error) = unmounted else { continue }
       switch error.code {
       case EINVAL, ENOENT:

@@ -21,6 +21,9 @@ public final class TargetAgent: TargetAPI {
   private let logger: Logger
   /// Volumes whose files `start()` moved aside, with why: reported abnormal, never served.
   private let quarantined = Mutex<[ObjectUUID: String]>([:])
+  /// Store and exporter calls block (fsync, full copies, lvm, configfs writes): they run
+  /// here, never on Swift's cooperative pool.
+  private let pool: BlockingPool
   /// How far the volumes' sizes together may exceed the store's size (1: not at all).
   public let overcommitRatio: Double
   /// The sum of the volumes' sizes, kept in memory (counted at `start()`): a create or
@@ -32,18 +35,19 @@ public final class TargetAgent: TargetAPI {
   public static let overcommitRatios: ClosedRange<Double> = 1...100
 
   public init(
-    store: any VolumeStore, exporter: any VolumeExporter, overcommitRatio: Double = 1,
+    store: any VolumeStore, exporter: any VolumeExporter, pool: BlockingPool, overcommitRatio: Double = 1,
     version: String = BuildInfo.version, logger: Logger
   ) {
     self.store = store
     self.exporter = exporter
+    self.pool = pool
     self.overcommitRatio = min(max(overcommitRatio, Self.overcommitRatios.lowerBound), Self.overcommitRatios.upperBound)
     self.version = version
     self.logger = logger
   }
 
-  public func info() throws(NVMeCSIError) -> TargetInfo {
-    let capacity = try store.capacity()
+  public func info() async throws(NVMeCSIError) -> TargetInfo {
+    let capacity = try await onPool { [self] () throws(NVMeCSIError) in try store.capacity() }
     return TargetInfo(
       storeKind: store.kind, exporterKind: exporter.kind.rawValue, totalBytes: capacity.totalBytes,
       availableBytes: capacity.availableBytes, sharesBlocks: store.sharesBlocks,
@@ -115,65 +119,71 @@ public final class TargetAgent: TargetAPI {
     try validateName(request.name, what: "volume")
     try validateSize(request.sizeBytes)
     try validateAttributes(request.attributes)
-    return try await locks.withLock("volume-name:" + request.name) {
-      if let existing = try store.volumes().first(where: { $0.name == request.name }) {
-        return (status(existing), true)
+    return try await locks.withLock("volume-name:" + request.name) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        if let existing = try store.volumes().first(where: { $0.name == request.name }) {
+          return (status(existing), true)
+        }
+        let sourceSize = try sourceSize(request.source)
+        if let sourceSize, request.sizeBytes < sourceSize {
+          throw NVMeCSIError.outOfRange(
+            "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
+        }
+        // A clone that shares blocks costs only what it adds beyond its source.
+        let needed = store.sharesBlocks ? request.sizeBytes - (sourceSize ?? 0) : request.sizeBytes
+        let capacity = try store.capacity()
+        if needed > capacity.availableBytes {
+          throw NVMeCSIError.resourceExhausted(
+            "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
+        }
+        try reserve(request.sizeBytes, total: capacity.totalBytes)
+        let record = VolumeRecord(
+          uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
+          attributes: request.attributes)
+        let created: VolumeRecord
+        do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {
+          release(request.sizeBytes)
+          throw error
+        }
+        try exporter.apply(exportSpec(created))
+        logger.info(
+          "volume created",
+          metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
+        return (status(created), false)
       }
-      let sourceSize = try sourceSize(request.source)
-      if let sourceSize, request.sizeBytes < sourceSize {
-        throw NVMeCSIError.outOfRange(
-          "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
-      }
-      // A clone that shares blocks costs only what it adds beyond its source.
-      let needed = store.sharesBlocks ? request.sizeBytes - (sourceSize ?? 0) : request.sizeBytes
-      let capacity = try store.capacity()
-      if needed > capacity.availableBytes {
-        throw NVMeCSIError.resourceExhausted(
-          "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
-      }
-      try reserve(request.sizeBytes, total: capacity.totalBytes)
-      let record = VolumeRecord(
-        uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
-        attributes: request.attributes)
-      let created: VolumeRecord
-      do { created = try store.createVolume(record) } catch {
-        release(request.sizeBytes)
-        throw error
-      }
-      try exporter.apply(exportSpec(created))
-      logger.info(
-        "volume created",
-        metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
-      return (status(created), false)
     }
   }
 
   /// Removes a volume; an unknown one is success. Refuses while any host may use it.
   public func deleteVolume(_ uuid: ObjectUUID) async throws {
-    try await locks.withLock("volume:" + uuid.value) {
-      guard let record = try store.volume(uuid) else {
-        try exporter.remove(uuid)  // an export left by a crash mid-delete
-        return
+    try await locks.withLock("volume:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        guard let record = try store.volume(uuid) else {
+          try exporter.remove(uuid)  // an export left by a crash mid-delete
+          return
+        }
+        if !record.publications.isEmpty {
+          let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
+          throw NVMeCSIError.failedPrecondition(
+            "volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
+        }
+        try exporter.remove(uuid)
+        try store.deleteVolume(uuid)
+        release(record.sizeBytes)
+        logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
       }
-      if !record.publications.isEmpty {
-        let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
-        throw NVMeCSIError.failedPrecondition(
-          "volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
-      }
-      try exporter.remove(uuid)
-      try store.deleteVolume(uuid)
-      release(record.sizeBytes)
-      logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
     }
   }
 
-  public func volume(_ uuid: ObjectUUID) throws(NVMeCSIError) -> TargetVolume {
+  public func volume(_ uuid: ObjectUUID) async throws(NVMeCSIError) -> TargetVolume {
     if let reason = quarantined.withLock({ $0[uuid] }) { return Self.quarantinedVolume(uuid, reason) }
-    return status(try record(uuid))
+    return try await onPool { [self] () throws(NVMeCSIError) in status(try record(uuid)) }
   }
 
-  public func volumes(named name: String?) throws(NVMeCSIError) -> [TargetVolume] {
-    let recorded = try store.volumes().filter { name == nil || $0.name == name }.map(status)
+  public func volumes(named name: String?) async throws(NVMeCSIError) -> [TargetVolume] {
+    let recorded = try await onPool { [self] () throws(NVMeCSIError) in
+      try store.volumes().filter { name == nil || $0.name == name }.map(status)
+    }
     guard name == nil else { return recorded }
     return recorded + quarantined.withLock { $0 }.sorted { $0.key < $1.key }.map(Self.quarantinedVolume)
   }
@@ -187,23 +197,25 @@ public final class TargetAgent: TargetAPI {
 
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
     try validateSize(sizeBytes)
-    return try await locks.withLock("volume:" + uuid.value) {
-      let record = try record(uuid)
-      guard sizeBytes > record.sizeBytes else { return status(record) }
-      let capacity = try store.capacity()
-      if sizeBytes - record.sizeBytes > capacity.availableBytes {
-        throw NVMeCSIError.resourceExhausted(
-          "target has \(capacity.availableBytes) bytes free, growing by \(sizeBytes - record.sizeBytes) does not fit")
+    return try await locks.withLock("volume:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        let record = try record(uuid)
+        guard sizeBytes > record.sizeBytes else { return status(record) }
+        let capacity = try store.capacity()
+        if sizeBytes - record.sizeBytes > capacity.availableBytes {
+          throw NVMeCSIError.resourceExhausted(
+            "target has \(capacity.availableBytes) bytes free, growing by \(sizeBytes - record.sizeBytes) does not fit")
+        }
+        try reserve(sizeBytes - record.sizeBytes, total: capacity.totalBytes)
+        let grown: VolumeRecord
+        do throws(NVMeCSIError) { grown = try store.expandVolume(uuid, to: sizeBytes) } catch {
+          release(sizeBytes - record.sizeBytes)
+          throw error
+        }
+        try exporter.refreshSize(of: uuid)
+        logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
+        return status(grown)
       }
-      try reserve(sizeBytes - record.sizeBytes, total: capacity.totalBytes)
-      let grown: VolumeRecord
-      do { grown = try store.expandVolume(uuid, to: sizeBytes) } catch {
-        release(sizeBytes - record.sizeBytes)
-        throw error
-      }
-      try exporter.refreshSize(of: uuid)
-      logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
-      return status(grown)
     }
   }
 
@@ -213,37 +225,42 @@ public final class TargetAgent: TargetAPI {
   public func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
     -> VolumeExport
   {
-    try await locks.withLock("volume:" + uuid.value) {
-      var record = try record(uuid)
-      if let existing = record.publications.first(where: { $0.nodeID == node }) {
-        if existing.readonly != readonly {
-          throw NVMeCSIError.alreadyExists(
-            "volume \(uuid) is already published to this node with readonly=\(existing.readonly)")
+    try await locks.withLock("volume:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        var record = try record(uuid)
+        if let existing = record.publications.first(where: { $0.nodeID == node }) {
+          if existing.readonly != readonly {
+            throw NVMeCSIError.alreadyExists(
+              "volume \(uuid) is already published to this node with readonly=\(existing.readonly)")
+          }
+        } else {
+          if exclusive, let other = record.publications.first {
+            throw NVMeCSIError.failedPrecondition(
+              "volume \(uuid) has single-node access and is published to node \(other.nodeID): unpublish it there first"
+            )
+          }
+          record.publications.append(Publication(nodeID: node, readonly: readonly))
+          try store.updateVolume(record)
         }
-      } else {
-        if exclusive, let other = record.publications.first {
-          throw NVMeCSIError.failedPrecondition(
-            "volume \(uuid) has single-node access and is published to node \(other.nodeID): unpublish it there first")
-        }
-        record.publications.append(Publication(nodeID: node, readonly: readonly))
-        try store.updateVolume(record)
+        let spec = exportSpec(record)
+        try exporter.apply(spec)
+        return VolumeExport(
+          subsystemNQN: spec.subsystemNQN, namespaceUUID: SubsystemNaming.namespaceUUID(for: uuid),
+          portals: exporter.portals)
       }
-      let spec = exportSpec(record)
-      try exporter.apply(spec)
-      return VolumeExport(
-        subsystemNQN: spec.subsystemNQN, namespaceUUID: SubsystemNaming.namespaceUUID(for: uuid),
-        portals: exporter.portals)
     }
   }
 
   /// Revokes a node's access (every node's when `node` is nil); idempotent.
   public func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
-    try await locks.withLock("volume:" + uuid.value) {
-      guard var record = try store.volume(uuid) else { return }
-      let before = record.publications.count
-      record.publications.removeAll { node == nil || $0.nodeID == node }
-      if record.publications.count != before { try store.updateVolume(record) }
-      try exporter.apply(exportSpec(record))
+    try await locks.withLock("volume:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        guard var record = try store.volume(uuid) else { return }
+        let before = record.publications.count
+        record.publications.removeAll { node == nil || $0.nodeID == node }
+        if record.publications.count != before { try store.updateVolume(record) }
+        try exporter.apply(exportSpec(record))
+      }
     }
   }
 
@@ -253,29 +270,40 @@ public final class TargetAgent: TargetAPI {
     -> (snapshot: SnapshotRecord, existed: Bool)
   {
     try validateName(name, what: "snapshot")
-    return try await locks.withLock("snapshot-name:" + name) {
-      if let existing = try store.snapshots().first(where: { $0.name == name }) { return (existing, true) }
-      return try await locks.withLock("volume:" + source.value) {
-        let volume = try record(source)
-        let snapshot = try store.createSnapshot(
-          SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
-        logger.info("snapshot created", metadata: ["snapshot": "\(snapshot.uuid)", "volume": "\(source)"])
-        return (snapshot, false)
+    return try await locks.withLock("snapshot-name:" + name) { [self] in
+      let named = try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots().first { $0.name == name } }
+      if let existing = named { return (existing, true) }
+      return try await locks.withLock("volume:" + source.value) { [self] in
+        try await onPool { [self] () throws(NVMeCSIError) in
+          let volume = try record(source)
+          let snapshot = try store.createSnapshot(
+            SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
+          logger.info("snapshot created", metadata: ["snapshot": "\(snapshot.uuid)", "volume": "\(source)"])
+          return (snapshot, false)
+        }
       }
     }
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) async throws {
-    try await locks.withLock("snapshot:" + uuid.value) {
-      try store.deleteSnapshot(uuid)
+    try await locks.withLock("snapshot:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        try store.deleteSnapshot(uuid)
+      }
     }
   }
 
-  public func snapshots(matching filter: SnapshotFilter) throws(NVMeCSIError) -> [SnapshotRecord] {
-    try store.snapshots().filter(filter.matches)
+  public func snapshots(matching filter: SnapshotFilter) async throws(NVMeCSIError) -> [SnapshotRecord] {
+    try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots().filter(filter.matches) }
   }
 
   // MARK: internals
+
+  private func onPool<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T) async throws(NVMeCSIError)
+    -> T
+  {
+    try await pool.run(body)
+  }
 
   /// Counts `bytes` as provisioned if the overcommit ratio allows them.
   private func reserve(_ bytes: UInt64, total: UInt64) throws(NVMeCSIError) {

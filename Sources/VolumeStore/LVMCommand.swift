@@ -2,50 +2,34 @@ import Foundation
 import NVMeCSICore
 
 /// Runs LVM's command-line tools (the stable interface LVM offers; there is no
-/// library API). Arguments are arrays, never a shell line; every call is bounded by a
-/// timeout; reports are read as JSON. LVM's own error text is kept for the message.
+/// library API) through the one `CommandRunner`: arguments are arrays, never a shell
+/// line; every call is bounded by a timeout after which lvm's whole process group is
+/// killed and reaped; reports are read as JSON. LVM's own error text is kept for the
+/// message. Calls block: the store runs on the `BlockingPool`.
 public struct LVMCommand: Sendable {
-  public var timeout: TimeInterval
-  public init(timeout: TimeInterval = 120) { self.timeout = timeout }
+  public var timeout: Duration
+  private let runner: CommandRunner
+
+  public init(pool: BlockingPool, timeout: Duration = .seconds(120)) {
+    self.timeout = timeout
+    // Reports list every LV with its tags (the records): keep far more than a tool's usual tail.
+    self.runner = CommandRunner(pool: pool, outputLimit: 64 << 20)
+  }
 
   /// Runs an LVM tool (e.g. ["lvcreate", …]); throws with its stderr on failure.
   @discardableResult
   public func run(_ arguments: [String]) throws(NVMeCSIError) -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/sbin/lvm")
-    if !FileManager.default.isExecutableFile(atPath: "/sbin/lvm") {
-      process.executableURL = URL(fileURLWithPath: "/usr/sbin/lvm")
+    let result: CommandResult
+    do {
+      result = try runner.runHere(
+        "lvm", Array(arguments.prefix(1)) + deviceFilter() + arguments.dropFirst(), timeout: timeout,
+        acceptedExitCodes: Set(0...255))
+    } catch let error where error.kind == .failedPrecondition {
+      throw .failedPrecondition("cannot run lvm (\(error.message)): install lvm2 and thin-provisioning-tools")
     }
-    process.arguments = Array(arguments.prefix(1)) + deviceFilter() + arguments.dropFirst()
-    // LVM warns about inherited descriptors on every call; its messages stay English.
-    process.environment = ["LVM_SUPPRESS_FD_WARNINGS": "1", "LC_ALL": "C", "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"]
-    // Output goes to files, not pipes: LVM may start a daemon (dmeventd) that inherits
-    // them, and a pipe would then never reach end-of-file.
-    let outPath = NSTemporaryDirectory() + "nvme-csi-lvm-\(UUID().uuidString).out"
-    let errPath = outPath.dropLast(4) + ".err"
-    FileManager.default.createFile(atPath: outPath, contents: nil)
-    FileManager.default.createFile(atPath: String(errPath), contents: nil)
-    defer {
-      unlink(outPath)
-      unlink(String(errPath))
-    }
-    process.standardOutput = FileHandle(forWritingAtPath: outPath)
-    process.standardError = FileHandle(forWritingAtPath: String(errPath))
-    process.standardInput = FileHandle.nullDevice
-    let done = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in done.signal() }
-    do { try process.run() } catch {
-      throw .failedPrecondition("cannot run lvm (\(error)): install lvm2 and thin-provisioning-tools")
-    }
-    if done.wait(timeout: .now() + timeout) == .timedOut {
-      process.terminate()
-      throw .unavailable("lvm \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
-    }
-    let output = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-    let errors = ((try? String(contentsOfFile: String(errPath), encoding: .utf8)) ?? "").trimmingCharacters(
-      in: .whitespacesAndNewlines)
-    guard process.terminationStatus == 0 else {
-      let message = "lvm \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(errors)"
+    guard result.exitCode == 0 else {
+      let errors = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+      let message = "lvm \(arguments.joined(separator: " ")) failed (exit \(result.exitCode)): \(errors)"
       if errors.contains("Insufficient free space") || errors.contains("would exceed")
         || errors.contains("out of data space")
       {
@@ -53,7 +37,7 @@ public struct LVMCommand: Sendable {
       }
       throw .internalError(message)
     }
-    return output
+    return result.standardOutput
   }
 
   /// Keeps LVM away from NVMe over Fabrics namespaces. LVM scans every block device;

@@ -32,7 +32,7 @@ public final class LVMThinStore: VolumeStore {
   private let failpoints: Failpoints
 
   /// `spec` is `<vg>/<thinpool>` (from `--store lvm:<vg>/<thinpool>`).
-  public init(spec: String, owner: String = "nvme-csi", failpoints: Failpoints = .none, lvm: LVMCommand = LVMCommand())
+  public init(spec: String, lvm: LVMCommand, owner: String = "nvme-csi", failpoints: Failpoints = .none)
     throws(NVMeCSIError)
   {
     let parts = spec.split(separator: "/", omittingEmptySubsequences: false).map(String.init)

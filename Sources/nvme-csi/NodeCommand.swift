@@ -54,6 +54,9 @@ struct NodeOptions: ParsableArguments {
   @Option(help: "Seconds to wait for a namespace's block device after connecting.")
   var deviceTimeout: Int = 30
 
+  @Option(help: "Threads for blocking work (mkfs, blkid, mount), apart from those serving RPCs.")
+  var blockingThreads: Int = 16
+
   /// The Node service, checked against the kernel and its own records.
   struct Role: Sendable {
     let service: NodeService
@@ -64,6 +67,9 @@ struct NodeOptions: ParsableArguments {
   }
 
   func makeRole(logger: Logger) throws -> Role {
+    guard (1...256).contains(blockingThreads) else {
+      throw ValidationError("--blocking-threads \(blockingThreads) is not between 1 and 256")
+    }
     var segments: [String: String] = [:]
     for item in topology {
       // One segment per flag; a label value cannot hold a comma, so "a=b,c=d" is refused.
@@ -82,7 +88,8 @@ struct NodeOptions: ParsableArguments {
         host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode,
         deviceTimeout: .seconds(deviceTimeout), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment)
       ),
-      attacher: attacher, mounter: SystemMounter(), records: records, logger: logger)
+      attacher: attacher, mounter: SystemMounter(runner: CommandRunner(pool: BlockingPool(threads: blockingThreads))),
+      records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")
     }

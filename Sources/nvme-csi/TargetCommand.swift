@@ -45,11 +45,17 @@ struct TargetCommand: AsyncParsableCommand {
         + " overcommit, a full store cannot surprise volumes with write errors."))
   var overcommitRatio: Double = 1
 
+  @Option(help: "Threads for blocking work (copies, fsync, lvm, configfs), apart from those serving RPCs.")
+  var blockingThreads: Int = 16
+
   @OptionGroup var logging: LoggingOptions
 
   func validate() throws {
     guard !portal.isEmpty else {
       throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)")
+    }
+    guard (1...256).contains(blockingThreads) else {
+      throw ValidationError("--blocking-threads \(blockingThreads) is not between 1 and 256")
     }
     guard TargetAgent.overcommitRatios.contains(overcommitRatio) else {
       throw ValidationError("--overcommit-ratio \(overcommitRatio) is not between 1 and 100")
@@ -64,11 +70,13 @@ struct TargetCommand: AsyncParsableCommand {
     let endpoint = try Endpoint(parsing: listen)
     let portals = try portal.map { (text) throws(NVMeCSIError) in try HostPort(portal: text) }
     let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
+    let pool = BlockingPool(threads: blockingThreads)
     let volumeStore: any VolumeStore
     if store.hasPrefix("file:") {
       volumeStore = try FileStore(root: String(store.dropFirst(5)), target: name, failpoints: failpoints)
     } else if store.hasPrefix("lvm:") {
-      volumeStore = try LVMThinStore(spec: String(store.dropFirst(4)), failpoints: failpoints)
+      volumeStore = try LVMThinStore(
+        spec: String(store.dropFirst(4)), lvm: LVMCommand(pool: pool), failpoints: failpoints)
     } else {
       throw ValidationError("--store \(store) is not supported: use file:<directory> or lvm:<volume-group>/<thin-pool>")
     }
@@ -78,7 +86,7 @@ struct TargetCommand: AsyncParsableCommand {
         "\(configfs) is not configfs: exports are simulated in that directory and nothing is served over NVMe/TCP")
     }
     let agent = TargetAgent(
-      store: volumeStore, exporter: exporter, overcommitRatio: overcommitRatio, logger: logger)
+      store: volumeStore, exporter: exporter, pool: pool, overcommitRatio: overcommitRatio, logger: logger)
     try agent.start()
     let server = try GRPCService(endpoint: endpoint, services: [TargetService(target: agent)], logger: logger)
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -10,7 +10,7 @@ import Testing
 
 @Suite("CommandRunner")
 struct CommandRunnerTests {
-  let runner = CommandRunner()
+  let runner = CommandRunner(pool: .forTests)
 
   @Test("A tool that succeeds returns its exit code and output")
   func success() async throws {
@@ -159,7 +159,7 @@ struct CommandRunnerTests {
     ])
   func missingTool(_ missing: MissingTool) async throws {
     try await withTemporaryDirectory { empty throws in
-      let runner = CommandRunner(searchDirectories: [empty])
+      let runner = CommandRunner(pool: .forTests, searchDirectories: [empty])
       await expectError(.failedPrecondition, mentioning: [missing.tool, "not installed", "install \(missing.package)"])
       {
         try await runner.run(missing.tool, ["--version"], timeout: .seconds(5))
@@ -170,7 +170,7 @@ struct CommandRunnerTests {
   @Test("A tool is only looked up in the search directories, never in PATH")
   func searchDirectoriesOnly() async throws {
     try await withTemporaryDirectory { directory throws in
-      let runner = CommandRunner(searchDirectories: [directory])
+      let runner = CommandRunner(pool: .forTests, searchDirectories: [directory])
       await expectError(.failedPrecondition, mentioning: ["\"sh\"", directory, "install it"]) {
         try runner.executablePath(of: "sh")
       }
@@ -187,7 +187,7 @@ struct CommandRunnerTests {
     try await withTemporaryDirectory { directory throws in
       try writeFile(directory + "/mkfs.ext4", "#!/bin/sh\n")
       await expectError(.failedPrecondition, mentioning: ["e2fsprogs"]) {
-        try CommandRunner(searchDirectories: [directory]).executablePath(of: "mkfs.ext4")
+        try CommandRunner(pool: .forTests, searchDirectories: [directory]).executablePath(of: "mkfs.ext4")
       }
     }
   }

@@ -12,7 +12,7 @@ import Testing
 /// block device to spare, so nothing here mounts anything.
 @Suite("SystemMounter")
 struct SystemMounterTests {
-  let mounter = SystemMounter()
+  let mounter = SystemMounter(runner: CommandRunner(pool: .forTests))
 
   /// Runs `body` with the path of a fresh sparse file of `size` bytes.
   @discardableResult
@@ -79,7 +79,7 @@ struct SystemMounterTests {
     let script = directory + "/blkid"
     try Data("#!/bin/sh\nprintf '\(output)'\nexit \(code)\n".utf8).write(to: URL(fileURLWithPath: script))
     #expect(chmod(script, 0o755) == 0)
-    return SystemMounter(runner: CommandRunner(searchDirectories: [directory]))
+    return SystemMounter(runner: CommandRunner(pool: .forTests, searchDirectories: [directory]))
   }
 
   @Test("blkid finding nothing on zeros is blank; on data, or on an unreadable device, it is not")
@@ -175,7 +175,7 @@ struct SystemMounterTests {
   @Test("A missing mkfs names the package to install")
   func missingMkfs() async throws {
     try await withImage { image, directory throws in
-      let mounter = SystemMounter(runner: CommandRunner(searchDirectories: [directory]))
+      let mounter = SystemMounter(runner: CommandRunner(pool: .forTests, searchDirectories: [directory]))
       await expectError(.failedPrecondition, mentioning: ["mkfs.ext4", "e2fsprogs"]) {
         try await mounter.format(image, as: "ext4")
       }
@@ -290,7 +290,7 @@ struct SystemMounterTests {
         5 1 259:7 / /named rw - ext4 /not/a/real/path rw
 
         """)
-      let mounter = SystemMounter(mountInfoPath: table)
+      let mounter = SystemMounter(runner: CommandRunner(pool: .forTests), mountInfoPath: table)
       #expect(try mounter.mounts(ofDevice: device).map(\.mountPoint) == ["/stage", "/pod"])
       #expect(try mounter.mounts(ofDevice: link).map(\.mountPoint) == ["/stage", "/pod"])
       #expect(try mounter.mounts(ofDevice: "/not/a/real/path").map(\.mountPoint) == ["/named"])
@@ -308,7 +308,7 @@ struct SystemMounterTests {
       #expect(symlink(directory + "/real", directory + "/alias") == 0)
       let table = directory + "/mountinfo"
       try writeFile(table, "1 0 8:1 / \(directory)/real rw - ext4 /dev/sda1 rw\n")
-      let mounter = SystemMounter(mountInfoPath: table)
+      let mounter = SystemMounter(runner: CommandRunner(pool: .forTests), mountInfoPath: table)
       #expect(try mounter.mount(at: directory + "/alias")?.mountPoint == directory + "/real")
     }
   }
@@ -337,7 +337,7 @@ struct SystemMounterTests {
       try writeFile(
         table, "1 0 \(device.number) / /stage rw - ext4 /dev/some-other-name rw\n2 1 1:3 / /other rw - ext4 /dev/x rw\n"
       )
-      let fixtureMounter = SystemMounter(mountInfoPath: table)
+      let fixtureMounter = SystemMounter(runner: CommandRunner(pool: .forTests), mountInfoPath: table)
       #expect(try fixtureMounter.mounts(ofDevice: device.path).map(\.mountPoint) == ["/stage"])
       // …which also makes mounting it there again a no-op.
       try await fixtureMounter.mountFileSystem(device.path, at: "/stage", fsType: "ext4", options: [], readonly: false)
@@ -420,7 +420,7 @@ struct SystemMounterTests {
       try makeSparseFile(device, size: 0)
       let table = directory + "/mountinfo"
       try writeFile(table, "1 0 259:7 / \(directory)/stage rw,relatime - ext4 \(device) rw\n")
-      let mounter = SystemMounter(mountInfoPath: table)
+      let mounter = SystemMounter(runner: CommandRunner(pool: .forTests), mountInfoPath: table)
       try await mounter.mountFileSystem(
         device, at: directory + "/stage/", fsType: "ext4", options: ["noatime"], readonly: false)
       await expectError(.alreadyExists, mentioning: ["read-write", "not read-only"]) {

@@ -39,7 +39,7 @@ public struct LocalTarget: Sendable {
     logger.logLevel = .critical
     let agent = TargetAgent(
       store: try FileStore(root: store), exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
-      overcommitRatio: overcommitRatio, version: "test", logger: logger)
+      pool: .forTests, overcommitRatio: overcommitRatio, version: "test", logger: logger)
     try agent.start()
     self.agent = agent
   }

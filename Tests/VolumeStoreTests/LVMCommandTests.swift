@@ -25,7 +25,7 @@ struct LVMCommandTests {
     let root = FileManager.default.temporaryDirectory.path + "/lvm-filter-" + UUID().uuidString
     defer { try? FileManager.default.removeItem(atPath: root) }
     try fixture(root)
-    let arguments = LVMCommand().deviceFilter(sysfs: root)
+    let arguments = LVMCommand(pool: .forTests).deviceFilter(sysfs: root)
     #expect(
       arguments == ["--config", #"devices { global_filter = [ "r|^/dev/nvme0n1$|", "r|^/dev/nvme2n1$|", "a|.*|" ] }"#])
   }
@@ -37,6 +37,6 @@ struct LVMCommandTests {
     try FileManager.default.createDirectory(
       atPath: root + "/block/nvme1n1/device/nvme1", withIntermediateDirectories: true)
     try "pcie\n".write(toFile: root + "/block/nvme1n1/device/nvme1/transport", atomically: true, encoding: .utf8)
-    #expect(LVMCommand().deviceFilter(sysfs: root).isEmpty)
+    #expect(LVMCommand(pool: .forTests).deviceFilter(sysfs: root).isEmpty)
   }
 }

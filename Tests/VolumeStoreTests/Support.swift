@@ -20,22 +20,23 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
 }
 
 func makeStores() -> [StoreFactory] {
-  var stores = [
+  // LVM thin needs device-mapper: the VM harness sets this (Tests/e2e/guest.sh) and
+  // runs the contract against LVM alone (the file store's run is on the host).
+  if let pool = ProcessInfo.processInfo.environment["NVME_CSI_TEST_LVM_POOL"] {
+    return [
+      StoreFactory(name: "LVMThinStore") { directory in
+        // Each test's directory names its own owner tag, so tests never see each other's LVs.
+        let owner = "test-" + String(directory.split(separator: "/").dropLast().last?.suffix(12) ?? "x")
+        return try LVMThinStore(spec: pool, lvm: LVMCommand(pool: .forTests), owner: owner)
+      }
+    ]
+  }
+  return [
     StoreFactory(name: "FileStore") { directory in
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
       return try FileStore(root: directory)
     }
   ]
-  // LVM thin needs device-mapper: the VM harness sets this (Tests/e2e/guest-stores.sh).
-  if let pool = ProcessInfo.processInfo.environment["NVME_CSI_TEST_LVM_POOL"] {
-    stores.append(
-      StoreFactory(name: "LVMThinStore") { directory in
-        // Each test's directory names its own owner tag, so tests never see each other's LVs.
-        let owner = "test-" + String(directory.split(separator: "/").dropLast().last?.suffix(12) ?? "x")
-        return try LVMThinStore(spec: pool, owner: owner)
-      })
-  }
-  return stores
 }
 
 /// A fresh, empty directory, removed when `body` returns.

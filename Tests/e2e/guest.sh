@@ -50,7 +50,7 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 
 echo "=== store contract tests against LVM thin"
 NVME_CSI_TEST_LVM_POOL=nvmecsi/pool "$bin/nvme-csiPackageTests.xctest" --testing-library swift-testing \
-  --filter VolumeStoreTests || status=1
+  --filter VolumeStoreContractTests || status=1
 
 echo "=== lifecycle: LVM thin store"
 "$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool || status=1

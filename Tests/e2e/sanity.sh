@@ -21,14 +21,22 @@ target=$!
 plugin=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done
 
-# Every spec runs; 256 MiB volumes, expanded to 512 MiB. Skips are only for
+# Every spec runs; 64 MiB volumes, expanded to 128 MiB. Skips are only for
 # capabilities we do not advertise (the suite decides that from our capabilities).
 "$sanity" -csi.endpoint "unix://$work/csi.sock" \
   -csi.stagingdir "$work/staging" -csi.mountdir "$work/mount" \
-  -csi.testvolumesize 268435456 -csi.testvolumeexpandsize 536870912 \
-  -ginkgo.no-color -ginkgo.timeout 10m >"$work/logs/sanity.log" 2>&1
+  -csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
+  -ginkgo.no-color -ginkgo.timeout 10m -ginkgo.json-report "$work/logs/sanity.json" >"$work/logs/sanity.log" 2>&1
 status=$?
 grep -E '^(Ran |FAIL!|SUCCESS!|.*Passed.*Failed)|\[FAIL\]' "$work/logs/sanity.log"
+# Which specs did not run, so a skip is never silent.
+python3 - "$work/logs/sanity.json" <<'PY'
+import json, sys
+for suite in json.load(open(sys.argv[1])):
+    for spec in suite.get("SpecReports") or []:
+        if spec.get("State") in ("skipped", "pending") and spec.get("LeafNodeText"):
+            print(f"  {spec['State']}: {' '.join(spec.get('ContainerHierarchyTexts') or [])} {spec['LeafNodeText']}")
+PY
 if [ $status -ne 0 ]; then
   echo "--- csi-sanity failures"; grep -A25 '\[FAILED\]' "$work/logs/sanity.log" | head -150
   echo "--- plugin log (tail)"; tail -40 "$work/logs/plugin.log"

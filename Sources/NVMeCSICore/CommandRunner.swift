@@ -1,5 +1,4 @@
 import Foundation
-import NVMeCSICore
 import Synchronization
 
 #if canImport(Glibc)
@@ -18,7 +17,7 @@ public struct CommandResult: Hashable, Sendable {
   public var standardError: String
 }
 
-/// Runs external tools (mkfs, blkid, resize) with an argument vector, never a shell.
+/// Runs external tools (mkfs, blkid, resize, lvm) with an argument vector, never a shell.
 ///
 /// - A tool is named by absolute path or by a bare name looked up in
 ///   `searchDirectories` only (never `$PATH`); a missing tool is `failedPrecondition`
@@ -31,7 +30,7 @@ public struct CommandResult: Hashable, Sendable {
 /// - The child gets stdin from /dev/null, a fixed environment (`PATH` of the search
 ///   directories, `LC_ALL=C` so messages are stable), default signal dispositions and
 ///   its own process group; no other descriptors of this process leak into it.
-/// - Waiting happens on a thread of its own, never on the cooperative pool.
+/// - Waiting happens on a thread of the `BlockingPool`, never on the cooperative pool.
 /// Runs are independent and may happen concurrently.
 public struct CommandRunner: Sendable {
   public static let defaultSearchDirectories = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -44,13 +43,18 @@ public struct CommandRunner: Sendable {
     "blkid": "util-linux", "mount": "util-linux", "umount": "util-linux", "wipefs": "util-linux",
     "blockdev": "util-linux",
     "nvme": "nvme-cli",
+    "lvm": "lvm2",
   ]
 
+  public let pool: BlockingPool
   public var searchDirectories: [String]
   /// Bytes kept of each of stdout and stderr (a quarter from the beginning, the rest from the end).
   public var outputLimit: Int
 
-  public init(searchDirectories: [String] = CommandRunner.defaultSearchDirectories, outputLimit: Int = 4096) {
+  public init(
+    pool: BlockingPool, searchDirectories: [String] = CommandRunner.defaultSearchDirectories, outputLimit: Int = 4096
+  ) {
+    self.pool = pool
     self.searchDirectories = searchDirectories
     self.outputLimit = max(outputLimit, 64)
   }
@@ -78,27 +82,78 @@ public struct CommandRunner: Sendable {
   public func run(
     _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0]
   ) async throws(NVMeCSIError) -> CommandResult {
-    let path = try executablePath(of: tool)
-    if let bad = arguments.first(where: { $0.contains("\0") }) {
-      throw .invalidArgument("argument \(quoted(bad)) for \(tool) contains a NUL byte")
-    }
-    let name = tool.hasPrefix("/") ? (tool as NSString).lastPathComponent : tool
-    let environment = ["PATH=" + searchDirectories.joined(separator: ":"), "LC_ALL=C"]
+    let child = try child(tool, arguments)
     let control = ChildControl()
-    let limit = outputLimit
     let outcome: Result<ChildOutcome, NVMeCSIError> = await withTaskCancellationHandler {
       await withCheckedContinuation { continuation in
         let once = Once { continuation.resume(returning: $0) }
-        Thread {
-          ChildProcess.run(
-            path: path, name: name, arguments: arguments, environment: environment,
-            timeout: timeout, outputLimit: limit, control: control, deliver: { once.call($0) })
-        }.start()
+        pool.execute { active in
+          guard active else {
+            return once.call(.failure(.unavailable("cannot run \(child.name): the process is stopping")))
+          }
+          child.run(timeout: timeout, control: control, deliver: { once.call($0) })
+        }
       }
     } onCancel: {
       control.cancel()
     }
+    return try child.result(of: outcome, timeout: timeout, acceptedExitCodes: acceptedExitCodes)
+  }
 
+  /// `run` on the calling thread, for work already running on the `BlockingPool`
+  /// (the stores' LVM calls): the same timeout and process-group kill.
+  public func runHere(
+    _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0]
+  ) throws(NVMeCSIError) -> CommandResult {
+    let child = try child(tool, arguments)
+    let delivered = Mutex<Result<ChildOutcome, NVMeCSIError>?>(nil)
+    child.run(timeout: timeout, control: ChildControl(), deliver: { result in delivered.withLock { $0 = result } })
+    let outcome =
+      delivered.withLock { $0 } ?? .failure(.internalError("\(child.name) ended without an outcome"))
+    return try child.result(of: outcome, timeout: timeout, acceptedExitCodes: acceptedExitCodes)
+  }
+
+  /// One command line, checked, ready to run.
+  private struct Child {
+    let tool: String
+    let path: String
+    let name: String
+    let arguments: [String]
+    let environment: [String]
+    let outputLimit: Int
+
+    func run(
+      timeout: Duration, control: ChildControl, deliver: @Sendable (Result<ChildOutcome, NVMeCSIError>) -> Void
+    ) {
+      ChildProcess.run(
+        path: path, name: name, arguments: arguments, environment: environment,
+        timeout: timeout, outputLimit: outputLimit, control: control, deliver: deliver)
+    }
+
+    func result(
+      of outcome: Result<ChildOutcome, NVMeCSIError>, timeout: Duration, acceptedExitCodes: Set<Int32>
+    ) throws(NVMeCSIError) -> CommandResult {
+      try CommandRunner.result(
+        of: outcome, tool: tool, name: name, arguments: arguments, timeout: timeout,
+        acceptedExitCodes: acceptedExitCodes)
+    }
+  }
+
+  private func child(_ tool: String, _ arguments: [String]) throws(NVMeCSIError) -> Child {
+    let path = try executablePath(of: tool)
+    if let bad = arguments.first(where: { $0.contains("\0") }) {
+      throw .invalidArgument("argument \(quoted(bad)) for \(tool) contains a NUL byte")
+    }
+    return Child(
+      tool: tool, path: path, name: tool.hasPrefix("/") ? (tool as NSString).lastPathComponent : tool,
+      arguments: arguments, environment: ["PATH=" + searchDirectories.joined(separator: ":"), "LC_ALL=C"],
+      outputLimit: outputLimit)
+  }
+
+  private static func result(
+    of outcome: Result<ChildOutcome, NVMeCSIError>, tool: String, name: String, arguments: [String],
+    timeout: Duration, acceptedExitCodes: Set<Int32>
+  ) throws(NVMeCSIError) -> CommandResult {
     let commandLine = ([name] + arguments).joined(separator: " ")
     let child = try outcome.get()
     let output = Self.summary(stdout: child.stdout, stderr: child.stderr)
@@ -131,7 +186,8 @@ public struct CommandRunner: Sendable {
   }
 
   static func isExecutableFile(_ path: String) -> Bool {
-    guard case .success(let st) = POSIX.status(path), POSIX.isRegularFile(st) else { return false }
+    var st = stat()
+    guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return false }
     return access(path, X_OK) == 0
   }
 
@@ -237,8 +293,33 @@ final class ChildControl: Sendable {
   }
 }
 
-/// Spawning and supervising one child; everything here runs on the run's own thread.
+/// Spawning and supervising one child; everything here runs on one pool thread.
 enum ChildProcess {
+  static func pipeError(_ name: String, _ error: Errno) -> NVMeCSIError {
+    NVMeCSIError(.internalError, "cannot create a pipe for \(name): \(error)", cause: error)
+  }
+
+  /// `pipe2(fds, O_CLOEXEC)`: both ends close on exec, set atomically where glibc allows
+  /// (Swift does not import pipe2, it needs _GNU_SOURCE).
+  static func makePipe() -> Result<(read: Int32, write: Int32), Errno> {
+    var fds: [Int32] = [-1, -1]
+    let made: Result<Int32, Errno>
+    if let pipe2 = Self.pipe2 {
+      made = valueOrErrno { fds.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) } }
+    } else {
+      made = valueOrErrno { pipe(&fds) }
+      // F_SETFD on a descriptor just made cannot fail.
+      if case .success = made { for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) } }
+    }
+    return made.map { _ in (fds[0], fds[1]) }
+  }
+
+  private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
+  private static let pipe2: Pipe2? = {
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pipe2") else { return nil }
+    return unsafeBitCast(symbol, to: Pipe2.self)
+  }()
+
   /// How long a killed child gets to die before the caller is answered anyway.
   static let killGrace: Duration = .seconds(5)
 
@@ -250,16 +331,16 @@ enum ChildProcess {
     let deadline = clock.now.advanced(by: timeout)
     let stdoutPipe: (read: Int32, write: Int32)
     let stderrPipe: (read: Int32, write: Int32)
-    switch POSIX.makePipe() {
+    switch makePipe() {
     case .success(let pipe): stdoutPipe = pipe
-    case .failure(let error): return deliver(.failure(POSIX.internalError("cannot create a pipe for \(name)", error)))
+    case .failure(let error): return deliver(.failure(pipeError(name, error)))
     }
-    switch POSIX.makePipe() {
+    switch makePipe() {
     case .success(let pipe): stderrPipe = pipe
     case .failure(let error):
       close(stdoutPipe.read)
       close(stdoutPipe.write)
-      return deliver(.failure(POSIX.internalError("cannot create a pipe for \(name)", error)))
+      return deliver(.failure(pipeError(name, error)))
     }
     let spawned = spawn(
       path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write, stderr: stderrPipe.write
@@ -439,4 +520,12 @@ struct BoundedOutput {
     let marker = copy.dropped > 0 ? "\n[… \(copy.dropped) bytes left out …]\n" : ""
     return String(decoding: copy.head, as: UTF8.self) + marker + String(decoding: copy.tail, as: UTF8.self)
   }
+}
+
+/// "30 s", "0.5 s".
+func formatSeconds(_ duration: Duration) -> String {
+  let (seconds, attoseconds) = duration.components
+  if attoseconds == 0 { return "\(seconds) s" }
+  let value = Double(seconds) + Double(attoseconds) / 1e18
+  return String(format: "%g s", value)
 }

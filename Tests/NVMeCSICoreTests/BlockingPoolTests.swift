@@ -1,0 +1,50 @@
+import Foundation
+import NVMeCSICore
+import Synchronization
+import Testing
+
+@Suite("Blocking pool")
+struct BlockingPoolTests {
+  @Test("Work runs on the pool and its result or error comes back")
+  func results() async throws {
+    let pool = BlockingPool(threads: 2)
+    #expect(try await pool.run { () throws(NVMeCSIError) in 6 * 7 } == 42)
+    await #expect(throws: NVMeCSIError.notFound("gone")) {
+      try await pool.run { () throws(NVMeCSIError) -> Int in throw .notFound("gone") }
+    }
+    await pool.shutdown()
+  }
+
+  @Test("A caller cancelled while its work waits for a thread is Aborted, and the work never runs")
+  func cancelledBeforeStart() async throws {
+    let pool = BlockingPool(threads: 1)
+    let release = DispatchSemaphore(value: 0)
+    let ran = Mutex(false)
+    // Hold the only thread.
+    let holder = Task { try await pool.run { () throws(NVMeCSIError) in release.wait() } }
+    try await Task.sleep(for: .milliseconds(50))
+    let waiting = Task { try await pool.run { () throws(NVMeCSIError) in ran.withLock { $0 = true } } }
+    try await Task.sleep(for: .milliseconds(50))
+    waiting.cancel()
+    await #expect(throws: NVMeCSIError.self) { try await waiting.value }
+    do { try await waiting.value } catch let error as NVMeCSIError { #expect(error.kind == .aborted) }
+    release.signal()
+    try await holder.value
+    // The cancelled work would have run right after the holder: give it the chance.
+    #expect(try await pool.run { () throws(NVMeCSIError) in 1 } == 1)
+    #expect(!ran.withLock { $0 })
+    await pool.shutdown()
+  }
+
+  @Test("After shutdown, work is refused as Unavailable")
+  func afterShutdown() async throws {
+    let pool = BlockingPool(threads: 1)
+    await pool.shutdown()
+    do {
+      _ = try await pool.run { () throws(NVMeCSIError) in 1 }
+      Issue.record("work ran on a pool that was shut down")
+    } catch {
+      #expect(error.kind == .unavailable)
+    }
+  }
+}
