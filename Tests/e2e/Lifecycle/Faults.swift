@@ -82,7 +82,7 @@ struct Faults {
   /// takes to complete.
   func underLoad(_ fault: String, _ v: Scenario.Attached, inject: () async throws -> Void) async {
     await steps.run("under verified I/O: \(fault)") {
-      let writer = try Writer(device: v.target, megabytes: 16, ratePerSecond: "2m")
+      let writer = try Writer(device: v.target, megabytes: 12, ratePerSecond: "2m")
       try await Task.sleep(for: .seconds(2))
       let injected = ContinuousClock.now
       try await inject()
@@ -94,7 +94,7 @@ struct Faults {
         "fault: \(fault) | verified \(result.verifiedBytes) bytes | errors 0 | fault lasted "
         + "\(milliseconds(restored - injected)) ms | I/O resumed \(milliseconds(resumed - restored)) ms after repair"
       steps.note(line)
-      try check(result.verifiedBytes >= 16 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
+      try check(result.verifiedBytes >= 12 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
     }
   }
 

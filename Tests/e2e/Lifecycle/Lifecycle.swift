@@ -95,7 +95,7 @@ struct Scenario {
     await targetRestart(ext4)
     if cluster.store.hasPrefix("lvm:") {
       // The node side does not depend on the store: once (on the file store) is enough.
-      await unreadableDevice(nodeID: nodeID)
+      await unreadableDevice(ext4)
     } else {
       await nodePluginCrash(ext4)
       await xfsVolume(nodeID: nodeID)
@@ -267,10 +267,13 @@ struct Scenario {
           ).snapshot
         })
     else { return }
-    for (name, contentSource) in [
-      ("restore", Csi_V1_VolumeContentSource.with { $0.snapshot.snapshotID = snapshot.snapshotID }),
-      ("clone", Csi_V1_VolumeContentSource.with { $0.volume.volumeID = source.volumeID }),
-    ] {
+    var sources = [("restore", Csi_V1_VolumeContentSource.with { $0.snapshot.snapshotID = snapshot.snapshotID })]
+    // On LVM a clone is the same thin snapshot as a restore, and the store contract
+    // suite covers both in the VM: once is enough there (LVM calls are slow under TCG).
+    if !cluster.store.hasPrefix("lvm:") {
+      sources.append(("clone", Csi_V1_VolumeContentSource.with { $0.volume.volumeID = source.volumeID }))
+    }
+    for (name, contentSource) in sources {
       guard
         let volume = await steps.run(
           "CreateVolume from the \(name == "restore" ? "snapshot" : "volume (clone)")",
@@ -467,11 +470,8 @@ struct Scenario {
   /// fails, nothing is formatted, and once it reads again the data is all there. The
   /// thin LV under the volume gets device-mapper's `error` table (every read fails,
   /// through nvmet, on the node's NVMe/TCP device), then its own table back.
-  func unreadableDevice(nodeID: String) async {
-    guard let v = await createAndAttach("pvc-unreadable", bytes: 32 * mebibyte, mountCapability("ext4"), nodeID)
-    else { return }
+  func unreadableDevice(_ v: Attached) async {
     await steps.run("a device that cannot be read during NodeStageVolume is refused, never formatted") {
-      try writeFile(v.target + "/data.txt", Self.payload)
       _ = try await node.nodeUnpublishVolume(
         .with {
           $0.volumeID = v.volumeID
@@ -504,7 +504,6 @@ struct Scenario {
       let text = try String(contentsOfFile: v.target + "/data.txt", encoding: .utf8)
       try check(text == Self.payload, "data.txt after the unreadable stage reads \(text.debugDescription)")
     }
-    await detach(v, deleteVolume: true)
   }
 
   // MARK: 5. access control
