@@ -45,7 +45,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       let target = try await chooseTarget(
         size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
       let created = try await target.api.createVolume(
-        NewVolume(name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes))
+        NewVolume(
+          name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
+          sharing: capabilities.sharing))
       if created.existed { try requested.check(created.volume.record, name: name) }
       return .with { $0.volume = csiVolume(created.volume, on: target) }
     }

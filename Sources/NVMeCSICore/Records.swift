@@ -50,10 +50,14 @@ public struct VolumeRecord: Codable, Hashable, Sendable {
   public var publications: [Publication]
   /// Opaque to the store: what the controller keeps with the volume.
   public var attributes: [String: String]
+  /// How many hosts may have it at once, decided at create; nil in records written
+  /// before it was recorded.
+  public var sharing: VolumeSharing?
 
   public init(
     uuid: ObjectUUID, name: String, sizeBytes: UInt64, source: VolumeSource? = nil,
-    created: Date = Date(), publications: [Publication] = [], attributes: [String: String] = [:]
+    created: Date = Date(), publications: [Publication] = [], attributes: [String: String] = [:],
+    sharing: VolumeSharing? = nil
   ) {
     self.uuid = uuid
     self.name = name
@@ -62,7 +66,16 @@ public struct VolumeRecord: Codable, Hashable, Sendable {
     self.created = created
     self.publications = publications
     self.attributes = attributes
+    self.sharing = sharing
   }
+}
+
+/// How many hosts may have a volume at once: the target enforces it at publish.
+public enum VolumeSharing: String, Codable, Hashable, Sendable {
+  /// One host at a time (the CSI single-node access modes).
+  case singleNode = "single-node"
+  /// Several hosts (the multi-node access modes).
+  case multiNode = "multi-node"
 }
 
 public struct SnapshotRecord: Codable, Hashable, Sendable {

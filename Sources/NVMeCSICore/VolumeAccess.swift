@@ -63,6 +63,9 @@ public struct VolumeCapabilities: Hashable, Sendable {
 
   public init(_ accesses: some Sequence<VolumeAccess>) { self.accesses = Set(accesses) }
 
+  /// Single-node when every access is: then the target lets one host have it at a time.
+  public var sharing: VolumeSharing { accesses.allSatisfy(\.mode.isSingleNode) ? .singleNode : .multiNode }
+
   /// Whether every access is raw block (nothing to grow on the node).
   public var isBlockOnly: Bool { !accesses.isEmpty && accesses.allSatisfy { $0.type == .block } }
 

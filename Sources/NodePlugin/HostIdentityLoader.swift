@@ -42,6 +42,10 @@ public struct HostIdentityLoader: Sendable {
   private func read(from directory: String) throws(NVMeCSIError) -> HostIdentity? {
     let nqnText = contents(directory + "/hostnqn")
     let idText = contents(directory + "/hostid")
+    // An empty file is a broken identity, never "none": refuse rather than guess.
+    for (file, text) in [("hostnqn", nqnText), ("hostid", idText)] where text?.isEmpty == true {
+      throw .failedPrecondition("\(directory)/\(file) is empty: write this node's own value or remove the file")
+    }
     switch (nqnText, idText) {
     case (nil, nil): return nil
     case (let nqn?, let id?):
@@ -70,14 +74,13 @@ public struct HostIdentityLoader: Sendable {
   /// random one if the machine has none.
   private func derivedHostID() -> ObjectUUID {
     for file in machineIDFiles {
-      if let text = contents(file), let uuid = ObjectUUID(hexDigits: text) { return uuid }
+      if let text = contents(file), !text.isEmpty, let uuid = ObjectUUID(hexDigits: text) { return uuid }
     }
     return .random()
   }
 
   private func contents(_ path: String) -> String? {
     guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    return text.isEmpty ? nil : text
+    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
   }
 }

@@ -29,6 +29,8 @@ public final class TargetAgent: TargetAPI {
   /// The sum of the volumes' sizes, kept in memory (counted at `start()`): a create or
   /// expand reserves its bytes first, so concurrent ones cannot overshoot together.
   private let provisioned = Mutex<UInt64>(0)
+  /// Which node each published host NQN belongs to (rebuilt at `start()`).
+  private let hosts = HostRegistry()
 
   /// The overcommit ratios a target accepts: none below 1 (that would refuse space
   /// that is there) and none so large the limit means nothing.
@@ -89,6 +91,7 @@ public final class TargetAgent: TargetAPI {
     quarantined.withLock { $0 = reasons }
     let records = try store.volumes()
     provisioned.withLock { $0 = records.reduce(0) { $0.addingReportingOverflow($1.sizeBytes).partialValue } }
+    hosts.rebuild(from: records)
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
     if records.isEmpty && !unexplained.isEmpty {
@@ -139,7 +142,7 @@ public final class TargetAgent: TargetAPI {
         try reserve(request.sizeBytes, total: capacity.totalBytes)
         let record = VolumeRecord(
           uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
-          attributes: request.attributes)
+          attributes: request.attributes, sharing: request.sharing)
         let created: VolumeRecord
         do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {
           release(request.sizeBytes)
@@ -234,13 +237,20 @@ public final class TargetAgent: TargetAPI {
               "volume \(uuid) is already published to this node with readonly=\(existing.readonly)")
           }
         } else {
-          if exclusive, let other = record.publications.first {
+          // A caller can make a publish stricter (a single-node mode on a volume that
+          // allows more), never looser than the volume's recorded sharing.
+          let singleNode = record.sharing == .singleNode || exclusive
+          if singleNode, let other = record.publications.first {
             throw NVMeCSIError.failedPrecondition(
               "volume \(uuid) has single-node access and is published to node \(other.nodeID): unpublish it there first"
             )
           }
+          try hosts.claim(node)
           record.publications.append(Publication(nodeID: node, readonly: readonly))
-          try store.updateVolume(record)
+          do throws(NVMeCSIError) { try store.updateVolume(record) } catch {
+            hosts.release(node)
+            throw error
+          }
         }
         let spec = exportSpec(record)
         try exporter.apply(spec)
@@ -256,9 +266,12 @@ public final class TargetAgent: TargetAPI {
     try await locks.withLock("volume:" + uuid.value) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
         guard var record = try store.volume(uuid) else { return }
-        let before = record.publications.count
+        let leaving = record.publications.filter { node == nil || $0.nodeID == node }
         record.publications.removeAll { node == nil || $0.nodeID == node }
-        if record.publications.count != before { try store.updateVolume(record) }
+        if !leaving.isEmpty {
+          try store.updateVolume(record)
+          for publication in leaving { hosts.release(publication.nodeID) }
+        }
         try exporter.apply(exportSpec(record))
       }
     }
@@ -393,6 +406,48 @@ public final class TargetAgent: TargetAPI {
     guard name.utf8.count <= 253 else { throw .invalidArgument("\(what) name is longer than 253 bytes") }
     guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
       throw .invalidArgument("\(what) name \(quoted(name)) contains control characters")
+    }
+  }
+}
+
+/// The host NQNs published on this target and the node each belongs to. Two node IDs
+/// with one host NQN are two machines with one NVMe identity (a cloned image): the
+/// kernel cannot tell them apart, so the second is refused at publish.
+final class HostRegistry: Sendable {
+  private struct Owner {
+    var node: NodeID
+    var publications: Int
+  }
+  private let owners = Mutex<[String: Owner]>([:])
+
+  func rebuild(from records: [VolumeRecord]) {
+    owners.withLock { owners in
+      owners = [:]
+      for publication in records.flatMap(\.publications) {
+        owners[publication.hostNQN.value, default: Owner(node: publication.nodeID, publications: 0)].publications += 1
+      }
+    }
+  }
+
+  /// Counts one more publication of `node`'s host NQN; refused when another node uses it.
+  func claim(_ node: NodeID) throws(NVMeCSIError) {
+    try owners.withLock { (owners: inout [String: Owner]) throws(NVMeCSIError) in
+      let nqn = node.hostNQN.value
+      if let owner = owners[nqn], owner.node != node {
+        throw .failedPrecondition(
+          "host NQN \(nqn) of node \(node) is already used by node \(owner.node): two machines share one NVMe host"
+            + " identity (a cloned image?); give each its own /etc/nvme/hostnqn and hostid")
+      }
+      owners[nqn, default: Owner(node: node, publications: 0)].publications += 1
+    }
+  }
+
+  func release(_ node: NodeID) {
+    owners.withLock { owners in
+      let nqn = node.hostNQN.value
+      guard var owner = owners[nqn], owner.node == node else { return }
+      owner.publications -= 1
+      owners[nqn] = owner.publications > 0 ? owner : nil
     }
   }
 }

@@ -71,7 +71,14 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func unpublishVolume(request: Nvmecsi_Target_V1_UnpublishVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_UnpublishVolumeResponse
   {
-    let node = request.nodeID.isEmpty ? nil : try NodeID(parsing: request.nodeID)
+    // "Every node" must be asked for: an empty node ID is a mistake, not a wildcard.
+    let node: NodeID?
+    switch (request.nodeID.isEmpty, request.allNodes) {
+    case (false, false): node = try NodeID(parsing: request.nodeID)
+    case (true, true): node = nil
+    case (true, false): throw NVMeCSIError.invalidArgument("node_id is required (or all_nodes)")
+    case (false, true): throw NVMeCSIError.invalidArgument("node_id and all_nodes exclude each other")
+    }
     try await target.unpublishVolume(try ObjectUUID(request.uuid), from: node)
     return .init()
   }

@@ -110,6 +110,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     let request = Nvmecsi_Target_V1_UnpublishVolumeRequest.with {
       $0.uuid = uuid.value
       $0.nodeID = node?.description ?? ""
+      $0.allNodes = node == nil
     }
     _ = try await call { try await client.unpublishVolume(request, options: $0) }
   }

@@ -65,12 +65,18 @@ public struct NewVolume: Sendable, Equatable {
   public var source: VolumeSource?
   /// Opaque to the target: what the controller keeps with the volume.
   public var attributes: [String: String]
+  /// Recorded with the volume; publish enforces it, whatever a caller says later.
+  public var sharing: VolumeSharing
 
-  public init(name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String]) {
+  public init(
+    name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String] = [:],
+    sharing: VolumeSharing = .singleNode
+  ) {
     self.name = name
     self.sizeBytes = sizeBytes
     self.source = source
     self.attributes = attributes
+    self.sharing = sharing
   }
 }
 
@@ -130,8 +136,10 @@ public protocol TargetAPI: Sendable {
   /// Grows a volume (never shrinks) and makes the exporter re-read its size.
   func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume
 
-  /// Allows the node's host on the volume. `exclusive`: single-node access, so
-  /// `failedPrecondition` while another node has it.
+  /// Allows the node's host on the volume. A single-node volume (its sharing, recorded
+  /// at create) is `failedPrecondition` while another node has it, whatever the caller
+  /// says; `exclusive` can only make a publish stricter. A host NQN that another node
+  /// ID already uses on this target is `failedPrecondition` too.
   func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
     -> VolumeExport
   /// Revokes the node's access (every node's when nil); a node without access is success.

@@ -73,7 +73,7 @@ extension TargetVolume {
       uuid: try ObjectUUID(volume.uuid), name: volume.name, sizeBytes: volume.sizeBytes,
       source: try VolumeSource(snapshotUUID: volume.sourceSnapshotUuid, volumeUUID: volume.sourceVolumeUuid),
       created: volume.created.date, publications: publications,
-      attributes: volume.attributes)
+      attributes: volume.attributes, sharing: volume.sharing.isEmpty ? nil : try VolumeSharing(text: volume.sharing))
     self.init(record: record, problem: volume.abnormalReason.isEmpty ? nil : volume.abnormalReason)
   }
 
@@ -99,6 +99,7 @@ extension TargetVolume {
       $0.namespaceUuid = SubsystemNaming.namespaceUUID(for: record.uuid).value
       $0.abnormalReason = problem ?? ""
       $0.attributes = record.attributes
+      $0.sharing = record.sharing?.rawValue ?? ""
     }
   }
 }
@@ -127,7 +128,7 @@ extension NewVolume {
     self.init(
       name: request.name, sizeBytes: request.sizeBytes,
       source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
-      attributes: request.attributes)
+      attributes: request.attributes, sharing: try VolumeSharing(text: request.sharing))
   }
 
   public var proto: Nvmecsi_Target_V1_CreateVolumeRequest {
@@ -140,7 +141,18 @@ extension NewVolume {
       case nil: break
       }
       $0.attributes = attributes
+      $0.sharing = sharing.rawValue
     }
+  }
+}
+
+extension VolumeSharing {
+  /// "single-node" or "multi-node"; anything else (empty included) is `invalidArgument`.
+  public init(text: String) throws(NVMeCSIError) {
+    guard let sharing = VolumeSharing(rawValue: text) else {
+      throw .invalidArgument("sharing \(quoted(text)) is not \"single-node\" or \"multi-node\"")
+    }
+    self = sharing
   }
 }
 

@@ -158,6 +158,10 @@ public nonisolated struct Nvmecsi_Target_V1_Volume: Sendable {
   /// (access type and modes, connection parameters).
   public var attributes: Dictionary<String,String> = [:]
 
+  /// "single-node" or "multi-node", recorded at create; empty for volumes created
+  /// before it was recorded.
+  public var sharing: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Source: Equatable, Sendable {
@@ -230,6 +234,10 @@ public nonisolated struct Nvmecsi_Target_V1_CreateVolumeRequest: Sendable {
   }
 
   public var attributes: Dictionary<String,String> = [:]
+
+  /// "single-node": one host at a time, enforced by the target at publish;
+  /// "multi-node": several. Required.
+  public var sharing: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -404,7 +412,9 @@ public nonisolated struct Nvmecsi_Target_V1_PublishVolumeRequest: Sendable {
 
   public var readonly: Bool = false
 
-  /// Single-node access: FAILED_PRECONDITION when another node already has it.
+  /// Single-node for this publish: FAILED_PRECONDITION when another node has it.
+  /// Only makes a publish stricter: a single-node volume (its recorded sharing) is
+  /// exclusive whatever this says.
   public var exclusive: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -428,6 +438,7 @@ public nonisolated struct Nvmecsi_Target_V1_PublishVolumeResponse: Sendable {
   public init() {}
 }
 
+/// Exactly one of node_id and all_nodes: an empty node_id is INVALID_ARGUMENT.
 public nonisolated struct Nvmecsi_Target_V1_UnpublishVolumeRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -435,8 +446,9 @@ public nonisolated struct Nvmecsi_Target_V1_UnpublishVolumeRequest: Sendable {
 
   public var uuid: String = String()
 
-  /// empty: every node
   public var nodeID: String = String()
+
+  public var allNodes: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -723,7 +735,7 @@ nonisolated extension Nvmecsi_Target_V1_Publication: SwiftProtobuf.Message, Swif
 
 nonisolated extension Nvmecsi_Target_V1_Volume: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Volume"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}created\0\u{1}publications\0\u{3}subsystem_nqn\0\u{3}namespace_uuid\0\u{3}abnormal_reason\0\u{1}attributes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}created\0\u{1}publications\0\u{3}subsystem_nqn\0\u{3}namespace_uuid\0\u{3}abnormal_reason\0\u{1}attributes\0\u{1}sharing\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -756,6 +768,7 @@ nonisolated extension Nvmecsi_Target_V1_Volume: SwiftProtobuf.Message, SwiftProt
       case 9: try { try decoder.decodeSingularStringField(value: &self.namespaceUuid) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.abnormalReason) }()
       case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.sharing) }()
       default: break
       }
     }
@@ -804,6 +817,9 @@ nonisolated extension Nvmecsi_Target_V1_Volume: SwiftProtobuf.Message, SwiftProt
     if !self.attributes.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.attributes, fieldNumber: 11)
     }
+    if !self.sharing.isEmpty {
+      try visitor.visitSingularStringField(value: self.sharing, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -818,6 +834,7 @@ nonisolated extension Nvmecsi_Target_V1_Volume: SwiftProtobuf.Message, SwiftProt
     if lhs.namespaceUuid != rhs.namespaceUuid {return false}
     if lhs.abnormalReason != rhs.abnormalReason {return false}
     if lhs.attributes != rhs.attributes {return false}
+    if lhs.sharing != rhs.sharing {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -884,7 +901,7 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateVolumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0\u{1}sharing\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -911,6 +928,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
         }
       }()
       case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.sharing) }()
       default: break
       }
     }
@@ -941,6 +959,9 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if !self.attributes.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.attributes, fieldNumber: 5)
     }
+    if !self.sharing.isEmpty {
+      try visitor.visitSingularStringField(value: self.sharing, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -949,6 +970,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if lhs.sizeBytes != rhs.sizeBytes {return false}
     if lhs.source != rhs.source {return false}
     if lhs.attributes != rhs.attributes {return false}
+    if lhs.sharing != rhs.sharing {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1342,7 +1364,7 @@ nonisolated extension Nvmecsi_Target_V1_PublishVolumeResponse: SwiftProtobuf.Mes
 
 nonisolated extension Nvmecsi_Target_V1_UnpublishVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnpublishVolumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{3}node_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{3}node_id\0\u{3}all_nodes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1352,6 +1374,7 @@ nonisolated extension Nvmecsi_Target_V1_UnpublishVolumeRequest: SwiftProtobuf.Me
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.allNodes) }()
       default: break
       }
     }
@@ -1364,12 +1387,16 @@ nonisolated extension Nvmecsi_Target_V1_UnpublishVolumeRequest: SwiftProtobuf.Me
     if !self.nodeID.isEmpty {
       try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 2)
     }
+    if self.allNodes != false {
+      try visitor.visitSingularBoolField(value: self.allNodes, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_UnpublishVolumeRequest, rhs: Nvmecsi_Target_V1_UnpublishVolumeRequest) -> Bool {
     if lhs.uuid != rhs.uuid {return false}
     if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.allNodes != rhs.allNodes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

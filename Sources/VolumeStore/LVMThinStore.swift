@@ -15,6 +15,7 @@ import NVMeCSICore
 ///     nvmecsi.owner=<owner>  nvmecsi.kind=volume|snapshot  nvmecsi.name=<hex>
 ///     nvmecsi.created=<ms>   nvmecsi.size=<bytes>          nvmecsi.source=snapshot:<uuid>|volume:<uuid>
 ///     nvmecsi.pub=<hex node id>:<hex host nqn>:<0|1>       nvmecsi.attr=<hex key>:<hex value>
+///     nvmecsi.sharing=single-node|multi-node
 ///
 /// LVs are named `nvmecsi-v-<uuid>` and `nvmecsi-s-<uuid>`. Sizes are whole extents:
 /// give the volume group 1 MiB extents (`vgcreate -s 1M`) to match the driver's MiB
@@ -280,6 +281,7 @@ public final class LVMThinStore: VolumeStore {
       "nvmecsi.pub=\(hex($0.nodeID.description)):\(hex($0.hostNQN.value)):\($0.readonly ? 1 : 0)"
     }
     tags += r.attributes.sorted { $0.key < $1.key }.map { "nvmecsi.attr=\(hex($0.key)):\(hex($0.value))" }
+    if let sharing = r.sharing { tags.append("nvmecsi.sharing=\(sharing.rawValue)") }
     return tags
   }
 
@@ -320,6 +322,7 @@ public final class LVMThinStore: VolumeStore {
         guard f.count == 3, let node = unhex(f[0]).flatMap({ try? NodeID(parsing: $0) }) else { return nil }
         return Publication(nodeID: node, readonly: f[2] == "1")
       }
+      record.sharing = one("sharing").flatMap { VolumeSharing(rawValue: String($0)) }
       for a in values["attr"] ?? [] {
         let f = a.split(separator: ":", omittingEmptySubsequences: false)
         if f.count == 2, let k = unhex(f[0]), let v = unhex(f[1]) { record.attributes[k] = v }

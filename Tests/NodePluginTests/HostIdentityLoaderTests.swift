@@ -92,6 +92,19 @@ struct HostIdentityLoaderTests {
     }
   }
 
+  @Test("An empty hostnqn or hostid is FailedPrecondition, never replaced by a derived identity")
+  func emptyFiles() throws {
+    for (empty, other) in [("hostnqn", "hostid"), ("hostid", "hostnqn")] {
+      try Self.withDirectories { d in
+        try d.write(d.nvme + "/" + empty, "\n")
+        try d.write(d.nvme + "/" + other, other == "hostid" ? Self.uuid : Self.uuidNQN)
+        try d.write(d.machineID, "0123456789abcdef0123456789abcdef\n")
+        Self.expectError(.failedPrecondition, mentioning: d.nvme + "/\(empty) is empty") { try d.load() }
+        #expect(d.read(d.state + "/hostnqn") == nil)
+      }
+    }
+  }
+
   @Test("A hostid without a hostnqn is FailedPrecondition")
   func hostIDWithoutHostNQN() throws {
     try Self.withDirectories { d in

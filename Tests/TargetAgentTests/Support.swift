@@ -73,6 +73,8 @@ func node(_ n: Int) throws -> NodeID {
     hostNQN: try HostNQN("nqn.2014-08.org.example:node-\(n)"))
 }
 
-func newVolume(_ name: String, size: UInt64 = 4 * MiB, source: VolumeSource? = nil) -> NewVolume {
-  NewVolume(name: name, sizeBytes: size, source: source, attributes: ["k": "v"])
+func newVolume(
+  _ name: String, size: UInt64 = 4 * MiB, source: VolumeSource? = nil, sharing: VolumeSharing = .singleNode
+) -> NewVolume {
+  NewVolume(name: name, sizeBytes: size, source: source, attributes: ["k": "v"], sharing: sharing)
 }

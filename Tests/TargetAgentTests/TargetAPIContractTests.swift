@@ -64,10 +64,56 @@ struct TargetAPIContractTests {
     }
   }
 
+  @Test(
+    "A single-node volume refuses a second node whatever the caller says; multi-node ones accept it",
+    arguments: TargetAPIFactory.all)
+  func sharingIsRecorded(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let single = try await api.createVolume(NewVolume(name: "rwo", sizeBytes: MiB, source: nil)).volume
+      #expect(single.record.sharing == .singleNode)
+      _ = try await api.publishVolume(single.uuid, to: try node(1), readonly: false, exclusive: false)
+      // A forged exclusive=false cannot loosen what the volume recorded.
+      await expectError(.failedPrecondition, mentioning: [try node(1).description]) {
+        try await api.publishVolume(single.uuid, to: try node(2), readonly: false, exclusive: false)
+      }
+      let shared = try await api.createVolume(
+        NewVolume(name: "rwx", sizeBytes: MiB, source: nil, sharing: .multiNode)
+      ).volume
+      #expect(shared.record.sharing == .multiNode)
+      _ = try await api.publishVolume(shared.uuid, to: try node(1), readonly: false, exclusive: false)
+      _ = try await api.publishVolume(shared.uuid, to: try node(2), readonly: false, exclusive: false)
+      // A caller may still ask for a stricter publish.
+      await expectError(.failedPrecondition) {
+        try await api.publishVolume(shared.uuid, to: try node(3), readonly: false, exclusive: true)
+      }
+      let hosts = try FileManager.default.contentsOfDirectory(
+        atPath: target.configfs + "/nvmet/subsystems/\(SubsystemNaming.nqn(for: single.uuid))/allowed_hosts")
+      #expect(hosts == [try node(1).hostNQN.value])
+    }
+  }
+
+  @Test("A host NQN already used by another node ID is refused at publish", arguments: TargetAPIFactory.all)
+  func clonedHostIdentity(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let a = try await api.createVolume(NewVolume(name: "a", sizeBytes: MiB, source: nil)).volume
+      let b = try await api.createVolume(NewVolume(name: "b", sizeBytes: MiB, source: nil)).volume
+      let original = try node(1)
+      let clone = NodeID(hostID: .random(), hostNQN: original.hostNQN)
+      _ = try await api.publishVolume(a.uuid, to: original, readonly: false, exclusive: true)
+      await expectError(.failedPrecondition, mentioning: [clone.description, original.description, "cloned"]) {
+        try await api.publishVolume(b.uuid, to: clone, readonly: false, exclusive: true)
+      }
+      #expect(try await api.volume(b.uuid).record.publications.isEmpty)
+      // Once the first node has let go of every volume, the NQN is free again.
+      try await api.unpublishVolume(a.uuid, from: original)
+      _ = try await api.publishVolume(b.uuid, to: clone, readonly: false, exclusive: true)
+    }
+  }
+
   @Test("Unpublishing one node leaves the others' access alone", arguments: TargetAPIFactory.all)
   func unpublishOne(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in
-      let volume = try await api.createVolume(newVolume("pvc-ro")).volume
+      let volume = try await api.createVolume(newVolume("pvc-ro", sharing: .multiNode)).volume
       _ = try await api.publishVolume(volume.uuid, to: try node(1), readonly: true, exclusive: false)
       _ = try await api.publishVolume(volume.uuid, to: try node(2), readonly: true, exclusive: false)
       try await api.unpublishVolume(volume.uuid, from: try node(1))
