@@ -31,6 +31,9 @@ public final class TargetAgent: TargetAPI {
   private let provisioned = Mutex<UInt64>(0)
   /// Which node each published host NQN belongs to (rebuilt at `start()`).
   private let hosts = HostRegistry()
+  /// Volume names to UUIDs (built at `start()`): finding a volume by name reads one
+  /// record, not all of them.
+  private let names = Mutex<[String: ObjectUUID]>([:])
 
   /// The overcommit ratios a target accepts: none below 1 (that would refuse space
   /// that is there) and none so large the limit means nothing.
@@ -92,6 +95,10 @@ public final class TargetAgent: TargetAPI {
     let records = try store.volumes()
     provisioned.withLock { $0 = records.reduce(0) { $0.addingReportingOverflow($1.sizeBytes).partialValue } }
     hosts.rebuild(from: records)
+    names.withLock { names in
+      names = [:]
+      for record in records { names[record.name] = record.uuid }
+    }
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
     if records.isEmpty && !unexplained.isEmpty {
@@ -124,7 +131,7 @@ public final class TargetAgent: TargetAPI {
     try validateAttributes(request.attributes)
     return try await locks.withLock("volume-name:" + request.name) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
-        if let existing = try store.volumes().first(where: { $0.name == request.name }) {
+        if let existing = try volumeRecord(named: request.name) {
           return (status(existing), true)
         }
         let sourceSize = try sourceSize(request.source)
@@ -148,6 +155,7 @@ public final class TargetAgent: TargetAPI {
           release(request.sizeBytes)
           throw error
         }
+        names.withLock { $0[created.name] = created.uuid }
         try exporter.apply(exportSpec(created))
         logger.info(
           "volume created",
@@ -173,6 +181,7 @@ public final class TargetAgent: TargetAPI {
         try exporter.remove(uuid)
         try store.deleteVolume(uuid)
         release(record.sizeBytes)
+        names.withLock { if $0[record.name] == uuid { $0[record.name] = nil } }
         logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
       }
     }
@@ -185,7 +194,8 @@ public final class TargetAgent: TargetAPI {
 
   public func volumes(named name: String?) async throws(NVMeCSIError) -> [TargetVolume] {
     let recorded = try await onPool { [self] () throws(NVMeCSIError) in
-      try store.volumes().filter { name == nil || $0.name == name }.map(status)
+      guard let name else { return try store.volumes().map(status) }
+      return try volumeRecord(named: name).map { [status($0)] } ?? []
     }
     guard name == nil else { return recorded }
     return recorded + quarantined.withLock { $0 }.sorted { $0.key < $1.key }.map(Self.quarantinedVolume)
@@ -311,6 +321,14 @@ public final class TargetAgent: TargetAPI {
   }
 
   // MARK: internals
+
+  /// The volume with this name, found through the name index.
+  private func volumeRecord(named name: String) throws(NVMeCSIError) -> VolumeRecord? {
+    guard let uuid = names.withLock({ $0[name] }) else { return nil }
+    // Deleted meanwhile (a delete holds the volume's lock, not its name's): not there.
+    guard let record = try store.volume(uuid), record.name == name else { return nil }
+    return record
+  }
 
   private func onPool<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T) async throws(NVMeCSIError)
     -> T

@@ -41,13 +41,16 @@ struct CapacityAndPagingTests {
     }
   }
 
-  @Test("A restarted target counts what its volumes provision")
+  @Test("A restarted target counts what its volumes provision and finds them by name")
   func provisionedAfterRestart() async throws {
     try await withTarget(.inProcess) { api, target in
       _ = try await api.createVolume(NewVolume(name: "a", sizeBytes: 8 * MiB, source: nil, attributes: [:]))
       _ = try await api.createVolume(NewVolume(name: "b", sizeBytes: 4 * MiB, source: nil, attributes: [:]))
       let reopened = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
       #expect(try await reopened.api.info().provisionedBytes == 12 * MiB)
+      // Names are found again after the restart (the name index is rebuilt from the records).
+      #expect(try await reopened.api.volumes(named: "a").map(\.record.sizeBytes) == [8 * MiB])
+      #expect(try await reopened.api.createVolume(NewVolume(name: "b", sizeBytes: 4 * MiB, source: nil)).existed)
     }
   }
 
