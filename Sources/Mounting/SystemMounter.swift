@@ -292,7 +292,7 @@ public struct SystemMounter: Mounter {
     } catch {
       // Best effort: the error says the bind was undone; if this fails too, the
       // read-write bind stays and the caller's retry finds it and answers alreadyExists.
-      _ = try? await runner.pool.run { umount2(target, 0) }
+      _ = try? await runner.pool.runToEnd { umount2(target, 0) }
       throw error
     }
   }
@@ -352,7 +352,7 @@ public struct SystemMounter: Mounter {
     for _ in 0..<16 {
       guard let mounted = entry(at: target, in: try table()) else { return }
       let path = mounted.mountPoint
-      let unmounted = try await runner.pool.run { valueOrErrno { umount2(path, 0) } }
+      let unmounted = try await runner.pool.runToEnd { valueOrErrno { umount2(path, 0) } }
       guard case .failure(let error) = unmounted else { continue }
       switch error.code {
       case EINVAL, ENOENT:

@@ -12,17 +12,29 @@ import Synchronization
 /// One pool per process, made by the command that runs the role and handed down.
 public final class BlockingPool: Sendable {
   private let pool: NIOThreadPool
-  public let threads: Int
 
   public init(threads: Int) {
-    self.threads = max(1, threads)
-    pool = NIOThreadPool(numberOfThreads: self.threads)
+    pool = NIOThreadPool(numberOfThreads: max(1, threads))
     pool.start()
   }
 
   /// Runs `body` on a pool thread and returns its result.
   public func run<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T) async throws(NVMeCSIError)
     -> T
+  {
+    try await run(cancellable: true, body)
+  }
+
+  /// Like `run`, but the work starts even when the caller was cancelled: for undo and
+  /// cleanup steps, which must happen whatever became of the request.
+  public func runToEnd<T: Sendable>(_ body: @escaping @Sendable () throws(NVMeCSIError) -> T)
+    async throws(NVMeCSIError) -> T
+  {
+    try await run(cancellable: false, body)
+  }
+
+  private func run<T: Sendable>(cancellable: Bool, _ body: @escaping @Sendable () throws(NVMeCSIError) -> T)
+    async throws(NVMeCSIError) -> T
   {
     let waiter = Waiter<T>()
     let result = await withTaskCancellationHandler {
@@ -38,7 +50,7 @@ public final class BlockingPool: Sendable {
         }
       }
     } onCancel: {
-      waiter.cancel(.aborted("the call was cancelled before its work started"))
+      if cancellable { waiter.cancel(.aborted("the call was cancelled before its work started")) }
     }
     return try result.get()
   }
@@ -49,7 +61,8 @@ public final class BlockingPool: Sendable {
     pool.submit { state in body(state == .active) }
   }
 
-  /// Lets queued work finish and stops the threads.
+  /// Stops the threads once running work has finished; queued work is answered
+  /// Unavailable.
   public func shutdown() async {
     try? await pool.shutdownGracefully()
   }

@@ -387,7 +387,9 @@ enum ChildProcess {
         // Stuck in the kernel: answer now, reap whenever it finally dies.
         let ending: ChildOutcome.Ending = control.wasCancelled && !timedOut ? .cancelled : .timedOut
         deliver(.success(ChildOutcome(ending: ending, stdout: outputs[0].text, stderr: outputs[1].text)))
-        control.reapEventually()
+        // On a thread of its own: a child stuck in the kernel may never die, and must
+        // not keep a pool thread (or a runHere caller) waiting for it.
+        Thread { control.reapEventually() }.start()
         return
       }
       let wakeBy = graceDeadline ?? deadline

@@ -94,7 +94,11 @@ public final class TargetAgent: TargetAPI {
     quarantined.withLock { $0 = reasons }
     let records = try store.volumes()
     provisioned.withLock { $0 = records.reduce(0) { $0.addingReportingOverflow($1.sizeBytes).partialValue } }
-    hosts.rebuild(from: records)
+    for nqn in hosts.rebuild(from: records) {
+      logger.error(
+        "several nodes share one host NQN in the records: new publishes to any but one are refused",
+        metadata: ["hostnqn": "\(nqn)"])
+    }
     names.withLock { names in
       names = [:]
       for record in records { names[record.name] = record.uuid }
@@ -152,10 +156,17 @@ public final class TargetAgent: TargetAPI {
           attributes: request.attributes, sharing: request.sharing)
         let created: VolumeRecord
         do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {
-          release(request.sizeBytes)
+          // A failure after the volume came to exist leaves it counted and findable by
+          // name, so a retry returns it instead of creating a second one.
+          if (try? store.volume(record.uuid)) != nil {
+            names.withLock { $0[record.name] = record.uuid }
+          } else {
+            release(request.sizeBytes)
+          }
           throw error
         }
         names.withLock { $0[created.name] = created.uuid }
+        adjust(by: Int64(created.sizeBytes) - Int64(request.sizeBytes))  // a store may round up
         try exporter.apply(exportSpec(created))
         logger.info(
           "volume created",
@@ -222,9 +233,12 @@ public final class TargetAgent: TargetAPI {
         try reserve(sizeBytes - record.sizeBytes, total: capacity.totalBytes)
         let grown: VolumeRecord
         do throws(NVMeCSIError) { grown = try store.expandVolume(uuid, to: sizeBytes) } catch {
-          release(sizeBytes - record.sizeBytes)
+          // Counted as far as the store really grew it.
+          let now = (try? store.volume(uuid))?.sizeBytes ?? record.sizeBytes
+          release(sizeBytes - max(record.sizeBytes, min(now, sizeBytes)))
           throw error
         }
+        adjust(by: Int64(grown.sizeBytes) - Int64(sizeBytes))
         try exporter.refreshSize(of: uuid)
         logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
         return status(grown)
@@ -352,7 +366,22 @@ public final class TargetAgent: TargetAPI {
   }
 
   private func release(_ bytes: UInt64) {
-    provisioned.withLock { $0 = $0 >= bytes ? $0 - bytes : 0 }
+    adjust(by: -Int64(clamping: bytes))
+  }
+
+  /// Corrects the count by what the store really allocated (it may round sizes up).
+  private func adjust(by bytes: Int64) {
+    guard bytes != 0 else { return }
+    let drifted = provisioned.withLock { current -> Bool in
+      let magnitude = bytes.magnitude
+      if bytes > 0 {
+        current = current.addingReportingOverflow(magnitude).partialValue
+        return false
+      }
+      defer { current = current >= magnitude ? current - magnitude : 0 }
+      return current < magnitude
+    }
+    if drifted { logger.warning("provisioned bytes would drop below zero: the count drifted; a restart recounts") }
   }
 
   private func record(_ uuid: ObjectUUID) throws(NVMeCSIError) -> VolumeRecord {
@@ -428,44 +457,46 @@ public final class TargetAgent: TargetAPI {
   }
 }
 
-/// The host NQNs published on this target and the node each belongs to. Two node IDs
+/// The host NQNs published on this target and the nodes that use them. Two node IDs
 /// with one host NQN are two machines with one NVMe identity (a cloned image): the
-/// kernel cannot tell them apart, so the second is refused at publish.
+/// kernel cannot tell them apart, so a second node is refused at publish while the
+/// first still has any volume here.
 final class HostRegistry: Sendable {
-  private struct Owner {
-    var node: NodeID
-    var publications: Int
-  }
-  private let owners = Mutex<[String: Owner]>([:])
+  /// Host NQN → node → how many of its publications are recorded.
+  private let users = Mutex<[String: [NodeID: Int]]>([:])
 
-  func rebuild(from records: [VolumeRecord]) {
-    owners.withLock { owners in
-      owners = [:]
+  /// Recounts from the records; returns the NQNs that several nodes already share
+  /// (recorded before this check existed) for the caller to report.
+  @discardableResult
+  func rebuild(from records: [VolumeRecord]) -> [String] {
+    users.withLock { users in
+      users = [:]
       for publication in records.flatMap(\.publications) {
-        owners[publication.hostNQN.value, default: Owner(node: publication.nodeID, publications: 0)].publications += 1
+        users[publication.hostNQN.value, default: [:]][publication.nodeID, default: 0] += 1
       }
+      return users.filter { $0.value.count > 1 }.map(\.key).sorted()
     }
   }
 
-  /// Counts one more publication of `node`'s host NQN; refused when another node uses it.
+  /// Counts one more publication of `node`'s host NQN; refused while another node uses it.
   func claim(_ node: NodeID) throws(NVMeCSIError) {
-    try owners.withLock { (owners: inout [String: Owner]) throws(NVMeCSIError) in
+    try users.withLock { (users: inout [String: [NodeID: Int]]) throws(NVMeCSIError) in
       let nqn = node.hostNQN.value
-      if let owner = owners[nqn], owner.node != node {
+      if let other = users[nqn]?.keys.filter({ $0 != node }).min(by: { $0.description < $1.description }) {
         throw .failedPrecondition(
-          "host NQN \(nqn) of node \(node) is already used by node \(owner.node): two machines share one NVMe host"
+          "host NQN \(nqn) of node \(node) is already used by node \(other): two machines share one NVMe host"
             + " identity (a cloned image?); give each its own /etc/nvme/hostnqn and hostid")
       }
-      owners[nqn, default: Owner(node: node, publications: 0)].publications += 1
+      users[nqn, default: [:]][node, default: 0] += 1
     }
   }
 
   func release(_ node: NodeID) {
-    owners.withLock { owners in
+    users.withLock { users in
       let nqn = node.hostNQN.value
-      guard var owner = owners[nqn], owner.node == node else { return }
-      owner.publications -= 1
-      owners[nqn] = owner.publications > 0 ? owner : nil
+      guard let count = users[nqn]?[node] else { return }
+      users[nqn]?[node] = count > 1 ? count - 1 : nil
+      if users[nqn]?.isEmpty == true { users[nqn] = nil }
     }
   }
 }

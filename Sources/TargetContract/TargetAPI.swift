@@ -65,12 +65,13 @@ public struct NewVolume: Sendable, Equatable {
   public var source: VolumeSource?
   /// Opaque to the target: what the controller keeps with the volume.
   public var attributes: [String: String]
-  /// Recorded with the volume; publish enforces it, whatever a caller says later.
-  public var sharing: VolumeSharing
+  /// Recorded with the volume; publish enforces it, whatever a caller says later. Nil
+  /// only in requests from controllers older than sharing.
+  public var sharing: VolumeSharing?
 
   public init(
     name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String] = [:],
-    sharing: VolumeSharing = .singleNode
+    sharing: VolumeSharing? = .singleNode
   ) {
     self.name = name
     self.sizeBytes = sizeBytes

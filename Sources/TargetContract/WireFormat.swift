@@ -128,7 +128,9 @@ extension NewVolume {
     self.init(
       name: request.name, sizeBytes: request.sizeBytes,
       source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
-      attributes: request.attributes, sharing: try VolumeSharing(text: request.sharing))
+      attributes: request.attributes,
+      // An older controller sends none: such volumes are recorded as before sharing was.
+      sharing: request.sharing.isEmpty ? nil : try VolumeSharing(text: request.sharing))
   }
 
   public var proto: Nvmecsi_Target_V1_CreateVolumeRequest {
@@ -141,7 +143,7 @@ extension NewVolume {
       case nil: break
       }
       $0.attributes = attributes
-      $0.sharing = sharing.rawValue
+      $0.sharing = sharing?.rawValue ?? ""
     }
   }
 }

@@ -42,7 +42,7 @@ struct TargetCommand: AsyncParsableCommand {
   @Option(
     help: ArgumentHelp(
       "How far the volumes' sizes together may exceed the store's size, 1-100. 1 (the default): no thin"
-        + " overcommit, a full store cannot surprise volumes with write errors."))
+        + " overcommit (snapshots and other files on the store are not counted)."))
   var overcommitRatio: Double = 1
 
   @Option(help: "Threads for blocking work (copies, fsync, lvm, configfs), apart from those serving RPCs.")
@@ -75,6 +75,7 @@ struct TargetCommand: AsyncParsableCommand {
     if store.hasPrefix("file:") {
       volumeStore = try FileStore(root: String(store.dropFirst(5)), target: name, failpoints: failpoints)
     } else if store.hasPrefix("lvm:") {
+      if name != nil { logger.warning("--name is recorded only by file stores; the LVM store ignores it") }
       volumeStore = try LVMThinStore(
         spec: String(store.dropFirst(4)), lvm: LVMCommand(pool: pool), failpoints: failpoints)
     } else {

@@ -36,6 +36,43 @@ struct BlockingPoolTests {
     await pool.shutdown()
   }
 
+  @Test("A caller cancelled after its work began waits for the work's own result")
+  func cancelledAfterStart() async throws {
+    let pool = BlockingPool(threads: 1)
+    let started = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    let work = Task {
+      try await pool.run { () throws(NVMeCSIError) -> String in
+        started.signal()
+        release.wait()
+        return "finished"
+      }
+    }
+    await withCheckedContinuation { continuation in
+      DispatchQueue.global().async {
+        started.wait()
+        continuation.resume()
+      }
+    }
+    work.cancel()
+    release.signal()
+    #expect(try await work.value == "finished")
+    await pool.shutdown()
+  }
+
+  @Test("Cleanup work (runToEnd) runs even for a caller that was cancelled first")
+  func runToEndIgnoresCancellation() async throws {
+    let pool = BlockingPool(threads: 1)
+    let ran = Mutex(false)
+    let cleanup = Task {
+      withUnsafeCurrentTask { $0?.cancel() }
+      return try await pool.runToEnd { () throws(NVMeCSIError) in ran.withLock { $0 = true } }
+    }
+    try await cleanup.value
+    #expect(ran.withLock { $0 })
+    await pool.shutdown()
+  }
+
   @Test("After shutdown, work is refused as Unavailable")
   func afterShutdown() async throws {
     let pool = BlockingPool(threads: 1)

@@ -41,7 +41,7 @@ struct CapacityAndPagingTests {
     }
   }
 
-  @Test("A restarted target counts what its volumes provision and finds them by name")
+  @Test("A restarted target counts what its volumes provision, finds them by name and knows the hosts in use")
   func provisionedAfterRestart() async throws {
     try await withTarget(.inProcess) { api, target in
       _ = try await api.createVolume(NewVolume(name: "a", sizeBytes: 8 * MiB, source: nil, attributes: [:]))
@@ -51,11 +51,20 @@ struct CapacityAndPagingTests {
       // Names are found again after the restart (the name index is rebuilt from the records).
       #expect(try await reopened.api.volumes(named: "a").map(\.record.sizeBytes) == [8 * MiB])
       #expect(try await reopened.api.createVolume(NewVolume(name: "b", sizeBytes: 4 * MiB, source: nil)).existed)
+      // Host NQNs in use are recounted too: a clone of a publishing node stays refused.
+      let a = try await reopened.api.volumes(named: "a")[0].uuid
+      let b = try await reopened.api.volumes(named: "b")[0].uuid
+      _ = try await reopened.api.publishVolume(a, to: try node(1), readonly: false, exclusive: true)
+      let again = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
+      let clone = NodeID(hostID: .random(), hostNQN: try node(1).hostNQN)
+      await expectError(.failedPrecondition, mentioning: ["cloned"]) {
+        try await again.api.publishVolume(b, to: clone, readonly: false, exclusive: true)
+      }
     }
   }
 
   @Test(
-    "A list larger than one gRPC message comes back whole, in pages, in UUID order",
+    "A list larger than one gRPC message comes back whole, in pages",
     arguments: [TargetAPIFactory.served])
   func largeList(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in

@@ -104,8 +104,15 @@ struct TargetAPIContractTests {
         try await api.publishVolume(b.uuid, to: clone, readonly: false, exclusive: true)
       }
       #expect(try await api.volume(b.uuid).record.publications.isEmpty)
-      // Once the first node has let go of every volume, the NQN is free again.
+      // While the first node still has any volume here, the clone stays refused.
+      let c = try await api.createVolume(NewVolume(name: "c", sizeBytes: MiB, source: nil)).volume
+      _ = try await api.publishVolume(c.uuid, to: original, readonly: false, exclusive: true)
       try await api.unpublishVolume(a.uuid, from: original)
+      await expectError(.failedPrecondition, mentioning: ["cloned"]) {
+        try await api.publishVolume(b.uuid, to: clone, readonly: false, exclusive: true)
+      }
+      // Once the first node has let go of every volume, the NQN is free again.
+      try await api.unpublishVolume(c.uuid, from: nil)
       _ = try await api.publishVolume(b.uuid, to: clone, readonly: false, exclusive: true)
     }
   }

@@ -71,7 +71,7 @@ struct Faults {
       try run("/bin/mount", [storeDevice, store])
       try cluster.startTarget()
     }
-    await detach(block, nodeID: nodeID)
+    await scenario.detach(block, deleteVolume: true)
     await nodePluginCrashes(nodeID: nodeID)
   }
 
@@ -85,7 +85,10 @@ struct Faults {
       let writer = try Writer(device: v.target, megabytes: 12, ratePerSecond: "2m")
       try await Task.sleep(for: .seconds(2))
       let injected = ContinuousClock.now
-      try await inject()
+      do { try await inject() } catch {
+        writer.stop()
+        throw error
+      }
       let restored = ContinuousClock.now
       let resumed = try firstDirectRead(of: v.target)
       let result = try writer.finish()
@@ -151,7 +154,7 @@ struct Faults {
           }
         }
         let crashed = try await expectFailureAny(request)
-        cluster.node?.waitUntilExit()
+        try await eventually("node plugin exited", timeout: .seconds(30)) { cluster.node?.isRunning == false }
         try check(
           cluster.node?.terminationStatus == Failpoints.crashExitCode,
           "the node plugin did not crash at \(point): \(crashed)")
@@ -169,17 +172,13 @@ struct Faults {
         }
       }
     }
-    await detach(v, nodeID: nodeID)
+    await scenario.detach(v, deleteVolume: true)
   }
 
   func restartNode(failpoints: String?) async throws {
     cluster.kill(cluster.node)
     try cluster.startNode(failpoints: failpoints)
     try await eventually("node ready") { try await scenario.identity.probe(.init()).ready.value }
-  }
-
-  func detach(_ v: Scenario.Attached, nodeID: String) async {
-    await scenario.detach(v, deleteVolume: true)
   }
 
   // MARK: nvmet
@@ -254,6 +253,12 @@ struct Writer {
 
   private static func fileSize(_ path: String) -> Int64 {
     ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int64) ?? 0
+  }
+
+  /// Stops fio (the fault could not be injected: its result means nothing).
+  func stop() {
+    if process.isRunning { process.terminate() }
+    process.waitUntilExit()
   }
 
   /// Waits for fio and reads its report: errors and bytes read back and verified.
