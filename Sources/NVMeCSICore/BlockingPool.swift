@@ -12,6 +12,8 @@ import Synchronization
 /// One pool per process, made by the command that runs the role and handed down.
 public final class BlockingPool: Sendable {
   private let pool: NIOThreadPool
+  /// The thread counts a role's `--blocking-threads` accepts.
+  public static let threadCounts: ClosedRange<Int> = 1...256
 
   public init(threads: Int) {
     pool = NIOThreadPool(numberOfThreads: max(1, threads))

@@ -67,8 +67,8 @@ struct NodeOptions: ParsableArguments {
   }
 
   func makeRole(logger: Logger) throws -> Role {
-    guard (1...256).contains(blockingThreads) else {
-      throw ValidationError("--blocking-threads \(blockingThreads) is not between 1 and 256")
+    guard BlockingPool.threadCounts.contains(blockingThreads) else {
+      throw ValidationError("--blocking-threads \(blockingThreads) is not within \(BlockingPool.threadCounts)")
     }
     var segments: [String: String] = [:]
     for item in topology {

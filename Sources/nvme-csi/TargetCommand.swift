@@ -54,8 +54,8 @@ struct TargetCommand: AsyncParsableCommand {
     guard !portal.isEmpty else {
       throw ValidationError("at least one --portal is required (e.g. --portal 10.0.0.5:4420)")
     }
-    guard (1...256).contains(blockingThreads) else {
-      throw ValidationError("--blocking-threads \(blockingThreads) is not between 1 and 256")
+    guard BlockingPool.threadCounts.contains(blockingThreads) else {
+      throw ValidationError("--blocking-threads \(blockingThreads) is not within \(BlockingPool.threadCounts)")
     }
     guard TargetAgent.overcommitRatios.contains(overcommitRatio) else {
       throw ValidationError("--overcommit-ratio \(overcommitRatio) is not between 1 and 100")
