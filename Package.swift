@@ -23,6 +23,9 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
     .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
+    // TLS on the target API: certificate reloading and reading the client's certificate.
+    .package(url: "https://github.com/apple/swift-nio-extras.git", exact: "1.35.2"),
+    .package(url: "https://github.com/apple/swift-certificates.git", exact: "1.21.1"),
   ],
   targets: [
     // Generated code only (`make proto`).
@@ -49,9 +52,12 @@ let package = Package(
     // mount(2), mountinfo, mkfs/blkid/resize tools with timeouts.
     .target(name: "Mounting", dependencies: ["NVMeCSICore"]),
 
-    // gRPC plumbing shared by every role: endpoints, serving, error mapping, logging.
+    // gRPC plumbing shared by every role: endpoints, TLS and authorization, serving,
+    // error mapping, logging.
     .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", "CSIProto", log,
-      .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+      .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
+      .product(name: "X509", package: "swift-certificates")]),
 
     // The controller ↔ target seam: the TargetAPI protocol in domain types, its wire
     // format and its gRPC client.

@@ -15,14 +15,32 @@ public struct GRPCService: Service {
   let server: GRPCServer<HTTP2ServerTransport.Posix>
   let logger: Logger
 
-  public init(endpoint: Endpoint, services: [any RegistrableRPCService], logger: Logger) throws(NVMeCSIError) {
+  /// - Parameters:
+  ///   - security: plaintext only on a unix socket or a loopback address.
+  ///   - authorization: who may call what; enforced when `security` is mutual TLS.
+  public init(
+    endpoint: Endpoint, security: TransportSecurity = .plaintext, authorization: PeerAuthorization? = nil,
+    services: [any RegistrableRPCService], logger: Logger
+  ) throws(NVMeCSIError) {
+    try security.check(serving: endpoint)
+    var interceptors: [any ServerInterceptor] = [RequestLoggingInterceptor(logger: logger)]
+    let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity
+    switch security {
+    case .plaintext:
+      transportSecurity = .plaintext
+    case .mutualTLS(let tls):
+      do { transportSecurity = try tls.server() } catch {
+        throw .failedPrecondition("TLS setup from \(tls.files.certificate) failed: \(error)")
+      }
+      if let authorization { interceptors.append(PeerAuthorizationInterceptor(authorization)) }
+    }
     if case .unix(let path) = endpoint { try Self.prepareSocketPath(path) }
     self.endpoint = endpoint
     self.logger = logger
     self.server = GRPCServer(
-      transport: .http2NIOPosix(address: endpoint.serverAddress, transportSecurity: .plaintext),
+      transport: .http2NIOPosix(address: endpoint.serverAddress, transportSecurity: transportSecurity),
       services: services,
-      interceptors: [RequestLoggingInterceptor(logger: logger)])
+      interceptors: interceptors)
   }
 
   public func run() async throws {
@@ -58,12 +76,24 @@ public struct GRPCService: Service {
 
 /// A client connection to an endpoint, running for the lifetime of `body`.
 public func withClient<Result: Sendable>(
-  to endpoint: Endpoint,
+  to endpoint: Endpoint, security: ClientSecurity = .plaintext,
   _ body: (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
 ) async throws -> Result {
-  try await withGRPCClient(
-    transport: .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext),
-    handleClient: body)
+  try await withGRPCClient(transport: try clientTransport(to: endpoint, security: security), handleClient: body)
+}
+
+/// How a client secures its connection: plaintext (unix sockets and loopback only), or
+/// mutual TLS expecting the server's certificate to name `serverName`.
+public enum ClientSecurity: Sendable {
+  case plaintext
+  case mutualTLS(MutualTLS, serverName: String)
+
+  public init(_ security: TransportSecurity, serverName: String) {
+    switch security {
+    case .plaintext: self = .plaintext
+    case .mutualTLS(let tls): self = .mutualTLS(tls, serverName: serverName)
+    }
+  }
 }
 
 /// A long-lived client; run it with `GRPCClientService`.
@@ -71,9 +101,28 @@ public func withClient<Result: Sendable>(
 /// Calls fail fast while the peer is down (the CSI sidecars retry), and reconnect
 /// attempts back off to at most a second, so a restarted target is used again
 /// within about a second instead of gRPC's default of up to two minutes.
-public func makeClient(to endpoint: Endpoint) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
+public func makeClient(
+  to endpoint: Endpoint, security: ClientSecurity = .plaintext
+) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
+  GRPCClient(transport: try clientTransport(to: endpoint, security: security))
+}
+
+private func clientTransport(to endpoint: Endpoint, security: ClientSecurity) throws -> HTTP2ClientTransport.Posix {
   var config = HTTP2ClientTransport.Posix.Config.defaults
   config.backoff = .init(initial: .milliseconds(100), max: .seconds(1), multiplier: 1.6, jitter: 0.2)
-  return GRPCClient(
-    transport: try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: .plaintext, config: config))
+  let transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity
+  switch security {
+  case .plaintext:
+    guard TransportSecurity.plaintextAllowed(on: endpoint) else {
+      throw NVMeCSIError.invalidArgument(
+        "refusing to connect to \(endpoint) in plaintext: only a unix socket or a loopback address may go without TLS")
+    }
+    transportSecurity = .plaintext
+  case .mutualTLS(let tls, let serverName):
+    transportSecurity = try tls.client()
+    // The name the server's certificate must carry (and the TLS SNI), whatever address
+    // the server is reached at: targets are listed by IP.
+    config.http2.authority = serverName
+  }
+  return try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: transportSecurity, config: config)
 }

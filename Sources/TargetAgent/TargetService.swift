@@ -11,6 +11,12 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
 
   public init(target: any TargetAPI) { self.target = target }
 
+  /// The calls that change nothing: all a read-only identity may make.
+  public static let readMethods: Set<MethodDescriptor> = [
+    Nvmecsi_Target_V1_Target.Method.GetInfo.descriptor, Nvmecsi_Target_V1_Target.Method.GetVolume.descriptor,
+    Nvmecsi_Target_V1_Target.Method.ListVolumes.descriptor, Nvmecsi_Target_V1_Target.Method.ListSnapshots.descriptor,
+  ]
+
   public func getInfo(request: Nvmecsi_Target_V1_GetInfoRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_GetInfoResponse
   {

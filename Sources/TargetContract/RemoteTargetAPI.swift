@@ -42,6 +42,12 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     case .unimplemented: kind = .unimplemented
     case .unavailable, .deadlineExceeded, .cancelled:
       return .unavailable("target \(target) is unreachable (\(error.code)): \(error.message)")
+    case .permissionDenied, .unauthenticated:
+      // A configuration fault (certificate names, flags), not the caller's: retried
+      // until an operator fixes it, and the message says what to fix.
+      return .unavailable(
+        "target \(target) refused the controller (\(error.code)): \(error.message);"
+          + " check the controller's certificate and the target's --controller-identity")
     default: kind = .internalError
     }
     return NVMeCSIError(kind, error.message).from(target: target)

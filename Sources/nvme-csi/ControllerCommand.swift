@@ -40,10 +40,16 @@ struct ControllerOptions: ParsableArguments {
   @Option(help: "Targets file (JSON): each target's name, API address and topology segments.")
   var targets: String
 
+  @OptionGroup var tls: TLSOptions
+
+  @Option(help: "The name every target's certificate must carry (a DNS SAN), whatever address it is reached at.")
+  var targetServerName: String = "nvme-csi-target"
+
   /// The Controller service over clients of every listed target.
   struct Role: Sendable {
     let service: ControllerService
-    /// The target clients' connections, run for the life of the process.
+    /// The target clients' connections and their certificate reloader, run for the life
+    /// of the process.
     let clients: [any Service]
     let targetNames: [String]
     /// Ready while any target answers: one target down must not stop provisioning on the others.
@@ -52,10 +58,12 @@ struct ControllerOptions: ParsableArguments {
 
   func makeRole(logger: Logger) throws -> Role {
     let config = try TargetsConfig(contentsOf: targets)
-    var clients: [any Service] = []
+    let security = try tls.makeSecurity(logger: logger)
+    var clients: [any Service] = security.services
     var storageTargets: [StorageTarget] = []
     for entry in config.targets {
-      let client = try makeClient(to: try Endpoint(parsing: entry.address))
+      let client = try makeClient(
+        to: try Endpoint(parsing: entry.address), security: ClientSecurity(security, serverName: targetServerName))
       clients.append(GRPCClientService(client))
       storageTargets.append(
         StorageTarget(

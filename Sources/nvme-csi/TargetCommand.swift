@@ -13,7 +13,7 @@ struct TargetCommand: AsyncParsableCommand {
     commandName: "target",
     abstract: "Serve the target API on a storage node: volumes in a store, exported by the kernel NVMe target.")
 
-  @Option(help: "Address the target API listens on (host:port). Plaintext for now: keep it on a trusted network.")
+  @Option(help: "Address the target API listens on (host:port), with mutual TLS.")
   var listen: String = "127.0.0.1:7600"
 
   @Option(
@@ -48,6 +48,18 @@ struct TargetCommand: AsyncParsableCommand {
   @Option(help: "Threads for blocking work (copies, fsync, lvm, configfs), apart from those serving RPCs.")
   var blockingThreads: Int = 16
 
+  @OptionGroup var tls: TLSOptions
+
+  @Option(
+    help: ArgumentHelp(
+      "A name (DNS or URI SAN, or CN) in the client certificate allowed every call: the controller's."
+        + " Repeat for several."))
+  var controllerIdentity: [String] = ["nvme-csi-controller"]
+
+  @Option(
+    help: "A name in the client certificate allowed to read only (GetInfo, GetVolume, ListVolumes, ListSnapshots).")
+  var readerIdentity: [String] = ["nvme-csi-reader"]
+
   @OptionGroup var logging: LoggingOptions
 
   func validate() throws {
@@ -68,6 +80,9 @@ struct TargetCommand: AsyncParsableCommand {
   func run() async throws {
     let logger = try logging.makeLogger(label: "nvme-csi.target")
     let endpoint = try Endpoint(parsing: listen)
+    // TLS and the plaintext rule are checked before the store or configfs is touched.
+    let security = try tls.makeSecurity(logger: logger)
+    try security.check(serving: endpoint)
     let portals = try portal.map { (text) throws(NVMeCSIError) in try HostPort(portal: text) }
     let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
     let pool = BlockingPool(threads: blockingThreads)
@@ -88,9 +103,14 @@ struct TargetCommand: AsyncParsableCommand {
     }
     let agent = TargetAgent(
       store: volumeStore, exporter: exporter, pool: pool, overcommitRatio: overcommitRatio, logger: logger)
+    let authorization = PeerAuthorization(
+      writers: Set(controllerIdentity), readers: Set(readerIdentity), readMethods: TargetService.readMethods)
+    let server = try GRPCService(
+      endpoint: endpoint, security: security, authorization: authorization, services: [TargetService(target: agent)],
+      logger: logger)
     try agent.start()
-    let server = try GRPCService(endpoint: endpoint, services: [TargetService(target: agent)], logger: logger)
-    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    let group = ServiceGroup(
+      services: security.services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }
 }

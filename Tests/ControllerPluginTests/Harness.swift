@@ -149,7 +149,7 @@ final class TestTarget: @unchecked Sendable {
     process.executableURL = URL(fileURLWithPath: binary)
     process.arguments = [
       "target", "--listen", "unix://" + socket, "--store", "file:" + store, "--configfs", configfs,
-      "--portal", "127.0.0.1:4420", "--log-level", "warning",
+      "--portal", "127.0.0.1:4420", "--log-level", "warning", "--insecure-plaintext",
     ]
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     process.standardOutput = FileHandle.nullDevice
