@@ -91,7 +91,7 @@ let package = Package(
     // The end-to-end lifecycle that runs inside the VM against the real kernel (make e2e).
     .executableTarget(
       name: "nvme-csi-e2e",
-      dependencies: grpc + ["CSIProto", "CSIServer", "NVMeCSICore", "NVMeFabrics"],
+      dependencies: grpc + ["CSIProto", "TargetProto", "CSIServer", "NVMeCSICore", "NVMeFabrics", log],
       path: "Tests/e2e/Lifecycle"),
 
     // Helpers shared by the test targets.

@@ -38,13 +38,17 @@ show_store() {
 }
 
 mkdir -p "$work/configfs" "$work/store"
+# The target API with mutual TLS, certificates as docs/security.md makes them.
+"$(dirname "$0")/../deploy/certs/make-certs.sh" "$work/certs" >/dev/null
+tls() { echo --tls-ca "$work/certs/$1/ca.crt" --tls-cert "$work/certs/$1/tls.crt" --tls-key "$work/certs/$1/tls.key"; }
 "$bin" target --listen 127.0.0.1:7600 --store "file:$work/store" --configfs "$work/configfs" \
-  --portal 127.0.0.1:4420 --log-level warning 2>"$work/target.log" &
+  --portal 127.0.0.1:4420 $(tls target) --log-level warning 2>"$work/target.log" &
 pids+=($!)
 cat >"$work/targets.json" <<JSON
 {"targets": [{"name": "local", "address": "127.0.0.1:7600", "topology": {"topology.nvme.csi.dev/zone": "demo"}}]}
 JSON
-"$bin" controller --endpoint "unix://$socket" --targets "$work/targets.json" --log-level warning 2>"$work/controller.log" &
+"$bin" controller --endpoint "unix://$socket" --targets "$work/targets.json" $(tls controller) \
+  --log-level warning 2>"$work/controller.log" &
 pids+=($!)
 # Ready when the controller serves and reaches the target.
 for _ in $(seq 150); do

@@ -12,6 +12,7 @@ packages=(
   qemu-system-x86 busybox-static kmod cpio xz-utils binutils  # the VM harness (Tests/e2e)
   fio                                          # the writer with checksums in the VM fault suite
   python3 python3-venv                         # the manifest checks (Tests/deploy)
+  openssl                                      # deploy/certs/make-certs.sh: the target API certificates in tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -13,11 +13,16 @@ echo "nqn.2014-08.org.nvmexpress:uuid:3f0b8c2e-5d1a-4b7e-9c64-2a8e1d7f0b35" >"$w
 echo "3f0b8c2e-5d1a-4b7e-9c64-2a8e1d7f0b35" >"$work/nvme/hostid"
 echo '{"targets": [{"name": "sanity", "address": "127.0.0.1:7610"}]}' >"$work/targets.json"
 
+# The target API with mutual TLS, as deployed.
+"$(dirname "$0")/../../deploy/certs/make-certs.sh" "$work/certs" >/dev/null || exit 1
+tls() { echo --tls-ca "$work/certs/$1/ca.crt" --tls-cert "$work/certs/$1/tls.crt" --tls-key "$work/certs/$1/tls.key"; }
+
 "$bin/nvme-csi" target --listen 127.0.0.1:7610 --store "file:$work/store" --portal 127.0.0.1:4430 \
-  --log-level debug >"$work/logs/target.log" 2>&1 &
+  $(tls target) --log-level debug >"$work/logs/target.log" 2>&1 &
 target=$!
 "$bin/nvme-csi" all-in-one --endpoint "unix://$work/csi.sock" --targets "$work/targets.json" \
-  --state-dir "$work/node-state" --nvme-config-dir "$work/nvme" --log-level debug >"$work/logs/plugin.log" 2>&1 &
+  --state-dir "$work/node-state" --nvme-config-dir "$work/nvme" $(tls controller) \
+  --log-level debug >"$work/logs/plugin.log" 2>&1 &
 plugin=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done
 

@@ -3,7 +3,9 @@ import CSIServer
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import Logging
 import NVMeCSICore
+import TargetProto
 
 #if canImport(Glibc)
   import Glibc
@@ -74,16 +76,57 @@ final class Cluster: @unchecked Sendable {
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
     let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}]}"#
     try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
+    try makeCertificates()
     try startTarget()
     controller = try launch(
-      "controller", ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"])
+      "controller",
+      ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"]
+        + tlsFlags("controller"))
     try startNode()
   }
 
   func startTarget() throws {
     target = try launch(
       "target",
-      ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"])
+      ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"] + tlsFlags("target"))
+  }
+
+  // MARK: the target API's mutual TLS, as deployed
+
+  var certificates: String { work + "/certs" }
+
+  /// A CA and the target, controller and reader certificates, by the documented script.
+  private func makeCertificates() throws {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("../../deploy/certs/make-certs.sh").standardized.path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = [script, certificates]
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw CheckFailed("\(script) failed (is openssl installed?)") }
+  }
+
+  private func tlsFlags(_ identity: String) -> [String] {
+    let directory = certificates + "/" + identity
+    return [
+      "--tls-ca", directory + "/ca.crt", "--tls-cert", directory + "/tls.crt", "--tls-key", directory + "/tls.key",
+    ]
+  }
+
+  /// Calls the target API directly with the certificate of `identity` (controller or
+  /// reader), as a hostile or curious client on the network would.
+  func withTargetAPI<R: Sendable>(
+    as identity: String, _ body: (Nvmecsi_Target_V1_Target.Client<HTTP2ClientTransport.Posix>) async throws -> R
+  ) async throws -> R {
+    let directory = certificates + "/" + identity
+    let tls = try MutualTLS(
+      files: TLSFiles(ca: directory + "/ca.crt", certificate: directory + "/tls.crt", key: directory + "/tls.key"),
+      logger: Logger(label: "e2e") { _ in SwiftLogNoOpLogHandler() })
+    return try await withClient(
+      to: .tcp(HostPort(host: "127.0.0.1", port: 7600)), security: .mutualTLS(tls, serverName: "nvme-csi-target")
+    ) { client in try await body(Nvmecsi_Target_V1_Target.Client(wrapping: client)) }
   }
 
   /// - Parameter failpoints: `NVME_CSI_FAILPOINTS` for this run (crash tests).

@@ -538,19 +538,93 @@ struct Scenario {
         steps.note("refused: \(error.message)")
       }
     }
-    await steps.run("after ControllerUnpublish the node can no longer attach it") {
-      let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
-      try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
-      let published = try await controller.controllerPublishVolume(
-        .with {
-          $0.volumeID = volume.volumeID
-          $0.nodeID = nodeID
-          $0.volumeCapability = capability
+    let staging = cluster.work + "/kubelet/plugins/staging/" + volume.volumeID
+    guard
+      let v = await steps.run(
+        "ControllerPublish to this node and NodeStage",
+        {
+          try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+          let published = try await controller.controllerPublishVolume(
+            .with {
+              $0.volumeID = volume.volumeID
+              $0.nodeID = nodeID
+              $0.volumeCapability = capability
+            })
+          let v = Attached(
+            volumeID: volume.volumeID, staging: staging, target: "", capability: capability,
+            publishContext: published.publishContext, volumeContext: volume.volumeContext)
+          _ = try await node.nodeStageVolume(stageRequest(v))
+          return v
         })
-      let v = Attached(
-        volumeID: volume.volumeID, staging: staging, target: "", capability: capability,
-        publishContext: published.publishContext, volumeContext: volume.volumeContext)
-      _ = try await node.nodeStageVolume(stageRequest(v))
+    else { return }
+    await steps.run(
+      "hostile target API calls (a reader's certificate, a forged exclusive flag, an empty node ID) are refused"
+        + " and change nothing in configfs or the store"
+    ) {
+      let before = (accessState(uuid), cluster.storeContents())
+      let strangerNQN = "nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000002"
+      try await cluster.withTargetAPI(as: "reader") { api in
+        _ = try await api.listVolumes(.init())  // reading is what a reader may do
+        for (what, call) in [
+          ("DeleteVolume", { _ = try await api.deleteVolume(.with { $0.uuid = uuid }) }),
+          (
+            "PublishVolume",
+            {
+              _ = try await api.publishVolume(
+                .with {
+                  $0.uuid = uuid
+                  $0.nodeID = "0badc0de-0000-4000-8000-000000000002"
+                  $0.hostNqn = strangerNQN
+                })
+            }
+          ),
+          (
+            "UnpublishVolume(all_nodes)",
+            {
+              _ = try await api.unpublishVolume(
+                .with {
+                  $0.uuid = uuid
+                  $0.allNodes = true
+                })
+            }
+          ),
+        ] as [(String, () async throws -> Void)] {
+          let message = try await expectFailure(.permissionDenied, call)
+          if what == "DeleteVolume" { steps.note("reader's \(what): \(message)") }
+        }
+      }
+      try await cluster.withTargetAPI(as: "controller") { api in
+        let forged = try await expectFailure(.failedPrecondition) {
+          try await api.publishVolume(
+            .with {
+              $0.uuid = uuid
+              $0.nodeID = "0badc0de-0000-4000-8000-000000000002"
+              $0.hostNqn = strangerNQN
+              $0.exclusive = false
+            })
+        }
+        steps.note("second node with exclusive=false: \(forged)")
+        let empty = try await expectFailure(.invalidArgument) {
+          try await api.unpublishVolume(.with { $0.uuid = uuid })
+        }
+        steps.note("unpublish without a node ID: \(empty)")
+      }
+      let after = (accessState(uuid), cluster.storeContents())
+      try check(after == before, "changed: \(before) -> \(after)")
+    }
+    await steps.run("a second host cannot connect while the volume is published to this node: the kernel refuses it") {
+      let stranger = HostIdentity(
+        nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000002"),
+        id: try ObjectUUID("0badc0de-0000-4000-8000-000000000002"))
+      do {
+        try await NVMeTCPAttacher().connect(
+          try PublishContext(decoding: v.publishContext), as: stranger, with: ConnectionParameters())
+        throw CheckFailed("a second host connected")
+      } catch let error as NVMeCSIError {
+        steps.note("refused: \(error.message)")
+      }
+    }
+    await steps.run("after ControllerUnpublish the node can no longer attach it") {
       _ = try await node.nodeUnstageVolume(
         .with {
           $0.volumeID = v.volumeID
@@ -565,6 +639,16 @@ struct Scenario {
       steps.note("NodeStageVolume refused: \(message)")
       _ = try await controller.deleteVolume(.with { $0.volumeID = v.volumeID })
     }
+  }
+
+  /// Who may connect to a volume, as the kernel target has it: the subsystem's allowed
+  /// hosts and every host entry.
+  func accessState(_ uuid: String) -> [String] {
+    let fm = FileManager.default
+    let subsystem = cluster.nvmet + "/subsystems/" + SubsystemNaming.prefix + uuid
+    let allowed = (try? fm.contentsOfDirectory(atPath: subsystem + "/allowed_hosts")) ?? ["(unreadable)"]
+    let hosts = (try? fm.contentsOfDirectory(atPath: cluster.nvmet + "/hosts")) ?? ["(unreadable)"]
+    return allowed.sorted().map { "allowed:" + $0 } + hosts.sorted().map { "host:" + $0 }
   }
 
   // MARK: 7. teardown
