@@ -1,3 +1,4 @@
+import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -69,13 +70,15 @@ public struct MutualTLS: Sendable {
     for path in [files.ca, files.certificate, files.key] where access(path, R_OK) != 0 {
       throw .failedPrecondition("TLS file \(path) cannot be read: \(Errno.current)")
     }
+    try Self.checkCA(files.ca)
     let configuration = TimedCertificateReloader.Configuration(
       refreshInterval: reloadInterval,
       certificateSource: .init(location: .file(path: files.certificate), format: .pem),
       privateKeySource: .init(location: .file(path: files.key), format: .pem)
     ) {
+      // Called after every successful read; logged only when the certificate changed.
       $0.onCertificateLoaded = { diff in
-        if diff.previousX509CertificateChain != nil {
+        if let previous = diff.previousX509CertificateChain, previous != diff.currentX509CertificateChain {
           logger.notice(
             "TLS certificate reloaded",
             metadata: [
@@ -97,6 +100,23 @@ public struct MutualTLS: Sendable {
         "TLS certificate \(files.certificate) with key \(files.key) cannot be used: \(error)")
     }
     self.files = files
+  }
+
+  /// The CA file must hold certificates only (several for a CA change-over), each
+  /// parseable: found now rather than when the server first listens.
+  static func checkCA(_ path: String) throws(NVMeCSIError) {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+      throw .failedPrecondition("TLS CA file \(path) cannot be read: \(error)")
+    }
+    let end = "-----END CERTIFICATE-----"
+    let blocks = text.components(separatedBy: end).dropLast().map { $0 + end }
+    guard !blocks.isEmpty else { throw .failedPrecondition("TLS CA file \(path) holds no PEM certificate") }
+    for block in blocks {
+      do { _ = try Certificate(pemEncoded: block.trimmingCharacters(in: .whitespacesAndNewlines)) } catch {
+        throw .failedPrecondition("TLS CA file \(path) holds a certificate that cannot be parsed: \(error)")
+      }
+    }
   }
 
   var trustRoots: TLSConfig.TrustRootsSource { .certificates([.file(path: files.ca, format: .pem)]) }

@@ -11,10 +11,11 @@ import SwiftProtobuf
 struct CtlCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "ctl",
-    abstract: "Call a CSI plugin's RPCs over its socket.",
+    abstract: "Call a CSI plugin's RPCs over its socket, or read one target's API.",
     subcommands: [
       PluginInfo.self, CreateVolume.self, DeleteVolume.self, GetVolume.self, ListVolumes.self, Expand.self,
       Publish.self, Unpublish.self, CreateSnapshot.self, DeleteSnapshot.self, ListSnapshots.self, GetCapacity.self,
+      TargetInfoCommand.self, TargetVolumesCommand.self,
     ])
 }
 

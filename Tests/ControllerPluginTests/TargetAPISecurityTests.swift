@@ -78,6 +78,10 @@ struct TargetAPISecurityTests {
         }
       }
       #expect(target.volumeFiles() == before)
+      // What an operator does with the reader certificate.
+      let listed = try runTarget(
+        ["ctl", "target-volumes", "--address", "127.0.0.1:\(target.port)"] + target.tlsFlags("reader"))
+      #expect(listed.status == 0 && listed.output.contains("\(uuid)  pvc-1  4 MiB  single-node"), "\(listed.output)")
     }
   }
 
@@ -149,6 +153,15 @@ struct TargetAPISecurityTests {
     let missing = try runTarget(common + ["--listen", "127.0.0.1:7600", "--tls-ca", directory + "/none/ca.crt"])
     #expect(missing.status != 0)
     #expect(missing.output.contains("TLS file \(directory)/none/ca.crt cannot be read"), "\(missing.output)")
+    let certificates = try makeCertificates(in: directory + "/certs")
+    try "not a certificate\n".write(toFile: directory + "/bad-ca.crt", atomically: true, encoding: .utf8)
+    let badCA = try runTarget(
+      common + [
+        "--listen", "127.0.0.1:7600", "--tls-ca", directory + "/bad-ca.crt", "--tls-cert",
+        certificates + "/target/tls.crt", "--tls-key", certificates + "/target/tls.key",
+      ])
+    #expect(badCA.status != 0)
+    #expect(badCA.output.contains("TLS CA file \(directory)/bad-ca.crt holds no PEM certificate"), "\(badCA.output)")
     #expect(try FileManager.default.contentsOfDirectory(atPath: store).isEmpty, "the store was touched")
   }
 }
@@ -206,6 +219,13 @@ final class SecureTarget: Sendable {
       FileManager.default.createFile(atPath: served + "/." + file, contents: data)
       _ = rename(served + "/." + file, served + "/" + file)
     }
+  }
+
+  func tlsFlags(_ identity: String) -> [String] {
+    let directory = certificates + "/" + identity
+    return [
+      "--tls-ca", directory + "/ca.crt", "--tls-cert", directory + "/tls.crt", "--tls-key", directory + "/tls.key",
+    ]
   }
 
   /// A call with the client certificate of `identity` (controller or reader), checking

@@ -26,7 +26,9 @@ KUBELET_REGISTRY = "/var/lib/kubelet/plugins_registry"
 
 # The kustomizations users apply, relative to deploy/kubernetes. Any other
 # kustomization found there is rendered and validated too.
-INSTALLATIONS = ["base", "overlays/talos"]
+INSTALLATIONS = ["base", "overlays/talos", "overlays/cert-manager"]
+# Optional kustomize Components (kind: Component) an overlay adds to base.
+COMPONENTS = ["components/cert-manager"]
 EXAMPLES = ["examples", "examples/storage", "examples/demo", "examples/expansion"]
 
 # Kubernetes versions the rendered objects must be valid for: the oldest we aim at
@@ -320,6 +322,56 @@ def flag_args(c: dict) -> dict[str, list[str]]:
             name, _, value = a.partition("=")
             flags.setdefault(name, []).append(value)
     return flags
+
+
+# --- the target API's mutual TLS ---------------------------------------------------
+
+# Each --tls-* flag and the key of the Secret it must read (cert-manager's layout,
+# also what deploy/certs/make-certs.sh writes).
+TLS_FLAGS = {"--tls-ca": "ca.crt", "--tls-cert": "tls.crt", "--tls-key": "tls.key"}
+# The workloads that speak the target API, and the Secret each mounts.
+TLS_WORKLOADS = {
+    ("DaemonSet", "nvme-csi-target"): "nvme-csi-target-tls",
+    ("Deployment", "nvme-csi-controller"): "nvme-csi-controller-tls",
+}
+
+
+@dataclasses.dataclass
+class TLSMount:
+    """Where a workload's nvme-csi reads its TLS files, and the Secret behind them."""
+    invocation: Invocation
+    paths: dict[str, str]  # --tls-* flag -> path (the default when not given)
+    directory: str
+    mount: dict
+    volume: dict
+    secret: str
+
+
+def tls_mount(obj: dict) -> TLSMount:
+    """The --tls-* files of the workload's nvme-csi (flags or their defaults): all in
+    one directory, named as the Secret's keys, and that directory is a whole Secret
+    volume mounted read-only (no subPath, which kubelet never updates, and no items)."""
+    spec = pod_spec(obj)
+    inv = main_invocation(obj)
+    paths = {flag: inv.value(flag) for flag in TLS_FLAGS}
+    for flag, key in TLS_FLAGS.items():
+        assert paths[flag] and os.path.basename(paths[flag]) == key, (
+            f"{inv.where}: {flag} {paths[flag]} is not the Secret's key {key}")
+    dirs = {os.path.dirname(p) for p in paths.values()}
+    assert len(dirs) == 1, f"{inv.where}: the --tls-* files are not in one directory: {paths}"
+    directory = dirs.pop()
+    m = mount_for_path(inv.container, paths["--tls-key"])
+    assert m is not None, f"{inv.where}: {directory} (--tls-*) is on no volume"
+    assert m["mountPath"].rstrip("/") == directory, (
+        f"{inv.where}: the TLS Secret must be mounted at {directory} itself, not {m['mountPath']}")
+    assert "subPath" not in m and "subPathExpr" not in m, (
+        f"{inv.where}: a subPath mount of the TLS Secret never sees a renewed certificate")
+    assert m.get("readOnly") is True, f"{inv.where}: mount the TLS Secret readOnly"
+    v = volume(spec, m["name"])
+    assert "secret" in v, f"{inv.where}: {directory} is volume {m['name']}, not a Secret: {v}"
+    assert not v["secret"].get("items"), f"{inv.where}: mount the whole Secret (keys {sorted(TLS_FLAGS.values())})"
+    assert not v["secret"].get("optional"), f"{inv.where}: the TLS Secret must not be optional"
+    return TLSMount(inv, paths, directory, m, v, v["secret"]["secretName"])
 
 
 def configmap_data(objects: list[dict], name: str) -> dict[str, str]:

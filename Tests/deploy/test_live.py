@@ -4,7 +4,9 @@ Starts `nvme-csi target` (file store, nvmet simulated in a directory) for every
 target name the shipped targets file and the StorageClasses use, and `nvme-csi
 controller` with the shipped targets file (addresses swapped for the local
 targets' sockets: the tests reach nothing beyond this machine), each with the flags
-of its manifest. Then every StorageClass's parameters go to CreateVolume the way
+of its manifest. The target API is mutual TLS as deployed: certificates from
+deploy/certs/make-certs.sh stand in for the Secrets, at the paths the manifests'
+--tls-* flags (or their defaults) name inside the Secret's mount. Then every StorageClass's parameters go to CreateVolume the way
 external-provisioner sends them, for a mounted (its fsType) and a raw block volume,
 and the demo examples run as CSI calls: create, snapshot, restore, clone, expand.
 """
@@ -63,6 +65,31 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"{proc.args[1]} did not listen on {path} within {START_TIMEOUT}s:\n{log.read_text()}")
 
 
+MAKE_CERTS = deploylib.REPO / "deploy" / "certs" / "make-certs.sh"
+
+
+def _make_certs(directory: Path) -> None:
+    """A CA and the target, controller and reader certificates (each a directory with
+    the Secret's keys), as an operator without cert-manager makes them."""
+    r = subprocess.run(["bash", str(MAKE_CERTS), str(directory)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"make-certs.sh failed (is openssl installed?): {r.stderr}"
+
+
+def _tls_overrides(obj: dict, secret_dir: Path) -> dict[str, str]:
+    """The workload's --tls-* files, moved from the Secret's mount to `secret_dir`."""
+    tls = deploylib.tls_mount(obj)
+    return {flag: str(secret_dir / os.path.relpath(path, tls.directory)) for flag, path in tls.paths.items()}
+
+
+def _secret_dir(certs: Path, obj: dict) -> Path:
+    """make-certs.sh's directory for the Secret a workload mounts: DIR/<role> is what
+    `kubectl create secret generic nvme-csi-<role>-tls --from-file=DIR/<role>` takes."""
+    secret = deploylib.tls_mount(obj).secret
+    m = re.fullmatch(r"nvme-csi-(\w+)-tls", secret)
+    assert m and (certs / m.group(1)).is_dir(), f"make-certs.sh makes nothing for Secret {secret}"
+    return certs / m.group(1)
+
+
 def _substitute(inv: deploylib.Invocation, env: dict[str, str], overrides: dict[str, str]) -> list[str]:
     """The manifest's command line with $(VAR)s filled in and the host-specific
     flags (`overrides`) pointed at this test's directory."""
@@ -107,7 +134,11 @@ class Cluster:
         entries = [dict(t) for t in shipped["targets"]]
         for name in sorted(extra_targets - {t["name"] for t in entries}):
             entries.append({"name": name, "address": "placeholder"})
-        target_inv = main_invocation(one(self.objects, "DaemonSet", "nvme-csi-target"))
+        self.certs = self.dir / "certs"
+        _make_certs(self.certs)
+        target_ds = one(self.objects, "DaemonSet", "nvme-csi-target")
+        target_inv = main_invocation(target_ds)
+        target_tls = _tls_overrides(target_ds, _secret_dir(self.certs, target_ds))
         for t in entries:
             root = self.dir / t["name"]
             (root / "configfs").mkdir(parents=True)
@@ -117,6 +148,7 @@ class Cluster:
                 "--listen": f"unix://{sock}",
                 "--store": f"file:{root / 'store'}",
                 "--configfs": str(root / "configfs"),
+                **target_tls,
             })
             self._spawn(f"target-{t['name']}", argv, sock)
             t["address"] = f"unix://{sock}"
@@ -124,19 +156,29 @@ class Cluster:
         targets.write_text(json.dumps({"targets": entries}))
         self.target_names = [t["name"] for t in entries]
 
-        controller_inv = main_invocation(one(self.objects, "Deployment", "nvme-csi-controller"))
-        self.endpoint = f"unix://{self.dir / 'csi.sock'}"
-        argv = _substitute(controller_inv, {}, {"--endpoint": self.endpoint, "--targets": str(targets)})
-        self._spawn("controller", argv, str(self.dir / "csi.sock"))
-        # Ready once every target answers.
-        deadline = time.monotonic() + START_TIMEOUT
-        while "ready=true" not in self.ctl("plugin-info").stdout:
-            assert time.monotonic() < deadline, f"controller never became ready:\n{self.log_text()}"
-            time.sleep(0.1)
+        self.targets = targets
+        deployment = one(self.objects, "Deployment", "nvme-csi-controller")
+        self.endpoint = self.start_controller("controller", _secret_dir(self.certs, deployment))
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+    def start_controller(self, name: str, secret_dir: Path) -> str:
+        """A controller with the Deployment's flags and the certificate in
+        `secret_dir`; its endpoint, once every target answers its GetInfo."""
+        deployment = one(self.objects, "Deployment", "nvme-csi-controller")
+        controller_inv = main_invocation(deployment)
+        sock = self.dir / f"{name}.sock"
+        endpoint = f"unix://{sock}"
+        argv = _substitute(controller_inv, {}, {
+            "--endpoint": endpoint, "--targets": str(self.targets), **_tls_overrides(deployment, secret_dir)})
+        self._spawn(name, argv, str(sock))
+        deadline = time.monotonic() + START_TIMEOUT
+        while "ready=true" not in self.ctl("plugin-info", endpoint=endpoint).stdout:
+            assert time.monotonic() < deadline, f"{name} never became ready:\n{self.log_text()}"
+            time.sleep(0.1)
+        return endpoint
+
+    def ctl(self, *args: str, endpoint: str | None = None) -> subprocess.CompletedProcess:
         cmd, rest = args[0], list(args[1:])
-        return subprocess.run([self.bin, "ctl", cmd, "--endpoint", self.endpoint, *rest],
+        return subprocess.run([self.bin, "ctl", cmd, "--endpoint", endpoint or self.endpoint, *rest],
                               capture_output=True, text=True, timeout=60)
 
     def ctl_json(self, *args: str) -> dict:
@@ -249,6 +291,16 @@ def test_controller_reports_the_driver_name(cluster):
     info = cluster.ctl_json("plugin-info")
     assert info["name"] == DRIVER
     assert info["vendor_version"] == deploylib.binary_version()
+
+
+def test_the_targets_serve_only_the_controller_identity(cluster):
+    """A controller holding the reader's certificate (same CA, a --reader-identity)
+    reaches the targets (GetInfo is a read) but may not create a volume: the targets
+    check the names in the deployed certificates."""
+    endpoint = cluster.start_controller("controller-as-reader", cluster.certs / "reader")
+    r = cluster.ctl("create-volume", f"pvc-{uuid.uuid4()}", "--size", "16Mi", endpoint=endpoint)
+    assert r.returncode != 0, f"the reader created a volume: {r.stdout}"
+    assert "permissionDenied" in r.stderr and "may not call CreateVolume" in r.stderr, r.stderr
 
 
 def _size(quantity: str) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 import deploylib
-from deploylib import EXAMPLES, INSTALLATIONS
+from deploylib import COMPONENTS, EXAMPLES, INSTALLATIONS
 
-KUSTOMIZATIONS = sorted(set(deploylib.all_kustomizations()) | set(INSTALLATIONS) | set(EXAMPLES))
+KUSTOMIZATIONS = sorted(set(deploylib.all_kustomizations()) | set(INSTALLATIONS) | set(EXAMPLES) | set(COMPONENTS))
 
 
 def test_the_expected_kustomizations_exist():
     found = set(deploylib.all_kustomizations())
-    missing = sorted(set(INSTALLATIONS + EXAMPLES) - found)
+    missing = sorted(set(INSTALLATIONS + EXAMPLES + COMPONENTS) - found)
     assert not missing, f"kustomizations missing under deploy/kubernetes: {missing}"
 
 

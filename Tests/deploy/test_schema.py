@@ -1,13 +1,17 @@
 """(2) Every rendered object is valid for current Kubernetes versions.
 
 Built-in kinds are validated with kubernetes-validate in strict mode (unknown fields
-are errors, so a misspelt `mountPropagation` fails). The snapshot kinds
-(snapshot.storage.k8s.io) are CustomResourceDefinitions that kubernetes-validate
-has no schema for: they are skipped by the schema check on purpose and checked by
-hand below against the fields of the external-snapshotter v8 CRDs.
+are errors, so a misspelt `mountPropagation` fails). The kinds in CRD_KINDS are
+CustomResourceDefinitions that kubernetes-validate has no schema for: the snapshot
+kinds (snapshot.storage.k8s.io) and cert-manager's Issuer and Certificate
+(components/cert-manager). They are left out of the schema check on purpose, by that
+list only, and checked by hand below against the fields of the external-snapshotter
+v8 and cert-manager v1 CRDs.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import kubernetes_validate
@@ -16,10 +20,13 @@ import deploylib
 from deploylib import KUBERNETES_VERSIONS
 from test_render import KUSTOMIZATIONS
 
-# Kinds without a schema in kubernetes-validate, each with its hand check.
+# Kinds without a schema in kubernetes-validate: not schema-checked, each hand-checked
+# instead (HAND_CHECKS). Any other kind must pass the schema check.
 CRD_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 
@@ -60,9 +67,88 @@ def check_volume_snapshot(obj):
         assert isinstance(spec["volumeSnapshotClassName"], str) and spec["volumeSnapshotClassName"]
 
 
+# cert-manager v1 (cert-manager.io_certificates.yaml, cert-manager.io_issuers.yaml).
+ISSUER_TYPES = {"acme", "ca", "selfSigned", "vault", "venafi"}
+CERTIFICATE_SPEC = {
+    "additionalOutputFormats", "commonName", "dnsNames", "duration", "emailAddresses",
+    "encodeUsagesInRequest", "ipAddresses", "isCA", "issuerRef", "keystores", "literalSubject",
+    "nameConstraints", "otherNames", "privateKey", "renewBefore", "renewBeforePercentage",
+    "revisionHistoryLimit", "secretName", "secretTemplate", "subject", "uris", "usages",
+}
+KEY_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
+GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+
+
+def _go_duration_hours(value: str) -> float:
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", value)) / 3600
+
+
+def check_issuer(obj):
+    assert obj["apiVersion"] == "cert-manager.io/v1"
+    extra = set(obj) - {"apiVersion", "kind", "metadata", "spec"}
+    assert not extra, f"{_label(obj)}: unknown fields {sorted(extra)}"
+    spec = obj.get("spec")
+    assert isinstance(spec, dict), f"{_label(obj)}: spec is required"
+    unknown = set(spec) - ISSUER_TYPES
+    assert not unknown, f"{_label(obj)}: unknown spec fields {sorted(unknown)}"
+    assert len(spec) == 1, f"{_label(obj)}: spec needs exactly one of {sorted(ISSUER_TYPES)}"
+    if "selfSigned" in spec:
+        assert isinstance(spec["selfSigned"], dict) and set(spec["selfSigned"]) <= {"crlDistributionPoints"}
+    if "ca" in spec:
+        ca = spec["ca"]
+        assert isinstance(ca, dict) and set(ca) <= {"secretName", "crlDistributionPoints", "issuingCertificateURLs", "ocspServers"}, (
+            f"{_label(obj)}: spec.ca: {ca}")
+        assert isinstance(ca.get("secretName"), str) and ca["secretName"], f"{_label(obj)}: spec.ca.secretName is required"
+
+
+def check_certificate(obj):
+    assert obj["apiVersion"] == "cert-manager.io/v1"
+    extra = set(obj) - {"apiVersion", "kind", "metadata", "spec"}
+    assert not extra, f"{_label(obj)}: unknown fields {sorted(extra)}"
+    spec = obj.get("spec")
+    assert isinstance(spec, dict), f"{_label(obj)}: spec is required"
+    unknown = set(spec) - CERTIFICATE_SPEC
+    assert not unknown, f"{_label(obj)}: unknown spec fields {sorted(unknown)}"
+    assert isinstance(spec.get("secretName"), str) and spec["secretName"], f"{_label(obj)}: spec.secretName is required"
+    ref = spec.get("issuerRef")
+    assert isinstance(ref, dict) and set(ref) <= {"name", "kind", "group"} and ref.get("name"), (
+        f"{_label(obj)}: spec.issuerRef needs a name (and only kind, group): {ref}")
+    for key in ("dnsNames", "uris", "ipAddresses", "emailAddresses"):
+        if key in spec:
+            assert isinstance(spec[key], list) and all(isinstance(v, str) and v for v in spec[key]), (
+                f"{_label(obj)}: spec.{key} must be a list of strings")
+    bad = [u for u in spec.get("usages", []) if u not in KEY_USAGES]
+    assert not bad, f"{_label(obj)}: unknown usages {bad}"
+    if "isCA" in spec:
+        assert isinstance(spec["isCA"], bool)
+    for key in ("duration", "renewBefore"):
+        if key in spec:
+            assert isinstance(spec[key], str) and GO_DURATION.fullmatch(spec[key]), (
+                f"{_label(obj)}: spec.{key} {spec[key]!r} is not a Go duration (e.g. 2160h)")
+    if "duration" in spec and "renewBefore" in spec:
+        assert _go_duration_hours(spec["renewBefore"]) < _go_duration_hours(spec["duration"]), (
+            f"{_label(obj)}: renewBefore must be shorter than duration")
+    key = spec.get("privateKey", {})
+    assert isinstance(key, dict) and set(key) <= {"algorithm", "encoding", "rotationPolicy", "size"}, (
+        f"{_label(obj)}: spec.privateKey: {key}")
+    assert key.get("algorithm", "RSA") in ("RSA", "ECDSA", "Ed25519"), f"{_label(obj)}: privateKey.algorithm"
+    assert key.get("encoding", "PKCS1") in ("PKCS1", "PKCS8"), f"{_label(obj)}: privateKey.encoding"
+    assert key.get("rotationPolicy", "Always") in ("Never", "Always"), f"{_label(obj)}: privateKey.rotationPolicy"
+    if key.get("algorithm") == "ECDSA":
+        assert key.get("size", 256) in (256, 384, 521), f"{_label(obj)}: ECDSA size must be 256, 384 or 521"
+
+
 HAND_CHECKS = {
     "VolumeSnapshotClass": check_volume_snapshot_class,
     "VolumeSnapshot": check_volume_snapshot,
+    "Issuer": check_issuer,
+    "Certificate": check_certificate,
 }
 
 
@@ -108,6 +194,21 @@ def test_the_hand_checks_catch_a_bad_snapshot():
     with pytest.raises(AssertionError):
         check_volume_snapshot_class({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
                                      "metadata": {"name": "c"}, "driver": "d", "deletionPolicy": "Keep"})
+
+
+def test_the_hand_checks_catch_a_bad_certificate():
+    good = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c"},
+            "spec": {"secretName": "s", "issuerRef": {"name": "i"}, "duration": "2160h", "renewBefore": "720h",
+                     "usages": ["server auth"], "privateKey": {"algorithm": "ECDSA", "size": 256}}}
+    check_certificate(good)
+    for field, value in [("usages", ["serverAuth"]), ("duration", "90d"), ("renewBefore", "3000h"),
+                         ("privateKey", {"algorithm": "ECDSA", "size": 2048}), ("dnsName", ["x"])]:
+        bad = {**good, "spec": {**good["spec"], field: value}}
+        with pytest.raises(AssertionError):
+            check_certificate(bad)
+    with pytest.raises(AssertionError):
+        check_issuer({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "i"},
+                      "spec": {"ca": {"secret": "x"}}})
 
 
 def test_every_kind_is_either_validated_or_hand_checked(render):

@@ -26,11 +26,15 @@ done
 command -v openssl >/dev/null || { echo "$0: openssl is not installed" >&2; exit 1; }
 mkdir -p "$dir"
 umask 077
+log=$dir/.openssl.log
+# openssl's complaints are shown only when it fails.
+ossl() { openssl "$@" 2>>"$log" || { cat "$log" >&2; echo "$0: openssl $1 failed" >&2; exit 1; }; }
+: >"$log"
 
 if ! $renew || [ ! -e "$dir/ca.key" ]; then
-  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/ca.key" \
+  ossl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/ca.key" \
     -out "$dir/ca.crt" -days $((days * 3)) -subj "/CN=nvme-csi CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 fi
 
 for identity in "${!names[@]}"; do
@@ -38,16 +42,16 @@ for identity in "${!names[@]}"; do
   usage=clientAuth; [ "$identity" = target ] && usage=serverAuth
   out=$dir/$identity; mkdir -p "$out"
   # Written beside, then renamed: a reader of the directory never sees half a pair.
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/.tls.key" \
-    -out "$out/.tls.csr" -subj "/CN=$dns" 2>/dev/null
-  openssl x509 -req -in "$out/.tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
-    -out "$out/.tls.crt" -days "$days" \
-    -extfile <(printf 'subjectAltName=DNS:%s\nextendedKeyUsage=%s\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' "$dns" "$usage") \
-    2>/dev/null
-  rm -f "$out/.tls.csr"
+  ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/.tls.key" \
+    -out "$out/.tls.csr" -subj "/CN=$dns"
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=%s\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' \
+    "$dns" "$usage" >"$out/.tls.ext"
+  ossl x509 -req -in "$out/.tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -out "$out/.tls.crt" -days "$days" -extfile "$out/.tls.ext"
+  rm -f "$out/.tls.csr" "$out/.tls.ext"
   cp "$dir/ca.crt" "$out/ca.crt"
   mv "$out/.tls.key" "$out/tls.key"
   mv "$out/.tls.crt" "$out/tls.crt"
 done
-rm -f "$dir/ca.srl"
+rm -f "$dir/ca.srl" "$log"
 echo "certificates in $dir: ${!names[*]}"
