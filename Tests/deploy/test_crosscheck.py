@@ -9,26 +9,74 @@ import os
 import re
 
 import pytest
+import yaml
 
 import deploylib
 from deploylib import (
-    DRIVER, INSTALLATIONS, KUBELET_PLUGINS, KUBELET_REGISTRY, NAMESPACE, STORAGE_NODE_LABEL,
-    container, containers, find, flag_args, invocations, is_driver_image, main_invocation,
-    mount_for_path, one, pod_spec, unix_path, volume,
+    DRIVER, INSTALLATIONS, NAMESPACE, STORAGE_NODE_LABEL,
+    container, containers, expanded_flag, find, flag_args, invocations, is_driver_image, kubelet_dir,
+    main_invocation, mount_for_path, one, pod_spec, unix_path, volume,
 )
 from test_render import KUSTOMIZATIONS
 
 EXAMPLE_SETS = ["examples", "examples/expansion"]
 
-# Sidecars: image repository -> major version this deployment is built for.
-SIDECAR_MAJORS = {
-    "registry.k8s.io/sig-storage/csi-provisioner": 6,
-    "registry.k8s.io/sig-storage/csi-attacher": 4,
-    "registry.k8s.io/sig-storage/csi-snapshotter": 8,
-    "registry.k8s.io/sig-storage/csi-resizer": 2,
-    "registry.k8s.io/sig-storage/livenessprobe": 2,
-    "registry.k8s.io/sig-storage/csi-node-driver-registrar": 2,
+# Logging flags every sidecar gets from k8s.io/component-base/logs (logsapi.AddFlags).
+_LOGGING = {"--v", "--vmodule", "--logging-format", "--log-flush-frequency"}
+# Flags of csi-lib-utils' standardflags.RegisterCommonFlags (+ AddAutomaxprocs), shared
+# by the four controller sidecars.
+_COMMON = {
+    "--version", "--kubeconfig", "--csi-address", "--leader-election", "--leader-election-namespace",
+    "--leader-election-lease-duration", "--leader-election-renew-deadline", "--leader-election-retry-period",
+    "--leader-election-labels", "--kube-api-qps", "--kube-api-burst", "--http-endpoint", "--metrics-address",
+    "--metrics-path", "--automaxprocs",
 }
+
+# Sidecars: image repository -> the release pinned, the flags that release accepts and
+# the feature gates it still has that are not GA (a GA gate is always on, and is
+# removed in a later release: don't set it). Read from each project's source at that
+# tag (cmd/<name>/main.go or csi-provisioner.go, pkg/features/features.go, vendored
+# csi-lib-utils standardflags). Bumping a pin means re-reading them: this test fails
+# until the table names the new release.
+SIDECARS = {
+    "registry.k8s.io/sig-storage/csi-provisioner": ("v6.3.0", _COMMON | _LOGGING | {
+        "--master", "--volume-name-prefix", "--volume-name-uuid-length", "--retry-interval-start",
+        "--retry-interval-max", "--worker-threads", "--cloning-protection-threads",
+        "--snapshot-orphan-sweep-interval", "--capacity-threads", "--timeout", "--strict-topology",
+        "--immediate-topology", "--extra-create-metadata", "--enable-pprof", "--default-fstype",
+        "--kube-api-capacity-qps", "--kube-api-capacity-burst", "--enable-capacity",
+        "--capacity-for-immediate-binding", "--capacity-poll-interval", "--capacity-ownerref-level",
+        "--node-deployment", "--node-deployment-immediate-binding", "--node-deployment-base-delay",
+        "--node-deployment-max-delay", "--controller-publish-readonly", "--prevent-volume-mode-conversion",
+        "--feature-gates",
+    }, {"CrossNamespaceVolumeDataSource", "ReleaseLeaderElectionOnExit"}),
+    "registry.k8s.io/sig-storage/csi-attacher": ("v4.12.0", _COMMON | _LOGGING | {
+        "--resync", "--timeout", "--retry-interval-start", "--retry-interval-max", "--worker-threads",
+        "--max-entries", "--max-grpc-log-length", "--reconcile-sync", "--default-fstype", "--feature-gates",
+    }, {"ReleaseLeaderElectionOnExit"}),
+    "registry.k8s.io/sig-storage/csi-snapshotter": ("v8.6.0", _COMMON | _LOGGING | {
+        "--resync-period", "--snapshot-name-prefix", "--snapshot-name-uuid-length", "--worker-threads",
+        "--timeout", "--extra-create-metadata", "--retry-interval-start", "--retry-interval-max",
+        "--node-deployment", "--groupsnapshot-name-prefix", "--groupsnapshot-name-uuid-length",
+        "--feature-gates",
+    }, {"CSIVolumeGroupSnapshot", "ReleaseLeaderElectionOnExit"}),
+    "registry.k8s.io/sig-storage/csi-resizer": ("v2.2.1", _COMMON | _LOGGING | {
+        "--master", "--resync-period", "--workers", "--extra-modify-metadata", "--timeout",
+        "--retry-interval-start", "--retry-interval-max", "--handle-volume-inuse-error", "--feature-gates",
+    }, {"AnnotateFsResize", "ReleaseLeaderElectionOnExit"}),
+    "registry.k8s.io/sig-storage/livenessprobe": ("v2.19.0", _LOGGING | {
+        "--probe-timeout", "--csi-address", "--health-port", "--metrics-address", "--http-endpoint",
+        "--metrics-path", "--automaxprocs",
+    }, set()),
+    "registry.k8s.io/sig-storage/csi-node-driver-registrar": ("v2.17.0", _LOGGING | {
+        "--connection-timeout", "--timeout", "--csi-address", "--plugin-registration-path",
+        "--kubelet-registration-path", "--health-port", "--http-endpoint", "--version", "--mode",
+        "--enable-pprof", "--automaxprocs",
+    }, set()),
+}
+# Deprecated flags of those releases: accepted, but not to be used.
+DEPRECATED_FLAGS = {"--metrics-address", "--health-port", "--connection-timeout", "--mode"}
+SIDECAR_MAJORS = {repo: int(release[0][1:].split(".")[0]) for repo, release in SIDECARS.items()}
 CONTROLLER_SIDECARS = ["csi-provisioner", "csi-attacher", "csi-snapshotter", "csi-resizer"]
 
 
@@ -63,8 +111,9 @@ def test_driver_name_agrees_everywhere(installation, render):
     for inv in serving:
         assert inv.value("--driver-name") == DRIVER, f"{inv.where}: --driver-name is {inv.value('--driver-name')}"
     registrar = container(pod_spec(one(objects, "DaemonSet", "nvme-csi-node")), "node-driver-registrar")
-    path = flag_args(registrar)["--kubelet-registration-path"][0]
-    assert path.startswith(f"{KUBELET_PLUGINS}/{DRIVER}/"), f"registration path {path} is not under the driver's plugin dir"
+    path = expanded_flag(registrar, "--kubelet-registration-path")[0]
+    plugins = f"{kubelet_dir(installation)}/plugins"
+    assert path.startswith(f"{plugins}/{DRIVER}/"), f"registration path {path} is not under the driver's plugin dir"
 
 
 def test_examples_name_the_driver(render):
@@ -159,15 +208,14 @@ def test_node_socket_is_where_kubelet_and_the_registrar_look(installation, rende
     ds = one(render(installation), "DaemonSet", "nvme-csi-node")
     spec = pod_spec(ds)
     sock, vol = _check_socket_dir(ds)
-    plugin_dir = f"{KUBELET_PLUGINS}/{DRIVER}"
+    plugin_dir = f"{kubelet_dir(installation)}/plugins/{DRIVER}"
     assert vol.get("hostPath", {}).get("path") == plugin_dir, f"socket volume must be hostPath {plugin_dir}"
     registrar = container(spec, "node-driver-registrar")
-    flags = flag_args(registrar)
-    assert flags["--kubelet-registration-path"] == [f"{plugin_dir}/{os.path.basename(sock)}"], (
+    assert expanded_flag(registrar, "--kubelet-registration-path") == [f"{plugin_dir}/{os.path.basename(sock)}"], (
         "kubelet dials the registration path on the host: it must be the host path of the driver's socket")
     reg = mount_for_path(registrar, "/registration")
     assert reg is not None, "the registrar needs kubelet's registration dir at /registration"
-    assert volume(spec, reg["name"]).get("hostPath", {}).get("path") == KUBELET_REGISTRY
+    assert volume(spec, reg["name"]).get("hostPath", {}).get("path") == f"{kubelet_dir(installation)}/plugins_registry"
     talkers = sorted(c["name"] for c in containers(spec) if "--csi-address" in flag_args(c))
     assert talkers == ["liveness-probe", "node-driver-registrar"], talkers
 
@@ -211,9 +259,10 @@ def test_node_plugin_has_the_host_paths_it_needs(installation, render):
     c = inv.container
     assert spec.get("hostNetwork") is True, "NVMe/TCP connects from the host's network"
     assert c.get("securityContext", {}).get("privileged") is True
-    kubelet = _host_path_of(spec, c, "/var/lib/kubelet")
-    assert kubelet["volume"]["hostPath"]["path"] == "/var/lib/kubelet"
-    assert kubelet["mount"]["mountPath"] == "/var/lib/kubelet"
+    kd = kubelet_dir(installation)
+    kubelet = _host_path_of(spec, c, kd)
+    assert kubelet["volume"]["hostPath"]["path"] == kd
+    assert kubelet["mount"]["mountPath"] == kd, "kubelet hands the plugin host paths: mount its dir at the same path"
     assert kubelet["mount"].get("mountPropagation") == "Bidirectional", "staging mounts must reach the host"
     for path in ("/dev", "/sys"):
         hp = _host_path_of(spec, c, path)
@@ -235,7 +284,7 @@ def test_node_plugin_has_the_host_paths_it_needs(installation, render):
     if "NODE_NAME" in env:
         assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert inv.flags.get("--topology"), (
-        "external-provisioner with Topology=true needs a topology key on every node "
+        "external-provisioner (Topology is GA: always on) needs a topology key on every node "
         "(else WaitForFirstConsumer volumes fail: no topology key found on CSINode)")
 
 
@@ -296,7 +345,6 @@ def test_controller_sidecars_are_configured(installation, render):
     spec = pod_spec(deploy)
     assert deploy["spec"]["replicas"] == 2, "two replicas with leader election"
     prov = flag_args(container(spec, "csi-provisioner"))
-    assert "Topology=true" in prov.get("--feature-gates", [""])[0].split(","), "provisioner needs Topology=true"
     assert "--extra-create-metadata" in prov
     assert prov.get("--default-fstype") == ["ext4"]
     for name in CONTROLLER_SIDECARS:
@@ -360,6 +408,8 @@ def test_images_are_pinned(installation, render, nvme_csi):
             m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", tag)
             assert m, f"{image}: pin an exact vX.Y.Z release"
             assert int(m.group(1)) == SIDECAR_MAJORS[repo], f"{image}: expected major v{SIDECAR_MAJORS[repo]}"
+            assert tag == SIDECARS[repo][0], (
+                f"{image}: SIDECARS describes {SIDECARS[repo][0]}: re-read that release's flags and RBAC, then update it")
             seen.add(repo)
     assert seen == set(SIDECAR_MAJORS) | {deploylib.DRIVER_IMAGE}, f"images used: {sorted(seen)}"
 
@@ -374,22 +424,252 @@ def test_every_container_has_requests_and_limits(kustomization, render):
                     assert r in res.get(kind, {}), f"{obj['kind']}/{obj['metadata']['name']} {c['name']}: no {kind}.{r}"
 
 
+# --- sidecar flags, endpoints, scheduling ----------------------------------------------------
+
+
+def _sidecars(spec: dict) -> list[tuple[str, dict]]:
+    return [(_repo(c["image"]), c) for c in containers(spec) if _repo(c["image"]) in SIDECARS]
+
+
+@pytest.mark.parametrize("installation", INSTALLATIONS)
+def test_sidecar_flags_exist_in_the_pinned_release(installation, render):
+    for obj, spec in deploylib.workloads(render(installation)):
+        for repo, c in _sidecars(spec):
+            release, known, gates = SIDECARS[repo]
+            where = f"{obj['metadata']['name']}/{c['name']} ({repo.rsplit('/', 1)[1]} {release})"
+            names = [a.partition("=")[0] for a in c.get("args", [])]
+            assert all(a.startswith("--") for a in c.get("args", [])), f"{where}: write every argument as --flag[=value]"
+            unknown = sorted(set(names) - known)
+            assert not unknown, f"{where}: no such flag {unknown}"
+            deprecated = sorted(set(names) & DEPRECATED_FLAGS)
+            assert not deprecated, f"{where}: deprecated {deprecated}"
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            assert not dupes, f"{where}: given twice: {dupes}"
+            for value in flag_args(c).get("--feature-gates", []):
+                for pair in value.split(","):
+                    gate = pair.partition("=")[0]
+                    assert gate in gates, (
+                        f"{where}: --feature-gates {gate}: not a gate of this release, or GA (always on; "
+                        f"removed in a later release). Settable: {sorted(gates)}")
+
+
+def test_the_flag_table_rejects_the_old_topology_gate():
+    release, known, gates = SIDECARS["registry.k8s.io/sig-storage/csi-provisioner"]
+    assert "Topology" not in gates and "--feature-gates" in known
+
+
+@pytest.mark.parametrize("installation", INSTALLATIONS)
+def test_every_sidecar_serves_its_endpoint_on_a_declared_port(installation, render):
+    """--http-endpoint on every sidecar (metrics; leader-election health of the
+    controller's; /healthz of livenessprobe and the registrar), each on a port of its
+    own that its container declares; loopback only on the host network."""
+    for obj, spec in deploylib.workloads(render(installation)):
+        sidecars = _sidecars(spec)
+        if not sidecars:
+            continue
+        ports: dict[int, str] = {}
+        for repo, c in sidecars:
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            endpoint = flag_args(c).get("--http-endpoint")
+            assert endpoint, f"{where}: no --http-endpoint (metrics and health are off)"
+            host, _, port = endpoint[0].rpartition(":")
+            assert port.isdigit(), f"{where}: --http-endpoint {endpoint[0]}"
+            port = int(port)
+            assert port not in ports, f"{where}: port {port} is also {ports[port]}'s"
+            ports[port] = c["name"]
+            if spec.get("hostNetwork"):
+                assert host == "127.0.0.1", f"{where}: on the host network listen on loopback, not {endpoint[0]}"
+            declared = [p for p in c.get("ports", []) if p["containerPort"] == port]
+            assert len(declared) == 1 and declared[0].get("protocol", "TCP") == "TCP" and declared[0].get("name"), (
+                f"{where}: declare containerPort {port} (named, TCP) in this container")
+            if "--leader-election" in flag_args(c):
+                probe = (c.get("livenessProbe") or {}).get("httpGet") or {}
+                assert probe.get("path") == "/healthz/leader-election", f"{where}: probe /healthz/leader-election"
+                assert probe.get("port") in (port, declared[0]["name"]), f"{where}: the probe must use port {port}"
+        names = [p["name"] for c in containers(spec) for p in c.get("ports", []) if p.get("name")]
+        assert len(names) == len(set(names)), f"{obj['metadata']['name']}: port names repeat: {names}"
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are checked here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+@pytest.mark.parametrize("installation", INSTALLATIONS)
+def test_controller_replicas_spread_over_nodes_and_drain_one_at_a_time(installation, render):
+    objects = render(installation)
+    deploy = one(objects, "Deployment", "nvme-csi-controller")
+    spec = pod_spec(deploy)
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    replicas = deploy["spec"]["replicas"]
+    assert replicas >= 2
+    assert spec.get("priorityClassName") == "system-cluster-critical"
+    terms = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert any(t["topologyKey"] == "kubernetes.io/hostname" and _matches(t["labelSelector"], labels) for t in terms), (
+        "controller replicas need required anti-affinity on kubernetes.io/hostname against each other")
+    pdbs = [p for p in find(objects, "PodDisruptionBudget") if _matches(p["spec"]["selector"], labels)]
+    assert len(pdbs) == 1, f"expected one PodDisruptionBudget for the controller, found {len(pdbs)}"
+    budget = pdbs[0]["spec"]
+    assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable") == replicas - 1, budget
+    assert pdbs[0]["metadata"]["namespace"] == deploy["metadata"]["namespace"]
+
+
+def _tolerates(tolerations: list[dict], taint: dict) -> bool:
+    """Kubernetes' rule: does any toleration match the taint (key, value, effect)?"""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        op = t.get("operator", "Equal")
+        if not t.get("key"):
+            if op == "Exists":
+                return True
+            continue
+        if t["key"] != taint["key"]:
+            continue
+        if op == "Exists" or t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+EFFECTS = ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+@pytest.mark.parametrize("installation", INSTALLATIONS)
+def test_daemonsets_are_node_critical_and_run_on_tainted_nodes(installation, render):
+    objects = render(installation)
+    node = pod_spec(one(objects, "DaemonSet", "nvme-csi-node"))
+    target = pod_spec(one(objects, "DaemonSet", "nvme-csi-target"))
+    for spec in (node, target):
+        assert spec.get("priorityClassName") == "system-node-critical"
+    # The node plugin must run wherever a pod may mount a volume: every taint.
+    for taint in [{"key": "anything.example.com/x", "value": "y", "effect": e} for e in EFFECTS] + [
+            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]:
+        assert _tolerates(node.get("tolerations", []), taint), f"node plugin does not tolerate {taint}"
+    storage = [{"key": STORAGE_NODE_LABEL, "value": v, "effect": e} for e in EFFECTS for v in ("true", "", "x")]
+    control_plane = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    for taint in storage + [control_plane]:
+        assert _tolerates(target.get("tolerations", []), taint), f"target does not tolerate {taint}"
+    assert not _tolerates(target.get("tolerations", []), {"key": "other.example.com/x", "effect": "NoSchedule"}), (
+        "the target tolerates taints it has no business with")
+
+
+def test_tolerations_are_replaced_by_an_overlay_patch():
+    """What the manifests' comments promise: one strategic-merge patch replaces a
+    DaemonSet's tolerations (the list is not merged)."""
+    mine = [{"key": "dedicated", "operator": "Equal", "value": "storage", "effect": "NoSchedule"}]
+    patches = [{"patch": yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": ds, "namespace": NAMESPACE},
+        "spec": {"template": {"spec": {"tolerations": mine}}}})} for ds in ("nvme-csi-node", "nvme-csi-target")]
+    objects = deploylib.render_overlay({"resources": ["{deploy}/base"], "patches": patches})
+    for ds in ("nvme-csi-node", "nvme-csi-target"):
+        assert pod_spec(one(objects, "DaemonSet", ds))["tolerations"] == mine
+
+
+@pytest.mark.parametrize("installation", INSTALLATIONS)
+def test_node_reads_the_hosts_machine_id(installation, render):
+    spec = pod_spec(one(render(installation), "DaemonSet", "nvme-csi-node"))
+    hp = _host_path_of(spec, container(spec, "nvme-csi"), "/etc/machine-id")
+    assert hp["mount"]["mountPath"] == "/etc/machine-id" and hp["mount"].get("readOnly") is True
+    assert hp["volume"]["hostPath"]["path"] == "/etc/machine-id"
+
+
+# --- kubelet's directory ----------------------------------------------------------------------
+
+
+def _strings(node, path=""):
+    """Every string in an object, with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            key = v.get("name", i) if isinstance(v, dict) else i
+            yield from _strings(v, f"{path}[{key}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _kubelet_paths_moved(base: list[dict], moved: list[dict], new_dir: str) -> list[str]:
+    """Compare two renderings that should differ only in kubelet's directory: every
+    string of `moved` is base's with each /var/lib/kubelet replaced by new_dir (so
+    none is left behind). The paths of the strings that changed."""
+    old_dir = deploylib.KUBELET_DIR
+    key = lambda o: (o["kind"], o["metadata"]["name"])
+    before = {key(o): o for o in base}
+    after = {key(o): o for o in moved}
+    assert before.keys() == after.keys(), sorted(set(before) ^ set(after))
+    changed = []
+    for k in before:
+        a = dict(_strings(before[k]))
+        b = dict(_strings(after[k]))
+        assert a.keys() == b.keys(), f"{k}: fields differ beyond kubelet's directory: {sorted(set(a) ^ set(b))}"
+        for path, value in a.items():
+            expected = re.sub(re.escape(old_dir) + r"(?=/|$)", new_dir, value)
+            assert b[path] == expected, f"{k} {path}: {b[path]!r}, expected {expected!r}"
+            if value != b[path]:
+                changed.append(f"{k[1]}{path}")
+    return changed
+
+
+# Where kubelet's directory must appear in the node DaemonSet (at least).
+KUBELET_FIELDS = [
+    "nvme-csi-node.spec.template.spec.volumes[kubelet-dir].hostPath.path",
+    "nvme-csi-node.spec.template.spec.volumes[plugin-dir].hostPath.path",
+    "nvme-csi-node.spec.template.spec.volumes[registration-dir].hostPath.path",
+    "nvme-csi-node.spec.template.spec.containers[nvme-csi].volumeMounts[kubelet-dir].mountPath",
+    "nvme-csi-node.spec.template.spec.containers[node-driver-registrar].env[DRIVER_REG_SOCK_PATH].value",
+]
+
+
+@pytest.mark.parametrize("installation", sorted(deploylib.KUBELET_DIRS))
+def test_an_overlay_moves_every_kubelet_path(installation, render):
+    changed = _kubelet_paths_moved(render("base"), render(installation), kubelet_dir(installation))
+    assert sorted(changed) == sorted(KUBELET_FIELDS), changed
+
+
+def test_the_kubelet_dir_component_takes_any_directory(render):
+    """components/kubelet-dir with another value (microk8s'), as docs/operations.md
+    tells users to write it."""
+    new_dir = "/var/snap/microk8s/common/var/lib/kubelet"
+    source = yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "nvme-csi-kubelet-dir", "annotations": {"config.kubernetes.io/local-config": "true"}},
+        "data": {"path": new_dir}})
+    objects = deploylib.render_overlay(
+        {"resources": ["{deploy}/base", "kubelet-dir.yaml"], "components": ["{deploy}/components/kubelet-dir"]},
+        {"kubelet-dir.yaml": source})
+    changed = _kubelet_paths_moved(render("base"), objects, new_dir)
+    assert sorted(changed) == sorted(KUBELET_FIELDS), changed
+    assert not find(objects, "ConfigMap", "nvme-csi-kubelet-dir"), "the local-config source must not be applied"
+
+
+def test_base_names_kubelets_directory_only_where_the_component_moves_it(render):
+    found = sorted(f"{o['metadata']['name']}{path}" for o in render("base") for path, v in _strings(o)
+                   if re.search(re.escape(deploylib.KUBELET_DIR) + r"(?=/|$)", v))
+    assert found == sorted(KUBELET_FIELDS), (
+        f"base names kubelet's directory in {found}: components/kubelet-dir must move each one")
+
+
 # --- RBAC ---------------------------------------------------------------------------------
 
-# What each sidecar needs, as its upstream deploy/kubernetes/rbac.yaml documents it
-# (group, resource) -> verbs. Optional rules this driver does not use are left out.
+# What each sidecar needs, as its upstream RBAC file documents it for the release in
+# SIDECARS: deploy/kubernetes/rbac.yaml of external-provisioner v6.3.0,
+# external-attacher v4.12.0 and external-resizer v2.2.1, and
+# deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml of external-snapshotter
+# v8.6.0. (group, resource) -> verbs. Optional rules this driver does not use are left
+# out: Secrets, CSIStorageCapacity (+ pods, replicasets for its owner), ReferenceGrants,
+# group snapshots.
 REQUIRED_RULES = {
     "csi-provisioner": {
         ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
         ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
         ("", "events"): {"list", "watch", "create", "update", "patch"},
-        ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},
+        # watch, update: the snapshot source-protection finalizer (v6.2.1+).
+        ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "watch", "update"},
         ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get", "list"},
         ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
         ("", "nodes"): {"get", "list", "watch"},
         ("storage.k8s.io", "volumeattachments"): {"get", "list", "watch"},
-        ("storage.k8s.io", "volumeattributesclasses"): {"get", "list", "watch"},  # v6
     },
     "csi-attacher": {
         ("", "persistentvolumes"): {"get", "list", "watch", "patch"},

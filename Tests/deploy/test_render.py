@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 import deploylib
-from deploylib import COMPONENTS, EXAMPLES, INSTALLATIONS
+from deploylib import COMPONENTS, DEPLOY, EXAMPLES, INSTALLATIONS, RENDERED_IN
 
-KUSTOMIZATIONS = sorted(set(deploylib.all_kustomizations()) | set(INSTALLATIONS) | set(EXAMPLES) | set(COMPONENTS))
+# Every kustomization under deploy/kubernetes, rendered on its own; a component
+# that needs its overlay's input (RENDERED_IN) is rendered through that overlay.
+KUSTOMIZATIONS = sorted(
+    (set(deploylib.all_kustomizations()) | set(INSTALLATIONS) | set(EXAMPLES) | set(COMPONENTS)) - set(RENDERED_IN))
 
 
 def test_the_expected_kustomizations_exist():
@@ -48,3 +52,13 @@ def test_installation_puts_namespaced_objects_in_the_driver_namespace(installati
         else:
             assert obj["metadata"].get("namespace") == deploylib.NAMESPACE, (
                 f"{installation}: {obj['kind']}/{obj['metadata']['name']} is not in namespace {deploylib.NAMESPACE}")
+
+
+@pytest.mark.parametrize("component", sorted(RENDERED_IN))
+def test_components_that_need_an_overlay_are_rendered_through_one(component):
+    overlay = RENDERED_IN[component]
+    assert overlay in INSTALLATIONS, f"{overlay} (which renders {component}) is not an installation"
+    k = yaml.safe_load((DEPLOY / overlay / "kustomization.yaml").read_text())
+    used = {str((DEPLOY / overlay / c).resolve().relative_to(DEPLOY)) for c in k.get("components", [])}
+    assert component in used, f"{overlay} does not use {component}"
+    assert yaml.safe_load((DEPLOY / component / "kustomization.yaml").read_text())["kind"] == "Component"
