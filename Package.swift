@@ -26,6 +26,8 @@ let package = Package(
     // TLS on the target API: certificate reloading and reading the client's certificate.
     .package(url: "https://github.com/apple/swift-nio-extras.git", exact: "1.35.2"),
     .package(url: "https://github.com/apple/swift-certificates.git", exact: "1.21.1"),
+    // Prometheus metrics (`--metrics-address`).
+    .package(url: "https://github.com/swift-server/swift-prometheus.git", exact: "2.4.1"),
   ],
   targets: [
     // Generated code only (`make proto`).
@@ -53,11 +55,13 @@ let package = Package(
     .target(name: "Mounting", dependencies: ["NVMeCSICore"]),
 
     // gRPC plumbing shared by every role: endpoints, TLS and authorization, serving,
-    // error mapping, logging.
+    // error mapping, logging, metrics.
     .target(name: "CSIServer", dependencies: grpc + ["NVMeCSICore", "CSIProto", log,
       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
-      .product(name: "X509", package: "swift-certificates")]),
+      .product(name: "X509", package: "swift-certificates"),
+      .product(name: "Prometheus", package: "swift-prometheus"),
+      .product(name: "NIOHTTP1", package: "swift-nio")]),
 
     // The controller ↔ target seam: the TargetAPI protocol in domain types, its wire
     // format and its gRPC client.

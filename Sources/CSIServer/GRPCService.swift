@@ -18,12 +18,13 @@ public struct GRPCService: Service {
   /// - Parameters:
   ///   - security: plaintext only on a unix socket or a loopback address.
   ///   - authorization: who may call what; enforced when `security` is mutual TLS.
+  ///   - metrics: where every RPC is counted and timed, if anywhere.
   public init(
     endpoint: Endpoint, security: TransportSecurity = .plaintext, authorization: PeerAuthorization? = nil,
-    services: [any RegistrableRPCService], logger: Logger
+    services: [any RegistrableRPCService], metrics: DriverMetrics? = nil, logger: Logger
   ) throws(NVMeCSIError) {
     try security.check(serving: endpoint)
-    var interceptors: [any ServerInterceptor] = [RequestLoggingInterceptor(logger: logger)]
+    var interceptors: [any ServerInterceptor] = [RequestLoggingInterceptor(logger: logger, metrics: metrics)]
     let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity
     switch security {
     case .plaintext:

@@ -489,4 +489,12 @@ extension ControllerService {
   public func reachableTargetCount() async -> Int {
     await targets.reachableInfo(targets.all, logger: logger).count
   }
+
+  /// Every target by name, with what it reported (nil: it did not answer).
+  public func targetReport() async -> [(name: String, info: TargetInfo?)] {
+    let answered = await targets.reachableInfo(targets.all, logger: logger)
+    return targets.all.map { target in
+      (target.name.value, answered.first { $0.target.name == target.name }?.info)
+    }
+  }
 }

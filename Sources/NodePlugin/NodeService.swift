@@ -52,6 +52,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   }
 
   /// Reports (never repairs by unmounting) staged volumes whose device vanished.
+  /// Each staged volume with the states of its NVMe controllers (live, connecting,
+  /// resetting, deleting, …), read from sysfs: for metrics.
+  public func stagedVolumePaths() -> [(volumeID: String, states: [String])] {
+    records.loadAll(logger: logger).map { record in
+      (record.volumeID, attacher.paths(subsystemNQN: record.subsystemNQN).map(\.state))
+    }
+  }
+
   public func checkStagedVolumes() {
     for record in records.loadAll(logger: logger) where record.state == .staged {
       let metadata: Logger.Metadata = ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"]

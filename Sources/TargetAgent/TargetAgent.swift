@@ -34,6 +34,8 @@ public final class TargetAgent: TargetAPI {
   /// Volume names to UUIDs (built at `start()`): finding a volume by name reads one
   /// record, not all of them.
   private let names = Mutex<[String: ObjectUUID]>([:])
+  /// Every snapshot record (loaded at `start()`).
+  private let snapshotIndex = SnapshotIndex()
 
   /// The overcommit ratios a target accepts: none below 1 (that would refuse space
   /// that is there) and none so large the limit means nothing.
@@ -103,6 +105,7 @@ public final class TargetAgent: TargetAPI {
       names = [:]
       for record in records { names[record.name] = record.uuid }
     }
+    snapshotIndex.load(try store.snapshots())
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
     if records.isEmpty && !unexplained.isEmpty {
@@ -125,6 +128,15 @@ public final class TargetAgent: TargetAPI {
         "volumes": "\(records.count)", "store": "\(store.kind)", "exporter": "\(exporter.kind)",
         "reflink": "\(store.sharesBlocks)", "quarantined": "\(repairs.quarantined.count)",
       ])
+  }
+
+  /// What this target holds, from memory only (metrics read it at every scrape).
+  public func statistics() -> TargetStatistics {
+    let (publications, hostCount) = hosts.counts()
+    return TargetStatistics(
+      volumes: names.withLock { $0.count }, quarantined: quarantined.withLock { $0.count },
+      snapshots: snapshotIndex.count, publications: publications, hosts: hostCount,
+      provisionedBytes: provisioned.withLock { $0 })
   }
 
   // MARK: volumes
@@ -308,13 +320,20 @@ public final class TargetAgent: TargetAPI {
   {
     try validateName(name, what: "snapshot")
     return try await locks.withLock("snapshot-name:" + name) { [self] in
-      let named = try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots().first { $0.name == name } }
-      if let existing = named { return (existing, true) }
+      if let existing = snapshotIndex.named(name) { return (existing, true) }
       return try await locks.withLock("volume:" + source.value) { [self] in
         try await onPool { [self] () throws(NVMeCSIError) in
           let volume = try record(source)
-          let snapshot = try store.createSnapshot(
-            SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
+          let snapshot: SnapshotRecord
+          do throws(NVMeCSIError) {
+            snapshot = try store.createSnapshot(
+              SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
+          } catch {
+            // It may have come to exist before the failure: a retry must find it by name.
+            if let made = try? store.snapshots().first(where: { $0.name == name }) { snapshotIndex.insert(made) }
+            throw error
+          }
+          snapshotIndex.insert(snapshot)
           logger.info("snapshot created", metadata: ["snapshot": "\(snapshot.uuid)", "volume": "\(source)"])
           return (snapshot, false)
         }
@@ -325,13 +344,18 @@ public final class TargetAgent: TargetAPI {
   public func deleteSnapshot(_ uuid: ObjectUUID) async throws {
     try await locks.withLock("snapshot:" + uuid.value) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
-        try store.deleteSnapshot(uuid)
+        do throws(NVMeCSIError) { try store.deleteSnapshot(uuid) } catch {
+          // A delete that failed part-way may have removed the record (the commit).
+          if (try? store.snapshots().contains { $0.uuid == uuid }) == false { snapshotIndex.remove(uuid) }
+          throw error
+        }
+        snapshotIndex.remove(uuid)
       }
     }
   }
 
   public func snapshots(matching filter: SnapshotFilter) async throws(NVMeCSIError) -> [SnapshotRecord] {
-    try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots().filter(filter.matches) }
+    snapshotIndex.matching(filter)
   }
 
   // MARK: internals
@@ -410,7 +434,7 @@ public final class TargetAgent: TargetAPI {
     case .volume(let v):
       return try record(v).sizeBytes
     case .snapshot(let s):
-      guard let snapshot = try store.snapshots().first(where: { $0.uuid == s }) else {
+      guard let snapshot = snapshotIndex.snapshot(s) else {
         throw .notFound("snapshot \(s) does not exist")
       }
       return snapshot.sizeBytes
@@ -491,6 +515,11 @@ final class HostRegistry: Sendable {
     }
   }
 
+  /// Publications recorded, and the distinct host NQNs they grant.
+  func counts() -> (publications: Int, hosts: Int) {
+    users.withLock { users in (users.values.reduce(0) { $0 + $1.values.reduce(0, +) }, users.count) }
+  }
+
   func release(_ node: NodeID) {
     users.withLock { users in
       let nqn = node.hostNQN.value
@@ -499,4 +528,16 @@ final class HostRegistry: Sendable {
       if users[nqn]?.isEmpty == true { users[nqn] = nil }
     }
   }
+}
+
+/// Counts of what a target holds, for metrics.
+public struct TargetStatistics: Sendable, Equatable {
+  public var volumes: Int
+  public var quarantined: Int
+  public var snapshots: Int
+  /// Volume-to-node grants recorded (each an allowed host in nvmet).
+  public var publications: Int
+  /// Distinct host NQNs with access to any volume here.
+  public var hosts: Int
+  public var provisionedBytes: UInt64
 }

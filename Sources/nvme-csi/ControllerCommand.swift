@@ -18,6 +18,7 @@ struct ControllerCommand: AsyncParsableCommand {
   var driverName: String = "nvme.csi.dev"
 
   @OptionGroup var controller: ControllerOptions
+  @OptionGroup var metrics: MetricsOptions
   @OptionGroup var logging: LoggingOptions
 
   func run() async throws {
@@ -27,10 +28,13 @@ struct ControllerCommand: AsyncParsableCommand {
     let identity = IdentityService(
       driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
       isReady: role.isReady)
-    let server = try GRPCService(endpoint: endpoint, services: [identity, role.service], logger: logger)
+    let (driverMetrics, metricsServices) = try metrics.make(logger: logger)
+    driverMetrics?.observe(role.service)
+    let server = try GRPCService(
+      endpoint: endpoint, services: [identity, role.service], metrics: driverMetrics, logger: logger)
     logger.info("controller starting", metadata: ["driver": "\(driverName)", "targets": "\(role.targetNames)"])
     let group = ServiceGroup(
-      services: role.clients + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: role.clients + metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }
 }

@@ -20,6 +20,7 @@ struct NodeCommand: AsyncParsableCommand {
   var driverName: String = "nvme.csi.dev"
 
   @OptionGroup var node: NodeOptions
+  @OptionGroup var metrics: MetricsOptions
   @OptionGroup var logging: LoggingOptions
 
   func run() async throws {
@@ -30,9 +31,13 @@ struct NodeCommand: AsyncParsableCommand {
       driverName: driverName, version: BuildInfo.version,
       capabilities: IdentityService.nodeCapabilities(hasTopology: role.hasTopology),
       isReady: role.isReady)
-    let server = try GRPCService(endpoint: endpoint, services: [identity, role.service], logger: logger)
+    let (driverMetrics, metricsServices) = try metrics.make(logger: logger)
+    driverMetrics?.observe(role.service)
+    let server = try GRPCService(
+      endpoint: endpoint, services: [identity, role.service], metrics: driverMetrics, logger: logger)
     logger.info("node starting", metadata: ["node_id": "\(role.nodeID)", "state_dir": "\(node.stateDir)"])
-    let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    let group = ServiceGroup(
+      services: metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }
 }

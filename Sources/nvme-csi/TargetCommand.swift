@@ -60,6 +60,7 @@ struct TargetCommand: AsyncParsableCommand {
     help: "A name in the client certificate allowed to read only (GetInfo, GetVolume, ListVolumes, ListSnapshots).")
   var readerIdentity: [String] = ["nvme-csi-reader"]
 
+  @OptionGroup var metrics: MetricsOptions
   @OptionGroup var logging: LoggingOptions
 
   func validate() throws {
@@ -105,12 +106,15 @@ struct TargetCommand: AsyncParsableCommand {
       store: volumeStore, exporter: exporter, pool: pool, overcommitRatio: overcommitRatio, logger: logger)
     let authorization = PeerAuthorization(
       writers: Set(controllerIdentity), readers: Set(readerIdentity), readMethods: TargetService.readMethods)
+    let (driverMetrics, metricsServices) = try metrics.make(logger: logger)
+    driverMetrics?.observe(agent)
     let server = try GRPCService(
       endpoint: endpoint, security: security, authorization: authorization, services: [TargetService(target: agent)],
-      logger: logger)
+      metrics: driverMetrics, logger: logger)
     try agent.start()
     let group = ServiceGroup(
-      services: security.services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: security.services + metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint],
+      logger: logger)
     try await group.run()
   }
 }
