@@ -65,6 +65,7 @@ final class Cluster: @unchecked Sendable {
     }
   }
   let nvmet = "/sys/kernel/config/nvmet"
+  static let nodeMetricsPort: UInt16 = 9821
 
   func startAll() throws {
     try FileManager.default.createDirectory(atPath: work + "/logs", withIntermediateDirectories: true)
@@ -135,7 +136,7 @@ final class Cluster: @unchecked Sendable {
       "node",
       [
         "node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir",
-        work + "/nvme",
+        work + "/nvme", "--metrics-address", "127.0.0.1:\(Self.nodeMetricsPort)",
       ], failpoints: failpoints)
   }
 

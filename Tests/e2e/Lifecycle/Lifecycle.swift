@@ -194,6 +194,15 @@ struct Scenario {
       try check(!stats.volumeCondition.abnormal, "abnormal: \(stats.volumeCondition.message)")
       steps.note("\(bytes.total) bytes, \(bytes.used) used; \(stats.volumeCondition.message)")
     }
+    await steps.run("node metrics: the staged volume and its live NVMe path, from sysfs") {
+      let text = try httpGet(port: Cluster.nodeMetricsPort, path: "/metrics")
+      let live = "nvmecsi_node_volume_paths{volume_id=\"\(attached.volumeID)\",state=\"live\"} 1"
+      try check(text.contains(live), "no \(live) in:\n\(text.split(separator: "\n").filter { $0.hasPrefix("nvmecsi_node") })")
+      try check(
+        text.contains(#"nvmecsi_rpc_requests_total{service="csi.v1.Node",method="NodeStageVolume",code="ok"}"#),
+        "NodeStageVolume not counted")
+      steps.note(text.split(separator: "\n").first { $0.hasPrefix("nvmecsi_node_staged_volumes ") }.map(String.init) ?? "")
+    }
     return attached
   }
 
@@ -793,6 +802,33 @@ struct Scenario {
 
 /// Linux x86_64 O_DIRECT (a GNU macro Glibc does not import).
 let oDirect: Int32 = 0o40000
+
+/// A plain HTTP/1.1 GET on loopback (FoundationNetworking is not linked here).
+func httpGet(port: UInt16, path: String) throws -> String {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  try check(fd >= 0, "socket: \(String(cString: strerror(errno)))")
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_addr.s_addr = inet_addr("127.0.0.1")
+  address.sin_port = port.bigEndian
+  let connected = withUnsafePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+  }
+  try check(connected == 0, "connect 127.0.0.1:\(port): \(String(cString: strerror(errno)))")
+  let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+  try check(write(fd, request, request.count) == request.count, "write: \(String(cString: strerror(errno)))")
+  var response: [UInt8] = []
+  var buffer = [UInt8](repeating: 0, count: 65536)
+  while true {
+    let n = read(fd, &buffer, buffer.count)
+    if n <= 0 { break }
+    response += buffer[0..<n]
+  }
+  let text = String(decoding: response, as: UTF8.self)
+  try check(text.hasPrefix("HTTP/1.1 200"), "GET \(path): \(text.prefix(80))")
+  return text
+}
 
 func expectFailureAny(_ body: () async throws -> some Any) async throws -> String {
   do { _ = try await body() } catch let error as RPCError { return "\(error.code): \(error.message)" }
