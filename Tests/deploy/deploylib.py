@@ -29,9 +29,9 @@ KUBELET_REGISTRY = f"{KUBELET_DIR}/plugins_registry"
 
 # The kustomizations users apply, relative to deploy/kubernetes. Any other
 # kustomization found there is rendered and validated too.
-INSTALLATIONS = ["base", "overlays/talos", "overlays/cert-manager", "overlays/k0s"]
+INSTALLATIONS = ["base", "overlays/talos", "overlays/cert-manager", "overlays/k0s", "overlays/monitoring"]
 # Optional kustomize Components (kind: Component) an overlay adds to base.
-COMPONENTS = ["components/cert-manager", "components/kubelet-dir"]
+COMPONENTS = ["components/cert-manager", "components/kubelet-dir", "components/monitoring"]
 # Components that render only inside an overlay (they need its input), and the
 # overlay that renders each.
 RENDERED_IN = {"components/kubelet-dir": "overlays/k0s"}

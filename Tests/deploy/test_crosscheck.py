@@ -324,7 +324,20 @@ def test_talos_overlay_mounts_configfs_itself(render):
     c = container(pod_spec(ds), "nvme-csi")
     script = "\n".join(c.get("args", []))
     assert "mount -t configfs configfs /sys/kernel/config" in script, "Talos does not mount configfs"
-    assert "$(" not in deploylib.expand(script, {"POD_IP": "x"}), "a $(...) in the script would be expanded by Kubernetes"
+    # Kubernetes expands $(VAR) of the container's env vars; any other $(...) is left
+    # for the shell, which would run it as a command.
+    defined = {e["name"]: "x" for e in c.get("env", [])}
+    assert "$(" not in deploylib.expand(script, defined), "a $(...) in the script is no env var of the container"
+
+
+def test_talos_runs_the_target_with_bases_flags(render):
+    """The wrapper's `exec nvme-csi target ...` line is base's command line, flag for
+    flag (a flag added to base, like --name or --metrics-address, must reach Talos)."""
+    base = main_invocation(one(render("base"), "DaemonSet", "nvme-csi-target"))
+    talos = main_invocation(one(render("overlays/talos"), "DaemonSet", "nvme-csi-target"))
+    assert "shell wrapper" in talos.where
+    assert (talos.role, talos.flags, talos.positionals) == (base.role, base.flags, base.positionals), (
+        f"overlays/talos runs {talos.argv}, base {base.argv}")
 
 
 def test_talos_overlay_leaves_host_paths_unchecked(render):

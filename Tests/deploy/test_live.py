@@ -6,9 +6,12 @@ controller` with the shipped targets file (addresses swapped for the local
 targets' sockets: the tests reach nothing beyond this machine), each with the flags
 of its manifest. The target API is mutual TLS as deployed: certificates from
 deploy/certs/make-certs.sh stand in for the Secrets, at the paths the manifests'
---tls-* flags (or their defaults) name inside the Secret's mount. Then every StorageClass's parameters go to CreateVolume the way
-external-provisioner sends them, for a mounted (its fsType) and a raw block volume,
-and the demo examples run as CSI calls: create, snapshot, restore, clone, expand.
+--tls-* flags (or their defaults) name inside the Secret's mount. Each process's
+--metrics-address moves to a free loopback port (the manifests' ports would collide
+here), and each serves its metrics there. Then every StorageClass's parameters go
+to CreateVolume the way external-provisioner sends them, for a mounted (its
+fsType) and a raw block volume, and the demo examples run as CSI calls: create,
+snapshot, restore, clone, expand.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -63,6 +67,22 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
                 s.close()
         time.sleep(0.05)
     raise AssertionError(f"{proc.args[1]} did not listen on {path} within {START_TIMEOUT}s:\n{log.read_text()}")
+
+
+def _metrics_override(inv: deploylib.Invocation) -> tuple[int, dict[str, str]]:
+    """The manifest's --metrics-address moved to a free loopback port: the port, and
+    the override."""
+    assert "--metrics-address" in inv.flags, f"{inv.where}: no --metrics-address in the manifest"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return port, {"--metrics-address": f"127.0.0.1:{port}"}
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200, f"GET /metrics on {port}: {r.status}"
+        return r.read().decode()
 
 
 MAKE_CERTS = deploylib.REPO / "deploy" / "certs" / "make-certs.sh"
@@ -114,6 +134,7 @@ class Cluster:
         self.dir = Path(tempfile.mkdtemp(prefix="nvd-", dir="/tmp"))
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self.metrics: dict[str, int] = {}  # process name -> its metrics port
         self.objects = objects
         try:
             self._start(extra_targets)
@@ -144,13 +165,16 @@ class Cluster:
             (root / "configfs").mkdir(parents=True)
             (root / "store").mkdir()
             sock = str(root / "target.sock")
+            port, metrics = _metrics_override(target_inv)
             argv = _substitute(target_inv, {"POD_IP": "127.0.0.1", "NODE_NAME": t["name"]}, {
                 "--listen": f"unix://{sock}",
                 "--store": f"file:{root / 'store'}",
                 "--configfs": str(root / "configfs"),
                 **target_tls,
+                **metrics,
             })
             self._spawn(f"target-{t['name']}", argv, sock)
+            self.metrics[f"target-{t['name']}"] = port
             t["address"] = f"unix://{sock}"
         targets = self.dir / "targets.json"
         targets.write_text(json.dumps({"targets": entries}))
@@ -167,9 +191,12 @@ class Cluster:
         controller_inv = main_invocation(deployment)
         sock = self.dir / f"{name}.sock"
         endpoint = f"unix://{sock}"
+        port, metrics = _metrics_override(controller_inv)
         argv = _substitute(controller_inv, {}, {
-            "--endpoint": endpoint, "--targets": str(self.targets), **_tls_overrides(deployment, secret_dir)})
+            "--endpoint": endpoint, "--targets": str(self.targets), **_tls_overrides(deployment, secret_dir),
+            **metrics})
         self._spawn(name, argv, str(sock))
+        self.metrics[name] = port
         deadline = time.monotonic() + START_TIMEOUT
         while "ready=true" not in self.ctl("plugin-info", endpoint=endpoint).stdout:
             assert time.monotonic() < deadline, f"{name} never became ready:\n{self.log_text()}"
@@ -293,6 +320,17 @@ def test_controller_reports_the_driver_name(cluster):
     assert info["vendor_version"] == deploylib.binary_version()
 
 
+def test_every_process_serves_metrics(cluster):
+    """Every target and controller answers GET /metrics with its RPCs counted (the
+    controller's GetInfo calls reached every target before it was ready)."""
+    vid = cluster.ctl_json("create-volume", f"pvc-{uuid.uuid4()}", "--size", "16Mi")["volume"]["volume_id"]
+    assert cluster.ctl("delete-volume", vid).returncode == 0
+    assert len(cluster.metrics) >= len(cluster.target_names) + 1
+    for name, port in cluster.metrics.items():
+        text = _scrape(port)
+        assert "nvmecsi_rpc_requests_total{" in text, f"{name} counted no RPC:\n{text[:2000]}"
+
+
 def test_the_targets_serve_only_the_controller_identity(cluster):
     """A controller holding the reader's certificate (same CA, a --reader-identity)
     reaches the targets (GetInfo is a read) but may not create a volume: the targets
@@ -372,8 +410,10 @@ def test_node_plugin_starts_with_its_manifest_flags(render, tmp_path_factory):
         (etc / "hostid").write_text(host_id + "\n")
         inv = main_invocation(one(render("base"), "DaemonSet", "nvme-csi-node"))
         sock = d / "csi.sock"
-        argv = _substitute(inv, {"NODE_NAME": "worker-1"}, {
-            "--endpoint": f"unix://{sock}", "--state-dir": str(d / "state"), "--nvme-config-dir": str(etc)})
+        port, metrics = _metrics_override(inv)
+        argv = _substitute(inv, {"NODE_NAME": "worker-1", "POD_IP": "127.0.0.1"}, {
+            "--endpoint": f"unix://{sock}", "--state-dir": str(d / "state"), "--nvme-config-dir": str(etc),
+            **metrics})
         log = d / "node.log"
         with open(log, "w") as out:
             proc = subprocess.Popen([bin_, *argv], stdout=out, stderr=subprocess.STDOUT)
@@ -384,6 +424,8 @@ def test_node_plugin_starts_with_its_manifest_flags(render, tmp_path_factory):
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["name"] == DRIVER
             assert host_id in log.read_text(), f"the node did not take its identity from {etc}:\n{log.read_text()}"
+            text = _scrape(port)
+            assert "nvmecsi_rpc_requests_total{" in text and "nvmecsi_node_staged_volumes 0" in text, text[:2000]
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

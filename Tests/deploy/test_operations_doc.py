@@ -236,3 +236,32 @@ def test_the_documented_k0s_path_is_the_overlays(render):
     assert f"`{deploylib.kubelet_dir('overlays/k0s')}`" in text
     node = pod_spec(one(render("overlays/k0s"), "DaemonSet", "nvme-csi-node"))
     assert any(v.get("hostPath", {}).get("path") == deploylib.kubelet_dir("overlays/k0s") for v in node["volumes"])
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_the_metrics_table_is_the_manifests(render):
+    """The Metrics section's --metrics-address of each pod is base's, for every
+    long-running nvme-csi process."""
+    rows = _table("Metrics", "pod")
+    documented = {_object_ref(r[0]): _spans(r[1]) for r in rows}
+    actual = {}
+    for obj, _ in deploylib.workloads(render("base")):
+        for inv in deploylib.invocations(obj):
+            if inv.role in ("controller", "node", "target") and "Probe" not in inv.where:
+                actual[(obj["kind"], obj["metadata"]["name"])] = inv.flags.get("--metrics-address", [])
+    assert documented == actual, f"docs/operations.md 'Metrics': {documented}, base: {actual}"
+
+
+def test_the_documented_metric_names_are_the_sources():
+    """Each nvmecsi_* name the Metrics section gives is one the sources register
+    (namespace nvmecsi, then the name, or name and unit: rpc_requests + total)."""
+    source = "\n".join(p.read_text() for p in sorted((REPO / "Sources").rglob("*.swift")))
+    names = {re.sub(r"\{.*", "", s) for s in _spans("\n".join(_section("Metrics"))) if s.startswith("nvmecsi_")}
+    assert len(names) >= 15, f"the Metrics section names only {sorted(names)}"
+    for full in sorted(names):
+        name = full[len("nvmecsi_"):]
+        base, _, unit = name.rpartition("_")
+        split = re.search(rf'metricName: "{re.escape(base)}", unitName: "{re.escape(unit)}"', source)
+        assert f'"{name}"' in source or split, f"docs/operations.md names {full}, which no source file registers"

@@ -3,10 +3,11 @@
 Built-in kinds are validated with kubernetes-validate in strict mode (unknown fields
 are errors, so a misspelt `mountPropagation` fails). The kinds in CRD_KINDS are
 CustomResourceDefinitions that kubernetes-validate has no schema for: the snapshot
-kinds (snapshot.storage.k8s.io) and cert-manager's Issuer and Certificate
-(components/cert-manager). They are left out of the schema check on purpose, by that
+kinds (snapshot.storage.k8s.io), cert-manager's Issuer and Certificate
+(components/cert-manager) and the Prometheus Operator's ServiceMonitor
+(components/monitoring). They are left out of the schema check on purpose, by that
 list only, and checked by hand below against the fields of the external-snapshotter
-v8 and cert-manager v1 CRDs.
+v8, cert-manager v1 and monitoring.coreos.com/v1 CRDs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CRD_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"),
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 
@@ -144,11 +146,71 @@ def check_certificate(obj):
         assert key.get("size", 256) in (256, 384, 521), f"{_label(obj)}: ECDSA size must be 256, 384 or 521"
 
 
+# Prometheus Operator v0.84 (example/prometheus-operator-crd/
+# monitoring.coreos.com_servicemonitors.yaml): every field of spec and of an
+# endpoint, so a misspelt one fails; the fields the manifests use are checked further.
+SERVICE_MONITOR_SPEC = {
+    "attachMetadata", "bodySizeLimit", "convertClassicHistogramsToNHCB", "endpoints", "fallbackScrapeProtocol",
+    "jobLabel", "keepDroppedTargets", "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
+    "namespaceSelector", "nativeHistogramBucketLimit", "nativeHistogramMinBucketFactor", "podTargetLabels",
+    "sampleLimit", "scrapeClass", "scrapeClassicHistograms", "scrapeProtocols", "selector", "selectorMechanism",
+    "targetLabels", "targetLimit",
+}
+SERVICE_MONITOR_ENDPOINT = {
+    "authorization", "basicAuth", "bearerTokenFile", "bearerTokenSecret", "enableHttp2", "filterRunning",
+    "followRedirects", "honorLabels", "honorTimestamps", "interval", "metricRelabelings", "noProxy", "oauth2",
+    "params", "path", "port", "proxyConnectHeader", "proxyFromEnvironment", "proxyUrl", "relabelings", "scheme",
+    "scrapeTimeout", "targetPort", "tlsConfig", "trackTimestampsStaleness",
+}
+PROMETHEUS_DURATION = re.compile(r"0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
+PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?")
+
+
+def check_service_monitor(obj):
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    extra = set(obj) - {"apiVersion", "kind", "metadata", "spec"}
+    assert not extra, f"{_label(obj)}: unknown fields {sorted(extra)}"
+    spec = obj.get("spec")
+    assert isinstance(spec, dict), f"{_label(obj)}: spec is required"
+    unknown = set(spec) - SERVICE_MONITOR_SPEC
+    assert not unknown, f"{_label(obj)}: unknown spec fields {sorted(unknown)}"
+    selector = spec.get("selector")
+    assert isinstance(selector, dict) and set(selector) <= {"matchLabels", "matchExpressions"}, (
+        f"{_label(obj)}: spec.selector is required (matchLabels, matchExpressions): {selector}")
+    labels = selector.get("matchLabels", {})
+    assert isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    assert labels or selector.get("matchExpressions"), f"{_label(obj)}: an empty selector takes every Service"
+    if "namespaceSelector" in spec:
+        ns = spec["namespaceSelector"]
+        assert isinstance(ns, dict) and set(ns) <= {"any", "matchNames"}, f"{_label(obj)}: spec.namespaceSelector: {ns}"
+    endpoints = spec.get("endpoints")
+    assert isinstance(endpoints, list) and endpoints, f"{_label(obj)}: spec.endpoints is required"
+    for e in endpoints:
+        assert isinstance(e, dict), f"{_label(obj)}: an endpoint is not a mapping: {e}"
+        unknown = set(e) - SERVICE_MONITOR_ENDPOINT
+        assert not unknown, f"{_label(obj)}: unknown endpoint fields {sorted(unknown)}"
+        # The Service's port by name (targetPort would bypass the Service's ports).
+        assert isinstance(e.get("port"), str) and PORT_NAME.fullmatch(e["port"]), (
+            f"{_label(obj)}: an endpoint needs port, a Service port's name: {e}")
+        assert "targetPort" not in e, f"{_label(obj)}: name the Service's port (port), not targetPort"
+        if "path" in e:
+            assert isinstance(e["path"], str) and e["path"].startswith("/"), f"{_label(obj)}: path {e['path']!r}"
+        assert e.get("scheme", "http") in ("http", "https"), f"{_label(obj)}: scheme {e.get('scheme')!r}"
+        for key in ("interval", "scrapeTimeout"):
+            if key in e:
+                assert isinstance(e[key], str) and e[key] and PROMETHEUS_DURATION.fullmatch(e[key]), (
+                    f"{_label(obj)}: {key} {e[key]!r} is not a Prometheus duration (e.g. 30s)")
+        for key in ("honorLabels", "honorTimestamps", "filterRunning", "followRedirects", "enableHttp2"):
+            if key in e:
+                assert isinstance(e[key], bool), f"{_label(obj)}: {key} must be a boolean"
+
+
 HAND_CHECKS = {
     "VolumeSnapshotClass": check_volume_snapshot_class,
     "VolumeSnapshot": check_volume_snapshot,
     "Issuer": check_issuer,
     "Certificate": check_certificate,
+    "ServiceMonitor": check_service_monitor,
 }
 
 
@@ -209,6 +271,22 @@ def test_the_hand_checks_catch_a_bad_certificate():
     with pytest.raises(AssertionError):
         check_issuer({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "i"},
                       "spec": {"ca": {"secret": "x"}}})
+
+
+def test_the_hand_checks_catch_a_bad_service_monitor():
+    good = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "m"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}},
+                     "endpoints": [{"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}]}}
+    check_service_monitor(good)
+    for spec in [{"selector": {}}, {"endpoints": []}, {"endpoint": [{"port": "metrics"}]},
+                 {"selector": {"matchLabel": {"a": "b"}}}]:
+        with pytest.raises(AssertionError):
+            check_service_monitor({**good, "spec": {**good["spec"], **spec}})
+    for endpoint in [{"port": 9820}, {"targetPort": "metrics"}, {"port": "metrics", "scheme": "tcp"},
+                     {"port": "metrics", "interval": "30 s"}, {"port": "metrics", "honourLabels": True},
+                     {"port": "metrics", "path": "metrics"}]:
+        with pytest.raises(AssertionError):
+            check_service_monitor({**good, "spec": {**good["spec"], "endpoints": [endpoint]}})
 
 
 def test_every_kind_is_either_validated_or_hand_checked(render):
