@@ -16,6 +16,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   let targets: TargetSet
   let logger: Logger
   private let locks = KeyedLock<String>()
+  /// Which targets' volumes are recorded at their names' homes (Placement.swift).
+  let placements = PlacementIndex()
 
   public init(targets: TargetSet, logger: Logger) {
     self.targets = targets
@@ -38,12 +40,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.connection.asContext)
 
     return try await locks.withLock("volume-name:" + name) {
-      if let (target, existing) = try await findVolume(named: name) {
+      let target: StorageTarget
+      switch try await locate(name) {
+      case .found(let holder, let existing):
         try requested.check(existing.record, name: name)
-        return .with { $0.volume = csiVolume(existing, on: target) }
+        return .with { $0.volume = csiVolume(existing, on: holder) }
+      case .reserved(let placed):
+        target = placed  // an earlier attempt recorded it there: only there may it be created
+      case .absent(let home):
+        let chosen = try await chooseTarget(
+          size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
+        target = try await reserve(name, on: chosen, home: home)
       }
-      let target = try await chooseTarget(
-        size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
       let created = try await target.api.createVolume(
         NewVolume(
           name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
@@ -64,7 +72,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         "DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
       return .init()
     }
+    // The name, to forget its placement afterwards; a volume already gone is done.
+    let volume: TargetVolume
+    do { volume = try await target.api.volume(id.uuid) } catch let error as NVMeCSIError where error.kind == .notFound {
+      return .init()
+    }
     try await target.api.deleteVolume(id.uuid)
+    if !volume.record.name.isEmpty { await releasePlacement(of: volume.record.name, on: target) }
     return .init()
   }
 
@@ -351,11 +365,6 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.notFound("snapshot \(id) does not exist")
     }
     return (target, snapshot)
-  }
-
-  private func findVolume(named name: String) async throws -> (StorageTarget, TargetVolume)? {
-    let perTarget = try await targets.askEvery { try await $0.api.volumes(named: name) }
-    return perTarget.lazy.flatMap { t in t.value.map { (t.target, $0) } }.first
   }
 
   /// The target for a new volume: the source's target for clones (reflinks stay on one

@@ -11,6 +11,37 @@ public struct TargetSet: Sendable {
 
   public subscript(name: TargetName) -> StorageTarget? { all.first { $0.name == name } }
 
+  /// A volume name's home: the target that records where the name lives (see
+  /// docs/architecture.md, "Placement"). Rendezvous hashing: each target scores the
+  /// name, the highest wins. It depends on the name and the set of target names only,
+  /// so every controller agrees, and adding or removing a target moves the homes of
+  /// about 1/N of the names.
+  public func home(of name: String) -> StorageTarget? {
+    all.max { Self.score(name, $0.name) < Self.score(name, $1.name) }
+  }
+
+  /// The same choice among target names alone.
+  public static func home(of name: String, among targets: [TargetName]) -> TargetName? {
+    targets.max { score(name, $0) < score(name, $1) }
+  }
+
+  /// FNV-1a over the target's name, a separator and the volume name, then a 64-bit
+  /// finalizer (splitmix64) so that near-equal inputs score far apart. Fixed forever:
+  /// changing it moves every home.
+  static func score(_ name: String, _ target: TargetName) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in target.value.utf8 + [0] + name.utf8 {
+      hash ^= UInt64(byte)
+      hash &*= 0x100_0000_01b3
+    }
+    hash ^= hash >> 30
+    hash &*= 0xbf58_476d_1ce4_e5b9
+    hash ^= hash >> 27
+    hash &*= 0x94d0_49bb_1331_11eb
+    hash ^= hash >> 31
+    return hash
+  }
+
   /// The target holding an object; a target that is not configured cannot hold
   /// anything we know of (`notFound`).
   func holding(_ id: ObjectID) throws(NVMeCSIError) -> StorageTarget {

@@ -36,16 +36,21 @@ public final class TargetAgent: TargetAPI {
   private let names = Mutex<[String: ObjectUUID]>([:])
   /// Every snapshot record (loaded at `start()`).
   private let snapshotIndex = SnapshotIndex()
+  /// Where the names whose home is this target were placed (loaded at `start()`).
+  private let placementsPath: String
+  private let placements = Mutex<PlacementJournal?>(nil)
 
   /// The overcommit ratios a target accepts: none below 1 (that would refuse space
   /// that is there) and none so large the limit means nothing.
   public static let overcommitRatios: ClosedRange<Double> = 1...100
 
+  /// - Parameter placementsPath: the placement journal's file (next to the store).
   public init(
-    store: any VolumeStore, exporter: any VolumeExporter, pool: BlockingPool, overcommitRatio: Double = 1,
-    version: String = BuildInfo.version, logger: Logger
+    store: any VolumeStore, exporter: any VolumeExporter, pool: BlockingPool, placementsPath: String,
+    overcommitRatio: Double = 1, version: String = BuildInfo.version, logger: Logger
   ) {
     self.store = store
+    self.placementsPath = placementsPath
     self.exporter = exporter
     self.pool = pool
     self.overcommitRatio = min(max(overcommitRatio, Self.overcommitRatios.lowerBound), Self.overcommitRatios.upperBound)
@@ -106,6 +111,8 @@ public final class TargetAgent: TargetAPI {
       for record in records { names[record.name] = record.uuid }
     }
     snapshotIndex.load(try store.snapshots())
+    let journal = try PlacementJournal(path: placementsPath)
+    placements.withLock { $0 = journal }
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
     if records.isEmpty && !unexplained.isEmpty {
@@ -356,6 +363,36 @@ public final class TargetAgent: TargetAPI {
 
   public func snapshots(matching filter: SnapshotFilter) async throws(NVMeCSIError) -> [SnapshotRecord] {
     snapshotIndex.matching(filter)
+  }
+
+  // MARK: placements
+
+  public func placement(of name: String) async throws(NVMeCSIError) -> NamePlacement {
+    try validateName(name, what: "volume")
+    let here = names.withLock { $0[name] != nil }
+    return NamePlacement(target: try journal().placement(of: name), volumeHere: here)
+  }
+
+  public func reservePlacements(_ requested: [Placement]) async throws(NVMeCSIError) -> [Placement] {
+    guard requested.count <= Placements.maximumBatch else {
+      throw .invalidArgument("\(requested.count) placements in one call: at most \(Placements.maximumBatch)")
+    }
+    for placement in requested { try validateName(placement.name, what: "volume") }
+    let journal = try journal()
+    return try await onPool { () throws(NVMeCSIError) in try journal.reserve(requested) }
+  }
+
+  public func releasePlacement(of name: String, on target: TargetName) async throws(NVMeCSIError) {
+    try validateName(name, what: "volume")
+    let journal = try journal()
+    try await onPool { () throws(NVMeCSIError) in try journal.release(name, on: target) }
+  }
+
+  private func journal() throws(NVMeCSIError) -> PlacementJournal {
+    guard let journal = placements.withLock({ $0 }) else {
+      throw .unavailable("the target is starting: its placement journal is not loaded yet")
+    }
+    return journal
   }
 
   // MARK: internals

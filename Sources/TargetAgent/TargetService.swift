@@ -15,6 +15,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public static let readMethods: Set<MethodDescriptor> = [
     Nvmecsi_Target_V1_Target.Method.GetInfo.descriptor, Nvmecsi_Target_V1_Target.Method.GetVolume.descriptor,
     Nvmecsi_Target_V1_Target.Method.ListVolumes.descriptor, Nvmecsi_Target_V1_Target.Method.ListSnapshots.descriptor,
+    Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
   ]
 
   public func getInfo(request: Nvmecsi_Target_V1_GetInfoRequest, context: ServerContext) async throws
@@ -112,5 +113,34 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
       $0.snapshots = page.items
       $0.nextStartingAfter = page.next
     }
+  }
+
+  public func getPlacement(request: Nvmecsi_Target_V1_GetPlacementRequest, context: ServerContext) async throws
+    -> Nvmecsi_Target_V1_GetPlacementResponse
+  {
+    let placement = try await target.placement(of: request.name)
+    return .with {
+      $0.target = placement.target?.value ?? ""
+      $0.volumeHere = placement.volumeHere
+    }
+  }
+
+  public func reservePlacements(request: Nvmecsi_Target_V1_ReservePlacementsRequest, context: ServerContext)
+    async throws -> Nvmecsi_Target_V1_ReservePlacementsResponse
+  {
+    guard request.placements.count <= Placements.maximumBatch else {
+      throw NVMeCSIError.invalidArgument(
+        "\(request.placements.count) placements in one call: at most \(Placements.maximumBatch)")
+    }
+    let placements = try request.placements.map { (p) throws(NVMeCSIError) in try Placement(proto: p) }
+    let recorded = try await target.reservePlacements(placements)
+    return .with { $0.placements = recorded.map(\.proto) }
+  }
+
+  public func releasePlacement(request: Nvmecsi_Target_V1_ReleasePlacementRequest, context: ServerContext)
+    async throws -> Nvmecsi_Target_V1_ReleasePlacementResponse
+  {
+    try await target.releasePlacement(of: request.name, on: try TargetName(request.target))
+    return .init()
   }
 }

@@ -45,4 +45,13 @@ public struct NamedTarget: TargetAPI {
   public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call { try await api.snapshots(matching: filter) }
   }
+  public func placement(of name: String) async throws -> NamePlacement {
+    try await call { try await api.placement(of: name) }
+  }
+  public func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {
+    try await call { try await api.reservePlacements(placements) }
+  }
+  public func releasePlacement(of name: String, on target: TargetName) async throws {
+    try await call { try await api.releasePlacement(of: name, on: target) }
+  }
 }

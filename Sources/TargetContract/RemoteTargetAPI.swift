@@ -150,4 +150,31 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
       }
     }
   }
+
+  public func placement(of name: String) async throws -> NamePlacement {
+    try await call {
+      let response = try await client.getPlacement(.with { $0.name = name }, options: $0)
+      return NamePlacement(
+        target: response.target.isEmpty ? nil : try TargetName(response.target), volumeHere: response.volumeHere)
+    }
+  }
+
+  public func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {
+    try await call {
+      let response = try await client.reservePlacements(.with { $0.placements = placements.map(\.proto) }, options: $0)
+      guard response.placements.count == placements.count else {
+        throw NVMeCSIError.internalError(
+          "\(placements.count) placements reserved, \(response.placements.count) answered")
+      }
+      return try response.placements.map { (p) throws(NVMeCSIError) in try Placement(proto: p) }
+    }
+  }
+
+  public func releasePlacement(of name: String, on target: TargetName) async throws {
+    let request = Nvmecsi_Target_V1_ReleasePlacementRequest.with {
+      $0.name = name
+      $0.target = target.value
+    }
+    _ = try await call { try await client.releasePlacement(request, options: $0) }
+  }
 }

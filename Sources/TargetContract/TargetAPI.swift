@@ -153,6 +153,44 @@ public protocol TargetAPI: Sendable {
   /// Removes a snapshot; an unknown one is success.
   func deleteSnapshot(_ uuid: ObjectUUID) async throws
   func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord]
+
+  /// What this target records for a volume name as its home, and whether a volume of
+  /// that name is here.
+  func placement(of name: String) async throws -> NamePlacement
+  /// Records where each name lives unless a record exists; answers the recorded
+  /// targets in order (an earlier record wins). At most `Placements.maximumBatch`.
+  func reservePlacements(_ placements: [Placement]) async throws -> [Placement]
+  /// Forgets a name's placement if it names `target`; anything else is success.
+  func releasePlacement(of name: String, on target: TargetName) async throws
+}
+
+/// A volume name and the target that holds it.
+public struct Placement: Hashable, Sendable {
+  public var name: String
+  public var target: TargetName
+
+  public init(name: String, target: TargetName) {
+    self.name = name
+    self.target = target
+  }
+}
+
+/// What a name's home target knows of it.
+public struct NamePlacement: Hashable, Sendable {
+  /// Where the name was placed, if recorded here.
+  public var target: TargetName?
+  /// A volume of that name is on this target.
+  public var volumeHere: Bool
+
+  public init(target: TargetName?, volumeHere: Bool) {
+    self.target = target
+    self.volumeHere = volumeHere
+  }
+}
+
+public enum Placements {
+  /// Most placements in one `reservePlacements` call.
+  public static let maximumBatch = 1000
 }
 
 extension NVMeCSIError {

@@ -208,3 +208,16 @@ extension Nvmecsi_Target_V1_CreateSnapshotResponse {
     existed = result.existed
   }
 }
+
+extension Placement {
+  public init(proto: Nvmecsi_Target_V1_Placement) throws(NVMeCSIError) {
+    self.init(name: proto.name, target: try TargetName(proto.target))
+  }
+
+  public var proto: Nvmecsi_Target_V1_Placement {
+    .with {
+      $0.name = name
+      $0.target = target.value
+    }
+  }
+}

@@ -171,6 +171,45 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "GetPlacement" metadata.
+        public enum GetPlacement: Sendable {
+            /// Request type for "GetPlacement".
+            public typealias Input = Nvmecsi_Target_V1_GetPlacementRequest
+            /// Response type for "GetPlacement".
+            public typealias Output = Nvmecsi_Target_V1_GetPlacementResponse
+            /// Descriptor for "GetPlacement".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "GetPlacement",
+                type: .unary
+            )
+        }
+        /// Namespace for "ReservePlacements" metadata.
+        public enum ReservePlacements: Sendable {
+            /// Request type for "ReservePlacements".
+            public typealias Input = Nvmecsi_Target_V1_ReservePlacementsRequest
+            /// Response type for "ReservePlacements".
+            public typealias Output = Nvmecsi_Target_V1_ReservePlacementsResponse
+            /// Descriptor for "ReservePlacements".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "ReservePlacements",
+                type: .unary
+            )
+        }
+        /// Namespace for "ReleasePlacement" metadata.
+        public enum ReleasePlacement: Sendable {
+            /// Request type for "ReleasePlacement".
+            public typealias Input = Nvmecsi_Target_V1_ReleasePlacementRequest
+            /// Response type for "ReleasePlacement".
+            public typealias Output = Nvmecsi_Target_V1_ReleasePlacementResponse
+            /// Descriptor for "ReleasePlacement".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "ReleasePlacement",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "nvmecsi.target.v1.Target" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             GetInfo.descriptor,
@@ -183,7 +222,10 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
             UnpublishVolume.descriptor,
             CreateSnapshot.descriptor,
             DeleteSnapshot.descriptor,
-            ListSnapshots.descriptor
+            ListSnapshots.descriptor,
+            GetPlacement.descriptor,
+            ReservePlacements.descriptor,
+            ReleasePlacement.descriptor
         ]
     }
 }
@@ -392,6 +434,66 @@ extension Nvmecsi_Target_V1_Target {
             request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ListSnapshotsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>
+
+        /// Handle the "GetPlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+        /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+        /// > on another target is recorded at its home first, so the controller finds any
+        /// > name by asking its home alone.
+        /// > 
+        /// > What this target records for a name, and whether a volume of that name is here.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_GetPlacementRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_GetPlacementResponse` messages.
+        func getPlacement(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_GetPlacementResponse>
+
+        /// Handle the "ReservePlacements" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records each name's target unless one is recorded already; answers what is
+        /// > recorded (an earlier record wins). At most 1000 placements per call.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_ReservePlacementsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_ReservePlacementsResponse` messages.
+        func reservePlacements(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>
+
+        /// Handle the "ReleasePlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a name's placement if it names `target`; anything else is success.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_ReleasePlacementRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_ReleasePlacementResponse` messages.
+        func releasePlacement(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>
     }
 
     /// Service protocol for the "nvmecsi.target.v1.Target" service.
@@ -584,6 +686,66 @@ extension Nvmecsi_Target_V1_Target {
             request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ListSnapshotsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>
+
+        /// Handle the "GetPlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+        /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+        /// > on another target is recorded at its home first, so the controller finds any
+        /// > name by asking its home alone.
+        /// > 
+        /// > What this target records for a name, and whether a volume of that name is here.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_GetPlacementRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_GetPlacementResponse` message.
+        func getPlacement(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_GetPlacementResponse>
+
+        /// Handle the "ReservePlacements" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records each name's target unless one is recorded already; answers what is
+        /// > recorded (an earlier record wins). At most 1000 placements per call.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReservePlacementsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_ReservePlacementsResponse` message.
+        func reservePlacements(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>
+
+        /// Handle the "ReleasePlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a name's placement if it names `target`; anything else is success.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReleasePlacementRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_ReleasePlacementResponse` message.
+        func releasePlacement(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>
     }
 
     /// Simple service protocol for the "nvmecsi.target.v1.Target" service.
@@ -774,6 +936,66 @@ extension Nvmecsi_Target_V1_Target {
             request: Nvmecsi_Target_V1_ListSnapshotsRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Nvmecsi_Target_V1_ListSnapshotsResponse
+
+        /// Handle the "GetPlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+        /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+        /// > on another target is recorded at its home first, so the controller finds any
+        /// > name by asking its home alone.
+        /// > 
+        /// > What this target records for a name, and whether a volume of that name is here.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_GetPlacementRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_GetPlacementResponse` to respond with.
+        func getPlacement(
+            request: Nvmecsi_Target_V1_GetPlacementRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_GetPlacementResponse
+
+        /// Handle the "ReservePlacements" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records each name's target unless one is recorded already; answers what is
+        /// > recorded (an earlier record wins). At most 1000 placements per call.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_ReservePlacementsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_ReservePlacementsResponse` to respond with.
+        func reservePlacements(
+            request: Nvmecsi_Target_V1_ReservePlacementsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_ReservePlacementsResponse
+
+        /// Handle the "ReleasePlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a name's placement if it names `target`; anything else is success.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_ReleasePlacementRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_ReleasePlacementResponse` to respond with.
+        func releasePlacement(
+            request: Nvmecsi_Target_V1_ReleasePlacementRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_ReleasePlacementResponse
     }
 }
 
@@ -902,6 +1124,39 @@ extension Nvmecsi_Target_V1_Target.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_GetPlacementRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_GetPlacementResponse>(),
+            handler: { request, context in
+                try await self.getPlacement(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.ReservePlacements.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReservePlacementsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReservePlacementsResponse>(),
+            handler: { request, context in
+                try await self.reservePlacements(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.ReleasePlacement.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReleasePlacementRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReleasePlacementResponse>(),
+            handler: { request, context in
+                try await self.releasePlacement(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -1023,6 +1278,39 @@ extension Nvmecsi_Target_V1_Target.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse> {
         let response = try await self.listSnapshots(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getPlacement(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_GetPlacementResponse> {
+        let response = try await self.getPlacement(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reservePlacements(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReservePlacementsResponse> {
+        let response = try await self.reservePlacements(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func releasePlacement(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReleasePlacementResponse> {
+        let response = try await self.releasePlacement(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1169,6 +1457,45 @@ extension Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse> {
         return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>(
             message: try await self.listSnapshots(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getPlacement(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_GetPlacementResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_GetPlacementResponse>(
+            message: try await self.getPlacement(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func reservePlacements(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReservePlacementsResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>(
+            message: try await self.reservePlacements(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func releasePlacement(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReleasePlacementResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>(
+            message: try await self.releasePlacement(
                 request: request.message,
                 context: context
             ),
@@ -1422,6 +1749,81 @@ extension Nvmecsi_Target_V1_Target {
             deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ListSnapshotsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetPlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+        /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+        /// > on another target is recorded at its home first, so the controller finds any
+        /// > name by asking its home alone.
+        /// > 
+        /// > What this target records for a name, and whether a volume of that name is here.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_GetPlacementRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_GetPlacementRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_GetPlacementResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getPlacement<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_GetPlacementRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_GetPlacementResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_GetPlacementResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReservePlacements" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records each name's target unless one is recorded already; answers what is
+        /// > recorded (an earlier record wins). At most 1000 placements per call.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReservePlacementsRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReservePlacementsRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReservePlacementsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reservePlacements<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReservePlacementsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReleasePlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a name's placement if it names `target`; anything else is success.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReleasePlacementRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReleasePlacementRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReleasePlacementResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func releasePlacement<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReleasePlacementResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1799,6 +2201,114 @@ extension Nvmecsi_Target_V1_Target {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "GetPlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+        /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+        /// > on another target is recorded at its home first, so the controller finds any
+        /// > name by asking its home alone.
+        /// > 
+        /// > What this target records for a name, and whether a volume of that name is here.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_GetPlacementRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_GetPlacementRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_GetPlacementResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getPlacement<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_GetPlacementRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_GetPlacementResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_GetPlacementResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ReservePlacements" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records each name's target unless one is recorded already; answers what is
+        /// > recorded (an earlier record wins). At most 1000 placements per call.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReservePlacementsRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReservePlacementsRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReservePlacementsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reservePlacements<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReservePlacementsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.ReservePlacements.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ReleasePlacement" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a name's placement if it names `target`; anything else is success.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReleasePlacementRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReleasePlacementRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReleasePlacementResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func releasePlacement<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReleasePlacementResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.ReleasePlacement.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2104,6 +2614,99 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ListSnapshotsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ListSnapshotsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetPlacement" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+    /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+    /// > on another target is recorded at its home first, so the controller finds any
+    /// > name by asking its home alone.
+    /// > 
+    /// > What this target records for a name, and whether a volume of that name is here.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_GetPlacementRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getPlacement<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_GetPlacementRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_GetPlacementResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getPlacement(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_GetPlacementRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_GetPlacementResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReservePlacements" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Records each name's target unless one is recorded already; answers what is
+    /// > recorded (an earlier record wins). At most 1000 placements per call.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_ReservePlacementsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reservePlacements<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reservePlacements(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReservePlacementsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReservePlacementsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleasePlacement" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Forgets a name's placement if it names `target`; anything else is success.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_ReleasePlacementRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releasePlacement<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.releasePlacement(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReleasePlacementRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReleasePlacementResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2455,6 +3058,111 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             metadata: metadata
         )
         return try await self.listSnapshots(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetPlacement" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement of volume names (docs/architecture.md, "Placement"): each name has a
+    /// > home target, chosen by rendezvous hashing over the targets file. A volume placed
+    /// > on another target is recorded at its home first, so the controller finds any
+    /// > name by asking its home alone.
+    /// > 
+    /// > What this target records for a name, and whether a volume of that name is here.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getPlacement<Result>(
+        _ message: Nvmecsi_Target_V1_GetPlacementRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_GetPlacementResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_GetPlacementRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getPlacement(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReservePlacements" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Records each name's target unless one is recorded already; answers what is
+    /// > recorded (an earlier record wins). At most 1000 placements per call.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reservePlacements<Result>(
+        _ message: Nvmecsi_Target_V1_ReservePlacementsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReservePlacementsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReservePlacementsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reservePlacements(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleasePlacement" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Forgets a name's placement if it names `target`; anything else is success.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releasePlacement<Result>(
+        _ message: Nvmecsi_Target_V1_ReleasePlacementRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReleasePlacementResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReleasePlacementRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.releasePlacement(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -52,8 +52,8 @@ struct ControllerOptions: ParsableArguments {
   /// The Controller service over clients of every listed target.
   struct Role: Sendable {
     let service: ControllerService
-    /// The target clients' connections and their certificate reloader, run for the life
-    /// of the process.
+    /// The target clients' connections, their certificate reloader and the placement
+    /// indexing, run for the life of the process.
     let clients: [any Service]
     let targetNames: [String]
     /// Ready while any target answers: one target down must not stop provisioning on the others.
@@ -74,6 +74,7 @@ struct ControllerOptions: ParsableArguments {
           name: entry.name, topology: entry.topology, api: RemoteTargetAPI(name: entry.name, client: client)))
     }
     let service = ControllerService(targets: TargetSet(storageTargets), logger: logger)
+    clients.append(PlacementIndexingService(controller: service))
     return Role(service: service, clients: clients, targetNames: config.targets.map(\.name.value))
   }
 }

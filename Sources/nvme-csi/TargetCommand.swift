@@ -45,6 +45,12 @@ struct TargetCommand: AsyncParsableCommand {
         + " overcommit (snapshots and other files on the store are not counted)."))
   var overcommitRatio: Double = 1
 
+  @Option(
+    help: ArgumentHelp(
+      "Directory for the placement journal of an LVM store (a file store keeps it in its directory)."
+        + " Keep it on the host: it records where volume names live."))
+  var stateDir: String = "/var/lib/nvme-csi/target"
+
   @Option(help: "Threads for blocking work (copies, fsync, lvm, configfs), apart from those serving RPCs.")
   var blockingThreads: Int = 16
 
@@ -88,12 +94,18 @@ struct TargetCommand: AsyncParsableCommand {
     let failpoints = Failpoints(environment: ProcessInfo.processInfo.environment)
     let pool = BlockingPool(threads: blockingThreads)
     let volumeStore: any VolumeStore
+    let placementsPath: String
     if store.hasPrefix("file:") {
       volumeStore = try FileStore(root: String(store.dropFirst(5)), target: name, failpoints: failpoints)
+      placementsPath = String(store.dropFirst(5)) + "/placements.journal"
     } else if store.hasPrefix("lvm:") {
       if name != nil { logger.warning("--name is recorded only by file stores; the LVM store ignores it") }
       volumeStore = try LVMThinStore(
         spec: String(store.dropFirst(4)), lvm: LVMCommand(pool: pool), failpoints: failpoints)
+      placementsPath = stateDir + "/placements.journal"
+      do { try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true) } catch {
+        throw ValidationError("--state-dir \(stateDir) cannot be created: \(error)")
+      }
     } else {
       throw ValidationError("--store \(store) is not supported: use file:<directory> or lvm:<volume-group>/<thin-pool>")
     }
@@ -103,7 +115,8 @@ struct TargetCommand: AsyncParsableCommand {
         "\(configfs) is not configfs: exports are simulated in that directory and nothing is served over NVMe/TCP")
     }
     let agent = TargetAgent(
-      store: volumeStore, exporter: exporter, pool: pool, overcommitRatio: overcommitRatio, logger: logger)
+      store: volumeStore, exporter: exporter, pool: pool, placementsPath: placementsPath,
+      overcommitRatio: overcommitRatio, logger: logger)
     let authorization = PeerAuthorization(
       writers: Set(controllerIdentity), readers: Set(readerIdentity), readMethods: TargetService.readMethods)
     let (driverMetrics, metricsServices) = try metrics.make(logger: logger)

@@ -77,6 +77,8 @@ final class Harness: Sendable {
       isReady: { await controller.reachableTargetCount() > 0 })
     let socket = directory + "/csi/csi.sock"
     try await withServedPlugin(socket: socket, services: [identity, controller], alongside: services, logger: logger) {
+      // As the controller's indexing service does at start, once the clients connect.
+      #expect(await controller.indexPlacements())
       try await body(Harness(directory: directory, socket: socket, client: $0, targets: targets))
     }
   }

@@ -39,7 +39,8 @@ public struct LocalTarget: Sendable {
     logger.logLevel = .critical
     let agent = TargetAgent(
       store: try FileStore(root: store), exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
-      pool: .forTests, overcommitRatio: overcommitRatio, version: "test", logger: logger)
+      pool: .forTests, placementsPath: store + "/placements.journal", overcommitRatio: overcommitRatio,
+      version: "test", logger: logger)
     try agent.start()
     self.agent = agent
   }

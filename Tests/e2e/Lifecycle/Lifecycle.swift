@@ -197,11 +197,13 @@ struct Scenario {
     await steps.run("node metrics: the staged volume and its live NVMe path, from sysfs") {
       let text = try httpGet(port: Cluster.nodeMetricsPort, path: "/metrics")
       let live = "nvmecsi_node_volume_paths{volume_id=\"\(attached.volumeID)\",state=\"live\"} 1"
-      try check(text.contains(live), "no \(live) in:\n\(text.split(separator: "\n").filter { $0.hasPrefix("nvmecsi_node") })")
+      try check(
+        text.contains(live), "no \(live) in:\n\(text.split(separator: "\n").filter { $0.hasPrefix("nvmecsi_node") })")
       try check(
         text.contains(#"nvmecsi_rpc_requests_total{service="csi.v1.Node",method="NodeStageVolume",code="ok"}"#),
         "NodeStageVolume not counted")
-      steps.note(text.split(separator: "\n").first { $0.hasPrefix("nvmecsi_node_staged_volumes ") }.map(String.init) ?? "")
+      steps.note(
+        text.split(separator: "\n").first { $0.hasPrefix("nvmecsi_node_staged_volumes ") }.map(String.init) ?? "")
     }
     return attached
   }

@@ -1,0 +1,153 @@
+import Logging
+import NVMeCSICore
+import ServiceLifecycle
+import Synchronization
+import TargetContract
+
+/// Finding a volume by name without asking every target (docs/architecture.md,
+/// "Placement"). Each name has a home target (`TargetSet.home(of:)`); a volume placed
+/// elsewhere is recorded at its home before it is created. So a name is found by
+/// asking its home, and while one target is down only the names whose home or volume
+/// is on it cannot be created.
+///
+/// Volumes created before placements were recorded are not recorded at their homes:
+/// until each target has been indexed (its volumes recorded at their homes, by
+/// `indexPlacements()`), a name that its home does not know is also looked up on the
+/// targets not indexed yet, which must answer.
+final class PlacementIndex: Sendable {
+  private let indexed = Mutex<Set<TargetName>>([])
+
+  func isIndexed(_ target: TargetName) -> Bool { indexed.withLock { $0.contains(target) } }
+  func markIndexed(_ target: TargetName) { _ = indexed.withLock { $0.insert(target) } }
+}
+
+/// Where a name stands.
+enum Located {
+  /// The volume of that name, on its target.
+  case found(StorageTarget, TargetVolume)
+  /// Recorded at its home as placed on this target, not created there yet.
+  case reserved(StorageTarget)
+  /// No volume has this name.
+  case absent(home: StorageTarget)
+}
+
+extension ControllerService {
+  /// Asks the name's home, then the target it names; answers `unavailable` when either
+  /// does not answer (nothing else can tell whether the volume exists).
+  func locate(_ name: String) async throws -> Located {
+    guard let home = targets.home(of: name) else {
+      throw NVMeCSIError.failedPrecondition("no storage target is configured: the targets file is empty")
+    }
+    let placement: NamePlacement
+    do { placement = try await home.api.placement(of: name) } catch let error as NVMeCSIError
+      where error.kind == .unavailable
+    {
+      throw NVMeCSIError.unavailable(
+        "volume name \(quoted(name)) is recorded on its home target \(home.name), which does not answer;"
+          + " names whose home is another target are unaffected: \(error.message)")
+    }
+    if placement.volumeHere, let volume = try await home.api.volumes(named: name).first {
+      return .found(home, volume)
+    }
+    if let placed = placement.target, placed != home.name {
+      guard let target = targets[placed] else {
+        throw NVMeCSIError.failedPrecondition(
+          "volume name \(quoted(name)) is recorded as placed on target \(placed), which is not in the targets file:"
+            + " add it back, or release the placement")
+      }
+      if let volume = try await target.api.volumes(named: name).first { return .found(target, volume) }
+      return .reserved(target)
+    }
+    // Not recorded: a volume from before placements may sit on a target not indexed yet.
+    let unindexed = targets.all.filter { $0.name != home.name && !placements.isIndexed($0.name) }
+    if !unindexed.isEmpty {
+      let found = try await targets.askEvery(unindexed) { try await $0.api.volumes(named: name) }
+      if let (target, volume) = found.lazy.flatMap({ t in t.value.map { (t.target, $0) } }).first {
+        return .found(target, volume)
+      }
+    }
+    return .absent(home: home)
+  }
+
+  /// Records `name` at its home as placed on `target` before it is created there;
+  /// answers the target recorded (an earlier record wins).
+  func reserve(_ name: String, on target: StorageTarget, home: StorageTarget) async throws -> StorageTarget {
+    if target.name == home.name { return target }  // the volume's record at home says it all
+    let recorded = try await home.api.reservePlacements([Placement(name: name, target: target.name)])
+    guard let placed = recorded.first?.target, let chosen = targets[placed] else {
+      throw NVMeCSIError.internalError("home target \(home.name) answered no placement for \(quoted(name))")
+    }
+    return chosen
+  }
+
+  /// After a delete: forgets the name's placement at its home. A failure only leaves a
+  /// record pointing at a target without the volume, which a later create of the same
+  /// name uses as its placement; it is logged, not returned.
+  func releasePlacement(of name: String, on target: StorageTarget) async {
+    guard let home = targets.home(of: name), home.name != target.name else { return }
+    do { try await home.api.releasePlacement(of: name, on: target.name) } catch {
+      logger.warning(
+        "placement not released: the home target keeps pointing the name at its old target",
+        metadata: ["name": "\(name)", "home": "\(home.name)", "target": "\(target.name)", "error": "\(error)"])
+    }
+  }
+
+  /// Records every volume of each target not indexed yet at its name's home; a target
+  /// whose volumes are all recorded is indexed. Answers whether every target is.
+  @discardableResult
+  public func indexPlacements() async -> Bool {
+    var complete = true
+    for target in targets.all where !placements.isIndexed(target.name) {
+      do {
+        let volumes = try await target.api.volumes(named: nil)
+        var byHome: [TargetName: [Placement]] = [:]
+        for volume in volumes {
+          guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
+          byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
+        }
+        for (homeName, entries) in byHome {
+          guard let home = targets[homeName] else { continue }
+          for start in stride(from: 0, to: entries.count, by: Placements.maximumBatch) {
+            let batch = Array(entries[start..<min(start + Placements.maximumBatch, entries.count)])
+            let recorded = try await home.api.reservePlacements(batch)
+            for (asked, got) in zip(batch, recorded) where asked.target != got.target {
+              logger.error(
+                """
+                a volume name is on two targets (created before placements were recorded): the home records the \
+                other one; inspect both and delete the one no PersistentVolume uses
+                """,
+                metadata: ["name": "\(asked.name)", "here": "\(asked.target)", "recorded": "\(got.target)"])
+            }
+          }
+        }
+        placements.markIndexed(target.name)
+        logger.info("placements indexed", metadata: ["target": "\(target.name)", "volumes": "\(volumes.count)"])
+      } catch {
+        complete = false
+        logger.notice(
+          "placements of a target not indexed yet; retried later",
+          metadata: ["target": "\(target.name)", "error": "\(error)"])
+      }
+    }
+    return complete
+  }
+}
+
+/// Indexes placements at start and retries until every target is indexed.
+public struct PlacementIndexingService: Service {
+  let controller: ControllerService
+  let retryInterval: Duration
+
+  public init(controller: ControllerService, retryInterval: Duration = .seconds(10)) {
+    self.controller = controller
+    self.retryInterval = retryInterval
+  }
+
+  public func run() async throws {
+    while !Task.isCancelled, !(await controller.indexPlacements()) {
+      try? await Task.sleep(for: retryInterval)
+      if Task.isShuttingDownGracefully { return }
+    }
+    try? await gracefulShutdown()
+  }
+}

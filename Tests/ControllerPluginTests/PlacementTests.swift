@@ -1,0 +1,222 @@
+import CSIProto
+import CSIServer
+import ControllerPlugin
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import NVMeCSICore
+import Synchronization
+import TargetContract
+import TestSupport
+import Testing
+
+/// One storage target down must not stop provisioning (docs/architecture.md,
+/// "Placement"): only names whose home is the down target are refused, and retries
+/// after it returns create no second volume.
+@Suite("Placement: provisioning with a target down")
+struct PlacementTests {
+  @Test(
+    "with 1 of 5 targets down, exactly the names homed on it are refused; after it returns, no name has two volumes")
+  func oneOfFiveDown() async throws {
+    try await Fleet.with(targets: 5) { fleet in
+      let down = fleet.targets[2]
+      down.isDown = true
+      let names = (0..<300).map { "pvc-\($0)" }
+      var refused: [String] = []
+      for name in names {
+        do { _ = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)) } catch let error
+          as RPCError
+        {
+          #expect(error.code == .unavailable, "\(name): \(error.message)")
+          #expect(error.message.contains("home target \(down.name)"), "\(error.message)")
+          refused.append(name)
+        }
+      }
+      let homedOnDown = names.filter { TargetSet.home(of: $0, among: fleet.names) == down.name }
+      #expect(refused == homedOnDown)
+      let fraction = Double(refused.count) / Double(names.count)
+      print("placement: \(refused.count) of \(names.count) names refused with 1 of 5 targets down (\(fraction))")
+      #expect(fraction > 0.1 && fraction < 0.3, "expected about 1/5 refused, got \(fraction)")
+      // Nothing was created on the down target while it was down.
+      #expect(try await down.local.agent.volumes(named: nil).isEmpty)
+
+      // It comes back; the provisioner retries every call, the failed and the done ones.
+      down.isDown = false
+      for name in names { _ = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)) }
+      #expect(try await fleet.volumeCounts() == Dictionary(uniqueKeysWithValues: names.map { ($0, 1) }))
+    }
+  }
+
+  @Test("a placement recorded before a crash is where the retried create goes")
+  func reservationBeforeCrash() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let name = "pvc-crashed"
+      let home = try #require(TargetSet.home(of: name, among: fleet.names))
+      let elsewhere = try #require(fleet.targets.first { $0.name != home })
+      // What a controller that died between recording and creating leaves behind.
+      _ = try await fleet.target(home).local.agent.reservePlacements([Placement(name: name, target: elsewhere.name)])
+      let created = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte))
+      #expect(created.volume.volumeID.hasPrefix("v1.\(elsewhere.name)."))
+      // And a delete forgets the placement at the home.
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = created.volume.volumeID })
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == nil)
+    }
+  }
+
+  @Test("a volume created before placements were recorded is found, and indexing records it at its home")
+  func volumesFromBeforePlacements() async throws {
+    try await Fleet.with(targets: 3, indexed: false) { fleet in
+      let name = "pvc-legacy"
+      let home = try #require(TargetSet.home(of: name, among: fleet.names))
+      let holder = try #require(fleet.targets.first { $0.name != home })
+      // Created through the controller on a chosen target, then its placement record
+      // removed: what a volume from before placements looks like.
+      let legacy = try await fleet.controller.createVolume(
+        createRequest(name, bytes: mebibyte, parameters: ["target": holder.name.value]))
+      try await fleet.target(home).local.agent.releasePlacement(of: name, on: holder.name)
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == nil)
+      // Not indexed yet: the holder is asked too; while it is down, the name cannot be decided.
+      holder.isDown = true
+      await expectStatus(.unavailable) { try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)) }
+      holder.isDown = false
+      let found = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte))
+      #expect(found.volume.volumeID == legacy.volume.volumeID)
+      // Indexed: the home knows where it is, so a third target's outage does not matter.
+      #expect(await fleet.service.indexPlacements())
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == holder.name)
+      let third = try #require(fleet.targets.first { $0.name != home && $0.name != holder.name })
+      third.isDown = true
+      let again = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte))
+      #expect(again.volume.volumeID == found.volume.volumeID)
+      #expect(try await fleet.volumeCounts()[name] == 1)
+    }
+  }
+
+  @Test("real target processes: with one killed, names homed on the other are created; after restart no duplicates")
+  func processKilled() async throws {
+    try await Harness.with(processes: true) { harness in
+      let names = (0..<24).map { "pvc-kill-\($0)" }
+      let all = try harness.targets.map { try TargetName($0.name) }
+      harness.storeA.kill()
+      var created = 0
+      for name in names {
+        let home = TargetSet.home(of: name, among: all)
+        do {
+          _ = try await harness.controller.createVolume(createRequest(name, bytes: mebibyte))
+          created += 1
+          #expect(home?.value == "store-b", "\(name) was created though its home store-a is down")
+        } catch let error as RPCError {
+          #expect(error.code == .unavailable && home?.value == "store-a", "\(name): \(error.code) \(error.message)")
+        }
+      }
+      #expect(created > 0 && created < names.count, "expected about half created, got \(created)")
+      try await harness.restart(harness.storeA)
+      for name in names { _ = try await harness.controller.createVolume(createRequest(name, bytes: mebibyte)) }
+      let listed = try await harness.controller.listVolumes(.init()).entries
+      #expect(listed.count == names.count, "\(listed.count) volumes for \(names.count) names: a name has two")
+    }
+  }
+}
+
+/// Targets in this process behind a switch that makes one unreachable, and a
+/// controller over them served on a real unix socket.
+final class Fleet: Sendable {
+  let targets: [SwitchableTarget]
+  let controller: Csi_V1_Controller.Client<HTTP2ClientTransport.Posix>
+  let service: ControllerService
+  var names: [TargetName] { targets.map(\.name) }
+
+  private init(targets: [SwitchableTarget], client: GRPCClient<HTTP2ClientTransport.Posix>, service: ControllerService)
+  {
+    self.targets = targets
+    self.controller = .init(wrapping: client)
+    self.service = service
+  }
+
+  static func with(targets count: Int, indexed: Bool = true, _ body: (Fleet) async throws -> Void) async throws {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let targets = try (0..<count).map { n in
+      let name = "store-\(n)"
+      return SwitchableTarget(local: try LocalTarget(name: name, directory: directory + "/" + name))
+    }
+    var logger = Logger(label: "test.placement") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    let service = ControllerService(
+      targets: TargetSet(targets.map { StorageTarget(name: $0.name, topology: [:], api: $0) }), logger: logger)
+    if indexed { #expect(await service.indexPlacements()) }
+    let identity = IdentityService(
+      driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.controllerCapabilities,
+      isReady: { true })
+    try await withServedPlugin(socket: directory + "/csi.sock", services: [identity, service], logger: logger) {
+      client in
+      try await body(Fleet(targets: targets, client: client, service: service))
+    }
+  }
+
+  func target(_ name: TargetName) -> SwitchableTarget { targets.first { $0.name == name }! }
+
+  /// How many volumes each name has, over every target.
+  func volumeCounts() async throws -> [String: Int] {
+    var counts: [String: Int] = [:]
+    for target in targets {
+      for volume in try await target.local.agent.volumes(named: nil) { counts[volume.record.name, default: 0] += 1 }
+    }
+    return counts
+  }
+}
+
+/// A target that answers `unavailable` while `isDown`, as an unreachable one does.
+final class SwitchableTarget: TargetAPI {
+  let local: LocalTarget
+  private let down = Mutex(false)
+  var name: TargetName { local.name }
+  var isDown: Bool {
+    get { down.withLock { $0 } }
+    set { down.withLock { $0 = newValue } }
+  }
+
+  init(local: LocalTarget) { self.local = local }
+
+  private func call<T: Sendable>(_ body: (any TargetAPI) async throws -> T) async throws -> T {
+    if isDown { throw NVMeCSIError.unavailable("target \(name) is unreachable (unavailable): connection refused") }
+    return try await body(local.api)
+  }
+
+  func info() async throws -> TargetInfo { try await call { try await $0.info() } }
+  func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
+    try await call { try await $0.createVolume(request) }
+  }
+  func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteVolume(uuid) } }
+  func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await $0.volume(uuid) } }
+  func volumes(named name: String?) async throws -> [TargetVolume] {
+    try await call { try await $0.volumes(named: name) }
+  }
+  func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
+    try await call { try await $0.expandVolume(uuid, to: sizeBytes) }
+  }
+  func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws -> VolumeExport
+  {
+    try await call { try await $0.publishVolume(uuid, to: node, readonly: readonly, exclusive: exclusive) }
+  }
+  func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
+    try await call { try await $0.unpublishVolume(uuid, from: node) }
+  }
+  func createSnapshot(named name: String, of volume: ObjectUUID) async throws -> (
+    snapshot: SnapshotRecord, existed: Bool
+  ) {
+    try await call { try await $0.createSnapshot(named: name, of: volume) }
+  }
+  func deleteSnapshot(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteSnapshot(uuid) } }
+  func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
+    try await call { try await $0.snapshots(matching: filter) }
+  }
+  func placement(of name: String) async throws -> NamePlacement { try await call { try await $0.placement(of: name) } }
+  func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {
+    try await call { try await $0.reservePlacements(placements) }
+  }
+  func releasePlacement(of name: String, on target: TargetName) async throws {
+    try await call { try await $0.releasePlacement(of: name, on: target) }
+  }
+}

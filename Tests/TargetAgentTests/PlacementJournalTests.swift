@@ -1,0 +1,71 @@
+import Foundation
+import NVMeCSICore
+import TargetAgent
+import TargetContract
+import TestSupport
+import Testing
+
+/// The placements a target records as the names' home: durable, first record wins,
+/// released only by the target they name, and a crash mid-write loses nothing
+/// acknowledged.
+@Suite("Placement journal")
+struct PlacementJournalTests {
+  let a = try! TargetName("store-a")
+  let b = try! TargetName("store-b")
+
+  @Test("the first record of a name wins, survives a restart, and is released only by the target it names")
+  func firstWinsAndSurvives() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      let recorded = try await target.agent.reservePlacements([
+        Placement(name: "pvc-1", target: a), Placement(name: "pvc-2", target: b), Placement(name: "pvc-1", target: b),
+      ])
+      #expect(recorded.map(\.target) == [a, b, a])
+      #expect(try await target.agent.reservePlacements([Placement(name: "pvc-2", target: a)]).map(\.target) == [b])
+      try await target.agent.releasePlacement(of: "pvc-2", on: a)  // not its target: nothing happens
+      let restarted = try LocalTarget(name: "home", directory: directory)
+      #expect(try await restarted.agent.placement(of: "pvc-1") == NamePlacement(target: a, volumeHere: false))
+      #expect(try await restarted.agent.placement(of: "pvc-2").target == b)
+      try await restarted.agent.releasePlacement(of: "pvc-2", on: b)
+      let again = try LocalTarget(name: "home", directory: directory)
+      #expect(try await again.agent.placement(of: "pvc-2").target == nil)
+      #expect(try await again.agent.placement(of: "pvc-1").target == a)
+    }
+  }
+
+  @Test("a half-written last line (a crash mid-append) is dropped; every acknowledged record stays")
+  func tornLastLine() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      _ = try await target.agent.reservePlacements([Placement(name: "pvc-1", target: a)])
+      let journal = target.store + "/placements.journal"
+      let handle = try #require(FileHandle(forWritingAtPath: journal))
+      handle.seekToEndOfFile()
+      handle.write(Data(#"{"n":"pvc-2","t":"sto"#.utf8))
+      try handle.close()
+      let restarted = try LocalTarget(name: "home", directory: directory)
+      #expect(try await restarted.agent.placement(of: "pvc-1").target == a)
+      #expect(try await restarted.agent.placement(of: "pvc-2").target == nil)
+      _ = try await restarted.agent.reservePlacements([Placement(name: "pvc-3", target: b)])
+      let again = try LocalTarget(name: "home", directory: directory)
+      #expect(try await again.agent.placement(of: "pvc-3").target == b)
+    }
+  }
+
+  @Test("a volume here is reported; bad names and oversized batches are refused and change nothing")
+  func boundsAndVolumeHere() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      _ = try await target.agent.createVolume(
+        NewVolume(name: "pvc-here", sizeBytes: 1 << 20, source: nil, attributes: [:], sharing: .singleNode))
+      #expect(try await target.agent.placement(of: "pvc-here").volumeHere)
+      await expectError(.invalidArgument) { try await target.agent.placement(of: "") }
+      await expectError(.invalidArgument) {
+        try await target.agent.reservePlacements([Placement(name: "bad\nname", target: a)])
+      }
+      let tooMany = (0...Placements.maximumBatch).map { Placement(name: "pvc-\($0)", target: a) }
+      await expectError(.invalidArgument) { try await target.agent.reservePlacements(tooMany) }
+      #expect(try await target.agent.placement(of: "pvc-0").target == nil)
+    }
+  }
+}
