@@ -17,7 +17,7 @@ public struct GRPCService: Service {
 
   /// - Parameters:
   ///   - security: plaintext only on a unix socket or a loopback address.
-  ///   - authorization: who may call what; enforced when `security` is mutual TLS.
+  ///   - authorization: who may call what; required with mutual TLS.
   ///   - metrics: where every RPC is counted and timed, if anywhere.
   public init(
     endpoint: Endpoint, security: TransportSecurity = .plaintext, authorization: PeerAuthorization? = nil,
@@ -33,7 +33,11 @@ public struct GRPCService: Service {
       do { transportSecurity = try tls.server() } catch {
         throw .failedPrecondition("TLS setup from \(tls.files.certificate) failed: \(error)")
       }
-      if let authorization { interceptors.append(PeerAuthorizationInterceptor(authorization)) }
+      // Every certificate from the CA would otherwise be allowed everything.
+      guard let authorization else {
+        throw .internalError("a mutual-TLS endpoint needs an authorization: who may call what")
+      }
+      interceptors.append(PeerAuthorizationInterceptor(authorization))
     }
     if case .unix(let path) = endpoint { try Self.prepareSocketPath(path) }
     self.endpoint = endpoint

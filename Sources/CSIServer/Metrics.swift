@@ -15,6 +15,8 @@ import Synchronization
 public final class DriverMetrics: Sendable {
   public let registry = PrometheusCollectorRegistry()
   private let refreshers = Mutex<[@Sendable () async -> Void]>([])
+  /// One refresh at a time; a scrape meanwhile gets the values as they are.
+  private let refreshing = Mutex(false)
   /// Gauges by name and labels, so a series can be dropped again. The registry traps on
   /// a name registered twice with different help or kinds: every name here has one
   /// call site, with literal help.
@@ -74,7 +76,14 @@ public final class DriverMetrics: Sendable {
 
   /// The text exposition (format 0.0.4), refreshed.
   public func exposition() async -> [UInt8] {
-    for refresh in refreshers.withLock({ $0 }) { await refresh() }
+    let mine = refreshing.withLock { busy in
+      defer { busy = true }
+      return !busy
+    }
+    if mine {
+      for refresh in refreshers.withLock({ $0 }) { await refresh() }
+      refreshing.withLock { $0 = false }
+    }
     recordProcess()
     return registry.emitToBuffer()
   }

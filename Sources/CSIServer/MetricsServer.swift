@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NVMeCSICore
 import ServiceLifecycle
+import Synchronization
 
 /// Serves `GET /metrics` (Prometheus text format) over plain HTTP/1.1 as a
 /// ServiceLifecycle service. Everything else is 404; nothing is read from requests
@@ -19,6 +20,12 @@ public struct MetricsServer: Service {
     self.logger = logger
   }
 
+  /// A connection that has not sent its request by then is closed; more than this many
+  /// at once are refused: a stuck or hostile client holds neither shutdown nor file
+  /// descriptors for long.
+  static let requestTimeout: Duration = .seconds(10)
+  static let maximumConnections = 32
+
   public func run() async throws {
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -32,9 +39,25 @@ public struct MetricsServer: Service {
     logger.info("serving metrics", metadata: ["address": "\(address)", "path": "/metrics"])
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
+        let open = OpenConnections()
         try await server.executeThenClose { connections in
           for try await connection in connections {
-            group.addTask { await serve(connection) }
+            guard open.claim(upTo: Self.maximumConnections) else {
+              try? await connection.channel.close()
+              continue
+            }
+            group.addTask {
+              await withTaskGroup(of: Void.self) { race in
+                race.addTask { await serve(connection) }
+                race.addTask {
+                  try? await Task.sleep(for: Self.requestTimeout)
+                  try? await connection.channel.close()
+                }
+                await race.next()
+                race.cancelAll()
+              }
+              open.release()
+            }
           }
         }
       }
@@ -65,4 +88,19 @@ public struct MetricsServer: Service {
       }
     }
   }
+}
+
+/// How many connections are being served.
+private final class OpenConnections: Sendable {
+  private let count = Mutex(0)
+
+  func claim(upTo limit: Int) -> Bool {
+    count.withLock { count in
+      guard count < limit else { return false }
+      count += 1
+      return true
+    }
+  }
+
+  func release() { count.withLock { $0 -= 1 } }
 }

@@ -41,16 +41,31 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
 
     return try await locks.withLock("volume-name:" + name) {
       let target: StorageTarget
+      func choose() async throws -> StorageTarget {
+        try await chooseTarget(
+          size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
+      }
       switch try await locate(name) {
       case .found(let holder, let existing):
         try requested.check(existing.record, name: name)
         return .with { $0.volume = csiVolume(existing, on: holder) }
-      case .reserved(let placed):
-        target = placed  // an earlier attempt recorded it there: only there may it be created
+      case .reserved(let placed, let home):
+        // An earlier attempt recorded it there: only there may it be created, while it
+        // still fits this request. Otherwise (the target is full now, or a rescheduled
+        // claim needs another topology) the record goes, as nothing of this name is on
+        // that target (`locate` just asked), and the name is placed afresh.
+        let fits = parameters.target.map { $0 == placed.name } ?? true
+        if fits,
+          let same = try? await chooseTarget(
+            size: size, pinned: placed.name, source: source, topology: request.accessibilityRequirements)
+        {
+          target = same
+        } else {
+          try await home.api.releasePlacement(of: name, on: placed.name)
+          target = try await reserve(name, on: try await choose(), home: home)
+        }
       case .absent(let home):
-        let chosen = try await chooseTarget(
-          size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
-        target = try await reserve(name, on: chosen, home: home)
+        target = try await reserve(name, on: try await choose(), home: home)
       }
       let created = try await target.api.createVolume(
         NewVolume(
@@ -77,8 +92,17 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     do { volume = try await target.api.volume(id.uuid) } catch let error as NVMeCSIError where error.kind == .notFound {
       return .init()
     }
-    try await target.api.deleteVolume(id.uuid)
-    if !volume.record.name.isEmpty { await releasePlacement(of: volume.record.name, on: target) }
+    let name = volume.record.name
+    guard !name.isEmpty else {  // quarantined: its name is not known
+      try await target.api.deleteVolume(id.uuid)
+      return .init()
+    }
+    // Under the name's lock: a create of the same name must not see the placement
+    // between the delete and the release.
+    try await locks.withLock("volume-name:" + name) {
+      try await target.api.deleteVolume(id.uuid)
+      await releasePlacement(of: name, on: target)
+    }
     return .init()
   }
 
@@ -499,11 +523,27 @@ extension ControllerService {
     await targets.reachableInfo(targets.all, logger: logger).count
   }
 
-  /// Every target by name, with what it reported (nil: it did not answer).
-  public func targetReport() async -> [(name: String, info: TargetInfo?)] {
-    let answered = await targets.reachableInfo(targets.all, logger: logger)
-    return targets.all.map { target in
-      (target.name.value, answered.first { $0.target.name == target.name }?.info)
+  /// Every target by name, with what it reported (nil: it did not answer within
+  /// `deadline`, so a target that swallows packets cannot hold up a scrape).
+  public func targetReport(deadline: Duration = .seconds(3)) async -> [(name: String, info: TargetInfo?)] {
+    await withTaskGroup(of: (Int, TargetInfo?).self) { group in
+      for (index, target) in targets.all.enumerated() {
+        group.addTask {
+          await withTaskGroup(of: TargetInfo?.self) { race in
+            race.addTask { try? await target.api.info() }
+            race.addTask {
+              try? await Task.sleep(for: deadline)
+              return nil
+            }
+            let first = await race.next() ?? nil
+            race.cancelAll()
+            return (index, first)
+          }
+        }
+      }
+      var infos = [TargetInfo?](repeating: nil, count: targets.all.count)
+      for await (index, info) in group { infos[index] = info }
+      return zip(targets.all, infos).map { ($0.name.value, $1) }
     }
   }
 }

@@ -26,7 +26,7 @@ enum Located {
   /// The volume of that name, on its target.
   case found(StorageTarget, TargetVolume)
   /// Recorded at its home as placed on this target, not created there yet.
-  case reserved(StorageTarget)
+  case reserved(StorageTarget, home: StorageTarget)
   /// No volume has this name.
   case absent(home: StorageTarget)
 }
@@ -49,14 +49,16 @@ extension ControllerService {
     if placement.volumeHere, let volume = try await home.api.volumes(named: name).first {
       return .found(home, volume)
     }
-    if let placed = placement.target, placed != home.name {
+    if let placed = placement.target {
       guard let target = targets[placed] else {
         throw NVMeCSIError.failedPrecondition(
-          "volume name \(quoted(name)) is recorded as placed on target \(placed), which is not in the targets file:"
-            + " add it back, or release the placement")
+          "volume name \(quoted(name)) is recorded on its home target \(home.name) as placed on target \(placed),"
+            + " which is not in the targets file: add that target back to the targets file")
       }
-      if let volume = try await target.api.volumes(named: name).first { return .found(target, volume) }
-      return .reserved(target)
+      if target.name != home.name, let volume = try await target.api.volumes(named: name).first {
+        return .found(target, volume)
+      }
+      return .reserved(target, home: home)
     }
     // Not recorded: a volume from before placements may sit on a target not indexed yet.
     let unindexed = targets.all.filter { $0.name != home.name && !placements.isIndexed($0.name) }
@@ -69,13 +71,19 @@ extension ControllerService {
     return .absent(home: home)
   }
 
-  /// Records `name` at its home as placed on `target` before it is created there;
-  /// answers the target recorded (an earlier record wins).
+  /// Records `name` at its home as placed on `target` before it is created there,
+  /// the home itself included (a create cut off by its deadline, or a second
+  /// controller, must find the choice); answers the target recorded (an earlier record
+  /// wins).
   func reserve(_ name: String, on target: StorageTarget, home: StorageTarget) async throws -> StorageTarget {
-    if target.name == home.name { return target }  // the volume's record at home says it all
     let recorded = try await home.api.reservePlacements([Placement(name: name, target: target.name)])
-    guard let placed = recorded.first?.target, let chosen = targets[placed] else {
+    guard let placed = recorded.first?.target else {
       throw NVMeCSIError.internalError("home target \(home.name) answered no placement for \(quoted(name))")
+    }
+    guard let chosen = targets[placed] else {
+      throw NVMeCSIError.failedPrecondition(
+        "volume name \(quoted(name)) is recorded on its home target \(home.name) as placed on target \(placed),"
+          + " which is not in the targets file: add that target back to the targets file")
     }
     return chosen
   }
@@ -84,7 +92,7 @@ extension ControllerService {
   /// record pointing at a target without the volume, which a later create of the same
   /// name uses as its placement; it is logged, not returned.
   func releasePlacement(of name: String, on target: StorageTarget) async {
-    guard let home = targets.home(of: name), home.name != target.name else { return }
+    guard let home = targets.home(of: name) else { return }
     do { try await home.api.releasePlacement(of: name, on: target.name) } catch {
       logger.warning(
         "placement not released: the home target keeps pointing the name at its old target",
@@ -101,7 +109,8 @@ extension ControllerService {
       do {
         let volumes = try await target.api.volumes(named: nil)
         var byHome: [TargetName: [Placement]] = [:]
-        for volume in volumes {
+        // A quarantined volume has no name to place (and is reported on its own).
+        for volume in volumes where volume.problem == nil && !volume.record.name.isEmpty {
           guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
           byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
         }

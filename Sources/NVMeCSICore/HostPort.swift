@@ -50,9 +50,10 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible {
     return isIPv4 || (isIPv6 && host.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." })
   }
 
-  /// Whether only this machine can reach the address: 127.0.0.0/8, ::1 or localhost.
+  /// Whether only this machine can reach the address: 127.0.0.0/8 or ::1. Numeric only:
+  /// what `localhost` resolves to is up to /etc/hosts and DNS.
   public var isLoopback: Bool {
-    host == "localhost" || host == "::1" || (isNumeric && !isIPv6 && host.hasPrefix("127."))
+    host == "::1" || (isNumeric && !isIPv6 && host.hasPrefix("127."))
   }
 
   /// `[host]` for IPv6, the host as it is otherwise.

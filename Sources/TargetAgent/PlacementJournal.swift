@@ -15,11 +15,15 @@ import TargetContract
 /// comes before the answer), so loading drops it.
 final class PlacementJournal: Sendable {
   let path: String
-  private struct State: ~Copyable {
-    var placements: [String: TargetName]
+  /// What is recorded: read without waiting for a write in progress.
+  private let placements: Mutex<[String: TargetName]>
+  /// The open journal, held across a write and its sync (writers take turns).
+  private struct Writer: ~Copyable {
     var fd: Int32
+    /// Why the file can no longer be trusted (an append that could not be undone).
+    var broken: String?
   }
-  private let state: Mutex<State>
+  private let writer: Mutex<Writer>
 
   private struct Line: Codable {
     /// The name.
@@ -28,18 +32,26 @@ final class PlacementJournal: Sendable {
     var t: String?
   }
 
-  /// Loads the journal (a missing one is empty) and rewrites it compactly.
+  /// Loads the journal (a missing one is empty) and rewrites it compactly. Only a
+  /// last line without its newline may be unreadable (a crash mid-append); any other
+  /// unreadable line stops the target rather than forget what it acknowledged.
   init(path: String) throws(NVMeCSIError) {
     self.path = path
     var placements: [String: TargetName] = [:]
     if let data = FileManager.default.contents(atPath: path) {
-      for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
-        guard let entry = try? JSONDecoder().decode(Line.self, from: Data(line)) else { continue }
-        if let target = entry.t {
-          placements[entry.n] = try TargetName(target)
-        } else {
-          placements[entry.n] = nil
+      let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+      for (index, line) in lines.enumerated() where !line.isEmpty {
+        // A record names a valid target; a release names none.
+        guard let entry = try? JSONDecoder().decode(Line.self, from: Data(line)),
+          entry.t == nil || (try? TargetName(entry.t!)) != nil
+        else {
+          if index == lines.count - 1 { break }  // unterminated: never acknowledged
+          throw .failedPrecondition(
+            "placement journal \(path) line \(index + 1) is unreadable: refusing to start rather than forget where"
+              + " volume names live; restore the file from a backup, or move it aside to have the controller"
+              + " re-index")
         }
+        placements[entry.n] = try entry.t.map { (t) throws(NVMeCSIError) in try TargetName(t) }
       }
     } else if FileManager.default.fileExists(atPath: path) {
       throw .internalError("placement journal \(path) cannot be read")
@@ -51,37 +63,41 @@ final class PlacementJournal: Sendable {
     try DurableFile.write(compact, to: path)
     let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
     guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
-    state = Mutex(State(placements: placements, fd: fd))
+    self.placements = Mutex(placements)
+    self.writer = Mutex(Writer(fd: fd, broken: nil))
   }
 
-  deinit { state.withLock { close($0.fd) } }
+  deinit { writer.withLock { close($0.fd) } }
 
-  func placement(of name: String) -> TargetName? { state.withLock { $0.placements[name] } }
+  func placement(of name: String) -> TargetName? { placements.withLock { $0[name] } }
 
-  var count: Int { state.withLock { $0.placements.count } }
+  var count: Int { placements.withLock { $0.count } }
 
   /// Records the names not recorded yet (one sync for all); answers what is recorded.
-  func reserve(_ placements: [Placement]) throws(NVMeCSIError) -> [Placement] {
-    try state.withLock { (state: inout State) throws(NVMeCSIError) in
+  func reserve(_ requested: [Placement]) throws(NVMeCSIError) -> [Placement] {
+    try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
       var lines = Data()
       var added: [String: TargetName] = [:]
-      for placement in placements where state.placements[placement.name] == nil && added[placement.name] == nil {
+      let recorded = placements.withLock { current in requested.map { current[$0.name] } }
+      for (placement, existing) in zip(requested, recorded) where existing == nil && added[placement.name] == nil {
         added[placement.name] = placement.target
         lines += try Self.encode(Line(n: placement.name, t: placement.target.value))
       }
       if !lines.isEmpty {
-        try Self.append(lines, to: state.fd, path: path)
-        state.placements.merge(added) { old, _ in old }
+        try append(lines, with: &writer)
+        placements.withLock { $0.merge(added) { old, _ in old } }
       }
-      return placements.map { Placement(name: $0.name, target: state.placements[$0.name]!) }
+      return zip(requested, recorded).map { placement, existing in
+        Placement(name: placement.name, target: existing ?? added[placement.name] ?? placement.target)
+      }
     }
   }
 
   func release(_ name: String, on target: TargetName) throws(NVMeCSIError) {
-    try state.withLock { (state: inout State) throws(NVMeCSIError) in
-      guard state.placements[name] == target else { return }
-      try Self.append(try Self.encode(Line(n: name, t: nil)), to: state.fd, path: path)
-      state.placements[name] = nil
+    try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
+      guard placements.withLock({ $0[name] }) == target else { return }
+      try append(try Self.encode(Line(n: name, t: nil)), with: &writer)
+      _ = placements.withLock { $0.removeValue(forKey: name) }
     }
   }
 
@@ -92,25 +108,31 @@ final class PlacementJournal: Sendable {
   }
 
   /// Appends whole lines or nothing: a failed append is cut off again, so the next
-  /// line never joins a half-written one.
-  private static func append(_ data: Data, to fd: Int32, path: String) throws(NVMeCSIError) {
+  /// line never joins a half-written one. When even that fails, the journal takes no
+  /// more changes until the target restarts (and re-reads what is really there).
+  private func append(_ data: Data, with writer: inout Writer) throws(NVMeCSIError) {
+    if let broken = writer.broken {
+      throw .unavailable("placement journal \(path) takes no changes until the target restarts: \(broken)")
+    }
+    let fd = writer.fd
     let start = lseek(fd, 0, SEEK_END)
     guard start >= 0 else { throw DurableFile.failure("cannot seek in", path) }
     var offset = 0
+    var failure: NVMeCSIError?
     while offset < data.count {
       let written = data.withUnsafeBytes { write(fd, $0.baseAddress! + offset, data.count - offset) }
       if written < 0 {
         if errno == EINTR { continue }
-        let error = DurableFile.failure("cannot append to", path)
-        _ = ftruncate(fd, start)
-        throw error
+        failure = DurableFile.failure("cannot append to", path)
+        break
       }
       offset += written
     }
-    guard fdatasync(fd) == 0 else {
-      let error = DurableFile.failure("cannot sync", path)
-      _ = ftruncate(fd, start)
-      throw error
+    if failure == nil, fdatasync(fd) != 0 { failure = DurableFile.failure("cannot sync", path) }
+    guard let failure else { return }
+    if ftruncate(fd, start) != 0 || fdatasync(fd) != 0 {
+      writer.broken = "an append failed (\(failure.message)) and could not be undone"
     }
+    throw failure
   }
 }

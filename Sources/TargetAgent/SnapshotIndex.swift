@@ -9,6 +9,9 @@ final class SnapshotIndex: Sendable {
   private struct State {
     var byUUID: [ObjectUUID: SnapshotRecord] = [:]
     var byName: [String: ObjectUUID] = [:]
+    /// A store call failed part-way and the index may not match the store: reload
+    /// before the next lookup.
+    var stale = false
   }
   private let state = Mutex(State())
 
@@ -20,6 +23,10 @@ final class SnapshotIndex: Sendable {
   }
 
   func insert(_ record: SnapshotRecord) { state.withLock { Self.insert(record, into: &$0) } }
+
+  func invalidate() { state.withLock { $0.stale = true } }
+
+  var isStale: Bool { state.withLock { $0.stale } }
 
   func remove(_ uuid: ObjectUUID) {
     state.withLock { state in

@@ -327,6 +327,7 @@ public final class TargetAgent: TargetAPI {
   {
     try validateName(name, what: "snapshot")
     return try await locks.withLock("snapshot-name:" + name) { [self] in
+      try await reloadSnapshotsIfStale()
       if let existing = snapshotIndex.named(name) { return (existing, true) }
       return try await locks.withLock("volume:" + source.value) { [self] in
         try await onPool { [self] () throws(NVMeCSIError) in
@@ -337,7 +338,7 @@ public final class TargetAgent: TargetAPI {
               SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
           } catch {
             // It may have come to exist before the failure: a retry must find it by name.
-            if let made = try? store.snapshots().first(where: { $0.name == name }) { snapshotIndex.insert(made) }
+            reloadSnapshotsAfterFailure()
             throw error
           }
           snapshotIndex.insert(snapshot)
@@ -353,7 +354,7 @@ public final class TargetAgent: TargetAPI {
       try await onPool { [self] () throws(NVMeCSIError) in
         do throws(NVMeCSIError) { try store.deleteSnapshot(uuid) } catch {
           // A delete that failed part-way may have removed the record (the commit).
-          if (try? store.snapshots().contains { $0.uuid == uuid }) == false { snapshotIndex.remove(uuid) }
+          reloadSnapshotsAfterFailure()
           throw error
         }
         snapshotIndex.remove(uuid)
@@ -362,7 +363,20 @@ public final class TargetAgent: TargetAPI {
   }
 
   public func snapshots(matching filter: SnapshotFilter) async throws(NVMeCSIError) -> [SnapshotRecord] {
-    snapshotIndex.matching(filter)
+    try await reloadSnapshotsIfStale()
+    return snapshotIndex.matching(filter)
+  }
+
+  /// After a store call failed part-way: the index as the store has it now, or marked
+  /// stale (reloaded before the next lookup) when the store cannot be read either.
+  private func reloadSnapshotsAfterFailure() {
+    do { snapshotIndex.load(try store.snapshots()) } catch { snapshotIndex.invalidate() }
+  }
+
+  private func reloadSnapshotsIfStale() async throws(NVMeCSIError) {
+    guard snapshotIndex.isStale else { return }
+    let records = try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots() }
+    snapshotIndex.load(records)
   }
 
   // MARK: placements
@@ -471,6 +485,7 @@ public final class TargetAgent: TargetAPI {
     case .volume(let v):
       return try record(v).sizeBytes
     case .snapshot(let s):
+      if snapshotIndex.isStale { snapshotIndex.load(try store.snapshots()) }
       guard let snapshot = snapshotIndex.snapshot(s) else {
         throw .notFound("snapshot \(s) does not exist")
       }

@@ -64,6 +64,58 @@ struct PlacementTests {
     }
   }
 
+  @Test("a volume placed on its home is recorded there too, before it is created")
+  func homePlacementIsRecorded() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let name = "pvc-at-home"
+      let home = try #require(TargetSet.home(of: name, among: fleet.names))
+      let created = try await fleet.controller.createVolume(
+        createRequest(name, bytes: mebibyte, parameters: ["target": home.value]))
+      #expect(created.volume.volumeID.hasPrefix("v1.\(home)."))
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == home)
+      // A record at the home whose create never ran (cut off by its deadline) holds
+      // the name there, wherever the free space is now.
+      let other = "pvc-cut-off"
+      let otherHome = try #require(TargetSet.home(of: other, among: fleet.names))
+      _ = try await fleet.target(otherHome).local.agent.reservePlacements([Placement(name: other, target: otherHome)])
+      let retried = try await fleet.controller.createVolume(createRequest(other, bytes: mebibyte))
+      #expect(retried.volume.volumeID.hasPrefix("v1.\(otherHome)."))
+    }
+  }
+
+  @Test("a recorded placement that no longer fits the request is replaced, as nothing of the name is there")
+  func reservationThatNoLongerFits() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let name = "pvc-moved"
+      let home = try #require(TargetSet.home(of: name, among: fleet.names))
+      let first = try #require(fleet.targets.first { $0.name != home })
+      let second = try #require(fleet.targets.first { $0.name != home && $0.name != first.name })
+      _ = try await fleet.target(home).local.agent.reservePlacements([Placement(name: name, target: first.name)])
+      let created = try await fleet.controller.createVolume(
+        createRequest(name, bytes: mebibyte, parameters: ["target": second.name.value]))
+      #expect(created.volume.volumeID.hasPrefix("v1.\(second.name)."))
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == second.name)
+      #expect(try await fleet.volumeCounts()[name] == 1)
+    }
+  }
+
+  @Test("a quarantined volume does not keep its target from being indexed")
+  func quarantinedVolumeIsSkipped() async throws {
+    try await Fleet.with(targets: 2, indexed: false) { fleet in
+      // Data without a record: moved aside at start and reported, with no name.
+      let target = fleet.targets[0]
+      let orphan = target.local.store + "/volumes/6b0d2c1e-0000-4000-8000-000000000001.img"
+      FileManager.default.createFile(atPath: orphan, contents: Data(count: 4096))
+      let restarted = SwitchableTarget(
+        local: try LocalTarget(name: target.name.value, store: target.local.store, configfs: target.local.configfs))
+      #expect(try await restarted.volumes(named: nil).contains { $0.problem != nil })
+      let service = ControllerService(
+        targets: TargetSet([restarted, fleet.targets[1]].map { StorageTarget(name: $0.name, topology: [:], api: $0) }),
+        logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+      #expect(await service.indexPlacements())
+    }
+  }
+
   @Test("a volume created before placements were recorded is found, and indexing records it at its home")
   func volumesFromBeforePlacements() async throws {
     try await Fleet.with(targets: 3, indexed: false) { fleet in

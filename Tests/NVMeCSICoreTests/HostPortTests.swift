@@ -67,4 +67,14 @@ struct HostPortTests {
   func numericHost(host: String, isNumeric: Bool) {
     #expect(HostPort(host: host, port: 4420).isNumeric == isNumeric)
   }
+
+  @Test(
+    "Plaintext is allowed only on a numeric loopback address (a name may resolve anywhere)",
+    arguments: [
+      ("127.0.0.1", true), ("127.1.2.3", true), ("::1", true), ("localhost", false), ("127.example", false),
+      ("10.0.0.1", false), ("0.0.0.0", false), ("::", false), ("fd00::1", false),
+    ])
+  func loopback(host: String, isLoopback: Bool) {
+    #expect(HostPort(host: host, port: 7600).isLoopback == isLoopback)
+  }
 }

@@ -52,6 +52,19 @@ struct PlacementJournalTests {
     }
   }
 
+  @Test("an unreadable line before the last is refused at start: acknowledged records are never dropped")
+  func corruptMiddleLine() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      _ = try await target.agent.reservePlacements([Placement(name: "pvc-1", target: a)])
+      let journal = target.store + "/placements.journal"
+      let text = try String(contentsOfFile: journal, encoding: .utf8)
+      try ("garbage\n" + text).write(toFile: journal, atomically: true, encoding: .utf8)
+      #expect(throws: (any Error).self) { try LocalTarget(name: "home", directory: directory) }
+      #expect(try String(contentsOfFile: journal, encoding: .utf8).hasSuffix(text), "the journal was rewritten")
+    }
+  }
+
   @Test("a volume here is reported; bad names and oversized batches are refused and change nothing")
   func boundsAndVolumeHere() async throws {
     try await withTemporaryDirectory { directory in
