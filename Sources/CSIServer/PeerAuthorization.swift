@@ -21,7 +21,7 @@ public struct PeerAuthorization: Sendable {
   public func refusal(names: [String], method: MethodDescriptor) -> String? {
     if names.contains(where: writers.contains) { return nil }
     if readMethods.contains(method), names.contains(where: readers.contains) { return nil }
-    let shown = names.isEmpty ? "no name" : names.sorted().joined(separator: ", ")
+    let shown = names.isEmpty ? "no name" : Set(names).sorted().joined(separator: ", ")
     let wanted = readMethods.contains(method) ? writers.union(readers) : writers
     return "the client certificate (\(shown)) may not call \(method.method): it must name one of "
       + wanted.sorted().joined(separator: ", ")

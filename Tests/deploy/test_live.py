@@ -338,7 +338,7 @@ def test_the_targets_serve_only_the_controller_identity(cluster):
     endpoint = cluster.start_controller("controller-as-reader", cluster.certs / "reader")
     r = cluster.ctl("create-volume", f"pvc-{uuid.uuid4()}", "--size", "16Mi", endpoint=endpoint)
     assert r.returncode != 0, f"the reader created a volume: {r.stdout}"
-    assert "permissionDenied" in r.stderr and "may not call CreateVolume" in r.stderr, r.stderr
+    assert "permissionDenied" in r.stderr and "may not call " in r.stderr, r.stderr
 
 
 def _size(quantity: str) -> str:
