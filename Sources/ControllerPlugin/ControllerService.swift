@@ -50,16 +50,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         try requested.check(existing.record, name: name)
         return .with { $0.volume = csiVolume(existing, on: holder) }
       case .reserved(let placed, let home):
-        // An earlier attempt recorded it there: only there may it be created, while it
-        // still fits this request. Otherwise (the target is full now, or a rescheduled
-        // claim needs another topology) the record goes, as nothing of this name is on
-        // that target (`locate` just asked), and the name is placed afresh.
-        let fits = parameters.target.map { $0 == placed.name } ?? true
-        if fits,
-          let same = try? await chooseTarget(
-            size: size, pinned: placed.name, source: source, topology: request.accessibilityRequirements)
-        {
-          target = same
+        // An earlier attempt recorded it there: only there may it be created (a full
+        // target answers ResourceExhausted; one still creating it answers Aborted).
+        // Only when this request can never live there (another pinned target, topology
+        // or clone source) does the record go, as nothing of this name is on that
+        // target (`locate` just asked), and the name is placed afresh.
+        if fits(placed, pinned: parameters.target, source: source, topology: request.accessibilityRequirements) {
+          target = placed
         } else {
           try await home.api.releasePlacement(of: name, on: placed.name)
           target = try await reserve(name, on: try await choose(), home: home)
@@ -389,6 +386,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.notFound("snapshot \(id) does not exist")
     }
     return (target, snapshot)
+  }
+
+  /// Whether a volume of this request may live on `target` at all (capacity aside).
+  private func fits(
+    _ target: StorageTarget, pinned: TargetName?, source: ContentSource?, topology: Csi_V1_TopologyRequirement
+  ) -> Bool {
+    if let pinned, pinned != target.name { return false }
+    if let source, source.id.target != target.name { return false }
+    return topology.requisite.isEmpty || topology.requisite.contains { target.isAccessible(from: $0.segments) }
   }
 
   /// The target for a new volume: the source's target for clones (reflinks stay on one
