@@ -13,6 +13,8 @@ mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/confi
 [ -c /dev/nvme-fabrics ] || { echo "guest: /dev/nvme-fabrics missing"; exit 1; }
 mount -t tmpfs -o size=5G e2e /e2e 2>/dev/null || { mkdir -p /e2e && mount -t tmpfs -o size=5G e2e /e2e; }
 status=0
+# The target API's certificates, made once (openssl is slow to start under emulation).
+"$(dirname "$0")/../../deploy/certs/make-certs.sh" /e2e/certs >/dev/null || exit 1
 
 # A file store must sit on ext4 or xfs: nvmet sees a 0-byte file on overlayfs, and on
 # tmpfs it needs buffered_io and WRITE_ZEROES fails. So: a loop device, formatted.
@@ -25,7 +27,7 @@ echo "=== lifecycle: file store on XFS"
 mkdir -p /e2e/file/store
 loop=$(disk file 2G)
 mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/file/store || exit 1
-"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store || status=1
+"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store --certs /e2e/certs || status=1
 umount /e2e/file/store
 
 echo "=== faults under verified I/O: file store on XFS"
@@ -33,12 +35,12 @@ mkdir -p /e2e/faults/store
 loop=$(disk faults 1G)
 mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/faults/store || exit 1
 "$bin/nvme-csi-e2e" --suite faults --bin "$bin" --work /e2e/faults --store file:/e2e/faults/store \
-  --store-device "$loop" || status=1
+  --store-device "$loop" --certs /e2e/certs || status=1
 umount /e2e/faults/store
 
 if [ -n "$sanity" ]; then
   echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"
-  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity || status=1
+  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity /e2e/certs || status=1
 fi
 
 echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
@@ -53,5 +55,5 @@ NVME_CSI_TEST_LVM_POOL=nvmecsi/pool "$bin/nvme-csiPackageTests.xctest" --testing
   --filter VolumeStoreContractTests || status=1
 
 echo "=== lifecycle: LVM thin store"
-"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool || status=1
+"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool --certs /e2e/certs || status=1
 exit $status

@@ -2,9 +2,9 @@
 # Runs INSIDE the VM as root (guest.sh calls it): the CSI conformance suite
 # (csi-sanity) against a real target on real configfs and `nvme-csi all-in-one`,
 # which serves Controller and Node on the one endpoint the suite's Node specs need.
-# usage: sanity.sh <bin-dir> <csi-sanity binary> <work dir on a tmpfs>
+# usage: sanity.sh <bin-dir> <csi-sanity binary> <work dir on a tmpfs> [certificates dir]
 set -uo pipefail
-bin=$1 sanity=$2 work=$3
+bin=$1 sanity=$2 work=$3 certs=${4:-$3/certs}
 mkdir -p "$work/store" "$work/nvme" "$work/logs"
 # The store on XFS on a loop device, as in the lifecycle (reflink clones and snapshots).
 truncate -s 2G "$work/store.img"
@@ -14,8 +14,8 @@ echo "3f0b8c2e-5d1a-4b7e-9c64-2a8e1d7f0b35" >"$work/nvme/hostid"
 echo '{"targets": [{"name": "sanity", "address": "127.0.0.1:7610"}]}' >"$work/targets.json"
 
 # The target API with mutual TLS, as deployed.
-"$(dirname "$0")/../../deploy/certs/make-certs.sh" "$work/certs" >/dev/null || exit 1
-tls() { echo --tls-ca "$work/certs/$1/ca.crt" --tls-cert "$work/certs/$1/tls.crt" --tls-key "$work/certs/$1/tls.key"; }
+[ -e "$certs/target/tls.key" ] || "$(dirname "$0")/../../deploy/certs/make-certs.sh" "$certs" >/dev/null || exit 1
+tls() { echo --tls-ca "$certs/$1/ca.crt" --tls-cert "$certs/$1/tls.crt" --tls-key "$certs/$1/tls.key"; }
 
 "$bin/nvme-csi" target --listen 127.0.0.1:7610 --store "file:$work/store" --portal 127.0.0.1:4430 \
   $(tls target) --log-level debug >"$work/logs/target.log" 2>&1 &

@@ -25,10 +25,11 @@ final class Cluster: @unchecked Sendable {
   /// `--store` of the target: `file:<dir>` or `lvm:<vg>/<pool>`.
   let store: String
 
-  init(bin: String, work: String, store: String) {
+  init(bin: String, work: String, store: String, certificates: String? = nil) {
     self.bin = bin
     self.work = work
     self.store = store
+    self.certificates = certificates ?? work + "/certs"
     self.controllerSocket = work + "/csi/controller.sock"
     self.nodeSocket = work + "/csi/node.sock"
   }
@@ -94,10 +95,12 @@ final class Cluster: @unchecked Sendable {
 
   // MARK: the target API's mutual TLS, as deployed
 
-  var certificates: String { work + "/certs" }
+  /// make-certs.sh's directory: a CA and the target, controller and reader certificates.
+  let certificates: String
 
-  /// A CA and the target, controller and reader certificates, by the documented script.
+  /// Made by the documented script, unless already there (guest.sh makes them once).
   private func makeCertificates() throws {
+    if FileManager.default.fileExists(atPath: certificates + "/target/tls.key") { return }
     let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
       .appendingPathComponent("../../deploy/certs/make-certs.sh").standardized.path
     let process = Process()

@@ -23,6 +23,7 @@ struct Lifecycle {
     var store = ""
     var suite = "lifecycle"
     var storeDevice = ""
+    var certificates: String?
     while let flag = arguments.popFirst() {
       switch flag {
       case "--bin": bin = arguments.popFirst() ?? ""
@@ -32,10 +33,14 @@ struct Lifecycle {
       // under a file store's file system, which the suite unmounts and mounts again.
       case "--suite": suite = arguments.popFirst() ?? suite
       case "--store-device": storeDevice = arguments.popFirst() ?? ""
+      // The target API's certificates (make-certs.sh's directory), made once per VM
+      // run; made in --work when not given.
+      case "--certs": certificates = arguments.popFirst()
       default: break
       }
     }
-    let cluster = Cluster(bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store)
+    let cluster = Cluster(
+      bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store, certificates: certificates)
     let steps = Steps()
     steps.onFailure = {
       for role in ["target", "controller", "node"] { print("    --- \(role) log (tail)\n\(cluster.logTail(role))") }
