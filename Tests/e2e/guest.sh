@@ -40,7 +40,7 @@ umount /e2e/faults/store
 
 if [ -n "$sanity" ]; then
   echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"
-  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity /e2e/certs || status=1
+  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity || status=1
 fi
 
 echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
