@@ -57,6 +57,32 @@ CONTAINER_ENGINE ?= docker
 image:
 	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
+## The same image for linux/amd64 and linux/arm64 under one name (docs/image.md):
+##   make image-multiarch                 docker buildx; loads the result into docker
+##                                        (a multi-platform image needs its containerd
+##                                        image store; otherwise push it: PUSH=1)
+##   make image-multiarch PUSH=1          builds and pushes $(IMAGE) (docker login first)
+##   make image-multiarch CONTAINER_ENGINE=podman [PUSH=1]
+##                                        a podman manifest list $(IMAGE); PUSH=1 pushes it
+## The architecture that is not the machine's builds under QEMU (binfmt_misc), slowly,
+## unless the builder has a native node for it. PLATFORMS=… and BUILDER=<buildx
+## builder> override the defaults.
+PLATFORMS ?= linux/amd64,linux/arm64
+.PHONY: image-multiarch
+ifeq ($(notdir $(CONTAINER_ENGINE)),podman)
+# --manifest adds to an existing list of that name (and refuses a plain image's name):
+# start from no list, so a rebuild replaces the images instead of adding more.
+image-multiarch:
+	if $(CONTAINER_ENGINE) manifest exists $(IMAGE); then $(CONTAINER_ENGINE) manifest rm $(IMAGE); \
+	elif $(CONTAINER_ENGINE) image exists $(IMAGE); then $(CONTAINER_ENGINE) untag $(IMAGE) $(IMAGE); fi
+	$(CONTAINER_ENGINE) build --platform $(PLATFORMS) --manifest $(IMAGE) .
+	$(if $(filter 1,$(PUSH)),$(CONTAINER_ENGINE) manifest push --all $(IMAGE) docker://$(IMAGE))
+else
+image-multiarch:
+	$(CONTAINER_ENGINE) buildx build --platform $(PLATFORMS) $(if $(BUILDER),--builder $(BUILDER)) \
+	  $(if $(filter 1,$(PUSH)),--push,--load) -t $(IMAGE) .
+endif
+
 ## The README's main job: boot the VM and walk volumes through their whole life on
 ## the real kernel, narrated.
 demo: e2e
