@@ -5,6 +5,7 @@ resources and RBAC."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -243,6 +244,19 @@ def test_readiness_probe_reaches_the_livenessprobe_sidecar(installation, workloa
 # --- what each role needs from the host ------------------------------------------------
 
 
+# Talos keeps the store and the state in user volumes (/var/mnt/<name>), with base's
+# paths inside the containers; test_talos.py matches the names with deploy/talos.
+TALOS_USER_VOLUMES = "/var/mnt/"
+
+
+def _is_host_dir(installation: str, host_path: str, base_path: str) -> bool:
+    """Whether host_path is where the installation keeps what base keeps in base_path."""
+    if installation == "overlays/talos":
+        name = host_path.removeprefix(TALOS_USER_VOLUMES)
+        return host_path.startswith(TALOS_USER_VOLUMES) and bool(name) and "/" not in name
+    return host_path == base_path
+
+
 def _host_path_of(spec: dict, c: dict, path: str) -> dict:
     m = mount_for_path(c, path)
     assert m is not None, f"{c['name']}: {path} is on no volume"
@@ -274,7 +288,8 @@ def test_node_plugin_has_the_host_paths_it_needs(installation, render):
     state = inv.value("--state-dir")
     hp = _host_path_of(spec, c, state)
     assert hp["mount"]["mountPath"] == state, "the state dir must be a host directory of its own"
-    assert hp["volume"]["hostPath"]["path"] == "/var/lib/nvme-csi"
+    assert _is_host_dir(installation, hp["volume"]["hostPath"]["path"], "/var/lib/nvme-csi"), (
+        f"state dir on host path {hp['volume']['hostPath']['path']}")
     # Topology: every segment is key=value, and $(NODE_NAME) is the node's name.
     for seg in inv.flags.get("--topology", []):
         key, eq, value = seg.partition("=")
@@ -306,44 +321,79 @@ def test_target_runs_on_storage_nodes_with_configfs_and_its_store(installation, 
     store_dir = store[len("file:"):]
     hp = _host_path_of(spec, c, store_dir)
     assert hp["mount"]["mountPath"] == store_dir
-    assert hp["volume"]["hostPath"]["path"] == store_dir, (
-        "mount the store at its host path, so the paths nvmet shows in configfs are the host's")
+    assert _is_host_dir(installation, hp["volume"]["hostPath"]["path"], store_dir), (
+        "mount the store at its host path, so the paths nvmet shows in configfs are the host's "
+        f"(Talos: a user volume), not {hp['volume']['hostPath']['path']}")
+    # configfs is the host's, at the host's path (where the host has not mounted it,
+    # the target mounts it there itself).
     configfs = inv.value("--configfs")
-    wrapper = "\n".join(c.get("args", [])) if c.get("command") else ""
-    mounts_configfs = re.search(r"mount -t configfs configfs " + re.escape(configfs) + r"\b", wrapper)
-    if not mounts_configfs:
-        hp = _host_path_of(spec, c, configfs)
-        assert hp["volume"]["hostPath"]["path"] == "/sys/kernel/config" and hp["mount"]["mountPath"] == configfs
+    hp = _host_path_of(spec, c, configfs)
+    assert hp["volume"]["hostPath"]["path"] == "/sys/kernel/config" and hp["mount"]["mountPath"] == configfs
     ports = {p["containerPort"] for p in c.get("ports", [])}
     assert {7600, 4420} <= ports, f"declare the target API and NVMe/TCP ports, got {ports}"
     assert c["livenessProbe"]["tcpSocket"]["port"] == 7600
 
 
-def test_talos_overlay_mounts_configfs_itself(render):
-    ds = one(render("overlays/talos"), "DaemonSet", "nvme-csi-target")
-    c = container(pod_spec(ds), "nvme-csi")
-    script = "\n".join(c.get("args", []))
-    assert "mount -t configfs configfs /sys/kernel/config" in script, "Talos does not mount configfs"
-    # Kubernetes expands $(VAR) of the container's env vars; any other $(...) is left
-    # for the shell, which would run it as a command.
-    defined = {e["name"]: "x" for e in c.get("env", [])}
-    assert "$(" not in deploylib.expand(script, defined), "a $(...) in the script is no env var of the container"
+def test_talos_target_runs_bases_container(render):
+    """No shell wrapper on Talos: Talos 1.10+ mounts configfs, and the target mounts it
+    itself where a host has not. The container is base's: the image's entrypoint with
+    base's arguments, flag for flag (a flag added to base, like --name or
+    --metrics-address, reaches Talos), and base's mounts."""
+    base_ds = one(render("base"), "DaemonSet", "nvme-csi-target")
+    talos_ds = one(render("overlays/talos"), "DaemonSet", "nvme-csi-target")
+    base_c = container(pod_spec(base_ds), "nvme-csi")
+    talos_c = container(pod_spec(talos_ds), "nvme-csi")
+    assert "command" not in talos_c, f"overlays/talos replaces the entrypoint: {talos_c['command']}"
+    assert talos_c.get("args") == base_c.get("args"), f"overlays/talos runs {talos_c.get('args')}, base {base_c.get('args')}"
+    base, talos = main_invocation(base_ds), main_invocation(talos_ds)
+    assert talos.where.endswith("(args)"), talos.where
+    assert (talos.role, talos.flags, talos.positionals) == (base.role, base.flags, base.positionals)
+    assert talos_c == base_c, "the Talos target container differs from base's (only host paths may)"
+    assert volume(pod_spec(talos_ds), "configfs") == volume(pod_spec(base_ds), "configfs")
 
 
-def test_talos_runs_the_target_with_bases_flags(render):
-    """The wrapper's `exec nvme-csi target ...` line is base's command line, flag for
-    flag (a flag added to base, like --name or --metrics-address, must reach Talos)."""
-    base = main_invocation(one(render("base"), "DaemonSet", "nvme-csi-target"))
-    talos = main_invocation(one(render("overlays/talos"), "DaemonSet", "nvme-csi-target"))
-    assert "shell wrapper" in talos.where
-    assert (talos.role, talos.flags, talos.positionals) == (base.role, base.flags, base.positionals), (
-        f"overlays/talos runs {talos.argv}, base {base.argv}")
+def _normalized(objects: list[dict], blank: dict[tuple[str, str], set[str]]) -> dict:
+    """Objects by (kind, namespace, name), with the named volumes' hostPaths blanked
+    and volumes sorted (a strategic-merge patch reorders them)."""
+    out = {}
+    for o in objects:
+        o = copy.deepcopy(o)
+        key = (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        spec = pod_spec(o)
+        if spec is not None:
+            for v in spec.get("volumes", []):
+                if v["name"] in blank.get((o["kind"], o["metadata"]["name"]), set()):
+                    v["hostPath"] = "<changed>"
+            spec["volumes"] = sorted(spec.get("volumes", []), key=lambda v: v["name"])
+        out[key] = o
+    return out
 
 
-def test_talos_overlay_leaves_host_paths_unchecked(render):
+# What overlays/talos changes, and nothing else: docs/talos.md lists these.
+TALOS_CHANGED_HOST_PATHS = {
+    ("DaemonSet", "nvme-csi-node"): {"etc-nvme", "state"},
+    ("DaemonSet", "nvme-csi-target"): {"store"},
+}
+
+
+def test_talos_overlay_changes_only_three_host_paths(render):
+    base = _normalized(render("base"), TALOS_CHANGED_HOST_PATHS)
+    talos = _normalized(render("overlays/talos"), TALOS_CHANGED_HOST_PATHS)
+    assert sorted(talos) == sorted(base)
+    differ = [k for k in base if base[k] != talos[k]]
+    assert not differ, f"overlays/talos changes more than the host paths {TALOS_CHANGED_HOST_PATHS}: {differ}"
+
+
+def test_talos_overlay_host_paths(render):
+    """/etc/nvme unchecked (kubelet's container does not see it); store and state in
+    /var/mnt, which kubelet sees: type Directory, so a node without the user volume
+    does not start the pod on an empty directory."""
     node = pod_spec(one(render("overlays/talos"), "DaemonSet", "nvme-csi-node"))
-    assert volume(node, "etc-nvme")["hostPath"].get("type", "") == ""
-    assert volume(node, "state")["hostPath"].get("type", "") == ""
+    target = pod_spec(one(render("overlays/talos"), "DaemonSet", "nvme-csi-target"))
+    assert volume(node, "etc-nvme")["hostPath"] == {"path": "/etc/nvme", "type": ""}
+    for v in (volume(node, "state"), volume(target, "store")):
+        assert v["hostPath"]["path"].startswith(TALOS_USER_VOLUMES), v
+        assert v["hostPath"]["type"] == "Directory", v
     base = pod_spec(one(render("base"), "DaemonSet", "nvme-csi-node"))
     assert volume(base, "etc-nvme")["hostPath"]["type"] == "DirectoryOrCreate"
 
