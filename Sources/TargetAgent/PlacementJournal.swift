@@ -9,7 +9,9 @@ import TargetContract
 
 /// The placements recorded on this target as the names' home: name → target. Kept in
 /// memory; on disk an append-only journal of JSON lines, one `fdatasync` per change
-/// (a batch of reservations is one change), rewritten compactly at start.
+/// (a batch of reservations is one change), rewritten compactly at start and whenever
+/// most of its lines are superseded (create/delete churn), so its size follows the
+/// live names: one rewrite per as many changes as there are names, at most.
 ///
 /// A crash can leave a last line half written: it was never acknowledged (the sync
 /// comes before the answer), so loading drops it.
@@ -22,7 +24,11 @@ final class PlacementJournal: Sendable {
     var fd: Int32
     /// Why the file can no longer be trusted (an append that could not be undone).
     var broken: String?
+    /// Lines in the file, live or superseded.
+    var lines: Int
   }
+  /// Below this many lines the journal is never rewritten between starts.
+  static let compactionFloor = 1024
   private let writer: Mutex<Writer>
 
   private struct Line: Codable {
@@ -56,15 +62,19 @@ final class PlacementJournal: Sendable {
     } else if FileManager.default.fileExists(atPath: path) {
       throw .internalError("placement journal \(path) cannot be read")
     }
-    var compact = Data()
-    for (name, target) in placements.sorted(by: { $0.key < $1.key }) {
-      compact += try Self.encode(Line(n: name, t: target.value))
-    }
-    try DurableFile.write(compact, to: path)
+    try DurableFile.write(try Self.compact(placements), to: path)
     let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
     guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
     self.placements = Mutex(placements)
-    self.writer = Mutex(Writer(fd: fd, broken: nil))
+    self.writer = Mutex(Writer(fd: fd, broken: nil, lines: placements.count))
+  }
+
+  private static func compact(_ placements: [String: TargetName]) throws(NVMeCSIError) -> Data {
+    var data = Data()
+    for (name, target) in placements.sorted(by: { $0.key < $1.key }) {
+      data += try encode(Line(n: name, t: target.value))
+    }
+    return data
   }
 
   deinit { writer.withLock { close($0.fd) } }
@@ -86,6 +96,8 @@ final class PlacementJournal: Sendable {
       if !lines.isEmpty {
         try append(lines, with: &writer)
         placements.withLock { $0.merge(added) { old, _ in old } }
+        writer.lines += added.count
+        compactIfMostlySuperseded(&writer)
       }
       return zip(requested, recorded).map { placement, existing in
         Placement(name: placement.name, target: existing ?? added[placement.name] ?? placement.target)
@@ -98,7 +110,37 @@ final class PlacementJournal: Sendable {
       guard placements.withLock({ $0[name] }) == target else { return }
       try append(try Self.encode(Line(n: name, t: nil)), with: &writer)
       _ = placements.withLock { $0.removeValue(forKey: name) }
+      writer.lines += 1
+      compactIfMostlySuperseded(&writer)
     }
+  }
+
+  /// Rewrites the journal with the live placements once more than half its lines are
+  /// superseded. The change that triggers it is durable already, so a failure here
+  /// costs nothing but the space: appends go on to whichever file is at `path`.
+  private func compactIfMostlySuperseded(_ writer: inout Writer) {
+    let live = placements.withLock { $0 }
+    guard writer.broken == nil, writer.lines > max(Self.compactionFloor, 2 * live.count) else { return }
+    let rewritten = (try? DurableFile.write(try Self.compact(live), to: path)) != nil
+    // The rename may have happened even when a later step failed: appends must go to
+    // the file at `path`, never to the one it replaced.
+    var named = stat()
+    var appending = stat()
+    guard stat(path, &named) == 0, fstat(writer.fd, &appending) == 0 else {
+      writer.broken = "cannot tell which file the journal is after compacting it (\(Errno.current))"
+      return
+    }
+    let replaced = named.st_ino != appending.st_ino || named.st_dev != appending.st_dev
+    if replaced {
+      let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+      guard fd >= 0 else {
+        writer.broken = "cannot reopen the journal after compacting it (\(Errno.current))"
+        return
+      }
+      close(writer.fd)
+      writer.fd = fd
+    }
+    if rewritten || replaced { writer.lines = live.count }
   }
 
   private static func encode(_ line: Line) throws(NVMeCSIError) -> Data {

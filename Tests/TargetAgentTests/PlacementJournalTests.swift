@@ -81,4 +81,30 @@ struct PlacementJournalTests {
       #expect(try await target.agent.placement(of: "pvc-0").target == nil)
     }
   }
+
+  @Test("create/delete churn does not grow the journal: it is rewritten once most lines are superseded")
+  func churnIsCompacted() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      let journal = target.store + "/placements.journal"
+      func lineCount() throws -> Int {
+        try String(contentsOfFile: journal, encoding: .utf8).split(separator: "\n").count
+      }
+      _ = try await target.agent.reservePlacements([Placement(name: "pvc-kept", target: a)])
+      var most = 0
+      for n in 0..<1500 {  // each name placed on another target, then deleted
+        _ = try await target.agent.reservePlacements([Placement(name: "pvc-\(n)", target: b)])
+        try await target.agent.releasePlacement(of: "pvc-\(n)", on: b)
+        most = max(most, try lineCount())
+      }
+      #expect(most <= 1025, "the journal reached \(most) lines for 1 live name")
+      #expect(try lineCount() < 1025)
+      // Compaction kept what is live, and appends after it still land in the journal.
+      _ = try await target.agent.reservePlacements([Placement(name: "pvc-last", target: b)])
+      let restarted = try LocalTarget(name: "home", directory: directory)
+      #expect(try await restarted.agent.placement(of: "pvc-kept").target == a)
+      #expect(try await restarted.agent.placement(of: "pvc-last").target == b)
+      #expect(try await restarted.agent.placement(of: "pvc-1499").target == nil)
+    }
+  }
 }
