@@ -70,6 +70,8 @@ struct Faults {
       steps.note("target exit \(status), exports unchanged (\(before.count) subsystems)")
       try run("/bin/mount", [storeDevice, store])
       try cluster.startTarget()
+      // The next step needs the target API again (the data path never stopped).
+      try await eventually("target ready") { try await scenario.controllerIdentity.probe(.init()).ready.value }
     }
     await scenario.detach(block, deleteVolume: true)
     await nodePluginCrashes(nodeID: nodeID)
