@@ -15,16 +15,39 @@ extension VolumeCapabilities {
 }
 
 /// What the controller keeps in a volume's record on its target (the record's
-/// `attributes`, opaque to the target): the capabilities it was created for, and the
-/// volume_context the node gets, each key under `context/`.
+/// `attributes`, opaque to the target): the capabilities it was created for, the
+/// volume_context the node gets, each key under `context/`, and the connection settings
+/// changed since (mutable parameters), each under `modified/`.
 enum VolumeAttribute {
   static let capabilities = "capabilities"
   static let contextPrefix = "context/"
+  static let modifiedPrefix = "modified/"
 
-  static func attributes(capabilities: VolumeCapabilities, context: [String: String]) -> [String: String] {
+  static func attributes(
+    capabilities: VolumeCapabilities, context: [String: String], modified: [String: String] = [:]
+  ) -> [String: String] {
     var attributes = [Self.capabilities: capabilities.encoded]
     for (key, value) in context { attributes[contextPrefix + key] = value }
-    return attributes
+    return attributes.merging(Self.modified(modified)) { $1 }
+  }
+
+  /// Mutable parameters as attributes.
+  static func modified(_ values: [String: String]) -> [String: String] {
+    Dictionary(uniqueKeysWithValues: values.map { (modifiedPrefix + $0.key, $0.value) })
+  }
+
+  /// The settings changed since creation, by their own keys.
+  static func modified(of attributes: [String: String]) -> [String: String] {
+    var modified: [String: String] = [:]
+    for (key, value) in attributes where key.hasPrefix(modifiedPrefix) {
+      modified[String(key.dropFirst(modifiedPrefix.count))] = value
+    }
+    return modified
+  }
+
+  /// The connection settings in force: the creation's, overridden by later changes.
+  static func effectiveContext(of record: VolumeRecord) -> [String: String] {
+    context(of: record).merging(modified(of: record.attributes)) { $1 }
   }
 
   static func capabilities(of record: VolumeRecord) throws(NVMeCSIError) -> VolumeCapabilities {

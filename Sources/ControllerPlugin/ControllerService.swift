@@ -33,11 +33,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
     let capabilities = try VolumeCapabilities(request.volumeCapabilities)
     let parameters = try VolumeParameters(parsing: request.parameters)
+    // A VolumeAttributesClass given at creation: recorded as later changes would be.
+    let mutable = try MutableParameters(parsing: request.mutableParameters)
+    _ = try mutable.applied(to: parameters.connection.asContext)
     let range = try CapacityBounds(request.capacityRange, given: request.hasCapacityRange)
     let source = try await contentSource(of: request)
     let size = try Capacity.resolve(required: range.required, limit: range.limit, minimum: source?.sizeBytes ?? 0)
     let requested = RequestedVolume(
-      range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.connection.asContext)
+      range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.connection.asContext,
+      modified: mutable.values)
 
     return try await locks.withLock("volume-name:" + name) {
       let target: StorageTarget
@@ -118,8 +122,10 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let target = try targets.holding(id)
     let export = try await target.api.publishVolume(
       id.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
+    // Settings changed since creation override the volume_context's at the node.
     let publishContext = PublishContext(
-      paths: export.portals, subsystemNQN: export.subsystemNQN, namespaceUUID: export.namespaceUUID.value)
+      paths: export.portals, subsystemNQN: export.subsystemNQN, namespaceUUID: export.namespaceUUID.value,
+      connection: VolumeAttribute.modified(of: export.attributes))
     return .with { $0.publishContext = publishContext.encoded }
   }
 
@@ -172,22 +178,31 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func listVolumes(request: Csi_V1_ListVolumesRequest, context: ServerContext) async throws
     -> Csi_V1_ListVolumesResponse
   {
-    let perTarget = try await targets.askEvery { try await $0.api.volumes(named: nil) }
-    let all = perTarget.flatMap { target, volumes in
-      volumes.map { volume in
-        (
-          id: ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
-          entry: Csi_V1_ListVolumesResponse.Entry.with {
-            $0.volume = csiVolume(volume, on: target)
-            $0.status = .with {
-              $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
-              $0.volumeCondition = condition(volume)
-            }
-          }
-        )
+    var cursor = try VolumeListCursor(token: request.startingToken, maxEntries: request.maxEntries)
+    // Targets in the order of their volume IDs; each asked only for the page's share,
+    // so a page costs what it returns however many volumes there are.
+    for target in targets.all.sorted(by: VolumeListCursor.idOrder) where cursor.wants(target.name) {
+      while cursor.wantsMore {
+        let page = try await target.api.volumes(after: cursor.after(on: target.name), limit: cursor.fetchLimit)
+        for volume in page.volumes {
+          cursor.add(
+            ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
+            .with {
+              $0.volume = csiVolume(volume, on: target)
+              $0.status = .with {
+                $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
+                $0.volumeCondition = condition(volume)
+              }
+            })
+        }
+        if !page.more || page.volumes.isEmpty { break }
       }
+      if !cursor.wantsMore { break }
     }
-    return try .init(paging: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
+    return .with {
+      $0.entries = cursor.entries
+      $0.nextToken = cursor.nextToken
+    }
   }
 
   public func controllerGetVolume(request: Csi_V1_ControllerGetVolumeRequest, context: ServerContext) async throws
@@ -229,11 +244,10 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func controllerGetCapabilities(request: Csi_V1_ControllerGetCapabilitiesRequest, context: ServerContext)
     async throws -> Csi_V1_ControllerGetCapabilitiesResponse
   {
-    // MODIFY_VOLUME is deliberately absent: ControllerModifyVolume answers Unimplemented.
     let supported: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
       .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes, .getCapacity,
       .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume, .expandVolume, .publishReadonly, .getVolume,
-      .volumeCondition, .singleNodeMultiWriter,
+      .volumeCondition, .singleNodeMultiWriter, .modifyVolume,
     ]
     return .with {
       $0.capabilities = supported.map { type in .with { $0.rpc = .with { $0.type = type } } }
@@ -255,12 +269,24 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let target = try targets.holding(source)
 
     return try await locks.withLock("snapshot-name:" + name) {
-      let named = try await targets.askEvery { try await $0.api.snapshots(matching: SnapshotFilter(name: name)) }
-      if let (holder, existing) = named.lazy.flatMap({ t in t.value.map { (t.target, $0) } }).first {
-        guard holder.name == source.target, existing.sourceVolume == source.uuid else {
+      // A snapshot lives on its source's target, so a retry finds it there: that target
+      // must answer. The others are asked only so that a name used for another source
+      // is refused (AlreadyExists); one that does not answer cannot hold this request's
+      // snapshot, so it does not stop it (a target down must not stop every snapshot).
+      let filter = SnapshotFilter(name: name)
+      if let existing = try await target.api.snapshots(matching: filter).first {
+        guard existing.sourceVolume == source.uuid else {
           throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
         }
-        return .with { $0.snapshot = csiSnapshot(existing, on: holder) }
+        return .with { $0.snapshot = csiSnapshot(existing, on: target) }
+      }
+      let others = targets.all.filter { $0.name != target.name }
+      let elsewhere = await targets.askReachable(others, logger: logger) {
+        try await $0.api.snapshots(matching: filter)
+      }
+      if let holder = elsewhere.first(where: { !$0.value.isEmpty })?.target {
+        throw NVMeCSIError.alreadyExists(
+          "snapshot \(quoted(name)) already exists on target \(holder.name) for a different source volume")
       }
       let created = try await target.api.createSnapshot(named: name, of: source.uuid)
       guard created.snapshot.sourceVolume == source.uuid else {
@@ -350,7 +376,22 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func controllerModifyVolume(request: Csi_V1_ControllerModifyVolumeRequest, context: ServerContext) async throws
     -> Csi_V1_ControllerModifyVolumeResponse
   {
-    throw NVMeCSIError.unimplemented("ControllerModifyVolume is not supported: nvme-csi has no mutable parameters yet")
+    guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
+    guard !request.mutableParameters.isEmpty else {
+      throw NVMeCSIError.invalidArgument("mutable_parameters is empty: name the settings to change")
+    }
+    let changes = try MutableParameters(parsing: request.mutableParameters)
+    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let target = try targets.holding(id)
+    let current = try await target.api.volume(id.uuid).record
+    _ = try changes.applied(to: VolumeAttribute.effectiveContext(of: current))
+    // Recorded with the volume; the node applies them at the next attach (the kernel
+    // fixes them when it connects), through ControllerPublishVolume's publish_context.
+    _ = try await target.api.updateVolumeAttributes(id.uuid, setting: VolumeAttribute.modified(changes.values))
+    logger.info(
+      "volume modified; the node applies it at the next attach",
+      metadata: ["volume": "\(id)", "settings": "\(changes.values.sorted { $0.key < $1.key })"])
+    return .init()
   }
 
   // MARK: helpers
@@ -504,9 +545,14 @@ struct RequestedVolume {
   var capabilities: VolumeCapabilities
   /// The StorageClass parameters the node needs (volume_context).
   var context: [String: String]
+  /// Mutable parameters given at creation (a VolumeAttributesClass): not compared with
+  /// an existing volume's, which may have been modified since.
+  var modified: [String: String] = [:]
 
   /// What the target keeps with the volume.
-  var attributes: [String: String] { VolumeAttribute.attributes(capabilities: capabilities, context: context) }
+  var attributes: [String: String] {
+    VolumeAttribute.attributes(capabilities: capabilities, context: context, modified: modified)
+  }
 
   func check(_ existing: VolumeRecord, name: String) throws(NVMeCSIError) {
     var differences: [String] = []

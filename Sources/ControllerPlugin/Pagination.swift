@@ -50,3 +50,71 @@ extension PagedListResponse {
     nextToken = page.nextToken
   }
 }
+
+/// One CSI ListVolumes page, gathered target by target in volume ID order.
+///
+/// The token is the last ID of the previous page, as in `Page`. A page holds at most
+/// `max_entries` (0: as many as fit) and at most `maximumBytes` encoded, below gRPC's
+/// 4 MiB message limit; one entry more than fits is fetched to know whether a next
+/// page exists, so the last page never carries a token.
+struct VolumeListCursor {
+  static let maximumBytes = 2 << 20
+  /// Entries one target call returns at most.
+  static let targetPage = 1000
+
+  private let token: ObjectID?
+  private let maxEntries: Int
+  private(set) var entries: [Csi_V1_ListVolumesResponse.Entry] = []
+  private var lastID: ObjectID?
+  private var bytes = 0
+  private var full = false
+
+  init(token: String, maxEntries: Int32) throws(NVMeCSIError) {
+    guard maxEntries >= 0 else { throw .invalidArgument("max_entries must not be negative (got \(maxEntries))") }
+    self.maxEntries = maxEntries == 0 ? Int.max : Int(maxEntries)
+    if token.isEmpty {
+      self.token = nil
+    } else {
+      guard let id = try? ObjectID(parsing: token, as: .volume) else {
+        throw .aborted("starting_token \(quoted(token)) is not valid: restart the listing without a token")
+      }
+      self.token = id
+    }
+  }
+
+  /// The order of volume IDs ("v1.<target>.<uuid>") by target: every ID on one target
+  /// sorts between those of the targets before and after it.
+  static func idOrder(_ a: StorageTarget, _ b: StorageTarget) -> Bool { a.name.value + "." < b.name.value + "." }
+
+  /// Whether this target's volumes may still belong on the page.
+  func wants(_ target: TargetName) -> Bool {
+    guard let token else { return true }
+    return target.value + "." >= token.target.value + "."
+  }
+
+  /// Where to start on this target: after the token on its own target.
+  func after(on target: TargetName) -> ObjectUUID? {
+    if let lastID, lastID.target == target { return lastID.uuid }
+    return token?.target == target ? token?.uuid : nil
+  }
+
+  var wantsMore: Bool { !full }
+
+  /// One more than the page still needs (to learn whether a next page exists).
+  var fetchLimit: Int { min(Self.targetPage, maxEntries == Int.max ? Self.targetPage : maxEntries - entries.count + 1) }
+
+  mutating func add(_ id: ObjectID, _ entry: Csi_V1_ListVolumesResponse.Entry) {
+    guard !full else { return }
+    let size = (try? entry.serializedBytes() as [UInt8])?.count ?? 0
+    if entries.count == maxEntries || (!entries.isEmpty && bytes + size > Self.maximumBytes) {
+      full = true  // this entry starts the next page
+      return
+    }
+    entries.append(entry)
+    bytes += size
+    lastID = id
+  }
+
+  /// The token of the next page; empty when this is the last.
+  var nextToken: String { full ? lastID?.description ?? "" : "" }
+}

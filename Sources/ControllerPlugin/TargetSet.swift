@@ -71,17 +71,24 @@ public struct TargetSet: Sendable {
 
   /// Free space of each target that answers; unreachable targets are logged and skipped.
   func reachableInfo(_ targets: [StorageTarget], logger: Logger) async -> [(target: StorageTarget, info: TargetInfo)] {
-    await withTaskGroup(of: (Int, TargetInfo?).self) { group in
+    await askReachable(targets, logger: logger) { try await $0.api.info() }.map { ($0.target, $0.value) }
+  }
+
+  /// Asks the targets at once; one that fails is logged and left out of the answers.
+  func askReachable<T: Sendable>(
+    _ targets: [StorageTarget], logger: Logger, _ body: @escaping @Sendable (StorageTarget) async throws -> T
+  ) async -> [(target: StorageTarget, value: T)] {
+    await withTaskGroup(of: (Int, T?).self) { group in
       for (index, target) in targets.enumerated() {
         group.addTask {
-          do { return (index, try await target.api.info()) } catch {
+          do { return (index, try await body(target)) } catch {
             logger.warning("target does not answer", metadata: ["target": "\(target.name)", "error": "\(error)"])
             return (index, nil)
           }
         }
       }
-      var results: [(Int, TargetInfo)] = []
-      for await (index, info) in group { if let info { results.append((index, info)) } }
+      var results: [(Int, T)] = []
+      for await (index, value) in group { if let value { results.append((index, value)) } }
       return results.sorted { $0.0 < $1.0 }.map { (targets[$0.0], $0.1) }
     }
   }

@@ -6,12 +6,20 @@ public struct PublishContext: Hashable, Sendable {
   public var paths: [HostPort]
   public var subsystemNQN: String
   public var namespaceUUID: String
+  /// Connection settings changed since the volume was created (ControllerModifyVolume,
+  /// a VolumeAttributesClass), under `ConnectionParameters`' keys: they override the
+  /// volume_context's, which Kubernetes never changes after CreateVolume.
+  public var connection: [String: String]
 
-  public init(transport: String = "tcp", paths: [HostPort], subsystemNQN: String, namespaceUUID: String) {
+  public init(
+    transport: String = "tcp", paths: [HostPort], subsystemNQN: String, namespaceUUID: String,
+    connection: [String: String] = [:]
+  ) {
     self.transport = transport
     self.paths = paths
     self.subsystemNQN = subsystemNQN
     self.namespaceUUID = namespaceUUID
+    self.connection = connection
   }
 
   enum Key {
@@ -23,12 +31,14 @@ public struct PublishContext: Hashable, Sendable {
 
   /// `paths` is a comma-separated list of `address:port` (`[v6]:port` for IPv6).
   public var encoded: [String: String] {
-    [
-      Key.transport: transport,
-      Key.paths: paths.map(\.description).joined(separator: ","),
-      Key.subsystemNQN: subsystemNQN,
-      Key.namespaceUUID: namespaceUUID,
-    ]
+    connection.merging(
+      [
+        Key.transport: transport,
+        Key.paths: paths.map(\.description).joined(separator: ","),
+        Key.subsystemNQN: subsystemNQN,
+        Key.namespaceUUID: namespaceUUID,
+      ]
+    ) { $1 }
   }
 
   public init(decoding values: [String: String]) throws(NVMeCSIError) {
@@ -54,6 +64,8 @@ public struct PublishContext: Hashable, Sendable {
       throw .invalidArgument("publish_context subsystemNQN \(quoted(nqn)) is not a subsystem of this driver")
     }
     let uuid = try ObjectUUID(try value(Key.namespaceUUID))
-    self.init(transport: transport, paths: paths, subsystemNQN: nqn, namespaceUUID: uuid.value)
+    // Checked where they are used, with the volume_context they override.
+    let connection = values.filter { ConnectionParameters.keys.contains($0.key) }
+    self.init(transport: transport, paths: paths, subsystemNQN: nqn, namespaceUUID: uuid.value, connection: connection)
   }
 }

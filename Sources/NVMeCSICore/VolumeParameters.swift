@@ -93,3 +93,31 @@ public struct VolumeParameters: Hashable, Sendable {
     self.connection = try ConnectionParameters(from: parameters)
   }
 }
+
+/// What a VolumeAttributesClass (CSI `mutable_parameters`) may change on an existing
+/// volume: the connection settings, which the node applies at the volume's next attach
+/// (ControllerPublishVolume hands them over in publish_context). Everything else is
+/// fixed at creation.
+public struct MutableParameters: Hashable, Sendable {
+  /// The settings to change, by `ConnectionParameters` key, each in its range.
+  public var values: [String: String]
+
+  public init(parsing parameters: [String: String]) throws(NVMeCSIError) {
+    let mutable = Set(ConnectionParameters.keys)
+    for key in parameters.keys.sorted() where !mutable.contains(key) && !key.hasPrefix(VolumeParameters.sidecarPrefix) {
+      let why =
+        key == VolumeParameters.targetKey
+        ? "a volume stays on the target it was created on"
+        : "only \(mutable.sorted().joined(separator: ", ")) can be changed after creation"
+      throw .invalidArgument("parameter \(quoted(key)) cannot be modified: \(why)")
+    }
+    values = parameters.filter { mutable.contains($0.key) }
+    _ = try ConnectionParameters(from: values)  // each value in its range
+  }
+
+  /// The settings that result from applying these changes to `current` (a volume's
+  /// effective connection settings); `invalidArgument` when they do not go together.
+  public func applied(to current: [String: String]) throws(NVMeCSIError) -> ConnectionParameters {
+    try ConnectionParameters(from: current.merging(values) { $1 })
+  }
+}

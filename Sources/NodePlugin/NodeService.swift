@@ -97,7 +97,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         "publish_context names subsystem \(publishContext.subsystemNQN), which is not volume \(volume)'s:"
           + " refusing to attach another volume")
     }
-    let parameters = try ConnectionParameters(from: request.volumeContext)
+    // Settings changed after creation (ControllerModifyVolume) come in publish_context.
+    let parameters = try ConnectionParameters(
+      from: request.volumeContext.merging(publishContext.connection) { $1 })
     let stagingPath = request.stagingTargetPath
 
     return try await locks.withLock(volume.description) {

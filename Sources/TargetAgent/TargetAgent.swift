@@ -231,6 +231,30 @@ public final class TargetAgent: TargetAPI {
     return recorded + quarantined.withLock { $0 }.sorted { $0.key < $1.key }.map(Self.quarantinedVolume)
   }
 
+  /// A page of the volumes in UUID order, from the in-memory indexes: only the page's
+  /// records are read from the store, so listing every volume in pages stays linear.
+  public func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws(NVMeCSIError)
+    -> (volumes: [TargetVolume], more: Bool)
+  {
+    let quarantined = self.quarantined.withLock { $0 }
+    var uuids = names.withLock { Array($0.values) } + quarantined.keys
+    if let startingAfter { uuids.removeAll { $0 <= startingAfter } }
+    uuids.sort()
+    let page = Array(uuids.prefix(max(limit, 0)))
+    let volumes = try await onPool { [self] () throws(NVMeCSIError) in
+      var volumes: [TargetVolume] = []
+      for uuid in page {
+        if let reason = quarantined[uuid] {
+          volumes.append(Self.quarantinedVolume(uuid, reason))
+        } else if let record = try store.volume(uuid) {  // nil: deleted since the index was read
+          volumes.append(status(record))
+        }
+      }
+      return volumes
+    }
+    return (volumes, uuids.count > page.count)
+  }
+
   /// A quarantined volume as listed: known only by its UUID, abnormal, saying why.
   private static func quarantinedVolume(_ uuid: ObjectUUID, _ reason: String) -> TargetVolume {
     TargetVolume(
@@ -261,6 +285,25 @@ public final class TargetAgent: TargetAPI {
         try exporter.refreshSize(of: uuid)
         logger.info("volume expanded", metadata: ["volume": "\(uuid)", "bytes": "\(grown.sizeBytes)"])
         return status(grown)
+      }
+    }
+  }
+
+  public func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws
+    -> TargetVolume
+  {
+    try validateAttributes(changes)
+    return try await locks.withLock("volume:" + uuid.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        var record = try record(uuid)
+        let updated = record.attributes.merging(changes) { $1 }
+        guard updated != record.attributes else { return status(record) }  // a repeat
+        try validateAttributes(updated)
+        record.attributes = updated
+        try store.updateVolume(record)
+        logger.info(
+          "volume attributes updated", metadata: ["volume": "\(uuid)", "keys": "\(changes.keys.sorted())"])
+        return status(record)
       }
     }
   }
@@ -299,7 +342,7 @@ public final class TargetAgent: TargetAPI {
         try exporter.apply(spec)
         return VolumeExport(
           subsystemNQN: spec.subsystemNQN, namespaceUUID: SubsystemNaming.namespaceUUID(for: uuid),
-          portals: exporter.portals)
+          portals: exporter.portals, attributes: record.attributes)
       }
     }
   }

@@ -47,12 +47,22 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func listVolumes(request: Nvmecsi_Target_V1_ListVolumesRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_ListVolumesResponse
   {
-    let volumes = try await target.volumes(named: request.name.isEmpty ? nil : request.name)
-    let page = try ListPaging.page(
-      volumes.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+    let limit = ListPaging.limit(request.maxEntries)
+    if !request.name.isEmpty {
+      let volumes = try await target.volumes(named: request.name)
+      let page = try ListPaging.page(
+        volumes.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+      return .with {
+        $0.volumes = page.items
+        $0.nextStartingAfter = page.next
+      }
+    }
+    let after = request.startingAfter.isEmpty ? nil : try ObjectUUID(request.startingAfter)
+    let page = try await target.volumes(after: after, limit: limit)
+    let capped = ListPaging.capped(page.volumes.map(\.proto), more: page.more, uuid: \.uuid)
     return .with {
-      $0.volumes = page.items
-      $0.nextStartingAfter = page.next
+      $0.volumes = capped.items
+      $0.nextStartingAfter = capped.next
     }
   }
 
@@ -60,6 +70,13 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     -> Nvmecsi_Target_V1_ExpandVolumeResponse
   {
     let volume = try await target.expandVolume(try ObjectUUID(request.uuid), to: request.sizeBytes)
+    return .with { $0.volume = volume.proto }
+  }
+
+  public func updateVolumeAttributes(
+    request: Nvmecsi_Target_V1_UpdateVolumeAttributesRequest, context: ServerContext
+  ) async throws -> Nvmecsi_Target_V1_UpdateVolumeAttributesResponse {
+    let volume = try await target.updateVolumeAttributes(try ObjectUUID(request.uuid), setting: request.set)
     return .with { $0.volume = volume.proto }
   }
 

@@ -8,23 +8,36 @@ public enum ListPaging {
   public static let maximumEntries = 1000
   public static let maximumBytes = 2 << 20
 
+  /// Entries in a page a caller asking for `maxEntries` gets (0: as many as allowed).
+  public static func limit(_ maxEntries: UInt32) -> Int {
+    maxEntries == 0 ? maximumEntries : min(Int(maxEntries), maximumEntries)
+  }
+
   /// The page of `items` after the UUID `startingAfter` (empty: from the start), with
   /// the UUID the next page starts after (empty on the last page).
   public static func page<Item: SwiftProtobuf.Message>(
     _ items: [Item], uuid: (Item) -> String, maxEntries: UInt32, startingAfter: String
   ) throws(NVMeCSIError) -> (items: [Item], next: String) {
     if !startingAfter.isEmpty { _ = try ObjectUUID(startingAfter) }
-    let limit = maxEntries == 0 ? maximumEntries : min(Int(maxEntries), maximumEntries)
     let remaining = items.sorted { uuid($0) < uuid($1) }.drop { !startingAfter.isEmpty && uuid($0) <= startingAfter }
+    let page = Array(remaining.prefix(limit(maxEntries)))
+    return capped(page, more: page.count < remaining.count, uuid: uuid)
+  }
+
+  /// A page (in UUID order) cut to `maximumBytes` encoded, with the UUID the next page
+  /// starts after (empty when nothing follows).
+  public static func capped<Item: SwiftProtobuf.Message>(_ items: [Item], more: Bool, uuid: (Item) -> String)
+    -> (items: [Item], next: String)
+  {
     var page: [Item] = []
     var bytes = 0
-    for item in remaining {
+    for item in items {
       let size = (try? item.serializedBytes() as [UInt8])?.count ?? 0
-      if page.count == limit || (!page.isEmpty && bytes + size > maximumBytes) { break }
+      if !page.isEmpty && bytes + size > maximumBytes { break }
       page.append(item)
       bytes += size
     }
-    let next = page.count < remaining.count ? page.last.map(uuid) ?? "" : ""
+    let next = page.count < items.count || more ? page.last.map(uuid) ?? "" : ""
     return (page, next)
   }
 

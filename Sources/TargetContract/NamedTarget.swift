@@ -28,6 +28,16 @@ public struct NamedTarget: TargetAPI {
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
     try await call { try await api.expandVolume(uuid, to: sizeBytes) }
   }
+  public func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (volumes: [TargetVolume], more: Bool)
+  {
+    try await call { try await api.volumes(after: startingAfter, limit: limit) }
+  }
+  public func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws
+    -> TargetVolume
+  {
+    try await call { try await api.updateVolumeAttributes(uuid, setting: changes) }
+  }
   public func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws
     -> VolumeExport
   {

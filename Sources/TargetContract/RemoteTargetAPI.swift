@@ -87,6 +87,20 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     }
   }
 
+  public func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (volumes: [TargetVolume], more: Bool)
+  {
+    try await call { options in
+      let request = Nvmecsi_Target_V1_ListVolumesRequest.with {
+        $0.startingAfter = startingAfter?.value ?? ""
+        $0.maxEntries = UInt32(clamping: max(limit, 1))
+      }
+      let page = try await client.listVolumes(request, options: options)
+      let volumes = try page.volumes.map { (v) throws(NVMeCSIError) in try TargetVolume(proto: v) }
+      return (Array(volumes.prefix(limit)), !page.nextStartingAfter.isEmpty || volumes.count > limit)
+    }
+  }
+
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
     try await call {
       let request = Nvmecsi_Target_V1_ExpandVolumeRequest.with {
@@ -94,6 +108,18 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
         $0.sizeBytes = sizeBytes
       }
       return try TargetVolume(proto: try await client.expandVolume(request, options: $0).volume)
+    }
+  }
+
+  public func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws
+    -> TargetVolume
+  {
+    try await call {
+      let request = Nvmecsi_Target_V1_UpdateVolumeAttributesRequest.with {
+        $0.uuid = uuid.value
+        $0.set = changes
+      }
+      return try TargetVolume(proto: try await client.updateVolumeAttributes(request, options: $0).volume)
     }
   }
 

@@ -86,11 +86,17 @@ public struct VolumeExport: Sendable, Equatable {
   public var subsystemNQN: String
   public var namespaceUUID: ObjectUUID
   public var portals: [HostPort]
+  /// The volume's attributes (what the controller keeps with it), so a publish needs
+  /// no second call to learn them. Empty from targets older than this field.
+  public var attributes: [String: String]
 
-  public init(subsystemNQN: String, namespaceUUID: ObjectUUID, portals: [HostPort]) {
+  public init(
+    subsystemNQN: String, namespaceUUID: ObjectUUID, portals: [HostPort], attributes: [String: String] = [:]
+  ) {
     self.subsystemNQN = subsystemNQN
     self.namespaceUUID = namespaceUUID
     self.portals = portals
+    self.attributes = attributes
   }
 }
 
@@ -134,8 +140,14 @@ public protocol TargetAPI: Sendable {
   func volume(_ uuid: ObjectUUID) async throws -> TargetVolume
   /// Every volume, or only the one named `name`.
   func volumes(named name: String?) async throws -> [TargetVolume]
+  /// At most `limit` volumes in UUID order after `startingAfter` (nil: from the
+  /// start), and whether more follow. Costs what it returns, not what the target holds.
+  func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws -> (volumes: [TargetVolume], more: Bool)
   /// Grows a volume (never shrinks) and makes the exporter re-read its size.
   func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume
+  /// Sets the given attributes of a volume, keeping the others; `invalidArgument` when
+  /// the result would exceed the attribute limits, `notFound` for an unknown volume.
+  func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws -> TargetVolume
 
   /// Allows the node's host on the volume. A single-node volume (its sharing, recorded
   /// at create) is `failedPrecondition` while another node has it, whatever the caller

@@ -163,7 +163,8 @@ extension VolumeExport {
     var portals: [HostPort] = []
     for portal in response.portals { portals.append(try HostPort(proto: portal)) }
     self.init(
-      subsystemNQN: response.subsystemNqn, namespaceUUID: try ObjectUUID(response.namespaceUuid), portals: portals)
+      subsystemNQN: response.subsystemNqn, namespaceUUID: try ObjectUUID(response.namespaceUuid), portals: portals,
+      attributes: response.attributes)
   }
 
   public var proto: Nvmecsi_Target_V1_PublishVolumeResponse {
@@ -171,6 +172,7 @@ extension VolumeExport {
       $0.subsystemNqn = subsystemNQN
       $0.namespaceUuid = namespaceUUID.value
       $0.portals = portals.map(\.proto)
+      $0.attributes = attributes
     }
   }
 }

@@ -106,6 +106,19 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "UpdateVolumeAttributes" metadata.
+        public enum UpdateVolumeAttributes: Sendable {
+            /// Request type for "UpdateVolumeAttributes".
+            public typealias Input = Nvmecsi_Target_V1_UpdateVolumeAttributesRequest
+            /// Response type for "UpdateVolumeAttributes".
+            public typealias Output = Nvmecsi_Target_V1_UpdateVolumeAttributesResponse
+            /// Descriptor for "UpdateVolumeAttributes".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "UpdateVolumeAttributes",
+                type: .unary
+            )
+        }
         /// Namespace for "PublishVolume" metadata.
         public enum PublishVolume: Sendable {
             /// Request type for "PublishVolume".
@@ -218,6 +231,7 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
             GetVolume.descriptor,
             ListVolumes.descriptor,
             ExpandVolume.descriptor,
+            UpdateVolumeAttributes.descriptor,
             PublishVolume.descriptor,
             UnpublishVolume.descriptor,
             CreateSnapshot.descriptor,
@@ -352,6 +366,25 @@ extension Nvmecsi_Target_V1_Target {
             request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ExpandVolumeRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ExpandVolumeResponse>
+
+        /// Handle the "UpdateVolumeAttributes" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+        /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_UpdateVolumeAttributesResponse` messages.
+        func updateVolumeAttributes(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>
 
         /// Handle the "PublishVolume" method.
         ///
@@ -605,6 +638,25 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ExpandVolumeResponse>
 
+        /// Handle the "UpdateVolumeAttributes" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+        /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_UpdateVolumeAttributesResponse` message.
+        func updateVolumeAttributes(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>
+
         /// Handle the "PublishVolume" method.
         ///
         /// > Source IDL Documentation:
@@ -855,6 +907,25 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> Nvmecsi_Target_V1_ExpandVolumeResponse
 
+        /// Handle the "UpdateVolumeAttributes" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+        /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_UpdateVolumeAttributesResponse` to respond with.
+        func updateVolumeAttributes(
+            request: Nvmecsi_Target_V1_UpdateVolumeAttributesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_UpdateVolumeAttributesResponse
+
         /// Handle the "PublishVolume" method.
         ///
         /// > Source IDL Documentation:
@@ -1070,6 +1141,17 @@ extension Nvmecsi_Target_V1_Target.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.UpdateVolumeAttributes.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>(),
+            handler: { request, context in
+                try await self.updateVolumeAttributes(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Nvmecsi_Target_V1_Target.Method.PublishVolume.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_PublishVolumeRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_PublishVolumeResponse>(),
@@ -1223,6 +1305,17 @@ extension Nvmecsi_Target_V1_Target.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ExpandVolumeResponse> {
         let response = try await self.expandVolume(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func updateVolumeAttributes(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse> {
+        let response = try await self.updateVolumeAttributes(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1392,6 +1485,19 @@ extension Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ExpandVolumeResponse> {
         return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ExpandVolumeResponse>(
             message: try await self.expandVolume(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func updateVolumeAttributes(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>(
+            message: try await self.updateVolumeAttributes(
                 request: request.message,
                 context: context
             ),
@@ -1642,6 +1748,30 @@ extension Nvmecsi_Target_V1_Target {
             deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ExpandVolumeResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ExpandVolumeResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "UpdateVolumeAttributes" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+        /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_UpdateVolumeAttributesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func updateVolumeAttributes<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "PublishVolume" method.
@@ -2033,6 +2163,41 @@ extension Nvmecsi_Target_V1_Target {
             try await self.client.unary(
                 request: request,
                 descriptor: Nvmecsi_Target_V1_Target.Method.ExpandVolume.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "UpdateVolumeAttributes" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+        /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_UpdateVolumeAttributesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func updateVolumeAttributes<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.UpdateVolumeAttributes.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2482,6 +2647,36 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
         )
     }
 
+    /// Call the "UpdateVolumeAttributes" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+    /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_UpdateVolumeAttributesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateVolumeAttributes<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.updateVolumeAttributes(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "PublishVolume" method.
     ///
     /// > Source IDL Documentation:
@@ -2901,6 +3096,40 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             metadata: metadata
         )
         return try await self.expandVolume(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateVolumeAttributes" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets some of a volume's attributes (opaque to the target), keeping the others;
+    /// > INVALID_ARGUMENT when the result would exceed the attribute limits.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateVolumeAttributes<Result>(
+        _ message: Nvmecsi_Target_V1_UpdateVolumeAttributesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_UpdateVolumeAttributesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_UpdateVolumeAttributesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.updateVolumeAttributes(
             request: request,
             options: options,
             onResponse: handleResponse

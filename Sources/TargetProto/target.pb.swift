@@ -399,6 +399,41 @@ public nonisolated struct Nvmecsi_Target_V1_ExpandVolumeResponse: Sendable {
   fileprivate var _volume: Nvmecsi_Target_V1_Volume? = nil
 }
 
+public nonisolated struct Nvmecsi_Target_V1_UpdateVolumeAttributesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var uuid: String = String()
+
+  public var set: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Nvmecsi_Target_V1_UpdateVolumeAttributesResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var volume: Nvmecsi_Target_V1_Volume {
+    get {_volume ?? Nvmecsi_Target_V1_Volume()}
+    set {_volume = newValue}
+  }
+  /// Returns true if `volume` has been explicitly set.
+  public var hasVolume: Bool {self._volume != nil}
+  /// Clears the value of `volume`. Subsequent reads from it will return its default value.
+  public mutating func clearVolume() {self._volume = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _volume: Nvmecsi_Target_V1_Volume? = nil
+}
+
 public nonisolated struct Nvmecsi_Target_V1_PublishVolumeRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -432,6 +467,9 @@ public nonisolated struct Nvmecsi_Target_V1_PublishVolumeResponse: Sendable {
   public var namespaceUuid: String = String()
 
   public var portals: [Nvmecsi_Target_V1_Portal] = []
+
+  /// The volume's attributes, so the controller needs no second call to learn them.
+  public var attributes: Dictionary<String,String> = [:]
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1363,6 +1401,75 @@ nonisolated extension Nvmecsi_Target_V1_ExpandVolumeResponse: SwiftProtobuf.Mess
   }
 }
 
+nonisolated extension Nvmecsi_Target_V1_UpdateVolumeAttributesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateVolumeAttributesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{1}set\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
+      case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.set) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.uuid.isEmpty {
+      try visitor.visitSingularStringField(value: self.uuid, fieldNumber: 1)
+    }
+    if !self.set.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.set, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Nvmecsi_Target_V1_UpdateVolumeAttributesRequest, rhs: Nvmecsi_Target_V1_UpdateVolumeAttributesRequest) -> Bool {
+    if lhs.uuid != rhs.uuid {return false}
+    if lhs.set != rhs.set {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Nvmecsi_Target_V1_UpdateVolumeAttributesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateVolumeAttributesResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volume\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._volume) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._volume {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Nvmecsi_Target_V1_UpdateVolumeAttributesResponse, rhs: Nvmecsi_Target_V1_UpdateVolumeAttributesResponse) -> Bool {
+    if lhs._volume != rhs._volume {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Nvmecsi_Target_V1_PublishVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PublishVolumeRequest"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{3}node_id\0\u{3}host_nqn\0\u{1}readonly\0\u{1}exclusive\0")
@@ -1415,7 +1522,7 @@ nonisolated extension Nvmecsi_Target_V1_PublishVolumeRequest: SwiftProtobuf.Mess
 
 nonisolated extension Nvmecsi_Target_V1_PublishVolumeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PublishVolumeResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}subsystem_nqn\0\u{3}namespace_uuid\0\u{1}portals\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}subsystem_nqn\0\u{3}namespace_uuid\0\u{1}portals\0\u{1}attributes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1426,6 +1533,7 @@ nonisolated extension Nvmecsi_Target_V1_PublishVolumeResponse: SwiftProtobuf.Mes
       case 1: try { try decoder.decodeSingularStringField(value: &self.subsystemNqn) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.namespaceUuid) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.portals) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
       default: break
       }
     }
@@ -1441,6 +1549,9 @@ nonisolated extension Nvmecsi_Target_V1_PublishVolumeResponse: SwiftProtobuf.Mes
     if !self.portals.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.portals, fieldNumber: 3)
     }
+    if !self.attributes.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.attributes, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1448,6 +1559,7 @@ nonisolated extension Nvmecsi_Target_V1_PublishVolumeResponse: SwiftProtobuf.Mes
     if lhs.subsystemNqn != rhs.subsystemNqn {return false}
     if lhs.namespaceUuid != rhs.namespaceUuid {return false}
     if lhs.portals != rhs.portals {return false}
+    if lhs.attributes != rhs.attributes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -14,7 +14,8 @@ struct CtlCommand: AsyncParsableCommand {
     abstract: "Call a CSI plugin's RPCs over its socket, or read one target's API.",
     subcommands: [
       PluginInfo.self, CreateVolume.self, DeleteVolume.self, GetVolume.self, ListVolumes.self, Expand.self,
-      Publish.self, Unpublish.self, CreateSnapshot.self, DeleteSnapshot.self, ListSnapshots.self, GetCapacity.self,
+      ModifyVolume.self, Publish.self, Unpublish.self, CreateSnapshot.self, DeleteSnapshot.self, ListSnapshots.self,
+      GetCapacity.self,
       TargetInfoCommand.self, TargetVolumesCommand.self,
     ])
 }
@@ -126,6 +127,8 @@ extension CtlCommand {
     @Argument(help: "Volume name (idempotency key).") var name: String
     @Option(help: "Size, e.g. 1Gi or 512Mi.") var size: String = "1Gi"
     @Option(help: "StorageClass-style parameter key=value (repeatable).") var parameter: [String] = []
+    @Option(help: "VolumeAttributesClass-style mutable parameter key=value (repeatable).")
+    var mutableParameter: [String] = []
     @Option(help: "Create from this snapshot ID.") var fromSnapshot: String?
     @Option(help: "Clone this volume ID.") var fromVolume: String?
 
@@ -134,11 +137,8 @@ extension CtlCommand {
       request.name = name
       request.capacityRange.requiredBytes = Int64(try ByteSize.parse(size))
       request.volumeCapabilities = [try capability.capability()]
-      for item in parameter {
-        let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
-        guard pair.count == 2 else { throw ValidationError("--parameter \(item) is not key=value") }
-        request.parameters[pair[0]] = pair[1]
-      }
+      request.parameters = try keyValues(parameter, option: "--parameter")
+      request.mutableParameters = try keyValues(mutableParameter, option: "--mutable-parameter")
       if let fromSnapshot { request.volumeContentSource.snapshot.snapshotID = fromSnapshot }
       if let fromVolume { request.volumeContentSource.volume.volumeID = fromVolume }
       let response = try await options.call { [request] controller, _ in try await controller.createVolume(request) }
@@ -219,6 +219,28 @@ extension CtlCommand {
         "expanded \(volumeID) to \(ByteSize.format(UInt64(r.capacityBytes)))"
           + "\(r.nodeExpansionRequired ? " (the node grows the file system)" : "")"
       }
+    }
+  }
+
+  struct ModifyVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "modify-volume",
+      abstract:
+        "Change a volume's connection settings (ControllerModifyVolume); the node applies them at the next attach.")
+    @OptionGroup var options: CtlOptions
+    @Argument var volumeID: String
+    @Option(help: "Mutable parameter key=value, e.g. ctrlLossTmo=-1 (repeatable).") var parameter: [String] = []
+
+    func run() async throws {
+      let parameters = try keyValues(parameter, option: "--parameter")
+      let r = try await options.call { controller, _ in
+        try await controller.controllerModifyVolume(
+          .with {
+            $0.volumeID = volumeID
+            $0.mutableParameters = parameters
+          })
+      }
+      try options.show(r) { "modified \(volumeID): applied when the volume is next attached to a node" }
     }
   }
 
@@ -351,4 +373,15 @@ func volumeLine(_ v: Csi_V1_Volume, _ nodes: [String], _ condition: Csi_V1_Volum
 
 func snapshotLine(_ s: Csi_V1_Snapshot) -> String {
   "snapshot \(s.snapshotID)  of \(s.sourceVolumeID)  \(ByteSize.format(UInt64(s.sizeBytes)))  ready=\(s.readyToUse)"
+}
+
+/// `key=value` options as a map; a malformed one is a usage error.
+private func keyValues(_ items: [String], option: String) throws -> [String: String] {
+  var values: [String: String] = [:]
+  for item in items {
+    let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
+    guard pair.count == 2 else { throw ValidationError("\(option) \(item) is not key=value") }
+    values[pair[0]] = pair[1]
+  }
+  return values
 }

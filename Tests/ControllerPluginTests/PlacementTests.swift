@@ -48,6 +48,32 @@ struct PlacementTests {
     }
   }
 
+  @Test("with a target down, snapshots of volumes elsewhere are taken, repeated, and refused for another source")
+  func snapshotsWithATargetDown() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (down, up) = (fleet.targets[0], fleet.targets[1])
+      let request = { (name: String) in createRequest(name, bytes: mebibyte, parameters: ["target": up.name.value]) }
+      let volume = try await fleet.controller.createVolume(request("pvc-snap-src")).volume
+      let other = try await fleet.controller.createVolume(request("pvc-snap-other")).volume
+      down.isDown = true
+      let snapshot = Csi_V1_CreateSnapshotRequest.with {
+        $0.name = "snap-1"
+        $0.sourceVolumeID = volume.volumeID
+      }
+      let first = try await fleet.controller.createSnapshot(snapshot).snapshot
+      #expect(try await fleet.controller.createSnapshot(snapshot).snapshot.snapshotID == first.snapshotID)
+      await expectStatus(.alreadyExists, mentioning: "different source") {
+        try await fleet.controller.createSnapshot(
+          .with {
+            $0.name = "snap-1"
+            $0.sourceVolumeID = other.volumeID
+          })
+      }
+      down.isDown = false
+      #expect(try await fleet.controller.createSnapshot(snapshot).snapshot.snapshotID == first.snapshotID)
+    }
+  }
+
   @Test("a placement recorded before a crash is where the retried create goes")
   func reservationBeforeCrash() async throws {
     try await Fleet.with(targets: 3) { fleet in
@@ -247,6 +273,12 @@ final class SwitchableTarget: TargetAPI {
   }
   func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) async throws -> TargetVolume {
     try await call { try await $0.expandVolume(uuid, to: sizeBytes) }
+  }
+  func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws -> (volumes: [TargetVolume], more: Bool) {
+    try await call { try await $0.volumes(after: startingAfter, limit: limit) }
+  }
+  func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws -> TargetVolume {
+    try await call { try await $0.updateVolumeAttributes(uuid, setting: changes) }
   }
   func publishVolume(_ uuid: ObjectUUID, to node: NodeID, readonly: Bool, exclusive: Bool) async throws -> VolumeExport
   {

@@ -196,6 +196,19 @@ struct StageTests {
     }
   }
 
+  @Test("Connection settings changed after creation (in publish_context) override the volume_context's")
+  func modifiedConnectionParameters() async throws {
+    try await Harness.with { h in
+      let v = h.machine.export()
+      var request = stageRequest(v, at: h.machine.stagingPath(v), volumeContext: ["ctrlLossTmo": "120"])
+      request.publishContext["ctrlLossTmo"] = "-1"
+      request.publishContext["fastIoFailTmo"] = "30"
+      _ = try await h.node.nodeStageVolume(request)
+      let parameters = try #require(h.kernel.read(\.lastParameters))
+      #expect(parameters.ctrlLossTmo == -1 && parameters.fastIoFailTmo == 30 && parameters.keepAliveTmo == 5)
+    }
+  }
+
   @Test("A staged volume whose device vanished is staged again")
   func deviceVanished() async throws {
     try await Harness.with { h in

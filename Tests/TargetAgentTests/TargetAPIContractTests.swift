@@ -167,6 +167,31 @@ struct TargetAPIContractTests {
     }
   }
 
+  @Test(
+    "Updating attributes sets the given keys, keeps the others, survives a restart and reaches publish",
+    arguments: TargetAPIFactory.all)
+  func updateAttributes(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-u")).volume
+      let updated = try await api.updateVolumeAttributes(volume.uuid, setting: ["m": "1", "k": "w"])
+      #expect(updated.record.attributes == ["k": "w", "m": "1"])
+      #expect(try await api.updateVolumeAttributes(volume.uuid, setting: ["m": "1"]).record == updated.record)
+      #expect(try await api.volume(volume.uuid).record.attributes == ["k": "w", "m": "1"])
+      let export = try await api.publishVolume(volume.uuid, to: try node(1), readonly: false, exclusive: true)
+      #expect(export.attributes == ["k": "w", "m": "1"])
+      let reopened = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
+      #expect(try await reopened.api.volume(volume.uuid).record.attributes == ["k": "w", "m": "1"])
+      // Past the limits, or for an unknown volume: refused, and nothing changes.
+      let tooMany = Dictionary(uniqueKeysWithValues: (0..<64).map { ("n\($0)", "x") })
+      await expectError(.invalidArgument, mentioning: ["at most 64"]) {
+        try await api.updateVolumeAttributes(volume.uuid, setting: tooMany)
+      }
+      await expectError(.invalidArgument) { try await api.updateVolumeAttributes(volume.uuid, setting: ["": "x"]) }
+      await expectError(.notFound) { try await api.updateVolumeAttributes(.random(), setting: ["m": "2"]) }
+      #expect(try await api.volume(volume.uuid).record.attributes == ["k": "w", "m": "1"])
+    }
+  }
+
   @Test("A volume whose data is gone is reported with the problem", arguments: TargetAPIFactory.all)
   func missingData(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, target in

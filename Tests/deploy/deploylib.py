@@ -35,11 +35,14 @@ COMPONENTS = ["components/cert-manager", "components/kubelet-dir", "components/m
 # Components that render only inside an overlay (they need its input), and the
 # overlay that renders each.
 RENDERED_IN = {"components/kubelet-dir": "overlays/k0s"}
-EXAMPLES = ["examples", "examples/storage", "examples/demo", "examples/expansion"]
+EXAMPLES = ["examples", "examples/storage", "examples/demo", "examples/expansion", "examples/attributes-class"]
 
 # Kubernetes versions the rendered objects must be valid for: the oldest we aim at
 # and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ["1.33.0", "1.37.0"]
+# Kustomizations for newer clusters only, with the first version they need
+# (VolumeAttributesClass is storage.k8s.io/v1 from 1.34).
+MINIMUM_KUBERNETES = {"examples/attributes-class": "1.34.0"}
 
 
 def kubectl() -> str:

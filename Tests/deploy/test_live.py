@@ -491,3 +491,33 @@ def test_documented_ranges_are_the_drivers(knob, cluster):
         r = create(value)
         assert r.returncode != 0 and "out of range" in r.stderr, (
             f"{knob}={value} is documented as invalid, the driver says: {r.stdout or r.stderr}")
+
+
+VOLUME_ATTRIBUTES_CLASSES = sorted(
+    vac["metadata"]["name"] for vac in deploylib.render("examples/attributes-class") if vac["kind"] == "VolumeAttributesClass")
+
+
+def test_the_examples_carry_a_volumeattributesclass():
+    assert VOLUME_ATTRIBUTES_CLASSES, "examples/attributes-class has no VolumeAttributesClass"
+
+
+@pytest.mark.parametrize("vac_name", VOLUME_ATTRIBUTES_CLASSES)
+def test_volumeattributesclass_parameters_are_accepted_by_modifyvolume(vac_name, cluster, render):
+    """What the resizer sends for the example class: ControllerModifyVolume with its
+    parameters, on a volume created without one; and CreateVolume with them (a PVC
+    that names the class from the start)."""
+    vac = one(render("examples/attributes-class"), "VolumeAttributesClass", vac_name)
+    assert vac["driverName"] == "nvme.csi.dev"
+    params = [arg for key, value in vac["parameters"].items() for arg in ("--parameter", f"{key}={value}")]
+    vid = cluster.ctl_json("create-volume", f"pvc-{uuid.uuid4()}", "--size", "64Mi")["volume"]["volume_id"]
+    created = cluster.ctl_json(
+        "create-volume", f"pvc-{uuid.uuid4()}", "--size", "64Mi",
+        *[arg.replace("--parameter", "--mutable-parameter") for arg in params])["volume"]["volume_id"]
+    try:
+        r = cluster.ctl("modify-volume", vid, *params)
+        assert r.returncode == 0, f"modify-volume {vid} {params}: {r.stderr}"
+        bad = cluster.ctl("modify-volume", vid, "--parameter", "target=elsewhere")
+        assert bad.returncode != 0 and "cannot be modified" in bad.stderr, bad.stderr
+    finally:
+        for v in (vid, created):
+            assert cluster.ctl("delete-volume", v).returncode == 0

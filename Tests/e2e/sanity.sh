@@ -25,11 +25,14 @@ target=$!
 plugin=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done
 
-# Every spec runs; 64 MiB volumes, expanded to 128 MiB. Skips are only for
-# capabilities we do not advertise (the suite decides that from our capabilities).
+# Every spec runs; 64 MiB volumes, expanded to 128 MiB, modified (VolumeAttributesClass)
+# to keep reconnecting forever. Skips are only for capabilities we do not advertise
+# (the suite decides that from our capabilities).
+printf 'ctrlLossTmo: "-1"\nfastIoFailTmo: "60"\n' >"$work/mutable-parameters.yaml"
 "$sanity" -csi.endpoint "unix://$work/csi.sock" \
   -csi.stagingdir "$work/staging" -csi.mountdir "$work/mount" \
   -csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
+  -csi.testvolumemutableparameters "$work/mutable-parameters.yaml" \
   -ginkgo.no-color -ginkgo.timeout 10m -ginkgo.json-report "$work/logs/sanity.json" >"$work/logs/sanity.log" 2>&1
 status=$?
 grep -E '^(Ran |FAIL!|SUCCESS!|.*Passed.*Failed)|\[FAIL\]' "$work/logs/sanity.log"
@@ -40,6 +43,11 @@ for suite in json.load(open(sys.argv[1])):
     for spec in suite.get("SpecReports") or []:
         if spec.get("State") in ("skipped", "pending") and spec.get("LeafNodeText"):
             print(f"  {spec['State']}: {' '.join(spec.get('ContainerHierarchyTexts') or [])} {spec['LeafNodeText']}")
+# Where the suite's time goes (RunTime is in nanoseconds), for the VM budget.
+ran = [s for suite in json.load(open(sys.argv[1])) for s in suite.get("SpecReports") or []
+       if s.get("State") == "passed" and s.get("LeafNodeText")]
+for spec in sorted(ran, key=lambda s: -s.get("RunTime", 0))[:5]:
+    print(f"  slowest: {spec['RunTime'] / 1e9:.1f} s {' '.join(spec.get('ContainerHierarchyTexts') or [])} {spec['LeafNodeText']}")
 PY
 if [ $status -ne 0 ]; then
   echo "--- csi-sanity failures"; grep -A25 '\[FAILED\]' "$work/logs/sanity.log" | head -150

@@ -181,7 +181,34 @@ struct Scenario {
           return v
         })
     else { return nil }
+    await steps.run("ControllerModifyVolume (a VolumeAttributesClass): ctrlLossTmo 120 → 300, fastIoFailTmo 90") {
+      _ = try await controller.controllerModifyVolume(
+        .with {
+          $0.volumeID = volume.volumeID
+          $0.mutableParameters = ["ctrlLossTmo": "300", "fastIoFailTmo": "90"]
+        })
+    }
     guard let attached = await attach(volume, capability: capability, nodeID: nodeID, pod: "pod-1") else { return nil }
+    await steps.run("the kernel's NVMe controller runs with the modified settings (sysfs)") {
+      let context = try PublishContext(decoding: attached.publishContext)
+      let paths = NVMeTCPAttacher().paths(subsystemNQN: context.subsystemNQN)
+      try check(!paths.isEmpty, "no NVMe controller for \(context.subsystemNQN)")
+      for path in paths {
+        func setting(_ name: String) throws -> String {
+          try String(contentsOfFile: "/sys/class/nvme/\(path.name)/\(name)", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let (loss, fail, delay) = (
+          try setting("ctrl_loss_tmo"), try setting("fast_io_fail_tmo"), try setting("reconnect_delay")
+        )
+        try check(
+          loss == "300" && fail == "90" && delay == "1",
+          "\(path.name): ctrl_loss_tmo \(loss), fast_io_fail_tmo \(fail), reconnect_delay \(delay)")
+        steps.note(
+          "\(path.name): ctrl_loss_tmo \(loss), fast_io_fail_tmo \(fail), reconnect_delay \(delay) (from the StorageClass)"
+        )
+      }
+    }
     await steps.run("write a file through the mount and fsync it") {
       try writeFile(attached.target + "/data.txt", Self.payload)
       steps.note("wrote \(Self.payload.utf8.count) bytes to \(attached.target)/data.txt")
