@@ -46,6 +46,11 @@ fi
 echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
 # No udev in this VM: LVM must create its device nodes itself instead of waiting.
 sed -i 's/^\(\s*\)# udev_sync = 1/\1udev_sync = 0/; s/^\(\s*\)# udev_rules = 1/\1udev_rules = 0/' /etc/lvm/lvm.conf
+# No metadata backups or archives: each LVM command would write two more files, a
+# quarter of its time under emulation (measured: 1.0 s per command, 0.75 s without).
+# The driver never reads them; production keeps LVM's defaults.
+sed -i 's/^\(\s*\)# backup = 1/\1backup = 0/; s/^\(\s*\)# archive = 1/\1archive = 0/' /etc/lvm/lvm.conf
+[ "$(grep -cE '^\s*(backup|archive) = 0' /etc/lvm/lvm.conf)" = 2 ] || { echo "guest: could not turn off LVM's backups"; exit 1; }
 pv=$(disk lvm 3G)
 export LVM_SUPPRESS_FD_WARNINGS=1
 { pvcreate -q "$pv" && vgcreate -q -s 1M nvmecsi "$pv" && lvcreate -q -T nvmecsi/pool -L 2G; } || exit 1
