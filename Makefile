@@ -92,6 +92,18 @@ demo: e2e
 demo-local: build
 	./scripts/demo.sh
 
+## The control-plane bench (issue 13; not part of make test): builds the release
+## binary, runs a target (file store on a loop-mounted XFS with reflink) and a
+## controller, drives CSI over the unix socket from Python and writes
+## bench/results/<date>.md and .json. Needs root for the loop mount (else a directory,
+## and the results say so). Options: make bench BENCH_ARGS='--repeats 5 --large'
+## (bench/README.md).
+.PHONY: bench
+BENCH_ARGS ?=
+bench: $(DEPS_STAMP)
+	$(SWIFT) build -c release --product nvme-csi
+	bench/run.sh --bin "$$($(SWIFT) build -c release --show-bin-path)/nvme-csi" --build release $(BENCH_ARGS)
+
 plugins: $(DEPS_STAMP) $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
 $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-swift --scratch-path ../../.build-protoc
