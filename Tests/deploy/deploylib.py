@@ -35,6 +35,9 @@ COMPONENTS = ["components/cert-manager", "components/kubelet-dir", "components/m
 # Components that render only inside an overlay (they need its input), and the
 # overlay that renders each.
 RENDERED_IN = {"components/kubelet-dir": "overlays/k0s"}
+# Kustomizations of remote resources (kubectl fetches them; these checks run offline):
+# never rendered here, their pins checked instead (test_operations_doc.py).
+REMOTE = ["snapshot-support"]
 EXAMPLES = ["examples", "examples/storage", "examples/demo", "examples/expansion", "examples/attributes-class"]
 
 # Kubernetes versions the rendered objects must be valid for: the oldest we aim at

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 import deploylib
 from deploylib import INSTALLATIONS, REPO, containers, find, one, pod_spec
@@ -199,20 +200,28 @@ def _install_commands() -> list[str]:
     return [line.strip() for line in _section("Install") if line.strip().startswith("kubectl ")]
 
 
-def test_snapshot_install_is_pinned_to_the_snapshotters_release(render):
+def _snapshot_support() -> dict:
+    return yaml.safe_load((deploylib.DEPLOY / "snapshot-support" / "kustomization.yaml").read_text())
+
+
+def test_snapshot_support_is_pinned_to_the_snapshotters_release(render):
     tag = _sidecar_images(render("base"))["csi-snapshotter"]
-    commands = _install_commands()
-    refs = [c for c in commands if SNAPSHOTTER_REPO in c]
-    assert refs, "docs/operations.md installs no snapshot CRDs or snapshot-controller"
-    for c in refs:
-        m = re.search(re.escape(SNAPSHOTTER_REPO) + r"/([\w/.-]+)\?ref=([\w.-]+)", c)
-        assert m, f"not pinned with ?ref=: {c}"
-        assert m.group(2) == tag, f"{c}: pinned to {m.group(2)}, csi-snapshotter runs {tag}"
-    images = re.findall(SIG_STORAGE + r"/snapshot-controller:([\w.-]+)", "\n".join(commands))
-    assert images == [tag], f"snapshot-controller must run {tag} too, the docs set {images}"
+    kustomization = _snapshot_support()
+    resources = kustomization["resources"]
+    paths = []
+    for r in resources:
+        m = re.fullmatch(re.escape(SNAPSHOTTER_REPO) + r"/([\w/.-]+)\?ref=([\w.-]+)", r)
+        assert m, f"snapshot-support: {r} is not external-snapshotter pinned with ?ref="
+        assert m.group(2) == tag, f"snapshot-support: {r} is pinned to {m.group(2)}, csi-snapshotter runs {tag}"
+        paths.append(m.group(1))
+    # The CRDs first (kustomize orders CRDs first anyway; the list says what is meant).
+    assert paths == ["client/config/crd", "deploy/kubernetes/snapshot-controller"], paths
+    images = {i["name"]: i.get("newTag") for i in kustomization.get("images", [])}
+    assert images == {SIG_STORAGE + "/snapshot-controller": tag}, (
+        f"snapshot-controller must run {tag}, as csi-snapshotter: {images}")
 
 
-def test_install_order_is_crds_controller_driver_snapshot_class(render):
+def test_install_order_is_snapshot_support_driver_snapshot_class(render):
     commands = _install_commands()
 
     def first(predicate, what):
@@ -221,14 +230,13 @@ def test_install_order_is_crds_controller_driver_snapshot_class(render):
                 return i
         raise AssertionError(f"docs/operations.md's Install has no command that applies {what}")
 
-    crds = first(lambda c: "apply" in c and "/client/config/crd?" in c, "the snapshot CRDs")
-    controller = first(lambda c: "apply" in c and "/deploy/kubernetes/snapshot-controller?" in c, "snapshot-controller")
+    support = first(lambda c: re.fullmatch(r"kubectl apply -k deploy/kubernetes/snapshot-support", c), "snapshot support")
     driver = first(lambda c: c.startswith("kubectl apply -k deploy/kubernetes/base"), "the driver")
     examples = [k for k in deploylib.EXAMPLES if find(render(k), "VolumeSnapshotClass")]
     snapshot_class = first(lambda c: any(re.search(rf"apply -k deploy/kubernetes/{re.escape(k)}(\s|$)", c) for k in examples),
                            "a VolumeSnapshotClass")
-    assert crds < controller < driver < snapshot_class, (
-        "install order must be: snapshot CRDs, snapshot-controller, the driver, the VolumeSnapshotClass")
+    assert support < driver < snapshot_class, (
+        "install order must be: snapshot CRDs and snapshot-controller, the driver, the VolumeSnapshotClass")
 
 
 def test_the_documented_k0s_path_is_the_overlays(render):
