@@ -18,6 +18,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   private let locks = KeyedLock<String>()
   /// Which targets' volumes are recorded at their names' homes (Placement.swift).
   let placements = PlacementIndex()
+  /// The targets' free space, recent enough to choose where a volume goes.
+  let targetInfo = TargetInfoCache()
 
   public init(targets: TargetSet, logger: Logger) {
     self.targets = targets
@@ -68,11 +70,21 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       case .absent(let home):
         target = try await reserve(name, on: try await choose(), home: home)
       }
-      let created = try await target.api.createVolume(
-        NewVolume(
-          name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
-          sharing: capabilities.sharing))
-      if created.existed { try requested.check(created.volume.record, name: name) }
+      let created: (volume: TargetVolume, existed: Bool)
+      do {
+        created = try await target.api.createVolume(
+          NewVolume(
+            name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
+            sharing: capabilities.sharing))
+      } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
+        targetInfo.forget(target.name)  // it has less room than it said: ask it next time
+        throw error
+      }
+      if created.existed {
+        try requested.check(created.volume.record, name: name)
+      } else {
+        targetInfo.charge(created.volume.record.sizeBytes, to: target.name)
+      }
       return .with { $0.volume = csiVolume(created.volume, on: target) }
     }
   }
@@ -383,11 +395,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let changes = try MutableParameters(parsing: request.mutableParameters)
     let id = try ObjectID(parsing: request.volumeID, as: .volume)
     let target = try targets.holding(id)
-    let current = try await target.api.volume(id.uuid).record
-    _ = try changes.applied(to: VolumeAttribute.effectiveContext(of: current))
-    // Recorded with the volume; the node applies them at the next attach (the kernel
-    // fixes them when it connects), through ControllerPublishVolume's publish_context.
-    _ = try await target.api.updateVolumeAttributes(id.uuid, setting: VolumeAttribute.modified(changes.values))
+    // One change at a time per volume: each is checked against the settings it replaces.
+    try await locks.withLock("volume-modify:" + id.description) {
+      let current = try await target.api.volume(id.uuid).record
+      _ = try changes.applied(to: VolumeAttribute.effectiveContext(of: current))
+      // Recorded with the volume; the node applies them at the next attach (the kernel
+      // fixes them when it connects), through ControllerPublishVolume's publish_context.
+      _ = try await target.api.updateVolumeAttributes(id.uuid, setting: VolumeAttribute.modified(changes.values))
+    }
     logger.info(
       "volume modified; the node applies it at the next attach",
       metadata: ["volume": "\(id)", "settings": "\(changes.values.sorted { $0.key < $1.key })"])
@@ -466,7 +481,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     func preference(_ target: StorageTarget) -> Int {
       topology.preferred.firstIndex { target.isAccessible(from: $0.segments) } ?? Int.max
     }
-    let infos = await targets.reachableInfo(candidates, logger: logger)
+    let infos = await targetInfo.info(of: candidates, in: targets, logger: logger)
     let ranked = infos.sorted {
       (preference($0.target), $1.info.allocatableBytes) < (preference($1.target), $0.info.allocatableBytes)
     }

@@ -74,6 +74,18 @@ struct PlacementTests {
     }
   }
 
+  @Test("a burst of creates asks each target's free space once, not once per create")
+  func freeSpaceIsNotAskedPerCreate() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let before = fleet.targets.map(\.infoCount)
+      for n in 0..<10 { _ = try await fleet.controller.createVolume(createRequest("pvc-burst-\(n)", bytes: mebibyte)) }
+      let asked = zip(fleet.targets, before).map { $0.infoCount - $1 }
+      // One each within the cache's two seconds (a slow machine may need another round).
+      #expect(asked.allSatisfy { $0 >= 1 && $0 <= 3 }, "GetInfo calls per target: \(asked)")
+      #expect(try await fleet.volumeCounts().count == 10)
+    }
+  }
+
   @Test("a placement recorded before a crash is where the retried create goes")
   func reservationBeforeCrash() async throws {
     try await Fleet.with(targets: 3) { fleet in
@@ -249,7 +261,10 @@ final class Fleet: Sendable {
 final class SwitchableTarget: TargetAPI {
   let local: LocalTarget
   private let down = Mutex(false)
+  private let infoCalls = Mutex(0)
   var name: TargetName { local.name }
+  /// GetInfo calls answered so far.
+  var infoCount: Int { infoCalls.withLock { $0 } }
   var isDown: Bool {
     get { down.withLock { $0 } }
     set { down.withLock { $0 = newValue } }
@@ -262,7 +277,12 @@ final class SwitchableTarget: TargetAPI {
     return try await body(local.api)
   }
 
-  func info() async throws -> TargetInfo { try await call { try await $0.info() } }
+  func info() async throws -> TargetInfo {
+    try await call {
+      infoCalls.withLock { $0 += 1 }
+      return try await $0.info()
+    }
+  }
   func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try await call { try await $0.createVolume(request) }
   }
