@@ -114,6 +114,7 @@ case $accel in kvm) qaccel=(-accel kvm -cpu host) ;; *) qaccel=(-accel tcg -cpu 
 
 echo "vm: $kpkg, accel=$accel, timeout ${timeout_s}s"
 set +e
+: >"$run/console"  # before tail opens it: tail -f gives up on a file that is not there yet
 timeout -k 5 "$timeout_s" qemu-system-x86_64 "${qaccel[@]}" \
   -m 3G -smp 2 -display none -monitor none -no-reboot -nic none \
   -kernel "$kimage" -initrd "$run/initramfs.cpio" \
