@@ -78,10 +78,14 @@ struct PlacementTests {
   func freeSpaceIsNotAskedPerCreate() async throws {
     try await Fleet.with(targets: 3) { fleet in
       let before = fleet.targets.map(\.infoCount)
+      let started = ContinuousClock.now
       for n in 0..<10 { _ = try await fleet.controller.createVolume(createRequest("pvc-burst-\(n)", bytes: mebibyte)) }
+      let elapsed = ContinuousClock.now - started
       let asked = zip(fleet.targets, before).map { $0.infoCount - $1 }
-      // One each within the cache's two seconds (a slow machine may need another round).
-      #expect(asked.allSatisfy { $0 >= 1 && $0 <= 3 }, "GetInfo calls per target: \(asked)")
+      // Once per two seconds of the burst at most (once, on a machine that is not busy).
+      let rounds = Int(elapsed / .seconds(2)) + 1
+      #expect(rounds < 10, "the burst took \(elapsed): too slow to tell")
+      #expect(asked.allSatisfy { $0 >= 1 && $0 <= rounds }, "GetInfo calls per target: \(asked) in \(elapsed)")
       #expect(try await fleet.volumeCounts().count == 10)
     }
   }
