@@ -342,9 +342,19 @@ enum ChildProcess {
       close(stdoutPipe.write)
       return deliver(.failure(pipeError(name, error)))
     }
-    let spawned = spawn(
+    var spawned = spawn(
       path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write, stderr: stderrPipe.write
     )
+    // ETXTBSY: the executable is open for writing at this instant, for example a file
+    // just written whose descriptor a process spawned elsewhere holds between its fork
+    // and exec. It passes within moments: try again for up to half a second.
+    for _ in 0..<50 {
+      guard case .failure(let error) = spawned, error.code == ETXTBSY else { break }
+      usleep(10_000)
+      spawned = spawn(
+        path: path, argv: [name] + arguments, environment: environment, stdout: stdoutPipe.write,
+        stderr: stderrPipe.write)
+    }
     close(stdoutPipe.write)
     close(stderrPipe.write)
     let pid: pid_t
