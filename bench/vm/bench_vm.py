@@ -55,7 +55,7 @@ TARGET_API = "127.0.0.1:7610"
 PORTAL_ADDR, PORTAL_PORT = "127.0.0.1", "4430"
 MARK_BEGIN, MARK_END, MARK_LINE = "BENCH-VM-JSON-BEGIN", "BENCH-VM-JSON-END", "BVJ:"
 
-DEFAULTS = dict(rounds=10, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5)
+DEFAULTS = dict(rounds=20, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5)
 
 # fio jobs: name, rw, block size, queue depth, what is compared (iops or bandwidth)
 FIO_JOBS = [
@@ -444,7 +444,9 @@ class Bench:
         order = ["driver", "exec", "exec_full"]
         ktrace = KernelTrace(self.result["notes"]) if a.ktrace else None
         mark = ktrace.mark if ktrace else (lambda text: None)
+        res["round_times"] = []
         for r in range(a.rounds):
+            res["round_times"].append([time.time(), None])
             for variant in order[r % 3:] + order[:r % 3]:  # rotate which goes first
                 f = res[variant]
                 steps = f["steps"]
@@ -513,6 +515,7 @@ class Bench:
                     f["attach_ms"].append((t2 - t0) * 1000)
                     f["detach_ms"].append(ms_since(t2))
                 self.wait_gone(vol)
+            res["round_times"][-1][1] = time.time()
             log(f"attach round {r + 1}/{a.rounds}: driver {res['driver']['attach_ms'][-1]:.0f} ms, "
                 f"exec {res['exec']['attach_ms'][-1]:.0f} ms, exec+blkid+bind {res['exec_full']['attach_ms'][-1]:.0f} ms")
         if ktrace:
@@ -594,7 +597,9 @@ class Bench:
             res["settings"]["hand"] = self.ctrl_settings(dev)
             for i, job in enumerate(FIO_JOBS):
                 for variant in (("driver", "hand") if (r + i) % 2 == 0 else ("hand", "driver")):
+                    t_start = time.time()
                     sample = self.fio(paths[variant], job, a.fio_runtime)
+                    sample["t0"], sample["t1"] = t_start, time.time()
                     sample["volume"] = (driven if variant == "driver" else by_hand)["id"]
                     res[variant].setdefault(job[0], []).append(sample)
             self.unpublish(driven)
@@ -941,6 +946,38 @@ def extract(console: str) -> dict:
     return json.loads(zlib.decompress(base64.b64decode("".join(lines))))
 
 
+QUIET = ("tee", "kdamond", "kworker", "ksoftirqd", "rcu_", "bash", "sleep", "ps")
+
+
+def host_busy(r: dict) -> list[float]:
+    """The sample times at which the host ran something else at ≥ 20% of a core (ps)."""
+    out = []
+    for x in (r.get("host") or {}).get("load_samples") or []:
+        for p in x["top"].split(","):
+            name, _, cpu = p.rpartition(":")
+            if name and cpu.replace(".", "", 1).isdigit() and float(cpu) >= 20 and not name.startswith(QUIET):
+                out.append(x["t"])
+                break
+    return out
+
+
+def disturbed(r: dict, t0: float, t1: float) -> bool:
+    """Whether another process was busy on the host between t0 and t1 (guest clock, set from the
+    host's at boot; the sampler looks every 10 s)."""
+    return any(t0 - 10 <= t <= t1 + 10 for t in host_busy(r))
+
+
+def fio_pairs(r: dict, job: dict) -> list[tuple[float, float, bool]]:
+    fio = r["fio"]
+    key = "iops" if job["metric"] == "iops" else "bw_MBps"
+    out = []
+    for d, h in zip(fio["driver"].get(job["name"], []), fio["hand"].get(job["name"], [])):
+        t0 = min(d.get("t0", 0), h.get("t0", 0))
+        t1 = max(d.get("t1", 0), h.get("t1", 0))
+        out.append((d[key], h[key], bool(t0) and disturbed(r, t0, t1)))  # no times (older runs): unmarked
+    return out
+
+
 def summary_md(r: dict) -> list[str]:
     """The headline figures, each with its ratio."""
     out = ["## Summary", ""]
@@ -962,13 +999,16 @@ def summary_md(r: dict) -> list[str]:
                 f"{g['group'].split(' (')[0]} {g['p50_ms'] / total:.0%}" for g in top) + ".")
     fio = r.get("fio")
     if fio:
-        rs = []
+        rs, clean_n, all_n = [], 0, 0
         for job in fio["jobs"]:
-            key = "iops" if job["metric"] == "iops" else "bw_MBps"
-            dv = [x[key] for x in fio["driver"].get(job["name"], [])]
-            hv = [x[key] for x in fio["hand"].get(job["name"], [])]
-            rs.append((job["name"], percentile([x / y for x, y in zip(dv, hv) if y], .5)))
-        out.append("- Data path, fio nvme-csi / hand-connected (median of back-to-back pairs): "
+            pairs = fio_pairs(r, job)
+            clean = [(x, y) for x, y, bad in pairs if not bad and y]
+            all_n, clean_n = len(pairs), len(clean)
+            use = clean or [(x, y) for x, y, _ in pairs if y]
+            rs.append((job["name"], percentile([x / y for x, y in use], .5)))
+        which = (f"over the {clean_n} of {all_n} rounds the host left alone" if 0 < clean_n < all_n
+                 else "every round" if clean_n == all_n else "no round was free of other host activity")
+        out.append(f"- Data path, fio nvme-csi / hand-connected (median of back-to-back pairs, {which}): "
                    + ", ".join(f"{n} {v:.2f}×" for n, v in rs) + ". Goal: ≥ 0.98×.")
     rss = r.get("rss")
     if rss:
@@ -1033,6 +1073,12 @@ def render_md(r: dict, title: str) -> str:
                 f"| exec as a CSI driver does it: the above + `blkid -p` + `mount --bind` (stage + publish) | "
                 f"{fmt_ms(md(f['attach_ms']))} | {fmt_ms(p9(f['attach_ms']))} | {fmt_ms(md(f['detach_ms']))} | "
                 f"{fmt_ms(p9(f['detach_ms']))} |", "",
+                *([f"{sum(1 for t0, t1 in at['round_times'] if t1 and disturbed(r, t0, t1))} of "
+                   f"{len(at['round_times'])} rounds overlapped other activity on the host (Notes).", ""]
+                  if at.get("round_times") and (r.get("host") or {}).get("load_samples") else []),
+                "Per round (the three sides back to back), nvme-csi / exec: attach " + ", ".join(
+                    f"{x / y:.2f}" for x, y in zip(d["attach_ms"], e["attach_ms"])) + f" (median "
+                f"{percentile([x / y for x, y in zip(d['attach_ms'], e['attach_ms'])], .5):.2f}×).", "",
                 f"**Ratio nvme-csi / exec (medians): attach {ratio(md(d['attach_ms']), md(e['attach_ms']))}, "
                 f"detach {ratio(md(d['detach_ms']), md(e['detach_ms']))}**; against exec with blkid and a bind "
                 f"mount: attach {ratio(md(d['attach_ms']), md(f['attach_ms']))}, detach "
@@ -1104,18 +1150,21 @@ def render_md(r: dict, title: str) -> str:
                 f"fio: `--direct=1 --ioengine=libaio --time_based --runtime={a['fio_runtime']} "
                 f"--ramp_time={a['fio_ramp']} --norandommap`, one job. Ratio = nvme-csi / hand for each back-to-back "
                 "pair, median over rounds (higher is better for the driver; 1.00 is equal).", "",
-                "| job | metric | nvme-csi p50 | hand p50 | ratio | pairs (nvme-csi / hand) |",
-                "| --- | --- | --- | --- | --- | --- |"]
+                "A pair marked † ran while another process was busy on the host (the host's load sampler, "
+                "see Notes): under emulation that moves IOPS by more than the difference looked for, so the "
+                "ratio is also given over the unmarked pairs.", "",
+                "| job | metric | nvme-csi p50 | hand p50 | ratio, all pairs | ratio, unmarked pairs | pairs (nvme-csi / hand) |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for job in fio["jobs"]:
             name, metric = job["name"], job["metric"]
-            key = "iops" if metric == "iops" else "bw_MBps"
-            dv = [x[key] for x in fio["driver"].get(name, [])]
-            hv = [x[key] for x in fio["hand"].get(name, [])]
+            pairs = fio_pairs(r, job)
+            dv, hv = [x for x, _, _ in pairs], [y for _, y, _ in pairs]
             unit = "IOPS" if metric == "iops" else "MB/s"
-            pairs = "; ".join(f"{x:,.0f} / {y:,.0f}" for x, y in zip(dv, hv))
-            pr = percentile([x / y for x, y in zip(dv, hv) if y], .5)
+            shown = "; ".join(f"{x:,.0f} / {y:,.0f}{' †' if bad else ''}" for x, y, bad in pairs)
+            pr = percentile([x / y for x, y, _ in pairs if y], .5)
+            pc = percentile([x / y for x, y, bad in pairs if y and not bad], .5)
             out.append(f"| {name} | {unit} | {percentile(dv, .5):,.0f} | {percentile(hv, .5):,.0f} | "
-                       f"{'—' if pr != pr else f'{pr:.2f}×'} | {pairs} |")
+                       f"{'—' if pr != pr else f'{pr:.2f}×'} | {'—' if pc != pc else f'{pc:.2f}×'} | {shown} |")
         qd1 = [j["name"] for j in fio["jobs"] if j["iodepth"] == 1]
         if qd1:
             out += ["", "Queue depth 1, mean completion latency: " + "; ".join(
@@ -1185,8 +1234,9 @@ def render(args: argparse.Namespace) -> None:
         r["host"]["load_samples"] = samples
         if samples:
             loads = [x["load1"] for x in samples]
-            busy = sorted({p.split(":")[0] for x in samples for p in x["top"].split(",") if p and
-                           float(p.split(":")[1] or 0) >= 20 and p.split(":")[0] != "tee"})
+            seen = [p.rsplit(":", 1) for x in samples for p in x["top"].split(",") if ":" in p]
+            busy = sorted({name for name, cpu in seen if cpu.replace(".", "", 1).isdigit() and float(cpu) >= 20
+                           and name != "tee"})
             r["notes"].append(
                 f"The host's 1-minute load average during the run (sampled every 10 s; the VM itself accounts for "
                 f"about 2): median {percentile(loads, .5):.1f}, max {max(loads):.1f}. Other processes among the "
