@@ -953,6 +953,10 @@ def host_busy(r: dict) -> list[float]:
     """The sample times at which the host ran something else at ≥ 20% of a core (ps)."""
     out = []
     for x in (r.get("host") or {}).get("load_samples") or []:
+        vms = re.search(r"vms:(\d+)", x["top"])
+        if vms and int(vms.group(1)) > 1:  # another VM besides ours
+            out.append(x["t"])
+            continue
         for p in x["top"].split(","):
             name, _, cpu = p.rpartition(":")
             if name and cpu.replace(".", "", 1).isdigit() and float(cpu) >= 20 and not name.startswith(QUIET):
@@ -1235,8 +1239,11 @@ def render(args: argparse.Namespace) -> None:
         if samples:
             loads = [x["load1"] for x in samples]
             seen = [p.rsplit(":", 1) for x in samples for p in x["top"].split(",") if ":" in p]
-            busy = sorted({name for name, cpu in seen if cpu.replace(".", "", 1).isdigit() and float(cpu) >= 20
-                           and name != "tee"})
+            busy = sorted({name for name, cpu in seen if name != "vms" and cpu.replace(".", "", 1).isdigit()
+                           and float(cpu) >= 20 and not name.startswith(QUIET)})
+            vms = max([int(m.group(1)) for x in samples if (m := re.search(r"vms:(\d+)", x["top"]))] or [1])
+            if vms > 1:
+                busy.append(f"{vms - 1} other VM(s) (qemu)")
             r["notes"].append(
                 f"The host's 1-minute load average during the run (sampled every 10 s; the VM itself accounts for "
                 f"about 2): median {percentile(loads, .5):.1f}, max {max(loads):.1f}. Other processes among the "

@@ -53,11 +53,11 @@ export PYTHONDONTWRITEBYTECODE=1
 
 # One VM at a time: another one would share these 2 cores and disturb every figure.
 for i in $(seq 720); do
-  pgrep -f qemu-system >/dev/null || break
+  pgrep -f '^qemu-system' >/dev/null || break
   [ "$i" = 1 ] && echo "bench-vm: another VM is running; waiting for it to end"
   sleep 5
 done
-pgrep -f qemu-system >/dev/null && { echo "bench-vm: another VM is still running after an hour" >&2; exit 1; }
+pgrep -f '^qemu-system' >/dev/null && { echo "bench-vm: another VM is still running after an hour" >&2; exit 1; }
 
 mkdir -p .build/bench-vm
 console=.build/bench-vm/console-$(date +%Y%m%dT%H%M%S).log
@@ -70,7 +70,8 @@ echo "bench-vm: $bin ($build build, sha256 $sha…); console in $console"
 # other processes every 10 s, for the results' notes.
 hostload=${console%.log}.host
 ( while :; do
-    echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg) $(ps -eo pcpu=,comm= --sort=-pcpu | grep -v -e qemu-system -e ' ps$' | head -3 | awk '{printf "%s:%s,", $2, $1}')"
+    vms=$(pgrep -c -f '^qemu-system-x86_64 ' || true)  # ours is one; any other VM shares the cores
+    echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg) $(ps -eo pcpu=,comm= --sort=-pcpu | grep -v -e qemu-system -e ' ps$' | head -3 | awk '{printf "%s:%s,", $2, $1}')vms:$vms"
     sleep 10
   done ) >"$hostload" 2>/dev/null &
 sampler=$!
