@@ -946,7 +946,7 @@ def extract(console: str) -> dict:
     return json.loads(zlib.decompress(base64.b64decode("".join(lines))))
 
 
-QUIET = ("tee", "kdamond", "kworker", "ksoftirqd", "rcu_", "bash", "sleep", "ps")
+QUIET = ("tee", "apt-cache", "kdamond", "kworker", "ksoftirqd", "rcu_", "bash", "sleep", "ps")
 
 
 def host_busy(r: dict) -> list[float]:
@@ -1169,6 +1169,13 @@ def render_md(r: dict, title: str) -> str:
             pc = percentile([x / y for x, y, bad in pairs if y and not bad], .5)
             out.append(f"| {name} | {unit} | {percentile(dv, .5):,.0f} | {percentile(hv, .5):,.0f} | "
                        f"{'—' if pr != pr else f'{pr:.2f}×'} | {'—' if pc != pc else f'{pc:.2f}×'} | {shown} |")
+        every = [x / y for job in fio["jobs"] for x, y, _ in fio_pairs(r, job) if y]
+        if every:
+            out += ["", f"The back-to-back pairs' ratios range from {min(every):.2f} to {max(every):.2f} "
+                    f"(p10 {percentile(every, .1):.2f}, p90 {percentile(every, .9):.2f}) over all jobs. A median of "
+                    f"{a['fio_rounds']} such pairs cannot tell 0.98× from 1.00× (the goal's margin) under emulation: "
+                    "read these ratios as \"no difference larger than the noise\" at best, not as a measured overhead "
+                    "or gain. A KVM host or many more rounds are needed for the goal's precision."]
         qd1 = [j["name"] for j in fio["jobs"] if j["iodepth"] == 1]
         if qd1:
             out += ["", "Queue depth 1, mean completion latency: " + "; ".join(
