@@ -155,7 +155,14 @@ public final class TargetAgent: TargetAPI {
     return try await locks.withLock("volume-name:" + request.name) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
         if let existing = try volumeRecord(named: request.name) {
+          if let uuid = request.uuid, uuid != existing.uuid {
+            throw NVMeCSIError.alreadyExists(
+              "volume name \(quoted(request.name)) belongs to volume \(existing.uuid), not \(uuid)")
+          }
           return (status(existing), true)
+        }
+        if let uuid = request.uuid, let other = try store.volume(uuid) {
+          throw NVMeCSIError.alreadyExists("volume \(uuid) exists already, named \(quoted(other.name))")
         }
         let sourceSize = try sourceSize(request.source)
         if let sourceSize, request.sizeBytes < sourceSize {
@@ -171,7 +178,7 @@ public final class TargetAgent: TargetAPI {
         }
         try reserve(request.sizeBytes, total: capacity.totalBytes)
         let record = VolumeRecord(
-          uuid: .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
+          uuid: request.uuid ?? .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
           attributes: request.attributes, sharing: request.sharing)
         let created: VolumeRecord
         do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {

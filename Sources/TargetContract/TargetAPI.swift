@@ -68,16 +68,19 @@ public struct NewVolume: Sendable, Equatable {
   /// Recorded with the volume; publish enforces it, whatever a caller says later. Nil
   /// only in requests from controllers older than sharing.
   public var sharing: VolumeSharing?
+  /// The UUID the volume must have (a replicated volume's leg); nil: the target picks.
+  public var uuid: ObjectUUID?
 
   public init(
     name: String, sizeBytes: UInt64, source: VolumeSource?, attributes: [String: String] = [:],
-    sharing: VolumeSharing? = .singleNode
+    sharing: VolumeSharing? = .singleNode, uuid: ObjectUUID? = nil
   ) {
     self.name = name
     self.sizeBytes = sizeBytes
     self.source = source
     self.attributes = attributes
     self.sharing = sharing
+    self.uuid = uuid
   }
 }
 
@@ -131,7 +134,9 @@ public struct SnapshotFilter: Sendable, Equatable {
 public protocol TargetAPI: Sendable {
   func info() async throws -> TargetInfo
 
-  /// Creates a volume, or returns the one that already has this name (`existed`).
+  /// Creates a volume, or returns the one that already has this name (`existed`). With
+  /// a requested UUID, a volume of that name with another UUID, or of that UUID with
+  /// another name, is `alreadyExists`.
   func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool)
   /// Removes a volume and its export; an unknown volume is success.
   /// `failedPrecondition` while it is published to any host.

@@ -130,7 +130,8 @@ extension NewVolume {
       source: try VolumeSource(snapshotUUID: request.sourceSnapshotUuid, volumeUUID: request.sourceVolumeUuid),
       attributes: request.attributes,
       // An older controller sends none: such volumes are recorded as before sharing was.
-      sharing: request.sharing.isEmpty ? nil : try VolumeSharing(text: request.sharing))
+      sharing: request.sharing.isEmpty ? nil : try VolumeSharing(text: request.sharing),
+      uuid: request.uuid.isEmpty ? nil : try ObjectUUID(request.uuid))
   }
 
   public var proto: Nvmecsi_Target_V1_CreateVolumeRequest {
@@ -144,6 +145,7 @@ extension NewVolume {
       }
       $0.attributes = attributes
       $0.sharing = sharing?.rawValue ?? ""
+      $0.uuid = uuid?.value ?? ""
     }
   }
 }

@@ -239,6 +239,10 @@ public nonisolated struct Nvmecsi_Target_V1_CreateVolumeRequest: Sendable {
   /// "multi-node": several. Required.
   public var sharing: String = String()
 
+  /// The UUID the volume must have (a leg of a replicated volume, whose UUID follows
+  /// from its set's); empty: the target picks one.
+  public var uuid: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Source: Equatable, Sendable {
@@ -1030,7 +1034,7 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateVolumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0\u{1}sharing\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0\u{1}sharing\0\u{1}uuid\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1058,6 +1062,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
       }()
       case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.sharing) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
       default: break
       }
     }
@@ -1091,6 +1096,9 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if !self.sharing.isEmpty {
       try visitor.visitSingularStringField(value: self.sharing, fieldNumber: 6)
     }
+    if !self.uuid.isEmpty {
+      try visitor.visitSingularStringField(value: self.uuid, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1100,6 +1108,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if lhs.source != rhs.source {return false}
     if lhs.attributes != rhs.attributes {return false}
     if lhs.sharing != rhs.sharing {return false}
+    if lhs.uuid != rhs.uuid {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

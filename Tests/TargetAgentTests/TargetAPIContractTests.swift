@@ -26,6 +26,31 @@ struct TargetAPIContractTests {
     }
   }
 
+  @Test(
+    "A requested UUID is the volume's; a name or UUID already held by another volume is alreadyExists",
+    arguments: TargetAPIFactory.all)
+  func requestedUUID(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let uuid = ObjectUUID.random()
+      var request = newVolume("pvc-leg~replica-1")
+      request.uuid = uuid
+      let first = try await api.createVolume(request)
+      #expect(!first.existed && first.volume.uuid == uuid)
+      #expect(try await api.createVolume(request).existed)
+      var otherUUID = request
+      otherUUID.uuid = .random()
+      _ = await expectError(.alreadyExists, mentioning: ["belongs to volume \(uuid)"]) {
+        try await api.createVolume(otherUUID)
+      }
+      var otherName = request
+      otherName.name = "pvc-other"
+      await expectError(.alreadyExists, mentioning: ["\(uuid) exists already"]) {
+        try await api.createVolume(otherName)
+      }
+      #expect(try await api.volumes(named: nil).map(\.uuid) == [uuid])
+    }
+  }
+
   @Test("An unknown volume is notFound, naming the target", arguments: TargetAPIFactory.all)
   func unknownVolume(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in
