@@ -10,16 +10,45 @@ public struct PublishContext: Hashable, Sendable {
   /// a VolumeAttributesClass), under `ConnectionParameters`' keys: they override the
   /// volume_context's, which Kubernetes never changes after CreateVolume.
   public var connection: [String: String]
+  /// The other legs of a replicated volume (legs 1…), each its own subsystem on its own
+  /// target; the fields above are leg 0's. Empty for a single-copy volume.
+  public var replicaLegs: [Leg]
+
+  /// How to reach one leg (one subsystem, namespace 1) and recognise its device.
+  public struct Leg: Hashable, Sendable {
+    public var paths: [HostPort]
+    public var subsystemNQN: String
+    public var namespaceUUID: String
+
+    public init(paths: [HostPort], subsystemNQN: String, namespaceUUID: String) {
+      self.paths = paths
+      self.subsystemNQN = subsystemNQN
+      self.namespaceUUID = namespaceUUID
+    }
+  }
 
   public init(
     transport: String = "tcp", paths: [HostPort], subsystemNQN: String, namespaceUUID: String,
-    connection: [String: String] = [:]
+    connection: [String: String] = [:], replicaLegs: [Leg] = []
   ) {
     self.transport = transport
     self.paths = paths
     self.subsystemNQN = subsystemNQN
     self.namespaceUUID = namespaceUUID
     self.connection = connection
+    self.replicaLegs = replicaLegs
+  }
+
+  /// Every leg, leg 0 first.
+  public var legs: [Leg] {
+    [Leg(paths: paths, subsystemNQN: subsystemNQN, namespaceUUID: namespaceUUID)] + replicaLegs
+  }
+
+  /// One leg's context, as a single-copy volume's (what the attacher connects).
+  public func context(of leg: Leg) -> PublishContext {
+    PublishContext(
+      transport: transport, paths: leg.paths, subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID,
+      connection: connection)
   }
 
   enum Key {
@@ -27,11 +56,13 @@ public struct PublishContext: Hashable, Sendable {
     static let paths = "paths"
     static let subsystemNQN = "subsystemNQN"
     static let namespaceUUID = "namespaceUUID"
+    /// Leg i ≥ 1's keys: "leg1/paths", …
+    static func leg(_ index: Int, _ key: String) -> String { "leg\(index)/\(key)" }
   }
 
   /// `paths` is a comma-separated list of `address:port` (`[v6]:port` for IPv6).
   public var encoded: [String: String] {
-    connection.merging(
+    var values = connection.merging(
       [
         Key.transport: transport,
         Key.paths: paths.map(\.description).joined(separator: ","),
@@ -39,6 +70,12 @@ public struct PublishContext: Hashable, Sendable {
         Key.namespaceUUID: namespaceUUID,
       ]
     ) { $1 }
+    for (offset, leg) in replicaLegs.enumerated() {
+      values[Key.leg(offset + 1, Key.paths)] = leg.paths.map(\.description).joined(separator: ",")
+      values[Key.leg(offset + 1, Key.subsystemNQN)] = leg.subsystemNQN
+      values[Key.leg(offset + 1, Key.namespaceUUID)] = leg.namespaceUUID
+    }
+    return values
   }
 
   public init(decoding values: [String: String]) throws(NVMeCSIError) {
@@ -48,24 +85,36 @@ public struct PublishContext: Hashable, Sendable {
       }
       return v
     }
+    func leg(_ key: (String) -> String) throws(NVMeCSIError) -> Leg {
+      var paths: [HostPort] = []
+      for item in try value(key(Key.paths)).split(separator: ",") {
+        do { paths.append(try HostPort(parsing: item)) } catch {
+          throw .invalidArgument(
+            "publish_context path \(quoted(String(item))) is not address:port (\(error.message))")
+        }
+      }
+      guard !paths.isEmpty else { throw .invalidArgument("publish_context lists no paths to connect to") }
+      let nqn = try value(key(Key.subsystemNQN))
+      guard SubsystemNaming.volume(inNQN: nqn) != nil else {
+        throw .invalidArgument("publish_context subsystemNQN \(quoted(nqn)) is not a subsystem of this driver")
+      }
+      let uuid = try ObjectUUID(try value(key(Key.namespaceUUID)))
+      return Leg(paths: paths, subsystemNQN: nqn, namespaceUUID: uuid.value)
+    }
     let transport = try value(Key.transport)
     guard transport == "tcp" else {
       throw .invalidArgument("publish_context transport \(quoted(transport)) is not supported (tcp)")
     }
-    var paths: [HostPort] = []
-    for item in try value(Key.paths).split(separator: ",") {
-      do { paths.append(try HostPort(parsing: item)) } catch {
-        throw .invalidArgument("publish_context path \(quoted(String(item))) is not address:port (\(error.message))")
-      }
+    let first = try leg { $0 }
+    var others: [Leg] = []
+    for index in 1..<ReplicaLayout.maximumReplicas where values[Key.leg(index, Key.subsystemNQN)] != nil {
+      guard others.count == index - 1 else { throw .invalidArgument("publish_context skips leg \(index - 1)") }
+      others.append(try leg { Key.leg(index, $0) })
     }
-    guard !paths.isEmpty else { throw .invalidArgument("publish_context lists no paths to connect to") }
-    let nqn = try value(Key.subsystemNQN)
-    guard SubsystemNaming.volume(inNQN: nqn) != nil else {
-      throw .invalidArgument("publish_context subsystemNQN \(quoted(nqn)) is not a subsystem of this driver")
-    }
-    let uuid = try ObjectUUID(try value(Key.namespaceUUID))
     // Checked where they are used, with the volume_context they override.
     let connection = values.filter { ConnectionParameters.keys.contains($0.key) }
-    self.init(transport: transport, paths: paths, subsystemNQN: nqn, namespaceUUID: uuid.value, connection: connection)
+    self.init(
+      transport: transport, paths: first.paths, subsystemNQN: first.subsystemNQN, namespaceUUID: first.namespaceUUID,
+      connection: connection, replicaLegs: others)
   }
 }

@@ -18,6 +18,19 @@ public struct ConnectionParameters: Hashable, Sendable {
 
   public init() {}
 
+  /// The defaults for the legs of a replicated volume: md must see a dead leg fail in
+  /// seconds (not queue I/O for minutes) and the leg must come back by itself when its
+  /// target does, under the same device name, so md can re-add it. Measured in
+  /// docs/reliability.md: a leg's death stalls writes for about fastIoFailTmo.
+  public static var replicaLeg: ConnectionParameters {
+    var leg = ConnectionParameters()
+    leg.ctrlLossTmo = -1
+    leg.reconnectDelay = 1
+    leg.fastIoFailTmo = 2
+    leg.keepAliveTmo = 2
+    return leg
+  }
+
   struct Knob {
     let key: String
     let range: ClosedRange<Int>
@@ -37,8 +50,10 @@ public struct ConnectionParameters: Hashable, Sendable {
 
   public static var keys: [String] { knobs.map(\.key) }
 
-  /// Reads the knobs present in `values` (other keys are ignored), validating each.
-  public init(from values: [String: String]) throws(NVMeCSIError) {
+  /// Reads the knobs present in `values` (other keys are ignored), validating each;
+  /// the others keep their `defaults`.
+  public init(from values: [String: String], defaults: ConnectionParameters = .init()) throws(NVMeCSIError) {
+    self = defaults
     for knob in Self.knobs {
       guard let text = values[knob.key] else { continue }
       guard let n = Int(text), knob.range.contains(n) || (knob.allowsMinusOne && n == -1) else {
@@ -75,22 +90,48 @@ public struct VolumeParameters: Hashable, Sendable {
   /// Pins volumes to one storage target.
   public static let targetKey = "target"
 
+  /// How many copies, each on its own target (and failure domain), mirrored on the node.
+  public static let replicasKey = "replicas"
+
   public var target: TargetName?
+  public var replicas: Int
   public var connection: ConnectionParameters
 
-  public init(target: TargetName? = nil, connection: ConnectionParameters = .init()) {
+  public init(target: TargetName? = nil, replicas: Int = 1, connection: ConnectionParameters = .init()) {
     self.target = target
+    self.replicas = replicas
     self.connection = connection
   }
 
   public init(parsing parameters: [String: String]) throws(NVMeCSIError) {
-    let known = Set(ConnectionParameters.keys + [Self.targetKey])
+    let known = Set(ConnectionParameters.keys + [Self.targetKey, Self.replicasKey])
     for key in parameters.keys.sorted() where !known.contains(key) && !key.hasPrefix(Self.sidecarPrefix) {
       throw .invalidArgument(
         "unknown parameter \(quoted(key)): known parameters are \(known.sorted().joined(separator: ", "))")
     }
     self.target = try parameters[Self.targetKey].map { (s) throws(NVMeCSIError) in try TargetName(s) }
-    self.connection = try ConnectionParameters(from: parameters)
+    self.replicas = 1
+    if let text = parameters[Self.replicasKey] {
+      guard let n = Int(text), (1...ReplicaLayout.maximumReplicas).contains(n) else {
+        throw .invalidArgument(
+          "parameter replicas=\(quoted(text)) is out of range: use 1 to \(ReplicaLayout.maximumReplicas)")
+      }
+      self.replicas = n
+    }
+    if replicas > 1, let target {
+      throw .invalidArgument(
+        "parameters replicas=\(replicas) and target=\(target) exclude each other: replicas need as many targets")
+    }
+    self.connection = try ConnectionParameters(
+      from: parameters, defaults: replicas > 1 ? .replicaLeg : .init())
+  }
+
+  /// What the node needs (volume_context): every connection setting in force, and the
+  /// replica count of a replicated volume.
+  public var context: [String: String] {
+    var context = connection.asContext
+    if replicas > 1 { context[Self.replicasKey] = String(replicas) }
+    return context
   }
 }
 

@@ -51,6 +51,40 @@ struct KeyedLockTests {
     #expect(await occupancy.maximum == 1)
   }
 
+  @Test("A request waits for background work on its key; background work skips a busy key", .timeLimit(.minutes(1)))
+  func backgroundWork() async throws {
+    let lock = KeyedLock<String>()
+    let occupancy = Occupancy()
+    let (release, releaser) = AsyncStream<Void>.makeStream()
+    async let background: Int? = lock.withBackgroundLock("volume-1") {
+      await occupancy.enter()
+      for await _ in release { break }
+      await occupancy.leave()
+      return 1
+    }
+    await occupancy.waitForOccupancy(1)
+    async let request: Int = lock.withLock("volume-1") { 2 }
+    try await Task.sleep(for: .milliseconds(50))
+    releaser.yield()
+    #expect(try await background == 1)
+    #expect(try await request == 2, "the request ran after the background work instead of being Aborted")
+    #expect(await occupancy.maximum == 1)
+
+    // Background work never waits or interrupts: it skips a busy key.
+    let held = Occupancy()
+    let (hold, holder) = AsyncStream<Void>.makeStream()
+    async let busy: Void = lock.withLock("volume-2") {
+      await held.enter()
+      for await _ in hold { break }
+      await held.leave()
+    }
+    await held.waitForOccupancy(1)
+    let skipped: Int? = try await lock.withBackgroundLock("volume-2") { 3 }
+    #expect(skipped == nil)
+    holder.yield()
+    try await busy
+  }
+
   @Test("Work on different keys runs at the same time", .timeLimit(.minutes(1)))
   func differentKeysOverlap() async throws {
     let lock = KeyedLock<String>()
