@@ -11,6 +11,7 @@ packages=(
   lvm2 thin-provisioning-tools                 # the LVM thin store
   qemu-system-x86 busybox-static kmod cpio xz-utils binutils  # the VM harness (Tests/e2e)
   fio                                          # the writer with checksums in the VM fault suite
+  mdadm                                        # replicated volumes: md RAID1 over the legs (node plugin)
   python3 python3-venv                         # the manifest checks (Tests/deploy)
   openssl                                      # deploy/certs/make-certs.sh: the target API certificates in tests
 )

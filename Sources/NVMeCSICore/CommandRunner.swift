@@ -44,6 +44,7 @@ public struct CommandRunner: Sendable {
     "blockdev": "util-linux",
     "nvme": "nvme-cli",
     "lvm": "lvm2",
+    "mdadm": "mdadm",
   ]
 
   public let pool: BlockingPool
@@ -79,10 +80,13 @@ public struct CommandRunner: Sendable {
   ///
   /// An exit code outside `acceptedExitCodes` throws `internalError` with the command
   /// line, the exit code and the tool's trimmed stderr (or stdout when stderr is empty).
+  /// `environment` adds variables for tools steered by them (mdadm's `MDADM_NO_UDEV`);
+  /// it cannot replace `PATH` or `LC_ALL`.
   public func run(
-    _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0]
+    _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0],
+    environment: [String: String] = [:]
   ) async throws(NVMeCSIError) -> CommandResult {
-    let child = try child(tool, arguments)
+    let child = try child(tool, arguments, environment: environment)
     let control = ChildControl()
     let outcome: Result<ChildOutcome, NVMeCSIError> = await withTaskCancellationHandler {
       await withCheckedContinuation { continuation in
@@ -103,9 +107,10 @@ public struct CommandRunner: Sendable {
   /// `run` on the calling thread, for work already running on the `BlockingPool`
   /// (the stores' LVM calls): the same timeout and process-group kill.
   public func runHere(
-    _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0]
+    _ tool: String, _ arguments: [String], timeout: Duration, acceptedExitCodes: Set<Int32> = [0],
+    environment: [String: String] = [:]
   ) throws(NVMeCSIError) -> CommandResult {
-    let child = try child(tool, arguments)
+    let child = try child(tool, arguments, environment: environment)
     let delivered = Mutex<Result<ChildOutcome, NVMeCSIError>?>(nil)
     child.run(timeout: timeout, control: ChildControl(), deliver: { result in delivered.withLock { $0 = result } })
     let outcome =
@@ -139,15 +144,23 @@ public struct CommandRunner: Sendable {
     }
   }
 
-  private func child(_ tool: String, _ arguments: [String]) throws(NVMeCSIError) -> Child {
+  private func child(_ tool: String, _ arguments: [String], environment extra: [String: String])
+    throws(NVMeCSIError) -> Child
+  {
     let path = try executablePath(of: tool)
     if let bad = arguments.first(where: { $0.contains("\0") }) {
       throw .invalidArgument("argument \(quoted(bad)) for \(tool) contains a NUL byte")
     }
+    var environment = ["PATH=" + searchDirectories.joined(separator: ":"), "LC_ALL=C"]
+    for (name, value) in extra.sorted(by: { $0.key < $1.key }) {
+      guard !name.isEmpty, !name.contains("="), !name.contains("\0"), !value.contains("\0"),
+        name != "PATH", name != "LC_ALL"
+      else { throw .invalidArgument("environment variable \(quoted(name)) for \(tool) cannot be set") }
+      environment.append(name + "=" + value)
+    }
     return Child(
       tool: tool, path: path, name: tool.hasPrefix("/") ? (tool as NSString).lastPathComponent : tool,
-      arguments: arguments, environment: ["PATH=" + searchDirectories.joined(separator: ":"), "LC_ALL=C"],
-      outputLimit: outputLimit)
+      arguments: arguments, environment: environment, outputLimit: outputLimit)
   }
 
   private static func result(
