@@ -15,7 +15,7 @@ import TargetContract
 public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   let targets: TargetSet
   let logger: Logger
-  private let locks = KeyedLock<String>()
+  let locks = KeyedLock<String>()
   /// Which targets' volumes are recorded at their names' homes (Placement.swift).
   let placements = PlacementIndex()
   /// The targets' free space, recent enough to choose where a volume goes.
@@ -33,6 +33,10 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   {
     let name = request.name
     guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
+    guard !ReplicaLayout.isReservedName(name) else {
+      throw NVMeCSIError.invalidArgument(
+        "volume name \(quoted(name)) ends like a replica's name (~replica-<n>), which is reserved: use another name")
+    }
     let capabilities = try VolumeCapabilities(request.volumeCapabilities)
     let parameters = try VolumeParameters(parsing: request.parameters)
     // A VolumeAttributesClass given at creation: recorded as later changes would be.
@@ -42,8 +46,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let source = try await contentSource(of: request)
     let size = try Capacity.resolve(required: range.required, limit: range.limit, minimum: source?.sizeBytes ?? 0)
     let requested = RequestedVolume(
-      range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.connection.asContext,
+      range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.context,
       modified: mutable.values)
+    if parameters.replicas > 1 {
+      return try await createReplicated(
+        name: name, size: size, replicas: parameters.replicas, requested: requested, sharing: capabilities.sharing,
+        topology: request.accessibilityRequirements)
+    }
 
     return try await locks.withLock("volume-name:" + name) {
       let target: StorageTarget
@@ -94,7 +103,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     // An ID we could not have issued names no volume: deleting it is done already.
-    guard let id = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
+    guard let volumeID = try? VolumeID(parsing: request.volumeID) else { return .init() }
+    if volumeID.isReplicated { return try await deleteReplicated(volumeID) }
+    let id = volumeID.primary
     guard let target = targets[id.target] else {
       logger.warning(
         "DeleteVolume for a target not in the targets file: nothing to delete", metadata: ["volume": "\(id)"])
@@ -129,15 +140,20 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !request.nodeID.isEmpty else { throw NVMeCSIError.invalidArgument("node_id is required") }
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try VolumeAccess(request.volumeCapability)
-    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let id = try VolumeID(parsing: request.volumeID)
     let node = try NodeID(parsing: request.nodeID)
-    let target = try targets.holding(id)
-    let export = try await target.api.publishVolume(
-      id.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
+    // Every leg of a replicated volume: the node mirrors them all.
+    let exports = try await onEveryLeg(id) { leg, target in
+      try await target.api.publishVolume(
+        leg.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
+    }
+    let legs = exports.map {
+      PublishContext.Leg(paths: $0.portals, subsystemNQN: $0.subsystemNQN, namespaceUUID: $0.namespaceUUID.value)
+    }
     // Settings changed since creation override the volume_context's at the node.
     let publishContext = PublishContext(
-      paths: export.portals, subsystemNQN: export.subsystemNQN, namespaceUUID: export.namespaceUUID.value,
-      connection: VolumeAttribute.modified(of: export.attributes))
+      paths: legs[0].paths, subsystemNQN: legs[0].subsystemNQN, namespaceUUID: legs[0].namespaceUUID,
+      connection: VolumeAttribute.modified(of: exports[0].attributes), replicaLegs: Array(legs.dropFirst()))
     return .with { $0.publishContext = publishContext.encoded }
   }
 
@@ -146,17 +162,19 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     // A volume or node that cannot exist is not published: done already.
-    guard let id = try? ObjectID(parsing: request.volumeID, as: .volume), let target = targets[id.target] else {
-      return .init()
-    }
+    guard let id = try? VolumeID(parsing: request.volumeID) else { return .init() }
     var node: NodeID?
     if !request.nodeID.isEmpty {
       guard let parsed = try? NodeID(parsing: request.nodeID) else { return .init() }
       node = parsed
     }
-    do { try await target.api.unpublishVolume(id.uuid, from: node) } catch let error as NVMeCSIError
-      where error.kind == .notFound
-    {}
+    // A leg on a target no longer configured cannot be published.
+    for leg in id.legs {
+      guard let target = targets[leg.target] else { continue }
+      do { try await target.api.unpublishVolume(leg.uuid, from: node) } catch let error as NVMeCSIError
+        where error.kind == .notFound
+      {}
+    }
     return .init()
   }
 
@@ -167,7 +185,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !request.volumeCapabilities.isEmpty else {
       throw NVMeCSIError.invalidArgument("volume_capabilities is empty: at least one is required")
     }
-    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    let id = try VolumeID(parsing: request.volumeID).primary
     _ = try await targets.holding(id).api.volume(id.uuid)
     do {
       _ = try VolumeCapabilities(request.volumeCapabilities)
@@ -196,11 +214,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     for target in targets.all.sorted(by: VolumeListCursor.idOrder) where cursor.wants(target.name) {
       while cursor.wantsMore {
         let page = try await target.api.volumes(after: cursor.after(on: target.name), limit: cursor.fetchLimit)
+        // A replicated volume is listed once, by its leg 0 (the other legs skip).
         for volume in page.volumes {
+          let replicated = VolumeAttribute.replicatedID(of: volume.record)
           cursor.add(
             ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
+            skip: (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) > 0,
             .with {
-              $0.volume = csiVolume(volume, on: target)
+              if let replicated, let legs = try? legTargets(of: replicated).map(\.target) {
+                $0.volume = csiVolume(volume, id: replicated, legs: legs)
+              } else {
+                $0.volume = csiVolume(volume, on: target)
+              }
               $0.status = .with {
                 $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
                 $0.volumeCondition = condition(volume)
@@ -221,8 +246,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     -> Csi_V1_ControllerGetVolumeResponse
   {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
-    let id = try ObjectID(parsing: request.volumeID, as: .volume)
-    let target = try targets.holding(id)
+    let id = try VolumeID(parsing: request.volumeID)
+    if id.isReplicated { return try await getReplicated(id) }
+    let target = try targets.holding(id.primary)
     let volume = try await target.api.volume(id.uuid)
     return .with {
       $0.volume = csiVolume(volume, on: target)
@@ -244,8 +270,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let infos = await targets.reachableInfo(candidates, logger: logger)
     // What can still be provisioned: the overcommit ratio and the physically free space.
-    let available = infos.reduce(UInt64(0)) { $0.addingReportingOverflow($1.info.allocatableBytes).partialValue }
-    let largest = infos.map { Capacity.alignDown($0.info.allocatableBytes) }.max() ?? 0
+    // A replicated volume takes its size on each of `replicas` targets (failure domains
+    // aside: an estimate, as CSI allows).
+    let replicas = parameters.replicas
+    let total = infos.reduce(UInt64(0)) { $0.addingReportingOverflow($1.info.allocatableBytes).partialValue }
+    let available = total / UInt64(replicas)
+    let sizes = infos.map(\.info.allocatableBytes).sorted(by: >)
+    let largest =
+      sizes.count < replicas
+      ? 0
+      : Capacity.alignDown(
+        replicas == 1
+          ? sizes[0] : ReplicaLayout.volumeBytes(ofLeg: min(sizes[replicas - 1], ReplicaLayout.maximumVolumeBytes)))
     return .with {
       $0.availableCapacity = Int64(clamping: available)
       $0.maximumVolumeSize = .init(Int64(clamping: largest))
@@ -277,7 +313,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     for key in request.parameters.keys.sorted() where !key.hasPrefix(VolumeParameters.sidecarPrefix) {
       throw NVMeCSIError.invalidArgument("unknown snapshot parameter \(quoted(key)): snapshots take no parameters")
     }
-    let source = try ObjectID(parsing: request.sourceVolumeID, as: .volume)
+    let sourceID = try VolumeID(parsing: request.sourceVolumeID)
+    try Self.refuseSnapshot(of: sourceID)
+    let source = sourceID.primary
     let target = try targets.holding(source)
 
     return try await locks.withLock("snapshot-name:" + name) {
@@ -368,20 +406,27 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard request.hasCapacityRange else { throw NVMeCSIError.invalidArgument("capacity_range is required") }
     let range = try CapacityBounds(request.capacityRange, given: true)
     let access = request.hasVolumeCapability ? try VolumeAccess(request.volumeCapability) : nil
-    let id = try ObjectID(parsing: request.volumeID, as: .volume)
-    let target = try targets.holding(id)
-    let current = try await target.api.volume(id.uuid).record
-    if range.limit != 0 && current.sizeBytes > range.limit {
+    let id = try VolumeID(parsing: request.volumeID)
+    let current = try await targets.holding(id.primary).api.volume(id.uuid).record
+    let currentBytes = VolumeAttribute.volumeBytes(of: current)
+    if range.limit != 0 && currentBytes > range.limit {
       throw NVMeCSIError.outOfRange(
-        "volume \(id) is already \(current.sizeBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
+        "volume \(id) is already \(currentBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
     }
     let size = try Capacity.resolve(required: range.required, limit: range.limit)
-    let grown = size > current.sizeBytes ? try await target.api.expandVolume(id.uuid, to: size).record : current
-    // Block volumes need nothing on the node; file systems must be grown there.
+    // Every leg of a replicated volume grows (the node then grows the mirror); a leg
+    // already grown by an earlier attempt is left as it is.
+    let legBytes = id.isReplicated ? ReplicaLayout.legBytes(forVolume: size) : size
+    let grown = try await onEveryLeg(id) { leg, target in
+      let record = try await target.api.volume(leg.uuid).record
+      return record.sizeBytes < legBytes ? try await target.api.expandVolume(leg.uuid, to: legBytes).record : record
+    }[0]
+    // Block volumes need nothing on the node, unless mirrored (md must grow);
+    // file systems must be grown there.
     let isBlock = try access.map { $0.type == .block } ?? VolumeAttribute.capabilities(of: grown).isBlockOnly
     return .with {
-      $0.capacityBytes = Int64(clamping: grown.sizeBytes)
-      $0.nodeExpansionRequired = !isBlock
+      $0.capacityBytes = Int64(clamping: VolumeAttribute.volumeBytes(of: grown))
+      $0.nodeExpansionRequired = !isBlock || id.isReplicated
     }
   }
 
@@ -393,7 +438,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.invalidArgument("mutable_parameters is empty: name the settings to change")
     }
     let changes = try MutableParameters(parsing: request.mutableParameters)
-    let id = try ObjectID(parsing: request.volumeID, as: .volume)
+    // A replicated volume's settings live with its leg 0, which every publish reads.
+    let id = try VolumeID(parsing: request.volumeID).primary
     let target = try targets.holding(id)
     // One change at a time per volume: each is checked against the settings it replaces.
     try await locks.withLock("volume-modify:" + id.description) {
@@ -427,7 +473,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       let id = try ObjectID(parsing: s.snapshotID, as: .snapshot)
       return ContentSource(id: id, sizeBytes: try await snapshot(id).snapshot.sizeBytes)
     case .volume(let v)?:
-      let id = try ObjectID(parsing: v.volumeID, as: .volume)
+      let sourceID = try VolumeID(parsing: v.volumeID)
+      try Self.refuseSnapshot(of: sourceID)
+      let id = sourceID.primary
       let volume = try await targets.holding(id).api.volume(id.uuid)
       return ContentSource(id: id, sizeBytes: volume.record.sizeBytes)
     case nil:
@@ -478,19 +526,29 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
           + "check the StorageClass's target parameter and allowedTopologies"
       )
     }
+    let ranked = await rank(candidates, topology: topology)
+    let needsSpace = source == nil || ranked.first.map { !$0.info.sharesBlocks } ?? true
+    if let fit = ranked.first(where: { !needsSpace || $0.info.allocatableBytes >= size }) { return fit.target }
+    throw NVMeCSIError.resourceExhausted("no storage target has room for \(size) bytes (\(Self.report(ranked)))")
+  }
+
+  /// The candidates that answer, preferred topologies first, then by free space.
+  func rank(_ candidates: [StorageTarget], topology: Csi_V1_TopologyRequirement) async
+    -> [(target: StorageTarget, info: TargetInfo)]
+  {
     func preference(_ target: StorageTarget) -> Int {
       topology.preferred.firstIndex { target.isAccessible(from: $0.segments) } ?? Int.max
     }
     let infos = await targetInfo.info(of: candidates, in: targets, logger: logger)
-    let ranked = infos.sorted {
+    return infos.sorted {
       (preference($0.target), $1.info.allocatableBytes) < (preference($1.target), $0.info.allocatableBytes)
     }
-    let needsSpace = source == nil || ranked.first.map { !$0.info.sharesBlocks } ?? true
-    if let fit = ranked.first(where: { !needsSpace || $0.info.allocatableBytes >= size }) { return fit.target }
-    let report = ranked.map { "\($0.target.name): \($0.info.allocatableBytes) bytes allocatable" }.joined(
-      separator: ", ")
-    throw NVMeCSIError.resourceExhausted(
-      "no storage target has room for \(size) bytes (\(report.isEmpty ? "no target answered" : report))")
+  }
+
+  /// The targets' free space, for a refusal's message.
+  static func report(_ ranked: [(target: StorageTarget, info: TargetInfo)]) -> String {
+    let report = ranked.map { "\($0.target.name): \($0.info.allocatableBytes) bytes allocatable" }
+    return report.isEmpty ? "no target answered" : report.joined(separator: ", ")
   }
 
   func csiVolume(_ volume: TargetVolume, on target: StorageTarget) -> Csi_V1_Volume {
@@ -571,7 +629,8 @@ struct RequestedVolume {
 
   func check(_ existing: VolumeRecord, name: String) throws(NVMeCSIError) {
     var differences: [String] = []
-    if !range.admits(existing.sizeBytes) { differences.append("size \(existing.sizeBytes) bytes") }
+    let bytes = VolumeAttribute.volumeBytes(of: existing)
+    if !range.admits(bytes) { differences.append("size \(bytes) bytes") }
     if existing.source != source { differences.append("content source") }
     if (try? VolumeAttribute.capabilities(of: existing)) != capabilities { differences.append("capabilities") }
     if VolumeAttribute.context(of: existing) != context { differences.append("parameters") }

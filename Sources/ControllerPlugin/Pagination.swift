@@ -103,8 +103,15 @@ struct VolumeListCursor {
   /// One more than the page still needs (to learn whether a next page exists).
   var fetchLimit: Int { min(Self.targetPage, maxEntries == Int.max ? Self.targetPage : maxEntries - entries.count + 1) }
 
-  mutating func add(_ id: ObjectID, _ entry: Csi_V1_ListVolumesResponse.Entry) {
+  /// Adds the volume at `id`, or only moves past it when `skip` (a replicated volume's
+  /// leg other than leg 0: the volume is listed once).
+  mutating func add(_ id: ObjectID, skip: Bool = false, _ entry: @autoclosure () -> Csi_V1_ListVolumesResponse.Entry) {
     guard !full else { return }
+    guard !skip else {
+      lastID = id
+      return
+    }
+    let entry = entry()
     let size = (try? entry.serializedBytes() as [UInt8])?.count ?? 0
     if entries.count == maxEntries || (!entries.isEmpty && bytes + size > Self.maximumBytes) {
       full = true  // this entry starts the next page

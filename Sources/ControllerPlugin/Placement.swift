@@ -110,7 +110,11 @@ extension ControllerService {
         let volumes = try await target.api.volumes(named: nil)
         var byHome: [TargetName: [Placement]] = [:]
         // A quarantined volume has no name to place (and is reported on its own).
-        for volume in volumes where volume.problem == nil && !volume.record.name.isEmpty {
+        // Nor has a replicated volume's leg other than leg 0 (found through leg 0).
+        for volume in volumes
+        where volume.problem == nil && !volume.record.name.isEmpty
+          && (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) == 0
+        {
           guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
           byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
         }

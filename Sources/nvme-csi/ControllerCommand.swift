@@ -71,7 +71,8 @@ struct ControllerOptions: ParsableArguments {
       clients.append(GRPCClientService(client))
       storageTargets.append(
         StorageTarget(
-          name: entry.name, topology: entry.topology, api: RemoteTargetAPI(name: entry.name, client: client)))
+          name: entry.name, topology: entry.topology, failureDomain: entry.failureDomain,
+          api: RemoteTargetAPI(name: entry.name, client: client)))
     }
     let service = ControllerService(targets: TargetSet(storageTargets), logger: logger)
     clients.append(PlacementIndexingService(controller: service))

@@ -127,7 +127,7 @@ struct CreateDeleteVolumeTests {
   @Test(
     "Parameters are validated: unknown keys and out-of-range knobs are InvalidArgument",
     arguments: [
-      (["replicas": "3"], "replicas"),
+      (["replication": "3"], "replication"),
       (["ctrlLossTmo": "forever"], "ctrlLossTmo"),
       (["keepAliveTmo": "0"], "keepAliveTmo"),
       (["nrIoQueues": "100000"], "nrIoQueues"),

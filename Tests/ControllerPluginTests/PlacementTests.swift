@@ -228,7 +228,10 @@ final class Fleet: Sendable {
     self.service = service
   }
 
-  static func with(targets count: Int, indexed: Bool = true, _ body: (Fleet) async throws -> Void) async throws {
+  /// `domains`: each target's failure domain (default: its own).
+  static func with(
+    targets count: Int, indexed: Bool = true, domains: [String]? = nil, _ body: (Fleet) async throws -> Void
+  ) async throws {
     let directory = try makeTemporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let targets = try (0..<count).map { n in
@@ -238,7 +241,9 @@ final class Fleet: Sendable {
     var logger = Logger(label: "test.placement") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
     let service = ControllerService(
-      targets: TargetSet(targets.map { StorageTarget(name: $0.name, topology: [:], api: $0) }), logger: logger)
+      targets: TargetSet(
+        targets.enumerated().map { StorageTarget(name: $1.name, topology: [:], failureDomain: domains?[$0], api: $1) }),
+      logger: logger)
     if indexed { #expect(await service.indexPlacements()) }
     let identity = IdentityService(
       driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.controllerCapabilities,

@@ -1,0 +1,263 @@
+import CSIProto
+import NVMeCSICore
+import TargetContract
+
+// Replicated volumes (docs/architecture.md, "Replicated volumes"): a set of legs, each
+// an ordinary volume on its own target, in its own failure domain; the node mirrors
+// them with md RAID1. Leg 0 carries the name (its placement is the volume's, so
+// "exactly one volume per name" holds as for any volume) and records, like every leg,
+// which targets hold the legs; the other legs are created after it, by UUID, so a
+// retried CreateVolume finds and completes the same set.
+
+extension VolumeAttribute {
+  /// The targets of a replicated volume's legs, in leg order ("store-a,store-c").
+  static let replicaTargets = "replica/targets"
+  /// Which leg this record is (0 carries the volume's name).
+  static let replicaIndex = "replica/index"
+
+  /// The leg's index when the record is a leg of a replicated volume.
+  static func replicaIndex(of record: VolumeRecord) -> Int? {
+    record.attributes[replicaIndex].flatMap { Int($0) }
+  }
+
+  /// What the volume offers: a leg holds md's superblock and bitmap before the data.
+  static func volumeBytes(of record: VolumeRecord) -> UInt64 {
+    record.attributes[replicaTargets] == nil
+      ? record.sizeBytes : ReplicaLayout.volumeBytes(ofLeg: record.sizeBytes)
+  }
+
+  /// The replicated volume a leg-0 record stands for; nil for a single-copy volume.
+  static func replicatedID(of record: VolumeRecord) -> VolumeID? {
+    guard let names = record.attributes[replicaTargets] else { return nil }
+    var targets: [TargetName] = []
+    for name in names.split(separator: ",") {
+      guard let target = try? TargetName(String(name)) else { return nil }
+      targets.append(target)
+    }
+    return try? VolumeID(replicated: record.uuid, on: targets)
+  }
+}
+
+extension ControllerService {
+  /// CreateVolume with `replicas` > 1, under the name's lock like any create.
+  func createReplicated(
+    name: String, size: UInt64, replicas: Int, requested: RequestedVolume, sharing: VolumeSharing,
+    topology: Csi_V1_TopologyRequirement
+  ) async throws -> Csi_V1_CreateVolumeResponse {
+    guard requested.source == nil else {
+      throw NVMeCSIError.invalidArgument(
+        "a replicated volume cannot be created from a snapshot or a volume yet: create it empty")
+    }
+    guard size <= ReplicaLayout.maximumVolumeBytes else {
+      throw NVMeCSIError.outOfRange(
+        "a replicated volume is at most \(ReplicaLayout.maximumVolumeBytes) bytes (md's bitmap must fit), not \(size)")
+    }
+    let legSize = ReplicaLayout.legBytes(forVolume: size)
+    return try await locks.withLock("volume-name:" + name) {
+      var legs: [StorageTarget]
+      let primary: TargetVolume
+      switch try await locate(name) {
+      case .found(let holder, let existing):
+        try requested.check(existing.record, name: name)
+        legs = try recordedLegTargets(existing.record, on: holder)
+        primary = existing
+      case .reserved(let placed, let home):
+        // Leg 0's target was recorded by an earlier attempt that created nothing (legs
+        // come after leg 0): keep it if it fits, and choose the others around it.
+        let keep = topology.requisite.isEmpty || topology.requisite.contains { placed.isAccessible(from: $0.segments) }
+        legs = try await chooseLegTargets(replicas, legBytes: legSize, topology: topology, first: keep ? placed : nil)
+        if legs[0].name != placed.name {
+          try await home.api.releasePlacement(of: name, on: placed.name)
+          legs[0] = try await reserve(name, on: legs[0], home: home)
+        }
+        primary = try await createLeg(0, of: name, on: legs, bytes: legSize, requested: requested, sharing: sharing)
+      case .absent(let home):
+        legs = try await chooseLegTargets(replicas, legBytes: legSize, topology: topology, first: nil)
+        let recorded = try await reserve(name, on: legs[0], home: home)
+        guard recorded.name == legs[0].name else {
+          throw NVMeCSIError.aborted("volume name \(quoted(name)) was placed by another request meanwhile: retry")
+        }
+        primary = try await createLeg(0, of: name, on: legs, bytes: legSize, requested: requested, sharing: sharing)
+      }
+      let id = try VolumeID(replicated: primary.uuid, on: legs.map(\.name))
+      for index in legs.indices.dropFirst() {
+        _ = try await createLeg(
+          index, of: name, on: legs, bytes: legSize, requested: requested, sharing: sharing, set: primary.uuid)
+      }
+      logger.info(
+        "replicated volume ready", metadata: ["volume": "\(id)", "name": "\(name)", "legs": "\(legs.map(\.name))"])
+      return .with { $0.volume = csiVolume(primary, id: id, legs: legs) }
+    }
+  }
+
+  /// Creates leg `index` (or finds it: idempotent by name, and by UUID for legs ≥ 1).
+  private func createLeg(
+    _ index: Int, of name: String, on legs: [StorageTarget], bytes: UInt64, requested: RequestedVolume,
+    sharing: VolumeSharing, set: ObjectUUID? = nil
+  ) async throws -> TargetVolume {
+    let target = legs[index]
+    var attributes = requested.attributes
+    attributes[VolumeAttribute.replicaTargets] = legs.map(\.name.value).joined(separator: ",")
+    attributes[VolumeAttribute.replicaIndex] = String(index)
+    let created: (volume: TargetVolume, existed: Bool)
+    do {
+      created = try await target.api.createVolume(
+        NewVolume(
+          name: ReplicaLayout.legName(name, index: index), sizeBytes: bytes, source: nil, attributes: attributes,
+          sharing: sharing, uuid: set.map { ReplicaLayout.legUUID(of: $0, index: index) }))
+    } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
+      targetInfo.forget(target.name)
+      throw error
+    }
+    if created.existed {
+      try requested.check(created.volume.record, name: name)
+    } else {
+      targetInfo.charge(bytes, to: target.name)
+    }
+    return created.volume
+  }
+
+  /// The leg targets a leg-0 record names, which must all be configured.
+  private func recordedLegTargets(_ record: VolumeRecord, on holder: StorageTarget) throws -> [StorageTarget] {
+    guard let id = VolumeAttribute.replicatedID(of: record), id.targets.first == holder.name else {
+      throw NVMeCSIError.alreadyExists(
+        "volume \(quoted(record.name)) already exists on target \(holder.name) without replicas: use another name")
+    }
+    return try id.legs.map { try targets.holding($0) }
+  }
+
+  /// `count` targets with room for a leg, each in its own failure domain, reachable from
+  /// one topology together (their segments agree), preferred topologies and free space
+  /// first; `first` (a recorded placement) stays leg 0.
+  private func chooseLegTargets(
+    _ count: Int, legBytes: UInt64, topology: Csi_V1_TopologyRequirement, first: StorageTarget?
+  ) async throws -> [StorageTarget] {
+    let candidates = targets.all.filter { target in
+      topology.requisite.isEmpty || topology.requisite.contains { target.isAccessible(from: $0.segments) }
+    }
+    let ranked = await rank(candidates, topology: topology)
+    var chosen = first.map { [$0] } ?? []
+    var segments = first?.topology ?? [:]
+    for (target, info) in ranked where chosen.count < count && info.allocatableBytes >= legBytes {
+      guard !chosen.contains(where: { $0.name == target.name || $0.failureDomain == target.failureDomain }),
+        target.topology.allSatisfy({ segments[$0.key] == nil || segments[$0.key] == $0.value })
+      else { continue }
+      chosen.append(target)
+      segments.merge(target.topology) { $1 }
+    }
+    guard chosen.count == count else {
+      throw NVMeCSIError.resourceExhausted(
+        "replicas=\(count) needs \(count) targets in different failure domains, reachable from one topology, each with"
+          + " room for \(legBytes) bytes; found \(chosen.count) (\(Self.report(ranked)))")
+    }
+    return chosen
+  }
+
+  /// The CSI volume of a replicated set, from its leg 0.
+  func csiVolume(_ primary: TargetVolume, id: VolumeID, legs: [StorageTarget]) -> Csi_V1_Volume {
+    var segments: [String: String] = [:]
+    for leg in legs { segments.merge(leg.topology) { $1 } }
+    return .with {
+      $0.volumeID = id.description
+      $0.capacityBytes = Int64(clamping: VolumeAttribute.volumeBytes(of: primary.record))
+      $0.volumeContext = VolumeAttribute.context(of: primary.record)
+      if !segments.isEmpty { $0.accessibleTopology = [Csi_V1_Topology(segments)] }
+    }
+  }
+
+  /// Each leg's target (`notFound` when one is not configured).
+  func legTargets(of id: VolumeID) throws(NVMeCSIError) -> [(leg: ObjectID, target: StorageTarget)] {
+    var legs: [(ObjectID, StorageTarget)] = []
+    for leg in id.legs { legs.append((leg, try targets.holding(leg))) }
+    return legs
+  }
+
+  /// Runs `body` on every leg at once; the first failure fails the call (after every
+  /// leg's attempt, so a retry has less left to do).
+  func onEveryLeg<T: Sendable>(
+    _ id: VolumeID, _ body: @escaping @Sendable (ObjectID, StorageTarget) async throws -> T
+  ) async throws -> [T] {
+    let legs = try legTargets(of: id)
+    return try await withThrowingTaskGroup(of: (Int, Result<T, any Error>).self) { group in
+      for (index, (leg, target)) in legs.enumerated() {
+        group.addTask {
+          do { return (index, .success(try await body(leg, target))) } catch { return (index, .failure(error)) }
+        }
+      }
+      var results: [(Int, Result<T, any Error>)] = []
+      for try await result in group { results.append(result) }
+      return try results.sorted { $0.0 < $1.0 }.map { try $0.1.get() }
+    }
+  }
+
+  /// Deletes the legs, leg 0 last: it carries the name and the leg map, so while it is
+  /// there a retry finds whatever is left. A leg on a target that does not answer fails
+  /// the call (the provisioner retries); one on a target no longer configured is gone.
+  func deleteReplicated(_ id: VolumeID) async throws -> Csi_V1_DeleteVolumeResponse {
+    let primaryTarget = targets[id.primary.target]
+    let primary: TargetVolume?
+    do { primary = try await primaryTarget?.api.volume(id.uuid) } catch let error as NVMeCSIError
+      where error.kind == .notFound
+    { primary = nil }
+    @Sendable func deleteLegs() async throws {
+      for leg in id.legs.dropFirst().reversed() {
+        guard let target = targets[leg.target] else {
+          logger.warning(
+            "a leg's target is not in the targets file: its leg cannot be deleted",
+            metadata: ["volume": "\(id)", "target": "\(leg.target)", "leg": "\(leg.uuid)"])
+          continue
+        }
+        try await target.api.deleteVolume(leg.uuid)
+      }
+      if let primaryTarget, primary != nil { try await primaryTarget.api.deleteVolume(id.uuid) }
+    }
+    guard let primary, let primaryTarget, !primary.record.name.isEmpty else {
+      try await deleteLegs()
+      return .init()
+    }
+    let name = primary.record.name
+    try await locks.withLock("volume-name:" + name) {
+      try await deleteLegs()
+      await releasePlacement(of: name, on: primaryTarget)
+    }
+    logger.info("replicated volume deleted", metadata: ["volume": "\(id)", "name": "\(name)"])
+    return .init()
+  }
+
+  /// ControllerGetVolume of a replicated volume: abnormal while any leg is missing, has
+  /// a problem or does not answer (the node's own view, md's, is in NodeGetVolumeStats).
+  func getReplicated(_ id: VolumeID) async throws -> Csi_V1_ControllerGetVolumeResponse {
+    let legs = try legTargets(of: id)
+    let primary = try await legs[0].target.api.volume(id.uuid)
+    var problems: [String] = []
+    for (index, (leg, target)) in legs.enumerated() {
+      do {
+        let volume = index == 0 ? primary : try await target.api.volume(leg.uuid)
+        if let problem = volume.problem { problems.append("leg \(index) on \(target.name): \(problem)") }
+      } catch let error as NVMeCSIError {
+        problems.append("leg \(index) on \(target.name): \(error.message)")
+      }
+    }
+    return .with {
+      $0.volume = csiVolume(primary, id: id, legs: legs.map(\.target))
+      $0.status = .with {
+        $0.publishedNodeIds = primary.record.publications.map(\.nodeID.description)
+        $0.volumeCondition = .with {
+          $0.abnormal = !problems.isEmpty
+          $0.message =
+            problems.isEmpty
+            ? "all \(legs.count) legs present and exported"
+            : "degraded: " + problems.joined(separator: "; ")
+        }
+      }
+    }
+  }
+
+  /// Refuses what replicated volumes cannot do yet, naming it.
+  static func refuseSnapshot(of id: VolumeID) throws(NVMeCSIError) {
+    guard !id.isReplicated else {
+      throw .failedPrecondition(
+        "volume \(id) is replicated: snapshots and clones of replicated volumes are not supported yet")
+    }
+  }
+}
