@@ -37,16 +37,20 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   let configuration: Configuration
   let attacher: any Attacher
   let mounter: any Mounter
+  /// md RAID1 over the legs of replicated volumes.
+  let mirrors: any MirrorArrays
   let records: StagingRecords
   let logger: Logger
-  private let locks = KeyedLock<String>()
+  let locks = KeyedLock<String>()
 
   public init(
-    configuration: Configuration, attacher: any Attacher, mounter: any Mounter, records: StagingRecords, logger: Logger
+    configuration: Configuration, attacher: any Attacher, mounter: any Mounter, mirrors: any MirrorArrays,
+    records: StagingRecords, logger: Logger
   ) {
     self.configuration = configuration
     self.attacher = attacher
     self.mounter = mounter
+    self.mirrors = mirrors
     self.records = records
     self.logger = logger
   }
@@ -64,7 +68,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     for record in records.loadAll(logger: logger) where record.state == .staged {
       let metadata: Logger.Metadata = ["volume": "\(record.volumeID)", "subsystem": "\(record.subsystemNQN)"]
       do {
-        if try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID) == nil {
+        if try stagedDevice(of: record) == nil {
           let message =
             "staged volume has no device: the kernel lost it (target down?) or the node rebooted; "
             + "the next NodeStageVolume reattaches it"
@@ -88,13 +92,17 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    let volume = try VolumeID(parsing: request.volumeID)
     let publishContext = try PublishContext(decoding: request.publishContext)
-    guard SubsystemNaming.volume(inNQN: publishContext.subsystemNQN) == volume.uuid,
-      publishContext.namespaceUUID == volume.uuid.value
-    else {
+    // Each leg (one, unless replicated) must be this volume's.
+    guard publishContext.legs.count == volume.legs.count else {
       throw NVMeCSIError.invalidArgument(
-        "publish_context names subsystem \(publishContext.subsystemNQN), which is not volume \(volume)'s:"
+        "publish_context names \(publishContext.legs.count) legs, but volume \(volume) has \(volume.legs.count)")
+    }
+    for (leg, expected) in zip(publishContext.legs, volume.legs)
+    where SubsystemNaming.volume(inNQN: leg.subsystemNQN) != expected.uuid || leg.namespaceUUID != expected.uuid.value {
+      throw NVMeCSIError.invalidArgument(
+        "publish_context names subsystem \(leg.subsystemNQN), which is not volume \(volume)'s:"
           + " refusing to attach another volume")
     }
     // Settings changed after creation (ControllerModifyVolume) come in publish_context.
@@ -121,6 +129,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         volumeID: volume.description, stagingPath: stagingPath, subsystemNQN: publishContext.subsystemNQN,
         namespaceUUID: publishContext.namespaceUUID, accessType: access.type, fsType: access.fsType)
       record.targets = earlier?.targets ?? []
+      if volume.isReplicated {
+        record.mirror = MirrorRecord(
+          legs: publishContext.legs.map(MirrorRecord.Leg.init), connection: parameters.asContext)
+      }
 
       var undo = UndoStack()
       do {
@@ -129,12 +141,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           // Keep what an earlier stage recorded, so a later unstage still cleans up.
           if let earlier { try records.save(earlier) } else { try records.remove(volume) }
         }
-        try await attacher.connect(publishContext, as: configuration.host, with: parameters)
-        undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
-        configuration.failpoints.reach("node.stage.after-connect")
-        let device = try await attacher.waitForDevice(
-          subsystemNQN: publishContext.subsystemNQN, namespaceUUID: publishContext.namespaceUUID,
-          timeout: configuration.deviceTimeout)
+        let device: BlockDevice
+        if volume.isReplicated {
+          device = try await stageMirrored(
+            volume, context: publishContext, parameters: parameters, access: access, record: &record, undo: &undo)
+        } else {
+          try await attacher.connect(publishContext, as: configuration.host, with: parameters)
+          undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
+          configuration.failpoints.reach("node.stage.after-connect")
+          device = try await attacher.waitForDevice(
+            subsystemNQN: publishContext.subsystemNQN, namespaceUUID: publishContext.namespaceUUID,
+            timeout: configuration.deviceTimeout)
+        }
         if access.type == .mount {
           try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
           configuration.failpoints.reach("node.stage.after-format")
@@ -163,7 +181,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     try PathCheck.validate(request.stagingTargetPath, field: "staging_target_path")
     // An ID we cannot have staged has nothing to unstage.
-    guard let volume = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
+    guard let volume = try? VolumeID(parsing: request.volumeID) else { return .init() }
 
     return try await locks.withLock(volume.description) {
       guard let record = try records.load(volume) else { return .init() }
@@ -179,7 +197,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         try await mounter.unmount(record.stagingPath)
       }
       configuration.failpoints.reach("node.unstage.after-unmount")
-      try await disconnectIfUnused(record)
+      if record.mirror != nil { try await disconnectMirror(record) } else { try await disconnectIfUnused(record) }
       configuration.failpoints.reach("node.unstage.after-disconnect")
       try records.remove(volume)
       logger.info("volume unstaged", metadata: ["volume": "\(volume)"])
@@ -197,7 +215,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try PathCheck.validate(request.targetPath, field: "target_path")
     guard request.hasVolumeCapability else { throw NVMeCSIError.invalidArgument("volume_capability is required") }
     let access = try NodeAccess(request.volumeCapability)
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    let volume = try VolumeID(parsing: request.volumeID)
     let readonly = request.readonly || access.readonly
     let targetPath = request.targetPath
 
@@ -251,7 +269,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard !request.volumeID.isEmpty else { throw NVMeCSIError.invalidArgument("volume_id is required") }
     try PathCheck.validate(request.targetPath, field: "target_path")
     // An ID we cannot have published: nothing of ours is at that path.
-    guard let volume = try? ObjectID(parsing: request.volumeID, as: .volume) else { return .init() }
+    guard let volume = try? VolumeID(parsing: request.volumeID) else { return .init() }
     let targetPath = request.targetPath
 
     return try await locks.withLock(volume.description) {
@@ -286,7 +304,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         "volume_path \(quoted(request.volumePath)) is not an absolute path: nothing is published there")
     }
     try PathCheck.validate(request.volumePath, field: "volume_path")
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    let volume = try VolumeID(parsing: request.volumeID)
     guard FileManager.default.fileExists(atPath: request.volumePath) else {
       throw NVMeCSIError.notFound("volume_path \(request.volumePath) does not exist")
     }
@@ -295,10 +313,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     }
     // Stats never fail for want of numbers: the condition says what is wrong, and
     // usage stays empty (with the reason logged) when it cannot be read.
-    let device = Result { () throws(NVMeCSIError) in
-      try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
-    }
-    let condition = self.condition(of: record, device: device)
+    let device = Result { () throws(NVMeCSIError) in try stagedDevice(of: record) }
+    let condition = record.mirror != nil ? mirrorCondition(of: record) : self.condition(of: record, device: device)
     var usage: [Csi_V1_VolumeUsage] = []
     if record.accessType == .mount {
       do {
@@ -341,7 +357,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   public func nodeExpandVolume(request: Csi_V1_NodeExpandVolumeRequest, context: ServerContext) async throws
     -> Csi_V1_NodeExpandVolumeResponse
   {
-    let volume = try ObjectID(parsing: request.volumeID, as: .volume)
+    let volume = try VolumeID(parsing: request.volumeID)
     try PathCheck.validate(request.volumePath, field: "volume_path")
     let required = UInt64(clamping: max(request.capacityRange.requiredBytes, 0))
 
@@ -351,6 +367,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       }
       // The target told the kernel (revalidate); make sure every path re-reads it.
       try attacher.rescan(subsystemNQN: record.subsystemNQN)
+      if record.mirror != nil { try await growMirror(of: record, toVolumeBytes: required) }
       var device = try currentDevice(of: record)
       let deadline = ContinuousClock.now + configuration.deviceTimeout
       while device.sizeBytes < required && ContinuousClock.now < deadline {
@@ -394,8 +411,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
   /// The volume's device as the kernel shows it now, found by identity.
   private func currentDevice(of record: StagingRecord) throws(NVMeCSIError) -> BlockDevice {
-    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
-    else {
+    guard let device = try stagedDevice(of: record) else {
       let paths = ControllerPath.describe(attacher.paths(subsystemNQN: record.subsystemNQN))
       throw .failedPrecondition(
         "the device of volume \(record.volumeID) is gone (paths: \(paths)): unstage and stage it again")
@@ -405,18 +421,26 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
   /// Still staged: the device is there and, for mounts, the staging path holds it.
   private func isStillStaged(_ record: StagingRecord) async throws -> Bool {
-    guard let device = try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
-    else {
-      return false
-    }
+    guard let device = try stagedDevice(of: record) else { return false }
     guard record.accessType == .mount else { return true }
     guard let mount = try mounter.mount(at: record.stagingPath) else { return false }
     return isSameDevice(mountSource: mount.source, devicePath: device.path)
   }
 
+  /// The device a staged volume's file system or pod uses: the namespace's, or for a
+  /// replicated volume the md array over its legs. Nil when the kernel has none.
+  func stagedDevice(of record: StagingRecord) throws(NVMeCSIError) -> BlockDevice? {
+    guard record.mirror != nil else {
+      return try attacher.device(subsystemNQN: record.subsystemNQN, namespaceUUID: record.namespaceUUID)
+    }
+    guard let array = try mirrorArray(of: record) else { return nil }
+    let status = try mirrors.status(of: array)
+    return BlockDevice(name: status.device, sizeBytes: status.sizeBytes)
+  }
+
   /// Formats only a blank device; a device holding another file system is refused,
   /// never reformatted.
-  private func prepareFileSystem(on device: BlockDevice, as fsType: String, volume: ObjectID) async throws {
+  private func prepareFileSystem(on device: BlockDevice, as fsType: String, volume: VolumeID) async throws {
     switch try await mounter.fileSystem(on: device.path) {
     case nil:
       logger.info(

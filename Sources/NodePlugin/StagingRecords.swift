@@ -20,6 +20,9 @@ public struct StagingRecord: Codable, Hashable, Sendable {
   public var device: String?
   /// Publish targets that hold a bind of this volume.
   public var targets: [String]
+  /// A replicated volume's legs and how to reconnect them (nil for one copy, whose
+  /// subsystem and namespace are the fields above, as are leg 0's here).
+  public var mirror: MirrorRecord?
 
   public init(
     volumeID: String, stagingPath: String, subsystemNQN: String, namespaceUUID: String, accessType: AccessType,
@@ -37,6 +40,31 @@ public struct StagingRecord: Codable, Hashable, Sendable {
   }
 }
 
+/// What the node keeps of a replicated volume: every leg, and the connection settings
+/// to reconnect one that was lost (the mirror reconciler does).
+public struct MirrorRecord: Codable, Hashable, Sendable {
+  public struct Leg: Codable, Hashable, Sendable {
+    public var subsystemNQN: String
+    public var namespaceUUID: String
+    /// `address:port` of each path.
+    public var paths: [String]
+
+    public init(_ leg: PublishContext.Leg) {
+      subsystemNQN = leg.subsystemNQN
+      namespaceUUID = leg.namespaceUUID
+      paths = leg.paths.map(\.description)
+    }
+  }
+
+  public var legs: [Leg]
+  public var connection: [String: String]
+
+  public init(legs: [Leg], connection: [String: String]) {
+    self.legs = legs
+    self.connection = connection
+  }
+}
+
 /// One JSON file per volume under `<state>/volumes/`, written atomically. File names
 /// are parsed volume IDs (charset [a-z0-9.-]), never raw input.
 public struct StagingRecords: Sendable {
@@ -51,7 +79,7 @@ public struct StagingRecords: Sendable {
     }
   }
 
-  public func load(_ volume: ObjectID) throws(NVMeCSIError) -> StagingRecord? {
+  public func load(_ volume: VolumeID) throws(NVMeCSIError) -> StagingRecord? {
     let path = self.path(volume)
     guard let data = FileManager.default.contents(atPath: path) else { return nil }
     do { return try JSONDecoder().decode(StagingRecord.self, from: data) } catch {
@@ -60,7 +88,7 @@ public struct StagingRecords: Sendable {
   }
 
   public func save(_ record: StagingRecord) throws(NVMeCSIError) {
-    let volume = try ObjectID(parsing: record.volumeID, as: .volume)
+    let volume = try VolumeID(parsing: record.volumeID)
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     let data: Data
@@ -68,7 +96,7 @@ public struct StagingRecords: Sendable {
     try DurableFile.write(data, to: path(volume))
   }
 
-  public func remove(_ volume: ObjectID) throws(NVMeCSIError) { try DurableFile.remove(path(volume)) }
+  public func remove(_ volume: VolumeID) throws(NVMeCSIError) { try DurableFile.remove(path(volume)) }
 
   /// Every record that can be read. One that cannot (a corrupt file, a name that is no
   /// volume ID) is skipped and logged with its path and the reason, so the others are
@@ -84,7 +112,7 @@ public struct StagingRecords: Sendable {
       guard name.hasSuffix(".json"), !name.hasPrefix(".") else { return nil }
       let path = "\(directory)/\(name)"
       do throws(NVMeCSIError) {
-        return try load(try ObjectID(parsing: String(name.dropLast(5)), as: .volume))
+        return try load(try VolumeID(parsing: String(name.dropLast(5))))
       } catch {
         logger.warning("skipping staging record", metadata: ["path": "\(path)", "reason": "\(error.message)"])
         return nil
@@ -92,7 +120,7 @@ public struct StagingRecords: Sendable {
     }
   }
 
-  private func path(_ volume: ObjectID) -> String { "\(directory)/\(volume).json" }
+  private func path(_ volume: VolumeID) -> String { "\(directory)/\(volume).json" }
 }
 
 /// Paths from kubelet: absolute, normalized, no `..`, no control characters.

@@ -40,7 +40,8 @@ struct AllInOneCommand: AsyncParsableCommand {
       "all-in-one starting",
       metadata: ["node_id": "\(nodeRole.nodeID)", "targets": "\(controllerRole.targetNames)"])
     let group = ServiceGroup(
-      services: controllerRole.clients + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: controllerRole.clients + nodeRole.background + [server], gracefulShutdownSignals: [.sigterm, .sigint],
+      logger: logger)
     try await group.run()
   }
 }

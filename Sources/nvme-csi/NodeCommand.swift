@@ -37,7 +37,8 @@ struct NodeCommand: AsyncParsableCommand {
       endpoint: endpoint, services: [identity, role.service], metrics: driverMetrics, logger: logger)
     logger.info("node starting", metadata: ["node_id": "\(role.nodeID)", "state_dir": "\(node.stateDir)"])
     let group = ServiceGroup(
-      services: metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: metricsServices + role.background + [server], gracefulShutdownSignals: [.sigterm, .sigint],
+      logger: logger)
     try await group.run()
   }
 }
@@ -62,6 +63,9 @@ struct NodeOptions: ParsableArguments {
   @Option(help: "Threads for blocking work (mkfs, blkid, mount), apart from those serving RPCs.")
   var blockingThreads: Int = 16
 
+  @Option(help: "Seconds between checks of replicated volumes' mirrors (returning legs are re-added).")
+  var mirrorCheckInterval: Int = 5
+
   /// The Node service, checked against the kernel and its own records.
   struct Role: Sendable {
     let service: NodeService
@@ -69,11 +73,16 @@ struct NodeOptions: ParsableArguments {
     let hasTopology: Bool
     /// Ready when the kernel can attach NVMe/TCP volumes (why not is logged at start).
     let isReady: IdentityService.Readiness
+    /// What runs beside the endpoint: the mirror reconciler.
+    let background: [any Service]
   }
 
   func makeRole(logger: Logger) throws -> Role {
     guard BlockingPool.threadCounts.contains(blockingThreads) else {
       throw ValidationError("--blocking-threads \(blockingThreads) is not within \(BlockingPool.threadCounts)")
+    }
+    guard (1...3600).contains(mirrorCheckInterval) else {
+      throw ValidationError("--mirror-check-interval \(mirrorCheckInterval) is not within 1...3600 seconds")
     }
     var segments: [String: String] = [:]
     for item in topology {
@@ -88,12 +97,13 @@ struct NodeOptions: ParsableArguments {
     let hostIdentity = try HostIdentityLoader(nvmeConfigDirectory: nvmeConfigDir, stateDirectory: stateDir).load(
       logger: logger)
     let attacher = NVMeTCPAttacher()
+    let runner = CommandRunner(pool: BlockingPool(threads: blockingThreads))
     let node = NodeService(
       configuration: .init(
         host: hostIdentity, topology: segments, maxVolumesPerNode: maxVolumesPerNode,
         deviceTimeout: .seconds(deviceTimeout), failpoints: Failpoints(environment: ProcessInfo.processInfo.environment)
       ),
-      attacher: attacher, mounter: SystemMounter(runner: CommandRunner(pool: BlockingPool(threads: blockingThreads))),
+      attacher: attacher, mounter: SystemMounter(runner: runner), mirrors: MDAdmArrays(runner: runner),
       records: records, logger: logger)
     do { try attacher.checkKernelSupport() } catch {
       logger.error("\(error.message); volumes cannot be attached until this is fixed")
@@ -102,6 +112,7 @@ struct NodeOptions: ParsableArguments {
     return Role(
       service: node, nodeID: "\(hostIdentity.nodeID)",
       hasTopology: !segments.isEmpty,
-      isReady: { (try? attacher.checkKernelSupport()) != nil })
+      isReady: { (try? attacher.checkKernelSupport()) != nil },
+      background: [MirrorReconcilerService(node: node, interval: .seconds(mirrorCheckInterval))])
   }
 }

@@ -145,19 +145,19 @@ final class FakeKernel: Sendable {
 
   // MARK: kernel behaviour (used by the fakes, under the lock)
 
-  fileprivate static func removeSubsystem(_ nqn: String, from s: inout State) {
+  static func removeSubsystem(_ nqn: String, from s: inout State) {
     s.controllers.removeAll { $0.subsystemNQN == nqn }
     s.disks.removeAll { $0.subsystemNQN == nqn }
     s.pendingLookups[nqn] = nil
   }
 
-  fileprivate static func lowestFree(_ prefix: String, suffix: String = "", in names: [String]) -> String {
+  static func lowestFree(_ prefix: String, suffix: String = "", in names: [String]) -> String {
     var n = 0
     while names.contains(prefix + String(n) + suffix) { n += 1 }
     return prefix + String(n) + suffix
   }
 
-  fileprivate func check(_ step: Step, _ s: State) throws(NVMeCSIError) {
+  func check(_ step: Step, _ s: State) throws(NVMeCSIError) {
     if let error = s.failures[step] { throw error }
   }
 }

@@ -17,10 +17,12 @@ import Testing
 final class Machine: Sendable {
   let directory: String
   let kernel = FakeKernel()
+  let mirrors: FakeMirrors
   let host: HostIdentity
 
   private init(directory: String) {
     self.directory = directory
+    self.mirrors = FakeMirrors(kernel: kernel)
     let id = ObjectUUID.random()
     host = HostIdentity(nqn: try! HostNQN("nqn.2014-08.org.nvmexpress:uuid:\(id)"), id: id)
   }
@@ -45,6 +47,19 @@ final class Machine: Sendable {
     return volume
   }
 
+  /// A replicated volume: one export per leg (a leg's target has it), each with
+  /// `fileSystem` on it as it comes (nil: blank).
+  func exportReplicated(legs: Int = 2, sizeBytes: UInt64 = 1 << 30, fileSystem: String? = nil) -> TestVolume {
+    let targets = (0..<legs).map { try! TargetName("store-\($0)") }
+    let volume = TestVolume(uuid: .random(), paths: [.init(host: "127.0.0.1", port: 4420)], targets: targets)
+    for leg in volume.volumeID.legs {
+      kernel.export(
+        SubsystemNaming.nqn(for: leg.uuid), namespaceUUID: SubsystemNaming.namespaceUUID(for: leg.uuid).value,
+        sizeBytes: ReplicaLayout.legBytes(forVolume: sizeBytes), fileSystem: fileSystem)
+    }
+    return volume
+  }
+
   /// kubelet's staging directory for a volume (kubelet creates it before NodeStageVolume).
   func stagingPath(_ volume: TestVolume) -> String {
     let path = kubelet + "/plugins/kubernetes.io/csi/nvme.csi.dev/\(volume.uuid.hexDigits.prefix(12))/globalmount"
@@ -61,7 +76,7 @@ final class Machine: Sendable {
 
   func record(of volume: TestVolume) -> StagingRecord? {
     guard let records = try? StagingRecords(stateDirectory: stateDirectory) else { return nil }
-    return try? records.load(volume.objectID)
+    return try? records.load(volume.volumeID)
   }
 
   var recordFiles: [String] {
@@ -83,13 +98,29 @@ final class Machine: Sendable {
 struct TestVolume: Sendable {
   let uuid: ObjectUUID
   var paths: [HostPort]
+  /// Where its legs are: one target, unless replicated.
+  var targets: [TargetName] = [try! TargetName("store-a")]
 
-  var objectID: ObjectID { ObjectID(kind: .volume, target: try! TargetName("store-a"), uuid: uuid) }
-  var id: String { objectID.description }
+  var volumeID: VolumeID {
+    targets.count == 1
+      ? VolumeID(single: ObjectID(kind: .volume, target: targets[0], uuid: uuid))
+      : try! VolumeID(replicated: uuid, on: targets)
+  }
+  var id: String { volumeID.description }
+  /// Leg 0's (the only one's) subsystem.
   var nqn: String { SubsystemNaming.nqn(for: uuid) }
   var namespaceUUID: String { SubsystemNaming.namespaceUUID(for: uuid).value }
+  /// Each leg's subsystem NQN.
+  var legNQNs: [String] { volumeID.legs.map { SubsystemNaming.nqn(for: $0.uuid) } }
   var publishContext: [String: String] {
-    PublishContext(paths: paths, subsystemNQN: nqn, namespaceUUID: namespaceUUID).encoded
+    let legs = volumeID.legs.map {
+      PublishContext.Leg(
+        paths: paths, subsystemNQN: SubsystemNaming.nqn(for: $0.uuid),
+        namespaceUUID: SubsystemNaming.namespaceUUID(for: $0.uuid).value)
+    }
+    return PublishContext(
+      paths: paths, subsystemNQN: nqn, namespaceUUID: namespaceUUID, replicaLegs: Array(legs.dropFirst())
+    ).encoded
   }
 }
 
@@ -101,14 +132,19 @@ final class Harness: Sendable {
   let node: Csi_V1_Node.Client<HTTP2ClientTransport.Posix>
   let identity: Csi_V1_Identity.Client<HTTP2ClientTransport.Posix>
 
-  private init(machine: Machine, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>) {
+  /// The plugin itself, for what runs outside RPCs (the mirror reconciler).
+  let service: NodeService
+
+  private init(machine: Machine, socket: String, client: GRPCClient<HTTP2ClientTransport.Posix>, service: NodeService) {
     self.machine = machine
+    self.service = service
     self.socket = socket
     self.node = .init(wrapping: client)
     self.identity = .init(wrapping: client)
   }
 
   var kernel: FakeKernel { machine.kernel }
+  var mirrors: FakeMirrors { machine.mirrors }
 
   /// Serves a fresh plugin process on `machine` (a new one when nil) for `body`.
   /// With `logs`, the plugin's log lines (every level) are kept there.
@@ -136,14 +172,14 @@ final class Harness: Sendable {
       configuration: .init(
         host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
       attacher: FakeAttacher(kernel: machine.kernel), mounter: FakeMounter(kernel: machine.kernel),
-      records: try StagingRecords(stateDirectory: machine.stateDirectory), logger: logger)
+      mirrors: machine.mirrors, records: try StagingRecords(stateDirectory: machine.stateDirectory), logger: logger)
     let identity = IdentityService(
       driverName: "nvme.csi.dev", version: "test",
       capabilities: IdentityService.nodeCapabilities(hasTopology: !topology.isEmpty),
       isReady: { true })
     let socket = machine.directory + "/csi-\(UUID().uuidString.prefix(8)).sock"
     try await withServedPlugin(socket: socket, services: [identity, node], logger: logger) {
-      try await body(Harness(machine: machine, socket: socket, client: $0))
+      try await body(Harness(machine: machine, socket: socket, client: $0, service: node))
     }
   }
 

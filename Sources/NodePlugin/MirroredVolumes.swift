@@ -1,0 +1,304 @@
+import CSIProto
+import Foundation
+import Logging
+import Mounting
+import NVMeCSICore
+import NVMeFabrics
+import ServiceLifecycle
+
+// Replicated volumes on the node (docs/architecture.md, "Replicated volumes"): every
+// leg is connected over NVMe/TCP like a single-copy volume, and the kernel's md RAID1
+// mirrors them; the file system (or the raw block device) is the md array.
+//
+// Never destroy on doubt: an array is created only over legs that a probe proved
+// blank, all of them present; otherwise it is assembled from the legs that carry its
+// superblock, and md alone decides whether they are enough (a stale leg never starts
+// alone: no --run). A leg holding anything else is refused, never overwritten.
+
+extension NodeService {
+  /// NodeStageVolume of a replicated volume, under the volume's lock; `record` was
+  /// saved (state `staging`) before any side effect.
+  func stageMirrored(
+    _ volume: VolumeID, context: PublishContext, parameters: ConnectionParameters, access: NodeAccess,
+    record: inout StagingRecord, undo: inout UndoStack
+  ) async throws -> BlockDevice {
+    let legs = context.legs
+    // Every leg that connects; md decides whether those are enough.
+    var devices: [Int: BlockDevice] = [:]
+    var missing: [String] = []
+    for (index, leg) in legs.enumerated() {
+      do throws(NVMeCSIError) {
+        try await attacher.connect(context.context(of: leg), as: configuration.host, with: parameters)
+        devices[index] = try await attacher.waitForDevice(
+          subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID, timeout: configuration.deviceTimeout)
+      } catch {
+        missing.append("leg \(index) (\(leg.paths.map(\.description).joined(separator: ","))): \(error.message)")
+      }
+    }
+    let stagedRecord = record
+    undo.push("disconnect the legs of \(volume)") { try await disconnectMirror(stagedRecord) }
+    configuration.failpoints.reach("node.stage.after-connect")
+    guard !devices.isEmpty else {
+      throw NVMeCSIError.unavailable(
+        "no leg of replicated volume \(volume) could be attached: \(missing.joined(separator: "; "))")
+    }
+    let array = try await assembleMirror(volume, legs: devices, of: legs.count, missing: missing)
+    undo.push("stop md array \(array)") { try await mirrors.stop(array) }
+    let status = try mirrors.status(of: array)
+    if !missing.isEmpty {
+      logger.warning(
+        "replicated volume started degraded; the missing legs are re-added when they return",
+        metadata: ["volume": "\(volume)", "array": "\(array)", "missing": "\(missing)"])
+    }
+    return BlockDevice(name: status.device, sizeBytes: status.sizeBytes)
+  }
+
+  /// The volume's md array: the one already holding a leg, or one assembled from the
+  /// legs with its superblock, or a new one over legs that are all there and blank.
+  private func assembleMirror(_ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, missing: [String])
+    async throws -> String
+  {
+    // Already assembled: a repeated stage, a restarted plugin.
+    for device in devices.values {
+      if let array = try mirrors.array(holding: device.name) { return try await completeMirror(array, devices) }
+    }
+    var members: [Int: MirrorSuperblock] = [:]
+    var blank: [Int] = []
+    for (index, device) in devices.sorted(by: { $0.key < $1.key }) {
+      if let superblock = try await mirrors.superblock(on: device.path) {
+        guard superblock.arrayUUID == volume.uuid else {
+          throw NVMeCSIError.failedPrecondition(
+            "leg \(index) of volume \(volume) (\(device.path)) belongs to another md array (\(superblock.arrayUUID)):"
+              + " refusing to touch it")
+        }
+        members[index] = superblock
+      } else if let holds = try await mounter.fileSystem(on: device.path) {
+        throw NVMeCSIError.failedPrecondition(
+          "leg \(index) of volume \(volume) (\(device.path)) holds \(holds), not this volume's mirror:"
+            + " refusing to touch it")
+      } else {
+        blank.append(index)
+      }
+    }
+    guard !members.isEmpty else {
+      guard blank.count == count else {
+        throw NVMeCSIError.unavailable(
+          "replicated volume \(volume) is new (its legs are blank) but not every leg is attached, so its mirror"
+            + " cannot be created yet: \(missing.joined(separator: "; "))")
+      }
+      let legs = blank.map { devices[$0]!.path }
+      logger.info("creating md mirror over blank legs", metadata: ["volume": "\(volume)", "legs": "\(legs)"])
+      return try await mirrors.create(
+        uuid: volume.uuid, legs: legs, dataOffsetBytes: ReplicaLayout.dataOffsetBytes,
+        bitmapChunkBytes: ReplicaLayout.bitmapChunkBytes)
+    }
+    let array = try await mirrors.assemble(uuid: volume.uuid, legs: members.keys.sorted().map { devices[$0]!.path })
+    return try await completeMirror(array, devices)
+  }
+
+  /// Adds the attached legs md does not use yet (a stale leg catches up through the
+  /// bitmap, a blank replacement is copied in full). A leg md refuses is logged: the
+  /// array serves from the others and the reconciler tries again.
+  @discardableResult
+  private func completeMirror(_ array: String, _ devices: [Int: BlockDevice]) async throws -> String {
+    let status = try mirrors.status(of: array)
+    for device in devices.values where !status.isUsing(device.name) {
+      do { try await mirrors.add(device.path, to: array) } catch {
+        logger.warning(
+          "leg not re-added to its mirror; retried by the reconciler",
+          metadata: ["array": "\(array)", "leg": "\(device.path)", "error": "\(error.message)"])
+      }
+    }
+    return array
+  }
+
+  /// The md array of a staged replicated volume, found through its legs; nil when no
+  /// leg is attached or none is in an array.
+  func mirrorArray(of record: StagingRecord) throws(NVMeCSIError) -> String? {
+    for leg in record.mirror?.legs ?? [] {
+      if let device = try attacher.device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID),
+        let array = try mirrors.array(holding: device.name)
+      {
+        return array
+      }
+    }
+    return nil
+  }
+
+  /// Unstage's last steps for a replicated volume: stops its array (unless still
+  /// mounted) and disconnects every leg.
+  func disconnectMirror(_ record: StagingRecord) async throws {
+    if let array = try mirrorArray(of: record) {
+      let mounts = try mounter.mounts(ofDevice: "/dev/" + array).map(\.mountPoint)
+      guard mounts.isEmpty else {
+        throw NVMeCSIError.failedPrecondition(
+          "/dev/\(array) of volume \(record.volumeID) is still mounted at \(mounts.joined(separator: ", ")):"
+            + " unpublish it first")
+      }
+      try await mirrors.stop(array)
+    }
+    for leg in record.mirror?.legs ?? [] { try await attacher.disconnect(subsystemNQN: leg.subsystemNQN) }
+  }
+
+  /// NodeExpandVolume's first step for a replicated volume: waits (bounded) until every
+  /// attached leg shows its grown size, then grows the array over them.
+  func growMirror(of record: StagingRecord, toVolumeBytes required: UInt64) async throws {
+    guard let mirror = record.mirror, let array = try mirrorArray(of: record) else {
+      throw NVMeCSIError.failedPrecondition(
+        "no md array holds any leg of volume \(record.volumeID): unstage and stage it again")
+    }
+    let legBytes = ReplicaLayout.legBytes(forVolume: required)
+    let deadline = ContinuousClock.now + configuration.deviceTimeout
+    for leg in mirror.legs {
+      // A leg that is not attached (its target down) cannot be grown now; md grows to
+      // the legs it has, and a returning leg that is too small is refused by md.
+      guard !attacher.paths(subsystemNQN: leg.subsystemNQN).isEmpty else { continue }
+      try attacher.rescan(subsystemNQN: leg.subsystemNQN)
+      while let device = try attacher.device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID),
+        device.sizeBytes < legBytes
+      {
+        guard ContinuousClock.now < deadline else {
+          throw NVMeCSIError.unavailable(
+            "leg \(device.path) of volume \(record.volumeID) still shows \(device.sizeBytes) bytes, not \(legBytes):"
+              + " did ControllerExpandVolume succeed?")
+        }
+        try await Task.sleep(for: .milliseconds(20))
+      }
+    }
+    try await mirrors.grow(array)
+  }
+
+  /// The volume condition of a replicated volume: md's view of its legs.
+  func mirrorCondition(of record: StagingRecord) -> Csi_V1_VolumeCondition {
+    do {
+      guard let array = try mirrorArray(of: record) else {
+        return .with {
+          $0.abnormal = true
+          $0.message = "no md array holds any leg of the volume: unstage and stage it again"
+        }
+      }
+      let status = try mirrors.status(of: array)
+      return .with {
+        $0.abnormal = status.degraded > 0
+        $0.message = status.summary
+      }
+    } catch {
+      return .with {
+        $0.abnormal = true
+        $0.message = "cannot read the state of the volume's mirror: \(error.message)"
+      }
+    }
+  }
+
+  /// One pass of the mirror reconciler over every staged replicated volume: reconnects
+  /// legs whose controller the kernel removed, re-adds legs that came back, takes out
+  /// members whose device is gone. Run at start and periodically; never stops an array
+  /// and never writes to a leg that holds anything but this array's superblock or nothing.
+  public func reconcileMirrors() async {
+    for record in records.loadAll(logger: logger) where record.state == .staged && record.mirror != nil {
+      guard let volume = try? VolumeID(parsing: record.volumeID) else { continue }
+      do {
+        // A stage or unstage of this volume running: next pass.
+        _ = try await locks.withBackgroundLock(volume.description) { try await reconcileMirror(volume) }
+      } catch {
+        logger.warning(
+          "mirror not reconciled; next pass retries", metadata: ["volume": "\(volume)", "error": "\(error)"])
+      }
+    }
+  }
+
+  private func reconcileMirror(_ volume: VolumeID) async throws {
+    // Read again under the lock: an unstage may have finished since the listing.
+    guard let record = try records.load(volume), record.state == .staged, let mirror = record.mirror,
+      let array = try mirrorArray(of: record)
+    else { return }
+    var status = try mirrors.status(of: array)
+    if status.members.contains(where: { $0.state == .faulty }) || status.members.count > status.legCount {
+      try await mirrors.removeFailed(from: array)
+      status = try mirrors.status(of: array)
+    }
+    let parameters = try ConnectionParameters(from: mirror.connection)
+    for (index, leg) in mirror.legs.enumerated() {
+      let device = try attacher.device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID)
+      guard let device else {
+        // The kernel gave the controller up (ctrlLossTmo) or never had it: connect again.
+        if attacher.paths(subsystemNQN: leg.subsystemNQN).isEmpty {
+          var paths: [HostPort] = []
+          for path in leg.paths { paths.append(try HostPort(parsing: path)) }
+          let context = PublishContext(
+            paths: paths, subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID)
+          do { try await attacher.connect(context, as: configuration.host, with: parameters) } catch {
+            logger.debug("leg still unreachable", metadata: ["volume": "\(volume)", "leg": "\(index)"])
+          }
+        }
+        continue
+      }
+      guard !status.isUsing(device.name) else { continue }
+      // Not before its controller is live again: md would fail it at once, and probing
+      // a dead leg holds the volume's lock for nothing.
+      guard attacher.paths(subsystemNQN: leg.subsystemNQN).contains(where: \.isLive) else { continue }
+      // Only this array's leg or a blank one is ever written to.
+      if let superblock = try await mirrors.superblock(on: device.path) {
+        guard superblock.arrayUUID == volume.uuid else {
+          logger.error(
+            "a leg holds another md array: left alone",
+            metadata: ["volume": "\(volume)", "leg": "\(device.path)", "array": "\(superblock.arrayUUID)"])
+          continue
+        }
+      } else if let holds = try await mounter.fileSystem(on: device.path) {
+        logger.error(
+          "a leg holds data that is not this mirror's: left alone",
+          metadata: ["volume": "\(volume)", "leg": "\(device.path)", "holds": "\(holds)"])
+        continue
+      }
+      try await mirrors.add(device.path, to: array)
+      logger.notice(
+        "leg returned and re-added to its mirror; md resyncs it",
+        metadata: ["volume": "\(volume)", "leg": "\(index)", "device": "\(device.path)", "array": "\(array)"])
+    }
+  }
+}
+
+extension MirrorStatus {
+  /// Whether md uses this device (in sync or catching up).
+  func isUsing(_ device: String) -> Bool {
+    members.contains { $0.device == device && $0.state != .faulty }
+  }
+
+  /// "2 of 2 legs in sync", "degraded: 1 of 2 legs in sync (nvme2n1 faulty)", "… resyncing 45%".
+  var summary: String {
+    let inSync = members.filter { $0.state == .inSync }.count
+    var text = "\(inSync) of \(legCount) legs in sync"
+    let others = members.filter { $0.state != .inSync }.map { member -> String in
+      switch member.state {
+      case .faulty: return "\(member.device) faulty"
+      case .rebuilding: return "\(member.device) resyncing"
+      case .inSync: return member.device
+      case .other(let state): return "\(member.device) \(state)"
+      }
+    }
+    if !others.isEmpty { text += " (\(others.joined(separator: ", ")))" }
+    if let progress = syncProgress, progress.total > 0 {
+      text += ", \(syncAction) \(progress.done * 100 / progress.total)%"
+    }
+    return degraded > 0 ? "degraded: " + text : text
+  }
+}
+
+/// Runs the mirror reconciler at start and then every `interval`, until shutdown.
+public struct MirrorReconcilerService: Service {
+  let node: NodeService
+  let interval: Duration
+
+  public init(node: NodeService, interval: Duration = .seconds(5)) {
+    self.node = node
+    self.interval = interval
+  }
+
+  public func run() async throws {
+    while !Task.isCancelled && !Task.isShuttingDownGracefully {
+      await node.reconcileMirrors()
+      try? await Task.sleep(for: interval)
+    }
+  }
+}
