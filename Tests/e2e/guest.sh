@@ -3,12 +3,14 @@
 # (on Talos: machine config), then runs the lifecycle twice: with the file store on
 # XFS (reflink snapshots, as on Talos's /var) and with the LVM thin store; and the
 # store contract tests against LVM thin, which needs device-mapper; the fault suite
-# with verified data; and the CSI conformance suite (csi-sanity) when it is given.
+# with verified data; replicated volumes over two targets (md RAID1 on the node); and
+# the CSI conformance suite (csi-sanity) when it is given.
 # usage: guest.sh <bin-dir> [csi-sanity binary]
 set -uo pipefail
 bin=$1 sanity=${2:-}
-# nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop + dm-thin: the stores.
-modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop dm-thin-pool || exit 1
+# nvmet/nvmet-tcp: the storage node; nvme-tcp: the worker; loop + dm-thin: the stores;
+# md-mod + raid1: replicated volumes on the worker (built into Talos's kernel).
+modprobe -a configfs nvmet nvmet-tcp nvme-tcp nvme-fabrics loop dm-thin-pool md-mod raid1 || exit 1
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
 [ -c /dev/nvme-fabrics ] || { echo "guest: /dev/nvme-fabrics missing"; exit 1; }
 mount -t tmpfs -o size=5G e2e /e2e 2>/dev/null || { mkdir -p /e2e && mount -t tmpfs -o size=5G e2e /e2e; }
@@ -37,6 +39,16 @@ mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/faults/store || exit 1
 "$bin/nvme-csi-e2e" --suite faults --bin "$bin" --work /e2e/faults --store file:/e2e/faults/store \
   --store-device "$loop" --certs /e2e/certs || status=1
 umount /e2e/faults/store
+
+echo "=== replicated volumes: two targets (file stores on XFS), md RAID1 on the node"
+for leg in a b; do
+  mkdir -p /e2e/repl/$leg
+  loop=$(disk repl-$leg 512M)
+  mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/repl/$leg || exit 1
+done
+"$bin/nvme-csi-e2e" --suite replication --bin "$bin" --work /e2e/repl --store file:/e2e/repl/a \
+  --second-store file:/e2e/repl/b --certs /e2e/certs || status=1
+umount /e2e/repl/a /e2e/repl/b
 
 if [ -n "$sanity" ]; then
   echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"

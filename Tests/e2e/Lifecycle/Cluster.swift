@@ -24,11 +24,17 @@ final class Cluster: @unchecked Sendable {
 
   /// `--store` of the target: `file:<dir>` or `lvm:<vg>/<pool>`.
   let store: String
+  /// A second target, store-b (replicated volumes): its own store, API port and portal
+  /// on the same kernel. Nil: one target.
+  let secondStore: String?
+  private(set) var secondTarget: Process?
+  static let secondPortalPort = 4421
 
-  init(bin: String, work: String, store: String, certificates: String? = nil) {
+  init(bin: String, work: String, store: String, secondStore: String? = nil, certificates: String? = nil) {
     self.bin = bin
     self.work = work
     self.store = store
+    self.secondStore = secondStore
     self.certificates = certificates ?? work + "/certs"
     self.controllerSocket = work + "/csi/controller.sock"
     self.nodeSocket = work + "/csi/node.sock"
@@ -42,7 +48,9 @@ final class Cluster: @unchecked Sendable {
   }
 
   /// What the store holds: files of the file store, or the LVs of ours.
-  func storeContents() -> [String] {
+  func storeContents() -> [String] { storeContents(of: store) }
+
+  func storeContents(of store: String) -> [String] {
     if store.hasPrefix("lvm:") {
       let vg = String(store.dropFirst(4).split(separator: "/")[0])
       let process = Process()
@@ -76,10 +84,12 @@ final class Cluster: @unchecked Sendable {
     try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(
       toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
-    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}]}"#
+    let second = secondStore == nil ? "" : #", {"name": "store-b", "address": "127.0.0.1:7601"}"#
+    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}"# + second + "]}"
     try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
     try makeCertificates()
     try startTarget()
+    if secondStore != nil { try startSecondTarget() }
     controller = try launch(
       "controller",
       ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"]
@@ -91,6 +101,17 @@ final class Cluster: @unchecked Sendable {
     target = try launch(
       "target",
       ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"] + tlsFlags("target"))
+  }
+
+  func startSecondTarget() throws {
+    guard let secondStore else { return }
+    secondTarget = try launch(
+      "target-b",
+      [
+        "target", "--listen", "127.0.0.1:7601", "--store", secondStore, "--portal",
+        "127.0.0.1:\(Self.secondPortalPort)",
+      ]
+        + tlsFlags("target"))
   }
 
   // MARK: the target API's mutual TLS, as deployed
@@ -140,6 +161,8 @@ final class Cluster: @unchecked Sendable {
       [
         "node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir",
         work + "/nvme", "--metrics-address", "127.0.0.1:\(Self.nodeMetricsPort)",
+        // Returning legs of replicated volumes are re-added within a second (default 5).
+        "--mirror-check-interval", "1",
       ], failpoints: failpoints)
   }
 
@@ -151,7 +174,7 @@ final class Cluster: @unchecked Sendable {
   }
 
   func stopAll() {
-    for p in [node, controller, target] where p?.isRunning == true {
+    for p in [node, controller, target, secondTarget] where p?.isRunning == true {
       p?.terminate()
       p?.waitUntilExit()
     }

@@ -23,6 +23,7 @@ struct Lifecycle {
     var store = ""
     var suite = "lifecycle"
     var storeDevice = ""
+    var secondStore: String?
     var certificates: String?
     while let flag = arguments.popFirst() {
       switch flag {
@@ -33,6 +34,9 @@ struct Lifecycle {
       // under a file store's file system, which the suite unmounts and mounts again.
       case "--suite": suite = arguments.popFirst() ?? suite
       case "--store-device": storeDevice = arguments.popFirst() ?? ""
+      // replication: the replicated-volume suite (Replication.swift) over two targets;
+      // --second-store: store-b's store.
+      case "--second-store": secondStore = arguments.popFirst()
       // The target API's certificates (make-certs.sh's directory), made once per VM
       // run; made in --work when not given.
       case "--certs": certificates = arguments.popFirst()
@@ -40,10 +44,13 @@ struct Lifecycle {
       }
     }
     let cluster = Cluster(
-      bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store, certificates: certificates)
+      bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store, secondStore: secondStore,
+      certificates: certificates)
     let steps = Steps()
     steps.onFailure = {
-      for role in ["target", "controller", "node"] { print("    --- \(role) log (tail)\n\(cluster.logTail(role))") }
+      for role in ["target", "target-b", "controller", "node"] where role != "target-b" || secondStore != nil {
+        print("    --- \(role) log (tail)\n\(cluster.logTail(role))")
+      }
     }
     do {
       try cluster.startAll()
@@ -58,6 +65,8 @@ struct Lifecycle {
           identity: .init(wrapping: nodeClient), controllerIdentity: .init(wrapping: controllerClient))
         if suite == "faults" {
           await Faults(scenario: run, storeDevice: storeDevice).all()
+        } else if suite == "replication" {
+          await Replication(scenario: run).all()
         } else {
           await run.all()
         }

@@ -1,0 +1,307 @@
+import CSIProto
+import Foundation
+import GRPCCore
+import NVMeCSICore
+import NVMeFabrics
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Replicated volumes on the real kernel (`nvme-csi-e2e --suite replication`): two
+/// targets in one VM, each with its own store, API port and NVMe/TCP portal, and the
+/// node mirroring a volume's two legs with md RAID1. A target dies under a writer with
+/// checksums; the writer must see zero errors, the time writes stall is measured, and
+/// the leg must come back by itself and resync. Each result is printed as a
+/// `replication:` line (docs/reliability.md collects them).
+struct Replication {
+  let scenario: Scenario
+  var cluster: Cluster { scenario.cluster }
+  var steps: Steps { scenario.steps }
+  let mebibyte: Int64 = 1 << 20
+
+  func all() async {
+    guard let nodeID = await steps.run("plugins up: the controller reaches both targets", { try await ready() })
+    else { return }
+    let blockCapability = Csi_V1_VolumeCapability.with {
+      $0.block = .init()
+      $0.accessMode.mode = .singleNodeWriter
+    }
+    guard let block = await createAndAttach("pvc-mirror-block", bytes: 64 * mebibyte, blockCapability, nodeID)
+    else { return }
+    await steps.run("the node mirrors the two legs with md RAID1, both in sync") {
+      let array = try mdArray(of: block)
+      let state = try mdState(array)
+      try check(state.legs.count == 2 && state.degraded == 0, "md: \(state)")
+      let message = try await condition(block).message
+      try check(message == "2 of 2 legs in sync", "stats: \(message)")
+      steps.note("\(array): \(state)")
+    }
+    await targetLoss(block)
+    await restageDegraded(block)
+    await scenario.detach(block, deleteVolume: true)
+    await fileSystemVolume(nodeID: nodeID)
+    await steps.run("nothing of ours is left on either target") {
+      let volumes = try await scenario.controller.listVolumes(.init()).entries
+      try check(volumes.isEmpty, "volumes left: \(volumes.map(\.volume.volumeID))")
+      try check(cluster.storeContents().isEmpty, "left in store-a: \(cluster.storeContents())")
+      let second = cluster.storeContents(of: cluster.secondStore ?? "")
+      try check(second.isEmpty, "left in store-b: \(second)")
+    }
+  }
+
+  func ready() async throws -> String {
+    let nodeID = try await scenario.waitUntilReady()
+    try await eventually("store-b answers") {
+      try await scenario.controller.getCapacity(.init()).availableCapacity > 0
+        && cluster.secondTarget?.isRunning == true
+    }
+    return nodeID
+  }
+
+  /// CreateVolume with replicas=2, then the kubelet's attach steps.
+  func createAndAttach(_ name: String, bytes: Int64, _ capability: Csi_V1_VolumeCapability, _ nodeID: String) async
+    -> Scenario.Attached?
+  {
+    guard
+      let volume = await steps.run(
+        "CreateVolume \(name), \(bytes / mebibyte) MiB, replicas=2: a leg on each target",
+        {
+          let volume = try await scenario.controller.createVolume(
+            .with {
+              $0.name = name
+              $0.capacityRange.requiredBytes = bytes
+              $0.volumeCapabilities = [capability]
+              $0.parameters = ["replicas": "2"]
+            }
+          ).volume
+          let id = try VolumeID(parsing: volume.volumeID)
+          try check(
+            id.targets.map(\.value) == ["store-a", "store-b"] || id.targets.map(\.value) == ["store-b", "store-a"],
+            "legs on \(id.targets)")
+          steps.note("volume \(volume.volumeID)")
+          return volume
+        })
+    else { return nil }
+    return await scenario.attach(volume, capability: capability, nodeID: nodeID, pod: "pod-\(name)")
+  }
+
+  // MARK: a target dies and returns
+
+  /// store-b is killed -9 and its NVMe/TCP portal removed from nvmet (the storage node
+  /// is gone: connections are refused), under a writer with checksums. Writes stall
+  /// for about fastIoFailTmo, md fails the leg, the writer goes on; the target returns,
+  /// the kernel reconnects the leg by itself, the reconciler re-adds it and md resyncs.
+  func targetLoss(_ v: Scenario.Attached) async {
+    await steps.run("under verified I/O: store-b killed -9 and its portal gone; it returns 10 s later") {
+      let writer = try Writer(device: v.target, megabytes: 12, ratePerSecond: "1m")
+      try await Task.sleep(for: .seconds(2))
+      let killed = ContinuousClock.now
+      do { try killSecondTarget() } catch {
+        writer.stop()
+        throw error
+      }
+      let stall = try directWrite(to: v.target, at: 60 * mebibyte) - killed
+      try await eventually("md fails the dead leg", timeout: .seconds(30)) {
+        try mdState(try mdArray(of: v)).degraded == 1
+      }
+      let degraded = try await condition(v)
+      try check(degraded.abnormal && degraded.message.hasPrefix("degraded: 1 of 2 legs in sync"), degraded.message)
+      try await Task.sleep(for: .seconds(8))
+      let restarted = ContinuousClock.now
+      try cluster.startSecondTarget()
+      try await eventually("the leg is re-added and resynced", timeout: .seconds(90)) {
+        try await !condition(v).abnormal && mdState(try mdArray(of: v)).syncAction == "idle"
+      }
+      let healed = ContinuousClock.now - restarted
+      let result = try writer.finish()
+      try check(result.errors == 0, "fio reported \(result.errors) error(s):\n\(result.output)")
+      try check(result.verifiedBytes >= 12 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
+      let mismatches = try checkLegsAgree(try mdArray(of: v))
+      steps.note(
+        "replication: target killed under writes | verified \(result.verifiedBytes) bytes | errors 0 | writes stalled "
+          + "\(milliseconds(stall)) ms | leg back in sync \(milliseconds(healed)) ms after the target restarted"
+          + " | md check: \(mismatches) mismatched sectors")
+      try check(mismatches == 0, "the legs differ after the resync")
+    }
+  }
+
+  /// Unstage and stage again while store-b is down: md starts from the fresh leg alone
+  /// (its superblock says the other failed), I/O works, and the stale leg is re-added
+  /// when its target returns.
+  func restageDegraded(_ v: Scenario.Attached) async {
+    defer { if cluster.secondTarget?.isRunning != true { try? cluster.startSecondTarget() } }
+    await steps.run("store-b down again: unstage, stage from the fresh leg alone, verified I/O, re-added later") {
+      try killSecondTarget()
+      try await eventually("md fails the dead leg", timeout: .seconds(30)) {
+        try mdState(try mdArray(of: v)).degraded == 1
+      }
+      // As kubelet does, a call that meets the reconciler on the volume is repeated.
+      try await retryingAborted {
+        try await scenario.node.nodeUnpublishVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.targetPath = v.target
+          })
+      }
+      try await retryingAborted {
+        try await scenario.node.nodeUnstageVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.stagingTargetPath = v.staging
+          })
+      }
+      try check(!(try String(contentsOfFile: "/proc/mdstat", encoding: .utf8)).contains("nvme"), "md array left")
+      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
+      try await retryingAborted {
+        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
+      }
+      let state = try mdState(try mdArray(of: v))
+      try check(state.legs.count == 1 && state.degraded == 1, "expected a degraded start: \(state)")
+      let writer = try Writer(device: v.target, megabytes: 4, ratePerSecond: "4m")
+      let result = try writer.finish()
+      try check(result.errors == 0, "fio on the degraded mirror reported errors:\n\(result.output)")
+      try cluster.startSecondTarget()
+      let restarted = ContinuousClock.now
+      try await eventually("the stale leg is reconnected, re-added and resynced", timeout: .seconds(90)) {
+        try await !condition(v).abnormal && mdState(try mdArray(of: v)).syncAction == "idle"
+      }
+      let mismatches = try checkLegsAgree(try mdArray(of: v))
+      try check(mismatches == 0, "the legs differ after the resync")
+      steps.note(
+        "replication: restaged degraded, stale leg re-added and in sync \(milliseconds(ContinuousClock.now - restarted))"
+          + " ms after its target restarted")
+    }
+  }
+
+  // MARK: a file system on a mirror, grown
+
+  func fileSystemVolume(nodeID: String) async {
+    let capability = scenario.mountCapability("ext4")
+    guard let v = await createAndAttach("pvc-mirror-ext4", bytes: 64 * mebibyte, capability, nodeID) else { return }
+    await steps.run("ext4 on the mirror: a file written, the volume grown to 96 MiB online, the file intact") {
+      let file = v.target + "/data"
+      let writer = try Writer(file: file, megabytes: 8)
+      try check(try writer.finish().errors == 0, "writing the file failed")
+      let before = try fileSystemBytes(v.target)
+      let expanded = try await scenario.controller.controllerExpandVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.capacityRange.requiredBytes = 96 * mebibyte
+          $0.volumeCapability = capability
+        })
+      try check(expanded.nodeExpansionRequired, "node expansion not asked for")
+      _ = try await scenario.node.nodeExpandVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.volumePath = v.target
+          $0.stagingTargetPath = v.staging
+          $0.capacityRange.requiredBytes = 96 * mebibyte
+        })
+      let after = try fileSystemBytes(v.target)
+      try check(after > before + 24 * UInt64(mebibyte), "file system \(before) → \(after) bytes")
+      let verified = try Writer(verifying: file).finish()
+      try check(verified.errors == 0, "the file does not verify after the grow:\n\(verified.output)")
+      steps.note("file system \(before / 1_048_576) → \(after / 1_048_576) MiB; md \(try mdState(try mdArray(of: v)))")
+    }
+    await scenario.detach(v, deleteVolume: true)
+  }
+
+  // MARK: helpers
+
+  /// Repeats a call answered Aborted (another operation on the volume), bounded.
+  func retryingAborted<T>(_ call: () async throws -> T) async throws -> T {
+    for _ in 0..<50 {
+      do { return try await call() } catch let error as RPCError where error.code == .aborted {
+        try await Task.sleep(for: .milliseconds(200))
+      }
+    }
+    return try await call()
+  }
+
+  /// The volume's condition as NodeGetVolumeStats reports it.
+  func condition(_ v: Scenario.Attached) async throws -> Csi_V1_VolumeCondition {
+    try await scenario.node.nodeGetVolumeStats(
+      .with {
+        $0.volumeID = v.volumeID
+        $0.volumePath = v.target
+      }
+    ).volumeCondition
+  }
+
+  /// Kills store-b and removes its portal from nvmet, as a storage node that is gone.
+  func killSecondTarget() throws {
+    cluster.kill(cluster.secondTarget)
+    let ports = cluster.nvmet + "/ports"
+    for port in try FileManager.default.contentsOfDirectory(atPath: ports) {
+      let service = try? String(contentsOfFile: "\(ports)/\(port)/addr_trsvcid", encoding: .utf8)
+      guard service?.trimmingCharacters(in: .whitespacesAndNewlines) == String(Cluster.secondPortalPort) else {
+        continue
+      }
+      for link in try FileManager.default.contentsOfDirectory(atPath: "\(ports)/\(port)/subsystems") {
+        try check(unlink("\(ports)/\(port)/subsystems/\(link)") == 0, "unlink \(link): \(errnoText())")
+      }
+      try check(rmdir("\(ports)/\(port)") == 0, "rmdir port \(port): \(errnoText())")
+    }
+  }
+
+  /// When a 4 KiB O_DIRECT, O_SYNC write to the device completes (it waits while md
+  /// still waits for the dead leg, as the application's writes do).
+  func directWrite(to path: String, at offset: Int64) throws -> ContinuousClock.Instant {
+    let fd = open(path, O_WRONLY | oDirect | O_SYNC)
+    try check(fd >= 0, "open \(path): \(errnoText())")
+    defer { close(fd) }
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    defer { buffer.deallocate() }
+    memset(buffer, 0x5a, 4096)
+    try check(pwrite(fd, buffer, 4096, off_t(offset)) == 4096, "write \(path) after the fault: \(errnoText())")
+    return .now
+  }
+
+  /// The md array holding the volume's legs (from sysfs: the legs' holders).
+  func mdArray(of v: Scenario.Attached) throws -> String {
+    let context = try PublishContext(decoding: v.publishContext)
+    for leg in context.legs {
+      guard let device = try NVMeTCPAttacher().device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID)
+      else { continue }
+      let holders = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(device.name)/holders")) ?? []
+      if let array = holders.first(where: { $0.hasPrefix("md") }) { return array }
+    }
+    throw CheckFailed("no md array holds a leg of \(v.volumeID)")
+  }
+
+  struct MDState: CustomStringConvertible {
+    var legs: [String: String]
+    var degraded: Int
+    var syncAction: String
+    var description: String {
+      "legs \(legs.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")), "
+        + "degraded \(degraded), \(syncAction)"
+    }
+  }
+
+  func mdState(_ array: String) throws -> MDState {
+    let md = "/sys/block/\(array)/md"
+    func read(_ name: String) throws -> String {
+      try String(contentsOfFile: "\(md)/\(name)", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    var legs: [String: String] = [:]
+    for entry in try FileManager.default.contentsOfDirectory(atPath: md) where entry.hasPrefix("dev-") {
+      legs[String(entry.dropFirst(4))] = try read(entry + "/state")
+    }
+    return MDState(legs: legs, degraded: Int(try read("degraded")) ?? -1, syncAction: try read("sync_action"))
+  }
+
+  /// md's own comparison of the legs: the sectors that differ.
+  func checkLegsAgree(_ array: String) throws -> Int {
+    let md = "/sys/block/\(array)/md"
+    try "check".write(toFile: md + "/sync_action", atomically: false, encoding: .utf8)
+    let deadline = ContinuousClock.now + .seconds(120)
+    while try mdState(array).syncAction != "idle" {
+      try check(ContinuousClock.now < deadline, "md check did not finish in 120 s")
+      usleep(100_000)
+    }
+    let count = try String(contentsOfFile: md + "/mismatch_cnt", encoding: .utf8)
+    return Int(count.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+  }
+}
