@@ -31,13 +31,14 @@ RUN swift build -c release --static-swift-stdlib --product nvme-csi \
 FROM ${RUNTIME_IMAGE}
 # libnvme1: NVMe/TCP connect (node). e2fsprogs, xfsprogs: mkfs, resize2fs,
 # xfs_growfs (node). util-linux: blkid (node). lvm2, thin-provisioning-tools: the
-# LVM thin store (target with --store lvm:…). (mount and grep, which the Talos
+# LVM thin store (target with --store lvm:…). mdadm: replicated volumes' md RAID1
+# mirrors (node). (mount and grep, which the Talos
 # overlay's target wrapper uses, are in every Debian base image.)
 # No machine ID may ship in the image: the node plugin derives its host NQN from
 # one when the host has no /etc/nvme/hostnqn, and every node would get the same.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libnvme1 e2fsprogs xfsprogs util-linux lvm2 thin-provisioning-tools \
+      libnvme1 e2fsprogs xfsprogs util-linux lvm2 thin-provisioning-tools mdadm \
  && rm -rf /var/lib/apt/lists/* \
  && rm -f /etc/machine-id /var/lib/dbus/machine-id
 COPY --from=build /out/nvme-csi /usr/local/bin/nvme-csi
