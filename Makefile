@@ -146,5 +146,5 @@ CSI_SANITY ?= $(abspath ../shared/tools/csi-sanity/csi-sanity)
 e2e: $(DEPS_STAMP)
 	$(SWIFT) build --build-tests
 	@[ -x "$(CSI_SANITY)" ] || echo "csi-sanity not found at $(CSI_SANITY): the CSI conformance suite is skipped (set CSI_SANITY=<path>)"
-	Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path) \
+	NVME_CSI_VM_TIMEOUT=$${NVME_CSI_VM_TIMEOUT:-1200} Tests/e2e/vm.sh $(CURDIR)/Tests/e2e/guest.sh $$($(SWIFT) build --show-bin-path) \
 	  $$([ -x "$(CSI_SANITY)" ] && echo "$(CSI_SANITY)")

@@ -243,7 +243,15 @@ STORAGE_CLASS_NAMES = sorted(
 
 @pytest.fixture(scope="module")
 def cluster(render):
-    targets = {sc.get("parameters", {}).get("target") for sc in _storage_classes(render).values()} - {None}
+    classes = _storage_classes(render).values()
+    targets = {sc.get("parameters", {}).get("target") for sc in classes} - {None}
+    # A replicated class needs as many targets as copies (each its own failure domain).
+    replicas = max(int(sc.get("parameters", {}).get("replicas", "1")) for sc in classes)
+    shipped = {t["name"] for t in deploylib.targets_file(render("base"))[0]["targets"]}
+    for n in range(replicas):
+        if len(shipped | targets) >= replicas:
+            break
+        targets.add(f"store-replica-{n}")
     c = Cluster(render("base"), targets)
     yield c
     c.stop()
@@ -288,8 +296,12 @@ def test_storageclass_parameters_are_accepted_by_createvolume(storage_class, mod
         target = sc.get("parameters", {}).get("target")
         if target:
             assert vid.startswith(f"v1.{target}."), f"{vid} is not on target {target}"
+        replicas = int(sc.get("parameters", {}).get("replicas", "1"))
+        if replicas > 1:
+            assert vid.startswith("r1.") and len(vid.split(".")) == 2 + replicas, f"{vid} names no {replicas} legs"
         context = volume["volume_context"]
-        assert sorted(context) == sorted(KNOBS), f"volume context {context}"
+        expected = KNOBS + (["replicas"] if replicas > 1 else [])
+        assert sorted(context) == sorted(expected), f"volume context {context}"
         for key in KNOBS:
             if key in sc.get("parameters", {}):
                 assert context[key] == sc["parameters"][key], (
