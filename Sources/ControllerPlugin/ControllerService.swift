@@ -116,6 +116,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     do { volume = try await target.api.volume(id.uuid) } catch let error as NVMeCSIError where error.kind == .notFound {
       return .init()
     }
+    // A leg of a replicated volume goes only with its volume (whose ID names every leg).
+    if let set = VolumeAttribute.replicatedID(of: volume.record) {
+      throw NVMeCSIError.failedPrecondition(
+        "\(id) is a leg of replicated volume \(set): delete that volume, which deletes every leg")
+    }
     let name = volume.record.name
     guard !name.isEmpty else {  // quarantined: its name is not known
       try await target.api.deleteVolume(id.uuid)

@@ -26,15 +26,16 @@ extension VolumeAttribute {
       ? record.sizeBytes : ReplicaLayout.volumeBytes(ofLeg: record.sizeBytes)
   }
 
-  /// The replicated volume a leg-0 record stands for; nil for a single-copy volume.
+  /// The replicated volume a leg's record belongs to; nil for a single-copy volume.
   static func replicatedID(of record: VolumeRecord) -> VolumeID? {
-    guard let names = record.attributes[replicaTargets] else { return nil }
+    guard let names = record.attributes[replicaTargets], let index = replicaIndex(of: record) else { return nil }
     var targets: [TargetName] = []
     for name in names.split(separator: ",") {
       guard let target = try? TargetName(String(name)) else { return nil }
       targets.append(target)
     }
-    return try? VolumeID(replicated: record.uuid, on: targets)
+    // Deriving a leg's UUID twice with the same index gives the set's back.
+    return try? VolumeID(replicated: ReplicaLayout.legUUID(of: record.uuid, index: index), on: targets)
   }
 }
 
@@ -199,6 +200,16 @@ extension ControllerService {
     do { primary = try await primaryTarget?.api.volume(id.uuid) } catch let error as NVMeCSIError
       where error.kind == .notFound
     { primary = nil }
+    // An ID whose legs are not the ones leg 0 records names no volume of ours: nothing
+    // of it is deleted (a made-up ID must not take a real leg with it).
+    if let primary, VolumeAttribute.replicatedID(of: primary.record) != id {
+      logger.warning(
+        "DeleteVolume for a replicated volume ID whose legs are not those its leg 0 records: nothing deleted",
+        metadata: [
+          "volume": "\(id)", "recorded": "\(primary.record.attributes[VolumeAttribute.replicaTargets] ?? "none")",
+        ])
+      return .init()
+    }
     @Sendable func deleteLegs() async throws {
       for leg in id.legs.dropFirst().reversed() {
         guard let target = targets[leg.target] else {

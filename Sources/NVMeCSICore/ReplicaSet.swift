@@ -116,6 +116,7 @@ public enum ReplicaLayout {
   /// bytes changed by the index, so each leg has its own subsystem NQN (a host that saw
   /// two legs under one NQN would take them for two paths of one namespace). Another
   /// random UUID matches one of these by chance with a probability of about 2⁻¹⁰⁶.
+  /// Applied to a leg's UUID with the same index it gives the set's back.
   public static func legUUID(of set: ObjectUUID, index: Int) -> ObjectUUID {
     guard index > 0 else { return set }
     var bytes = set.bytes

@@ -119,6 +119,22 @@ struct ReplicatedVolumeTests {
     }
   }
 
+  @Test("a leg is never deleted alone: not by its own v1 ID, not by a made-up set ID naming other targets")
+  func legsGoOnlyWithTheirVolume() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let volume = try await fleet.controller.createVolume(createRequest("pvc-legs", parameters: Self.replicated))
+        .volume
+      let id = try VolumeID(parsing: volume.volumeID)
+      await expectStatus(.failedPrecondition, mentioning: "is a leg of replicated volume \(id)") {
+        try await fleet.controller.deleteVolume(.with { $0.volumeID = id.legs[1].description })
+      }
+      let other = fleet.targets.map(\.name).first { !id.targets.contains($0) }!
+      let madeUp = try VolumeID(replicated: id.uuid, on: [id.targets[0], other])
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = madeUp.description })
+      #expect(try await fleet.volumeCounts().values.reduce(0, +) == 2, "both legs still there")
+    }
+  }
+
   @Test("ControllerGetVolume reports a leg whose target does not answer; deleting then waits for it")
   func legDown() async throws {
     try await Fleet.with(targets: 2) { fleet in

@@ -17,6 +17,9 @@ struct ReplicaSetTests {
     #expect(id.legs[0].uuid == uuid)
     #expect(Set(id.legs.map(\.uuid)).count == 3, "every leg has its own UUID, so its own subsystem NQN")
     #expect(id.primary == id.legs[0])
+    for (index, leg) in id.legs.enumerated() {
+      #expect(ReplicaLayout.legUUID(of: leg.uuid, index: index) == uuid, "a leg's UUID leads back to its set's")
+    }
   }
 
   @Test("a v1 ID is a set of one leg and keeps its form")
