@@ -466,7 +466,7 @@ public struct MDAdmArrays: MirrorArrays {
   static func proveNoSuperblock(on device: String) throws(NVMeCSIError) {
     let fd = try SystemMounter.openDevice(device)
     defer { close(fd) }
-    let size = try deviceSize(fd, device)
+    let size = try POSIX.size(of: fd, device)
     guard size > 0 else {
       throw .unavailable(
         "\(quoted(device)) reports size 0 (not identified yet?): cannot tell whether it is blank; retry")
@@ -509,22 +509,6 @@ public struct MDAdmArrays: MirrorArrays {
     if sectors >= 24 { offsets.append(((sectors - 16) & ~7) * 512) }
     if sectors >= 256 { offsets.append(((sectors & ~127) - 128) * 512) }
     return Set(offsets.filter { $0 + 4 <= size }).sorted()
-  }
-
-  static func deviceSize(_ fd: Int32, _ device: String) throws(NVMeCSIError) -> UInt64 {
-    var st = stat()
-    if case .failure(let error) = valueOrErrno({ fstat(fd, &st) }) {
-      throw POSIX.internalError("cannot stat \(quoted(device))", error)
-    }
-    if POSIX.isRegularFile(st) { return UInt64(st.st_size) }
-    guard POSIX.isBlockDevice(st) else {
-      throw .invalidArgument("\(quoted(device)) is neither a block device nor a regular file")
-    }
-    var size: UInt64 = 0
-    if case .failure(let error) = valueOrErrno({ ioctl(fd, SystemMounter.blkGetSize64, &size) }) {
-      throw POSIX.internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64)", error)
-    }
-    return size
   }
 
   /// The runner's wording for a tool that failed, for exit codes accepted to look at.

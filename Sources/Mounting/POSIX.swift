@@ -17,6 +17,26 @@ enum POSIX {
   static func isRegularFile(_ st: stat) -> Bool { st.st_mode & S_IFMT == S_IFREG }
   static func isBlockDevice(_ st: stat) -> Bool { st.st_mode & S_IFMT == S_IFBLK }
 
+  /// The size of the open block device (BLKGETSIZE64) or regular file (its length).
+  static func size(of fd: Int32, _ device: String) throws(NVMeCSIError) -> UInt64 {
+    var st = stat()
+    if case .failure(let error) = valueOrErrno({ fstat(fd, &st) }) {
+      throw internalError("cannot stat \(quoted(device))", error)
+    }
+    if isRegularFile(st) { return UInt64(st.st_size) }
+    guard isBlockDevice(st) else {
+      throw .invalidArgument("\(quoted(device)) is neither a block device nor a regular file")
+    }
+    var size: UInt64 = 0
+    if case .failure(let error) = valueOrErrno({ ioctl(fd, blkGetSize64, &size) }) {
+      throw internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64)", error)
+    }
+    return size
+  }
+
+  /// _IOR(0x12, 114, size_t)
+  static let blkGetSize64: UInt = 0x8008_1272
+
   /// `realpath(3)`, nil when the path does not resolve.
   static func resolved(_ path: String) -> String? {
     guard let pointer = realpath(path, nil) else { return nil }

@@ -396,23 +396,8 @@ public struct SystemMounter: Mounter {
   public func deviceSize(_ device: String) throws(NVMeCSIError) -> UInt64 {
     let fd = try Self.openDevice(device)
     defer { close(fd) }
-    var st = stat()
-    if case .failure(let error) = valueOrErrno({ fstat(fd, &st) }) {
-      throw POSIX.internalError("cannot stat \(quoted(device))", error)
-    }
-    if POSIX.isRegularFile(st) { return UInt64(st.st_size) }
-    guard POSIX.isBlockDevice(st) else {
-      throw .invalidArgument("\(quoted(device)) is neither a block device nor a regular file")
-    }
-    var size: UInt64 = 0
-    if case .failure(let error) = valueOrErrno({ ioctl(fd, Self.blkGetSize64, &size) }) {
-      throw POSIX.internalError("cannot get the size of \(quoted(device)) (BLKGETSIZE64)", error)
-    }
-    return size
+    return try POSIX.size(of: fd, device)
   }
-
-  /// _IOR(0x12, 114, size_t)
-  static let blkGetSize64: UInt = 0x8008_1272
 
   // MARK: Messages
 
