@@ -84,8 +84,8 @@ public struct MDAdmArrays: MirrorArrays {
     let progress = try Self.attribute(md + "/sync_completed").flatMap(Self.parseProgress)
     let sectors = try Self.number(block + "/size", as: UInt64.self)
     return MirrorStatus(
-      device: array, legCount: legCount, members: members, degraded: degraded, syncAction: syncAction,
-      syncProgress: progress, sizeBytes: sectors * 512)
+      device: array, arrayUUID: try uuid(of: array), isRunning: try isRunning(array), legCount: legCount,
+      members: members, degraded: degraded, syncAction: syncAction, syncProgress: progress, sizeBytes: sectors * 512)
   }
 
   // MARK: Creating and assembling

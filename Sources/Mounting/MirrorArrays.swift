@@ -41,6 +41,10 @@ public struct MirrorStatus: Hashable, Sendable {
   /// Kernel name, e.g. "md127".
   public var device: String
   public var path: String { "/dev/" + device }
+  /// The array's UUID (`md/uuid`): which volume's it is.
+  public var arrayUUID: ObjectUUID
+  /// Started (an assembled array that md would not start is inactive).
+  public var isRunning: Bool
   /// How many legs the array has room for (`raid_disks`).
   public var legCount: Int
   public var members: [MirrorMember]
@@ -53,10 +57,12 @@ public struct MirrorStatus: Hashable, Sendable {
   public var sizeBytes: UInt64
 
   public init(
-    device: String, legCount: Int, members: [MirrorMember], degraded: Int, syncAction: String,
-    syncProgress: (done: UInt64, total: UInt64)?, sizeBytes: UInt64
+    device: String, arrayUUID: ObjectUUID, isRunning: Bool, legCount: Int, members: [MirrorMember], degraded: Int,
+    syncAction: String, syncProgress: (done: UInt64, total: UInt64)?, sizeBytes: UInt64
   ) {
     self.device = device
+    self.arrayUUID = arrayUUID
+    self.isRunning = isRunning
     self.legCount = legCount
     self.members = members
     self.degraded = degraded
@@ -66,7 +72,8 @@ public struct MirrorStatus: Hashable, Sendable {
   }
 
   public static func == (a: Self, b: Self) -> Bool {
-    a.device == b.device && a.legCount == b.legCount && a.members == b.members && a.degraded == b.degraded
+    a.device == b.device && a.arrayUUID == b.arrayUUID && a.isRunning == b.isRunning && a.legCount == b.legCount
+      && a.members == b.members && a.degraded == b.degraded
       && a.syncAction == b.syncAction && a.syncProgress?.done == b.syncProgress?.done
       && a.syncProgress?.total == b.syncProgress?.total && a.sizeBytes == b.sizeBytes
   }

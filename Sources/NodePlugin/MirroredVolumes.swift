@@ -58,9 +58,17 @@ extension NodeService {
   private func assembleMirror(_ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, missing: [String])
     async throws -> String
   {
-    // Already assembled: a repeated stage, a restarted plugin.
-    for device in devices.values {
-      if let array = try mirrors.array(holding: device.name) { return try await completeMirror(array, devices) }
+    // Already running (a repeated stage, a restarted plugin), and this volume's. An
+    // inactive one (a refused or host-made partial assembly) is stopped by `assemble`.
+    for (index, device) in devices {
+      guard let array = try mirrors.array(holding: device.name) else { continue }
+      let status = try mirrors.status(of: array)
+      guard status.arrayUUID == volume.uuid else {
+        throw NVMeCSIError.failedPrecondition(
+          "leg \(index) of volume \(volume) (\(device.path)) is held by md array \(array) (\(status.arrayUUID)),"
+            + " which is not this volume's: refusing to touch it")
+      }
+      if status.isRunning { return try await completeMirror(volume, array, devices) }
     }
     var members: [Int: MirrorSuperblock] = [:]
     var blank: [Int] = []
@@ -93,31 +101,55 @@ extension NodeService {
         bitmapChunkBytes: ReplicaLayout.bitmapChunkBytes)
     }
     let array = try await mirrors.assemble(uuid: volume.uuid, legs: members.keys.sorted().map { devices[$0]!.path })
-    return try await completeMirror(array, devices)
+    return try await completeMirror(volume, array, devices)
   }
 
-  /// Adds the attached legs md does not use yet (a stale leg catches up through the
-  /// bitmap, a blank replacement is copied in full). A leg md refuses is logged: the
-  /// array serves from the others and the reconciler tries again.
-  @discardableResult
-  private func completeMirror(_ array: String, _ devices: [Int: BlockDevice]) async throws -> String {
+  /// Adds the attached legs md does not use yet. One md refuses is logged: the array
+  /// serves from the others and the reconciler tries again.
+  private func completeMirror(_ volume: VolumeID, _ array: String, _ devices: [Int: BlockDevice]) async throws
+    -> String
+  {
     let status = try mirrors.status(of: array)
     for device in devices.values where !status.isUsing(device.name) {
-      do { try await mirrors.add(device.path, to: array) } catch {
+      do { try await addLeg(device, of: volume, to: array) } catch {
         logger.warning(
           "leg not re-added to its mirror; retried by the reconciler",
-          metadata: ["array": "\(array)", "leg": "\(device.path)", "error": "\(error.message)"])
+          metadata: ["array": "\(array)", "leg": "\(device.path)", "error": "\(error)"])
       }
     }
     return array
   }
 
-  /// The md array of a staged replicated volume, found through its legs; nil when no
-  /// leg is attached or none is in an array.
+  /// Puts a leg into the volume's array: one with this array's superblock catches up
+  /// through the bitmap, a blank one (proven so) is copied in full. A leg holding
+  /// anything else is left alone (logged): only ours or nothing is ever written to.
+  /// Answers whether it was added.
+  @discardableResult
+  func addLeg(_ device: BlockDevice, of volume: VolumeID, to array: String) async throws -> Bool {
+    if let superblock = try await mirrors.superblock(on: device.path) {
+      guard superblock.arrayUUID == volume.uuid else {
+        logger.error(
+          "a leg holds another md array: left alone",
+          metadata: ["volume": "\(volume)", "leg": "\(device.path)", "array": "\(superblock.arrayUUID)"])
+        return false
+      }
+    } else if let holds = try await mounter.fileSystem(on: device.path) {
+      logger.error(
+        "a leg holds data that is not this mirror's: left alone",
+        metadata: ["volume": "\(volume)", "leg": "\(device.path)", "holds": "\(holds)"])
+      return false
+    }
+    try await mirrors.add(device.path, to: array)
+    return true
+  }
+
+  /// The md array of a staged replicated volume, found through its legs and checked to
+  /// be the volume's; nil when no leg is attached or none is in its array.
   func mirrorArray(of record: StagingRecord) throws(NVMeCSIError) -> String? {
+    let volume = try VolumeID(parsing: record.volumeID)
     for leg in record.mirror?.legs ?? [] {
       if let device = try attacher.device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID),
-        let array = try mirrors.array(holding: device.name)
+        let array = try mirrors.array(holding: device.name), try mirrors.status(of: array).arrayUUID == volume.uuid
       {
         return array
       }
@@ -237,21 +269,7 @@ extension NodeService {
       // Not before its controller is live again: md would fail it at once, and probing
       // a dead leg holds the volume's lock for nothing.
       guard attacher.paths(subsystemNQN: leg.subsystemNQN).contains(where: \.isLive) else { continue }
-      // Only this array's leg or a blank one is ever written to.
-      if let superblock = try await mirrors.superblock(on: device.path) {
-        guard superblock.arrayUUID == volume.uuid else {
-          logger.error(
-            "a leg holds another md array: left alone",
-            metadata: ["volume": "\(volume)", "leg": "\(device.path)", "array": "\(superblock.arrayUUID)"])
-          continue
-        }
-      } else if let holds = try await mounter.fileSystem(on: device.path) {
-        logger.error(
-          "a leg holds data that is not this mirror's: left alone",
-          metadata: ["volume": "\(volume)", "leg": "\(device.path)", "holds": "\(holds)"])
-        continue
-      }
-      try await mirrors.add(device.path, to: array)
+      guard try await addLeg(device, of: volume, to: array) else { continue }
       logger.notice(
         "leg returned and re-added to its mirror; md resyncs it",
         metadata: ["volume": "\(volume)", "leg": "\(index)", "device": "\(device.path)", "array": "\(array)"])

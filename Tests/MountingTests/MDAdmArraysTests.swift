@@ -482,7 +482,7 @@ struct MDAdmArraysTests {
       #expect(
         status
           == MirrorStatus(
-            device: "md127", legCount: 2,
+            device: "md127", arrayUUID: Self.uuid, isRunning: true, legCount: 2,
             members: [.init(device: "nvme1n1", state: .inSync), .init(device: "nvme2n1", state: .inSync)],
             degraded: 0, syncAction: "idle", syncProgress: nil, sizeBytes: 2_093_056 * 512))
       #expect(status.path == "/dev/md127")
@@ -496,7 +496,7 @@ struct MDAdmArraysTests {
       #expect(
         try fake.arrays.status(of: "md127")
           == MirrorStatus(
-            device: "md127", legCount: 2,
+            device: "md127", arrayUUID: Self.uuid, isRunning: true, legCount: 2,
             members: [.init(device: "nvme1n1", state: .inSync), .init(device: "nvme2n1", state: .faulty)],
             degraded: 1, syncAction: "idle", syncProgress: nil, sizeBytes: 2_093_056 * 512))
     }
@@ -512,7 +512,7 @@ struct MDAdmArraysTests {
       #expect(
         status
           == MirrorStatus(
-            device: "md127", legCount: 3,
+            device: "md127", arrayUUID: Self.uuid, isRunning: true, legCount: 3,
             members: [
               .init(device: "nvme1n1", state: .inSync), .init(device: "nvme2n1", state: .rebuilding),
               .init(device: "nvme3n1", state: .rebuilding),
@@ -537,6 +537,7 @@ struct MDAdmArraysTests {
       try fake.array(state: "inactive", degraded: nil, syncAction: nil, syncCompleted: nil)
       let status = try fake.arrays.status(of: "md127")
       #expect(status.syncAction == "inactive")
+      #expect(!status.isRunning)
       #expect(status.degraded == 1)
     }
   }

@@ -93,7 +93,8 @@ final class FakeMirrors: MirrorArrays {
     let members = a.members.sorted { $0.key < $1.key }.map { MirrorMember(device: $0.key, state: $0.value) }
     let inSync = members.filter { $0.state == .inSync }.count
     return MirrorStatus(
-      device: array, legCount: a.legCount, members: members, degraded: a.legCount - inSync, syncAction: "idle",
+      device: array, arrayUUID: a.uuid, isRunning: true, legCount: a.legCount, members: members,
+      degraded: a.legCount - inSync, syncAction: "idle",
       syncProgress: nil, sizeBytes: size)
   }
 

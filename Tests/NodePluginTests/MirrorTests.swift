@@ -143,6 +143,36 @@ struct MirrorTests {
     }
   }
 
+  @Test("A returning leg that holds a file system instead of md's superblock is never added back")
+  func reconcileLeavesLegWithData() async throws {
+    try await Harness.with { h in
+      let v = h.machine.exportReplicated(legs: 2)
+      try await h.stage(v)
+      let leg1 = try #require(h.kernel.disk(of: v.legNQNs[1]))
+      h.mirrors.failLeg(leg1.name)
+      h.mirrors.state.withLock { _ = $0.superblocks.removeValue(forKey: v.legNQNs[1]) }
+      h.kernel.state.withLock { $0.exports[v.legNQNs[1]]?.fileSystem = "ext4" }
+      await h.service.reconcileMirrors()
+      #expect(h.mirrors.read(\.adds).isEmpty)
+    }
+  }
+
+  @Test("A leg held by a running md array that is not the volume's is refused at stage; that array is left alone")
+  func legInAnotherArray() async throws {
+    try await Harness.with { h in
+      let v = h.machine.exportReplicated(legs: 2)
+      try await h.stage(v)
+      // The array over its legs turns out to be another one (e.g. assembled by the host).
+      let foreign = ObjectUUID.random()
+      h.mirrors.state.withLock { s in
+        for name in s.arrays.keys { s.arrays[name]!.uuid = foreign }
+      }
+      await expectStatus(.failedPrecondition, mentioning: "which is not this volume's") { try await h.stage(v) }
+      #expect(h.mirrors.read(\.stops) == 0, "the other array is untouched")
+      #expect(h.mirrors.read(\.creates) == 1)
+    }
+  }
+
   @Test("publish_context must name exactly the ID's legs")
   func legsMustMatch() async throws {
     try await Harness.with { h in
