@@ -58,9 +58,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   /// Reports (never repairs by unmounting) staged volumes whose device vanished.
   /// Each staged volume with the states of its NVMe controllers (live, connecting,
   /// resetting, deleting, …), read from sysfs: for metrics.
+  /// A replicated volume's are those of every leg.
   public func stagedVolumePaths() -> [(volumeID: String, states: [String])] {
     records.loadAll(logger: logger).map { record in
-      (record.volumeID, attacher.paths(subsystemNQN: record.subsystemNQN).map(\.state))
+      let subsystems = record.mirror?.legs.map(\.subsystemNQN) ?? [record.subsystemNQN]
+      return (record.volumeID, subsystems.flatMap { attacher.paths(subsystemNQN: $0).map(\.state) })
     }
   }
 

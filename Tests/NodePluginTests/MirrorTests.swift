@@ -27,6 +27,9 @@ struct MirrorTests {
       #expect(record.mirror?.legs.map(\.subsystemNQN) == v.legNQNs)
       #expect(record.mirror?.connection["fastIoFailTmo"] != nil)
 
+      // The paths metric counts every leg's controllers.
+      #expect(h.service.stagedVolumePaths().map(\.states) == [["live", "live"]])
+
       try await h.publish(v)
       let stats = try await h.stats(v, path: h.machine.targetPath(v))
       #expect(stats.volumeCondition.abnormal == false)
