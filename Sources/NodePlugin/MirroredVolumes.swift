@@ -19,8 +19,8 @@ extension NodeService {
   /// NodeStageVolume of a replicated volume, under the volume's lock; `record` was
   /// saved (state `staging`) before any side effect.
   func stageMirrored(
-    _ volume: VolumeID, context: PublishContext, parameters: ConnectionParameters, access: NodeAccess,
-    record: inout StagingRecord, undo: inout UndoStack
+    _ volume: VolumeID, context: PublishContext, parameters: ConnectionParameters, record: StagingRecord,
+    undo: inout UndoStack
   ) async throws -> BlockDevice {
     let legs = context.legs
     // Every leg that connects; md decides whether those are enough.
@@ -35,8 +35,7 @@ extension NodeService {
         missing.append("leg \(index) (\(leg.paths.map(\.description).joined(separator: ","))): \(error.message)")
       }
     }
-    let stagedRecord = record
-    undo.push("disconnect the legs of \(volume)") { try await disconnectMirror(stagedRecord) }
+    undo.push("disconnect the legs of \(volume)") { try await disconnectMirror(record) }
     configuration.failpoints.reach("node.stage.after-connect")
     guard !devices.isEmpty else {
       throw NVMeCSIError.unavailable(

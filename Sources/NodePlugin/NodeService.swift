@@ -146,7 +146,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         let device: BlockDevice
         if volume.isReplicated {
           device = try await stageMirrored(
-            volume, context: publishContext, parameters: parameters, access: access, record: &record, undo: &undo)
+            volume, context: publishContext, parameters: parameters, record: record, undo: &undo)
         } else {
           try await attacher.connect(publishContext, as: configuration.host, with: parameters)
           undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
