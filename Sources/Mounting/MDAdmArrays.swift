@@ -428,20 +428,11 @@ public struct MDAdmArrays: MirrorArrays {
 
   /// The names in a directory, sorted; nil when it does not exist.
   static func entries(of directory: String) throws(NVMeCSIError) -> [String]? {
-    guard let dir = opendir(directory) else {
-      let error = Errno.current
-      if error == .noEntry || error == .notDirectory { return nil }
-      throw POSIX.internalError("cannot list \(quoted(directory))", error)
+    switch Directory.names(in: directory) {
+    case .success(let names): return names
+    case .failure(let error) where error == .noEntry || error == .notDirectory: return nil
+    case .failure(let error): throw POSIX.internalError("cannot list \(quoted(directory))", error)
     }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-      }
-      if name != "." && name != ".." { names.append(name) }
-    }
-    return names.sorted()
   }
 
   static func number<T: FixedWidthInteger>(_ path: String, as type: T.Type) throws(NVMeCSIError) -> T {

@@ -24,16 +24,10 @@ enum FileOperations {
   }
 
   static func list(_ directory: String) throws(NVMeCSIError) -> [String] {
-    guard let dir = opendir(directory) else { throw DurableFile.failure("cannot list", directory) }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-      }
-      if name != "." && name != ".." { names.append(name) }
+    switch Directory.names(in: directory) {
+    case .success(let names): return names
+    case .failure(let error): throw DurableFile.failure("cannot list", directory, error)
     }
-    return names.sorted()
   }
 
   // Linux lseek whences (GNU extensions the Glibc module does not import).
