@@ -45,6 +45,7 @@ extension ControllerService {
     name: String, size: UInt64, replicas: Int, requested: RequestedVolume, sharing: VolumeSharing,
     topology: Csi_V1_TopologyRequirement
   ) async throws -> Csi_V1_CreateVolumeResponse {
+    try ReplicaLayout.checkName(name, replicas: replicas)
     guard requested.source == nil else {
       throw NVMeCSIError.invalidArgument(
         "a replicated volume cannot be created from a snapshot or a volume yet: create it empty")

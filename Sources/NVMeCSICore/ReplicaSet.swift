@@ -134,6 +134,21 @@ public enum ReplicaLayout {
 
   static let legNameMarker = "~replica-"
 
+  /// The longest name a target records for a volume or snapshot (a DNS subdomain's length).
+  public static let maximumNameBytes = 253
+
+  /// `invalidArgument` when a leg's name (the CSI name with its suffix) would exceed what
+  /// a target records: checked before leg 0 exists, so no half-made set is left behind.
+  public static func checkName(_ name: String, replicas: Int) throws(NVMeCSIError) {
+    let longest = legName(name, index: replicas - 1)
+    guard longest.utf8.count <= maximumNameBytes else {
+      throw .invalidArgument(
+        "volume name is \(name.utf8.count) bytes: with \(replicas) replicas its legs' names (\(quoted(longest)))"
+          + " would exceed \(maximumNameBytes) bytes; use a name of at most"
+          + " \(maximumNameBytes - (longest.utf8.count - name.utf8.count)) bytes")
+    }
+  }
+
   /// Whether a CSI volume name has the form of a leg's name (refused at CreateVolume).
   public static func isReservedName(_ name: String) -> Bool {
     let digits = name.reversed().prefix { $0.isASCII && $0.isNumber }

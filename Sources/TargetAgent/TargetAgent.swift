@@ -576,7 +576,9 @@ public final class TargetAgent: TargetAPI {
   /// free of control characters so they cannot forge log lines or bloat records.
   private func validateName(_ name: String, what: String) throws(NVMeCSIError) {
     guard !name.isEmpty else { throw .invalidArgument("\(what) name is empty") }
-    guard name.utf8.count <= 253 else { throw .invalidArgument("\(what) name is longer than 253 bytes") }
+    guard name.utf8.count <= ReplicaLayout.maximumNameBytes else {
+      throw .invalidArgument("\(what) name is longer than \(ReplicaLayout.maximumNameBytes) bytes")
+    }
     guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
       throw .invalidArgument("\(what) name \(quoted(name)) contains control characters")
     }

@@ -193,6 +193,18 @@ struct ReplicatedVolumeTests {
     }
   }
 
+  @Test("a name too long for its legs' names is refused before any leg exists")
+  func nameTooLongForLegs() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let name = String(repeating: "n", count: 250)  // fits a target alone, not with "~replica-1"
+      await expectStatus(.invalidArgument, mentioning: "use a name of at most 243 bytes") {
+        try await fleet.controller.createVolume(createRequest(name, parameters: Self.replicated))
+      }
+      let counts = try await fleet.volumeCounts()
+      #expect(counts.isEmpty)
+    }
+  }
+
   @Test("snapshots and clones of a replicated volume, and names shaped like a leg's, are refused")
   func refusedOperations() async throws {
     try await Fleet.with(targets: 2) { fleet in
