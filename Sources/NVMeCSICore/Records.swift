@@ -84,12 +84,31 @@ public struct SnapshotRecord: Codable, Hashable, Sendable {
   public var sourceVolume: ObjectUUID
   public var sizeBytes: UInt64
   public var created: Date
+  /// Opaque to the store: what the controller keeps with the snapshot.
+  public var attributes: [String: String]
 
-  public init(uuid: ObjectUUID, name: String, sourceVolume: ObjectUUID, sizeBytes: UInt64, created: Date = Date()) {
+  public init(
+    uuid: ObjectUUID, name: String, sourceVolume: ObjectUUID, sizeBytes: UInt64, created: Date = Date(),
+    attributes: [String: String] = [:]
+  ) {
     self.uuid = uuid
     self.name = name
     self.sourceVolume = sourceVolume
     self.sizeBytes = sizeBytes
     self.created = created
+    self.attributes = attributes
+  }
+
+  enum CodingKeys: String, CodingKey { case uuid, name, sourceVolume, sizeBytes, created, attributes }
+
+  // Records written before snapshots had attributes have no such key: they have none.
+  public init(from decoder: any Decoder) throws {
+    let container = try decoder.container(keyedBy: CodingKeys.self)
+    self.uuid = try container.decode(ObjectUUID.self, forKey: .uuid)
+    self.name = try container.decode(String.self, forKey: .name)
+    self.sourceVolume = try container.decode(ObjectUUID.self, forKey: .sourceVolume)
+    self.sizeBytes = try container.decode(UInt64.self, forKey: .sizeBytes)
+    self.created = try container.decode(Date.self, forKey: .created)
+    self.attributes = try container.decodeIfPresent([String: String].self, forKey: .attributes) ?? [:]
   }
 }

@@ -17,6 +17,9 @@ import NVMeCSICore
 ///     nvmecsi.pub=<hex node id>:<hex host nqn>:<0|1>       nvmecsi.attr=<hex key>:<hex value>
 ///     nvmecsi.sharing=single-node|multi-node
 ///
+/// Snapshots carry the same tags but publications and sharing (their source is always
+/// `volume:<uuid>`), attributes included.
+///
 /// LVs are named `nvmecsi-v-<uuid>` and `nvmecsi-s-<uuid>`. Sizes are whole extents:
 /// give the volume group 1 MiB extents (`vgcreate -s 1M`) to match the driver's MiB
 /// alignment.
@@ -280,7 +283,7 @@ public final class LVMThinStore: VolumeStore {
     tags += r.publications.map {
       "nvmecsi.pub=\(hex($0.nodeID.description)):\(hex($0.hostNQN.value)):\($0.readonly ? 1 : 0)"
     }
-    tags += r.attributes.sorted { $0.key < $1.key }.map { "nvmecsi.attr=\(hex($0.key)):\(hex($0.value))" }
+    tags += attributeTags(r.attributes)
     if let sharing = r.sharing { tags.append("nvmecsi.sharing=\(sharing.rawValue)") }
     return tags
   }
@@ -290,7 +293,20 @@ public final class LVMThinStore: VolumeStore {
       "nvmecsi.owner=\(owner)", "nvmecsi.kind=snapshot", "nvmecsi.name=\(hex(r.name))",
       "nvmecsi.created=\(milliseconds(r.created))", "nvmecsi.size=\(r.sizeBytes)",
       "nvmecsi.source=volume:\(r.sourceVolume)",
-    ]
+    ] + attributeTags(r.attributes)
+  }
+
+  static func attributeTags(_ attributes: [String: String]) -> [String] {
+    attributes.sorted { $0.key < $1.key }.map { "nvmecsi.attr=\(hex($0.key)):\(hex($0.value))" }
+  }
+
+  static func attributes(from tags: [Substring]) -> [String: String] {
+    var attributes: [String: String] = [:]
+    for a in tags {
+      let f = a.split(separator: ":", omittingEmptySubsequences: false)
+      if f.count == 2, let k = unhex(f[0]), let v = unhex(f[1]) { attributes[k] = v }
+    }
+    return attributes
   }
 
   static func decode(_ object: inout Object) {
@@ -323,17 +339,15 @@ public final class LVMThinStore: VolumeStore {
         return Publication(nodeID: node, readonly: f[2] == "1")
       }
       record.sharing = one("sharing").flatMap { VolumeSharing(rawValue: String($0)) }
-      for a in values["attr"] ?? [] {
-        let f = a.split(separator: ":", omittingEmptySubsequences: false)
-        if f.count == 2, let k = unhex(f[0]), let v = unhex(f[1]) { record.attributes[k] = v }
-      }
+      record.attributes = attributes(from: values["attr"] ?? [])
       object.volume = record
     case "snapshot"?:
       guard let source, source.hasPrefix("volume:"), let of = try? ObjectUUID(String(source.dropFirst(7))) else {
         return
       }
       object.snapshot = SnapshotRecord(
-        uuid: uuid, name: name, sourceVolume: of, sizeBytes: wantedSize, created: created)
+        uuid: uuid, name: name, sourceVolume: of, sizeBytes: wantedSize, created: created,
+        attributes: attributes(from: values["attr"] ?? []))
     default: return
     }
   }

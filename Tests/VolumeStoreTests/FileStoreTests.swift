@@ -113,6 +113,39 @@ struct FileStoreTests {
     }
   }
 
+  @Test("A snapshot record written before snapshots had attributes reads as having none")
+  func snapshotRecordWithoutAttributes() throws {
+    try withFileStore { store, root in
+      let source = ObjectUUID.random()
+      _ = try store.createVolume(VolumeRecord(uuid: source, name: "v", sizeBytes: MiB, created: created))
+      let uuid = ObjectUUID.random()
+      // Exactly what an older target wrote.
+      let old = """
+        {
+          "created" : 1700000000000,
+          "name" : "snap-old",
+          "sizeBytes" : 1048576,
+          "sourceVolume" : "\(source.value)",
+          "uuid" : "\(uuid.value)"
+        }
+        """
+      try Data(old.utf8).write(to: URL(fileURLWithPath: root + "/snapshots/\(uuid.value).json"))
+      try Data(count: Int(MiB)).write(to: URL(fileURLWithPath: root + "/snapshots/\(uuid.value).img"))
+      let expected = SnapshotRecord(
+        uuid: uuid, name: "snap-old", sourceVolume: source, sizeBytes: MiB, created: created, attributes: [:])
+      #expect(try store.snapshots() == [expected])
+      #expect(try store.reconcile() == StoreRepairs())
+      // Written again, the record carries the key.
+      let current = SnapshotRecord(
+        uuid: .random(), name: "snap-new", sourceVolume: source, sizeBytes: MiB, created: created,
+        attributes: ["k": "v"])
+      _ = try store.createSnapshot(current)
+      let text = try String(contentsOfFile: root + "/snapshots/\(current.uuid.value).json", encoding: .utf8)
+      #expect(text.contains("\"attributes\""))
+      #expect(try Set(store.snapshots()) == [expected, current])
+    }
+  }
+
   @Test("Reconcile removes unfinished and uncommitted files and reports records without data")
   func reconcile() throws {
     try withFileStore { store, root in

@@ -111,6 +111,28 @@ struct VolumeStoreContractTests {
     }
   }
 
+  @Test("A snapshot's attributes are kept with it, across reopening the store", arguments: makeStores())
+  func snapshotAttributes(_ factory: StoreFactory) throws {
+    try withTemporaryDirectory { directory in
+      let location = directory + "/store"
+      let source = ObjectUUID.random()
+      let attributes = ["replica/leg": "1", "note": "ünïcödé: and = signs, commas"]
+      let snapshot = SnapshotRecord(
+        uuid: .random(), name: "snap-attrs", sourceVolume: source, sizeBytes: 4 * MiB, created: created,
+        attributes: attributes)
+      let plain = SnapshotRecord(
+        uuid: .random(), name: "snap-plain", sourceVolume: source, sizeBytes: 4 * MiB, created: created)
+      do {
+        let store = try factory.open(location)
+        _ = try store.createVolume(volumeRecord(source))
+        #expect(try store.createSnapshot(snapshot) == snapshot)
+        #expect(try store.createSnapshot(plain) == plain)
+      }
+      let reopened = try factory.open(location)
+      #expect(try Set(reopened.snapshots()) == [snapshot, plain])
+    }
+  }
+
   @Test("A clone larger than its source holds the source's bytes followed by zeros", arguments: makeStores())
   func largerClone(_ factory: StoreFactory) throws {
     try withStore(factory) { store, _ in
