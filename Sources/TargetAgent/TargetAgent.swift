@@ -372,10 +372,11 @@ public final class TargetAgent: TargetAPI {
 
   // MARK: snapshots
 
-  public func createSnapshot(named name: String, of source: ObjectUUID) async throws
+  public func createSnapshot(named name: String, of source: ObjectUUID, attributes: [String: String]) async throws
     -> (snapshot: SnapshotRecord, existed: Bool)
   {
     try validateName(name, what: "snapshot")
+    try validateAttributes(attributes, of: "snapshot")
     return try await locks.withLock("snapshot-name:" + name) { [self] in
       try await reloadSnapshotsIfStale()
       if let existing = snapshotIndex.named(name) { return (existing, true) }
@@ -385,7 +386,8 @@ public final class TargetAgent: TargetAPI {
           let snapshot: SnapshotRecord
           do throws(NVMeCSIError) {
             snapshot = try store.createSnapshot(
-              SnapshotRecord(uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes))
+              SnapshotRecord(
+                uuid: .random(), name: name, sourceVolume: source, sizeBytes: volume.sizeBytes, attributes: attributes))
           } catch {
             // It may have come to exist before the failure: a retry must find it by name.
             reloadSnapshotsAfterFailure()
@@ -427,6 +429,25 @@ public final class TargetAgent: TargetAPI {
     guard snapshotIndex.isStale else { return }
     let records = try await onPool { [self] () throws(NVMeCSIError) in try store.snapshots() }
     snapshotIndex.load(records)
+  }
+
+  // MARK: md superblocks
+
+  /// Reads the superblock from the store's device directly, not through the page
+  /// cache: what the node's md wrote over NVMe/TCP is on the device. No lock: a read
+  /// racing a write of the superblock sees a torn one, which its checksum reports.
+  public func mdSuperblock(of volume: ObjectUUID) async throws(NVMeCSIError) -> MDSuperblock? {
+    try await onPool { [self] () throws(NVMeCSIError) in
+      _ = try record(volume)
+      let path = store.devicePath(of: volume)
+      guard store.hasData(volume) else {
+        throw NVMeCSIError.failedPrecondition("volume \(volume)'s backing data \(path) is missing on the target")
+      }
+      let bytes = try UncachedRead.bytes(at: MDSuperblock.offsetBytes, count: MDSuperblock.sizeBytes, from: path)
+      do throws(NVMeCSIError) { return try MDSuperblock.parse(bytes) } catch {
+        throw NVMeCSIError(error.kind, "volume \(volume): \(error.message)", cause: error.cause)
+      }
+    }
   }
 
   // MARK: placements
@@ -543,15 +564,16 @@ public final class TargetAgent: TargetAPI {
     }
   }
 
-  /// Limits on what the controller keeps with a volume: records stay small, so a list
-  /// of many volumes stays far below gRPC's message limit.
+  /// Limits on what the controller keeps with a volume or snapshot: records stay small,
+  /// so a list of many stays far below gRPC's message limit.
   static let maximumAttributes = 64
   static let maximumAttributeKeyBytes = 256
   static let maximumAttributeValueBytes = 4096
 
-  private func validateAttributes(_ attributes: [String: String]) throws(NVMeCSIError) {
+  private func validateAttributes(_ attributes: [String: String], of what: String = "volume") throws(NVMeCSIError) {
     guard attributes.count <= Self.maximumAttributes else {
-      throw .invalidArgument("\(attributes.count) attributes: at most \(Self.maximumAttributes) are kept with a volume")
+      throw .invalidArgument(
+        "\(attributes.count) attributes: at most \(Self.maximumAttributes) are kept with a \(what)")
     }
     for (key, value) in attributes {
       guard !key.isEmpty, key.utf8.count <= Self.maximumAttributeKeyBytes,

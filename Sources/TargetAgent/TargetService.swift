@@ -16,6 +16,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     Nvmecsi_Target_V1_Target.Method.GetInfo.descriptor, Nvmecsi_Target_V1_Target.Method.GetVolume.descriptor,
     Nvmecsi_Target_V1_Target.Method.ListVolumes.descriptor, Nvmecsi_Target_V1_Target.Method.ListSnapshots.descriptor,
     Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
+    Nvmecsi_Target_V1_Target.Method.ReadMDSuperblock.descriptor,
   ]
 
   public func getInfo(request: Nvmecsi_Target_V1_GetInfoRequest, context: ServerContext) async throws
@@ -110,7 +111,9 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func createSnapshot(request: Nvmecsi_Target_V1_CreateSnapshotRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_CreateSnapshotResponse
   {
-    .init(try await target.createSnapshot(named: request.name, of: try ObjectUUID(request.sourceVolumeUuid)))
+    .init(
+      try await target.createSnapshot(
+        named: request.name, of: try ObjectUUID(request.sourceVolumeUuid), attributes: request.attributes))
   }
 
   public func deleteSnapshot(request: Nvmecsi_Target_V1_DeleteSnapshotRequest, context: ServerContext) async throws
@@ -130,6 +133,12 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
       $0.snapshots = page.items
       $0.nextStartingAfter = page.next
     }
+  }
+
+  public func readMDSuperblock(request: Nvmecsi_Target_V1_ReadMDSuperblockRequest, context: ServerContext)
+    async throws -> Nvmecsi_Target_V1_ReadMDSuperblockResponse
+  {
+    .init(try await target.mdSuperblock(of: try ObjectUUID(request.uuid)))
   }
 
   public func getPlacement(request: Nvmecsi_Target_V1_GetPlacementRequest, context: ServerContext) async throws

@@ -46,14 +46,17 @@ public struct NamedTarget: TargetAPI {
   public func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
     try await call { try await api.unpublishVolume(uuid, from: node) }
   }
-  public func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+  public func createSnapshot(named name: String, of volume: ObjectUUID, attributes: [String: String]) async throws
     -> (snapshot: SnapshotRecord, existed: Bool)
   {
-    try await call { try await api.createSnapshot(named: name, of: volume) }
+    try await call { try await api.createSnapshot(named: name, of: volume, attributes: attributes) }
   }
   public func deleteSnapshot(_ uuid: ObjectUUID) async throws { try await call { try await api.deleteSnapshot(uuid) } }
   public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call { try await api.snapshots(matching: filter) }
+  }
+  public func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
+    try await call { try await api.mdSuperblock(of: volume) }
   }
   public func placement(of name: String) async throws -> NamePlacement {
     try await call { try await api.placement(of: name) }

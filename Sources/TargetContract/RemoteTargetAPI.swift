@@ -147,12 +147,13 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     _ = try await call { try await client.unpublishVolume(request, options: $0) }
   }
 
-  public func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+  public func createSnapshot(named name: String, of volume: ObjectUUID, attributes: [String: String]) async throws
     -> (snapshot: SnapshotRecord, existed: Bool)
   {
     let request = Nvmecsi_Target_V1_CreateSnapshotRequest.with {
       $0.name = name
       $0.sourceVolumeUuid = volume.value
+      $0.attributes = attributes
     }
     return try await call {
       let response = try await client.createSnapshot(request, options: $0)
@@ -174,6 +175,12 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
           try page.snapshots.map { (s) throws(NVMeCSIError) in try SnapshotRecord(proto: s) }, page.nextStartingAfter
         )
       }
+    }
+  }
+
+  public func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
+    try await call {
+      try await client.readMDSuperblock(.with { $0.uuid = volume.value }, options: $0).superblockIfPresent()
     }
   }
 

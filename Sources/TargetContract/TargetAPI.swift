@@ -163,13 +163,19 @@ public protocol TargetAPI: Sendable {
   /// Revokes the node's access (every node's when nil); a node without access is success.
   func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws
 
-  /// Takes a point-in-time copy of a volume, or returns the snapshot that already has
-  /// this name (`existed`).
-  func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+  /// Takes a point-in-time copy of a volume, recording `attributes` with it, or returns
+  /// the snapshot that already has this name as it is, its recorded attributes included
+  /// (`existed`). Attributes past the volume attribute limits are `invalidArgument`.
+  func createSnapshot(named name: String, of volume: ObjectUUID, attributes: [String: String]) async throws
     -> (snapshot: SnapshotRecord, existed: Bool)
   /// Removes a snapshot; an unknown one is success.
   func deleteSnapshot(_ uuid: ObjectUUID) async throws
   func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord]
+
+  /// The md RAID superblock (metadata 1.2) at 4 KiB into the volume's data, read past
+  /// the page cache; nil when there is none; `notFound` for an unknown volume. A
+  /// superblock that is there but unreadable (torn, corrupt) is `failedPrecondition`.
+  func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock?
 
   /// What this target records for a volume name as its home, and whether a volume of
   /// that name is here.
@@ -179,6 +185,15 @@ public protocol TargetAPI: Sendable {
   func reservePlacements(_ placements: [Placement]) async throws -> [Placement]
   /// Forgets a name's placement if it names `target`; anything else is success.
   func releasePlacement(of name: String, on target: TargetName) async throws
+}
+
+extension TargetAPI {
+  /// A snapshot without attributes.
+  public func createSnapshot(named name: String, of volume: ObjectUUID) async throws
+    -> (snapshot: SnapshotRecord, existed: Bool)
+  {
+    try await createSnapshot(named: name, of: volume, attributes: [:])
+  }
 }
 
 /// A volume name and the target that holds it.

@@ -108,7 +108,7 @@ extension SnapshotRecord {
   public init(proto snapshot: Nvmecsi_Target_V1_Snapshot) throws(NVMeCSIError) {
     self.init(
       uuid: try ObjectUUID(snapshot.uuid), name: snapshot.name, sourceVolume: try ObjectUUID(snapshot.sourceVolumeUuid),
-      sizeBytes: snapshot.sizeBytes, created: snapshot.created.date)
+      sizeBytes: snapshot.sizeBytes, created: snapshot.created.date, attributes: snapshot.attributes)
   }
 
   public var proto: Nvmecsi_Target_V1_Snapshot {
@@ -119,6 +119,7 @@ extension SnapshotRecord {
       $0.sizeBytes = sizeBytes
       $0.created = Google_Protobuf_Timestamp(date: created)
       $0.readyToUse = true
+      $0.attributes = attributes
     }
   }
 }
@@ -210,6 +211,60 @@ extension Nvmecsi_Target_V1_CreateSnapshotResponse {
     self.init()
     snapshot = result.snapshot.proto
     existed = result.existed
+  }
+}
+
+extension MDSuperblock {
+  /// What a target answered, checked as any other input: UUIDs, a known role.
+  public init(proto superblock: Nvmecsi_Target_V1_MDSuperblock) throws(NVMeCSIError) {
+    let role: Role
+    switch superblock.role {
+    case .active: role = .active(slot: Int(superblock.slot))
+    case .spare: role = .spare
+    case .faulty: role = .faulty
+    case .journal: role = .journal
+    case .unspecified, .UNRECOGNIZED:
+      throw .invalidArgument("md superblock role \(superblock.role) is not active, spare, faulty or journal")
+    }
+    self.init(
+      arrayUUID: try ObjectUUID(superblock.arrayUuid), deviceUUID: try ObjectUUID(superblock.deviceUuid),
+      events: superblock.events, legCount: Int(superblock.legCount), level: Int(superblock.level),
+      dataOffsetBytes: superblock.dataOffsetBytes, role: role, isRecovering: superblock.recovering)
+  }
+
+  public var proto: Nvmecsi_Target_V1_MDSuperblock {
+    .with {
+      $0.arrayUuid = arrayUUID.value
+      $0.deviceUuid = deviceUUID.value
+      $0.events = events
+      $0.legCount = UInt32(clamping: legCount)
+      $0.level = Int32(clamping: level)
+      $0.dataOffsetBytes = dataOffsetBytes
+      switch role {
+      case .active(let slot):
+        $0.role = .active
+        $0.slot = UInt32(clamping: slot)
+      case .spare: $0.role = .spare
+      case .faulty: $0.role = .faulty
+      case .journal: $0.role = .journal
+      }
+      $0.recovering = isRecovering
+    }
+  }
+}
+
+extension Nvmecsi_Target_V1_ReadMDSuperblockResponse {
+  public init(_ superblock: MDSuperblock?) {
+    self.init()
+    if let superblock {
+      present = true
+      self.superblock = superblock.proto
+    }
+  }
+
+  /// Nil when the target found no superblock.
+  public func superblockIfPresent() throws(NVMeCSIError) -> MDSuperblock? {
+    present ? try MDSuperblock(proto: superblock) : nil
   }
 }
 

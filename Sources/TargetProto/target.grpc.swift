@@ -184,6 +184,19 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReadMDSuperblock" metadata.
+        public enum ReadMDSuperblock: Sendable {
+            /// Request type for "ReadMDSuperblock".
+            public typealias Input = Nvmecsi_Target_V1_ReadMDSuperblockRequest
+            /// Response type for "ReadMDSuperblock".
+            public typealias Output = Nvmecsi_Target_V1_ReadMDSuperblockResponse
+            /// Descriptor for "ReadMDSuperblock".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "ReadMDSuperblock",
+                type: .unary
+            )
+        }
         /// Namespace for "GetPlacement" metadata.
         public enum GetPlacement: Sendable {
             /// Request type for "GetPlacement".
@@ -237,6 +250,7 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
             CreateSnapshot.descriptor,
             DeleteSnapshot.descriptor,
             ListSnapshots.descriptor,
+            ReadMDSuperblock.descriptor,
             GetPlacement.descriptor,
             ReservePlacements.descriptor,
             ReleasePlacement.descriptor
@@ -467,6 +481,26 @@ extension Nvmecsi_Target_V1_Target {
             request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ListSnapshotsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>
+
+        /// Handle the "ReadMDSuperblock" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+        /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+        /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_ReadMDSuperblockRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_ReadMDSuperblockResponse` messages.
+        func readMDSuperblock(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>
 
         /// Handle the "GetPlacement" method.
         ///
@@ -739,6 +773,26 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>
 
+        /// Handle the "ReadMDSuperblock" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+        /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+        /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadMDSuperblockRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_ReadMDSuperblockResponse` message.
+        func readMDSuperblock(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>
+
         /// Handle the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -1008,6 +1062,26 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> Nvmecsi_Target_V1_ListSnapshotsResponse
 
+        /// Handle the "ReadMDSuperblock" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+        /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+        /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_ReadMDSuperblockRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_ReadMDSuperblockResponse` to respond with.
+        func readMDSuperblock(
+            request: Nvmecsi_Target_V1_ReadMDSuperblockRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_ReadMDSuperblockResponse
+
         /// Handle the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -1207,6 +1281,17 @@ extension Nvmecsi_Target_V1_Target.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.ReadMDSuperblock.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>(),
+            handler: { request, context in
+                try await self.readMDSuperblock(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_GetPlacementRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_GetPlacementResponse>(),
@@ -1371,6 +1456,17 @@ extension Nvmecsi_Target_V1_Target.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse> {
         let response = try await self.listSnapshots(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func readMDSuperblock(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse> {
+        let response = try await self.readMDSuperblock(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1563,6 +1659,19 @@ extension Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse> {
         return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>(
             message: try await self.listSnapshots(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func readMDSuperblock(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>(
+            message: try await self.readMDSuperblock(
                 request: request.message,
                 context: context
             ),
@@ -1879,6 +1988,31 @@ extension Nvmecsi_Target_V1_Target {
             deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ListSnapshotsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ListSnapshotsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReadMDSuperblock" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+        /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+        /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadMDSuperblockRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReadMDSuperblockRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReadMDSuperblockResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func readMDSuperblock<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "GetPlacement" method.
@@ -2367,6 +2501,42 @@ extension Nvmecsi_Target_V1_Target {
             )
         }
 
+        /// Call the "ReadMDSuperblock" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+        /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+        /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadMDSuperblockRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReadMDSuperblockRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReadMDSuperblockResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func readMDSuperblock<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.ReadMDSuperblock.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -2809,6 +2979,37 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ListSnapshotsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ListSnapshotsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadMDSuperblock" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+    /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+    /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadMDSuperblockRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func readMDSuperblock<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.readMDSuperblock(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReadMDSuperblockRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3287,6 +3488,41 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             metadata: metadata
         )
         return try await self.listSnapshots(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadMDSuperblock" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The md RAID superblock (metadata 1.2) at 4 KiB into a volume's data, read past the
+    /// > page cache: which leg of a mirror is in sync. present = false when there is none;
+    /// > NOT_FOUND for an unknown volume; FAILED_PRECONDITION for a corrupt one.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func readMDSuperblock<Result>(
+        _ message: Nvmecsi_Target_V1_ReadMDSuperblockRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.readMDSuperblock(
             request: request,
             options: options,
             onResponse: handleResponse

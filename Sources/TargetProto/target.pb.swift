@@ -199,6 +199,9 @@ public nonisolated struct Nvmecsi_Target_V1_Snapshot: Sendable {
 
   public var readyToUse: Bool = false
 
+  /// Opaque to the target: what the controller keeps with the snapshot.
+  public var attributes: Dictionary<String,String> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -516,6 +519,10 @@ public nonisolated struct Nvmecsi_Target_V1_CreateSnapshotRequest: Sendable {
 
   public var sourceVolumeUuid: String = String()
 
+  /// Recorded with the snapshot (same limits as a volume's); a snapshot that exists
+  /// already keeps the attributes it was created with.
+  public var attributes: Dictionary<String,String> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -598,6 +605,127 @@ public nonisolated struct Nvmecsi_Target_V1_ListSnapshotsResponse: Sendable {
   public var nextStartingAfter: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Nvmecsi_Target_V1_ReadMDSuperblockRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var uuid: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Nvmecsi_Target_V1_ReadMDSuperblockResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// false: no md superblock (no magic) at 4 KiB
+  public var present: Bool = false
+
+  public var superblock: Nvmecsi_Target_V1_MDSuperblock {
+    get {_superblock ?? Nvmecsi_Target_V1_MDSuperblock()}
+    set {_superblock = newValue}
+  }
+  /// Returns true if `superblock` has been explicitly set.
+  public var hasSuperblock: Bool {self._superblock != nil}
+  /// Clears the value of `superblock`. Subsequent reads from it will return its default value.
+  public mutating func clearSuperblock() {self._superblock = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _superblock: Nvmecsi_Target_V1_MDSuperblock? = nil
+}
+
+/// What md's version-1.2 superblock says about the array and this member of it
+/// (struct mdp_superblock_1 in the kernel's include/uapi/linux/raid/md_p.h).
+public nonisolated struct Nvmecsi_Target_V1_MDSuperblock: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// set_uuid
+  public var arrayUuid: String = String()
+
+  public var deviceUuid: String = String()
+
+  /// bumped at every superblock update: the freshest member has the most
+  public var events: UInt64 = 0
+
+  /// raid_disks
+  public var legCount: UInt32 = 0
+
+  /// 1 for RAID1; -1 linear
+  public var level: Int32 = 0
+
+  public var dataOffsetBytes: UInt64 = 0
+
+  public var role: Nvmecsi_Target_V1_MDSuperblock.Role = .unspecified
+
+  /// for ROLE_ACTIVE
+  public var slot: UInt32 = 0
+
+  /// The member is being rebuilt (MD_FEATURE_RECOVERY_OFFSET), including a re-added
+  /// member catching up through the bitmap: its data is not complete yet.
+  public var recovering: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Role: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// holds slot `slot` of the array
+    case active // = 1
+    case spare // = 2
+    case faulty // = 3
+    case journal // = 4
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .active
+      case 2: self = .spare
+      case 3: self = .faulty
+      case 4: self = .journal
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .active: return 1
+      case .spare: return 2
+      case .faulty: return 3
+      case .journal: return 4
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Nvmecsi_Target_V1_MDSuperblock.Role] = [
+      .unspecified,
+      .active,
+      .spare,
+      .faulty,
+      .journal,
+    ]
+
+  }
 
   public init() {}
 }
@@ -975,7 +1103,7 @@ nonisolated extension Nvmecsi_Target_V1_Volume: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Snapshot"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{1}name\0\u{3}source_volume_uuid\0\u{3}size_bytes\0\u{1}created\0\u{3}ready_to_use\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{1}name\0\u{3}source_volume_uuid\0\u{3}size_bytes\0\u{1}created\0\u{3}ready_to_use\0\u{1}attributes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -989,6 +1117,7 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.sizeBytes) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._created) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.readyToUse) }()
+      case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
       default: break
       }
     }
@@ -1017,6 +1146,9 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
     if self.readyToUse != false {
       try visitor.visitSingularBoolField(value: self.readyToUse, fieldNumber: 6)
     }
+    if !self.attributes.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.attributes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1027,6 +1159,7 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
     if lhs.sizeBytes != rhs.sizeBytes {return false}
     if lhs._created != rhs._created {return false}
     if lhs.readyToUse != rhs.readyToUse {return false}
+    if lhs.attributes != rhs.attributes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1635,7 +1768,7 @@ nonisolated extension Nvmecsi_Target_V1_UnpublishVolumeResponse: SwiftProtobuf.M
 
 nonisolated extension Nvmecsi_Target_V1_CreateSnapshotRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateSnapshotRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}source_volume_uuid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}source_volume_uuid\0\u{1}attributes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1645,6 +1778,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateSnapshotRequest: SwiftProtobuf.Mes
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.sourceVolumeUuid) }()
+      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
       default: break
       }
     }
@@ -1657,12 +1791,16 @@ nonisolated extension Nvmecsi_Target_V1_CreateSnapshotRequest: SwiftProtobuf.Mes
     if !self.sourceVolumeUuid.isEmpty {
       try visitor.visitSingularStringField(value: self.sourceVolumeUuid, fieldNumber: 2)
     }
+    if !self.attributes.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.attributes, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_CreateSnapshotRequest, rhs: Nvmecsi_Target_V1_CreateSnapshotRequest) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.sourceVolumeUuid != rhs.sourceVolumeUuid {return false}
+    if lhs.attributes != rhs.attributes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1839,6 +1977,149 @@ nonisolated extension Nvmecsi_Target_V1_ListSnapshotsResponse: SwiftProtobuf.Mes
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
+}
+
+nonisolated extension Nvmecsi_Target_V1_ReadMDSuperblockRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReadMDSuperblockRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.uuid.isEmpty {
+      try visitor.visitSingularStringField(value: self.uuid, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Nvmecsi_Target_V1_ReadMDSuperblockRequest, rhs: Nvmecsi_Target_V1_ReadMDSuperblockRequest) -> Bool {
+    if lhs.uuid != rhs.uuid {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Nvmecsi_Target_V1_ReadMDSuperblockResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReadMDSuperblockResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}present\0\u{1}superblock\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.present) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._superblock) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.present != false {
+      try visitor.visitSingularBoolField(value: self.present, fieldNumber: 1)
+    }
+    try { if let v = self._superblock {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Nvmecsi_Target_V1_ReadMDSuperblockResponse, rhs: Nvmecsi_Target_V1_ReadMDSuperblockResponse) -> Bool {
+    if lhs.present != rhs.present {return false}
+    if lhs._superblock != rhs._superblock {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Nvmecsi_Target_V1_MDSuperblock: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MDSuperblock"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}array_uuid\0\u{3}device_uuid\0\u{1}events\0\u{3}leg_count\0\u{1}level\0\u{3}data_offset_bytes\0\u{1}role\0\u{1}slot\0\u{1}recovering\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.arrayUuid) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.deviceUuid) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.events) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.legCount) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.level) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.dataOffsetBytes) }()
+      case 7: try { try decoder.decodeSingularEnumField(value: &self.role) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.recovering) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.arrayUuid.isEmpty {
+      try visitor.visitSingularStringField(value: self.arrayUuid, fieldNumber: 1)
+    }
+    if !self.deviceUuid.isEmpty {
+      try visitor.visitSingularStringField(value: self.deviceUuid, fieldNumber: 2)
+    }
+    if self.events != 0 {
+      try visitor.visitSingularUInt64Field(value: self.events, fieldNumber: 3)
+    }
+    if self.legCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.legCount, fieldNumber: 4)
+    }
+    if self.level != 0 {
+      try visitor.visitSingularInt32Field(value: self.level, fieldNumber: 5)
+    }
+    if self.dataOffsetBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.dataOffsetBytes, fieldNumber: 6)
+    }
+    if self.role != .unspecified {
+      try visitor.visitSingularEnumField(value: self.role, fieldNumber: 7)
+    }
+    if self.slot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 8)
+    }
+    if self.recovering != false {
+      try visitor.visitSingularBoolField(value: self.recovering, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Nvmecsi_Target_V1_MDSuperblock, rhs: Nvmecsi_Target_V1_MDSuperblock) -> Bool {
+    if lhs.arrayUuid != rhs.arrayUuid {return false}
+    if lhs.deviceUuid != rhs.deviceUuid {return false}
+    if lhs.events != rhs.events {return false}
+    if lhs.legCount != rhs.legCount {return false}
+    if lhs.level != rhs.level {return false}
+    if lhs.dataOffsetBytes != rhs.dataOffsetBytes {return false}
+    if lhs.role != rhs.role {return false}
+    if lhs.slot != rhs.slot {return false}
+    if lhs.recovering != rhs.recovering {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Nvmecsi_Target_V1_MDSuperblock.Role: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ROLE_UNSPECIFIED\0\u{1}ROLE_ACTIVE\0\u{1}ROLE_SPARE\0\u{1}ROLE_FAULTY\0\u{1}ROLE_JOURNAL\0")
 }
 
 nonisolated extension Nvmecsi_Target_V1_Placement: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -316,14 +316,17 @@ final class SwitchableTarget: TargetAPI {
   func unpublishVolume(_ uuid: ObjectUUID, from node: NodeID?) async throws {
     try await call { try await $0.unpublishVolume(uuid, from: node) }
   }
-  func createSnapshot(named name: String, of volume: ObjectUUID) async throws -> (
+  func createSnapshot(named name: String, of volume: ObjectUUID, attributes: [String: String]) async throws -> (
     snapshot: SnapshotRecord, existed: Bool
   ) {
-    try await call { try await $0.createSnapshot(named: name, of: volume) }
+    try await call { try await $0.createSnapshot(named: name, of: volume, attributes: attributes) }
   }
   func deleteSnapshot(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteSnapshot(uuid) } }
   func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call { try await $0.snapshots(matching: filter) }
+  }
+  func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
+    try await call { try await $0.mdSuperblock(of: volume) }
   }
   func placement(of name: String) async throws -> NamePlacement { try await call { try await $0.placement(of: name) } }
   func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {

@@ -9,6 +9,10 @@ import TargetContract
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// One way of reaching a target under test. Both run the same agent over a file store
 /// and simulated nvmet; `served` puts the gRPC service and client in between, so the
 /// contract suite checks the wire format as well.
@@ -77,4 +81,13 @@ func newVolume(
   _ name: String, size: UInt64 = 4 * MiB, source: VolumeSource? = nil, sharing: VolumeSharing = .singleNode
 ) -> NewVolume {
   NewVolume(name: name, sizeBytes: size, source: source, attributes: ["k": "v"], sharing: sharing)
+}
+
+/// Writes `bytes` at `offset` of a volume's data and syncs them, as a host's write through nvmet lands.
+func writeBytes(_ bytes: [UInt8], at offset: UInt64, to path: String) throws {
+  let fd = open(path, O_WRONLY | O_CLOEXEC)
+  guard fd >= 0 else { throw NVMeCSIError(systemCall: "cannot open", path, .current) }
+  defer { close(fd) }
+  let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+  guard written == bytes.count, fsync(fd) == 0 else { throw NVMeCSIError(systemCall: "cannot write", path, .current) }
 }

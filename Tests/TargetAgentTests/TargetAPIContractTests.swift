@@ -183,6 +183,83 @@ struct TargetAPIContractTests {
     }
   }
 
+  @Test(
+    "A snapshot keeps the attributes it was created with, across a repeat and a restart",
+    arguments: TargetAPIFactory.all)
+  func snapshotAttributes(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-sa")).volume
+      let attributes = ["replica/leg": "1", "replica/events": "4242"]
+      let created = try await api.createSnapshot(named: "snap-a", of: volume.uuid, attributes: attributes)
+      #expect(!created.existed)
+      #expect(created.snapshot.attributes == attributes)
+      // A repeat returns the snapshot as it is, whatever it asks for now.
+      let again = try await api.createSnapshot(named: "snap-a", of: volume.uuid, attributes: ["other": "x"])
+      #expect(again.existed && again.snapshot == created.snapshot)
+      #expect(try await api.snapshots(matching: SnapshotFilter(name: "snap-a")) == [created.snapshot])
+      let plain = try await api.createSnapshot(named: "snap-plain", of: volume.uuid)
+      #expect(plain.snapshot.attributes.isEmpty)
+
+      let reopened = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
+      let restarted = try await reopened.api.snapshots(matching: SnapshotFilter(name: "snap-a"))
+      #expect(restarted.map(\.uuid) == [created.snapshot.uuid])
+      #expect(restarted.map(\.attributes) == [attributes])
+    }
+  }
+
+  @Test("Snapshot attributes past the limits are invalid arguments and create nothing", arguments: TargetAPIFactory.all)
+  func snapshotAttributeLimits(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, _ in
+      let volume = try await api.createVolume(newVolume("pvc-sl")).volume
+      let bloated = [
+        ["big": String(repeating: "x", count: 4097)],
+        [String(repeating: "k", count: 257): "v"],
+        Dictionary(uniqueKeysWithValues: (0..<65).map { ("k\($0)", "v") }),
+        ["": "empty key"],
+      ]
+      for attributes in bloated {
+        await expectError(.invalidArgument, mentioning: ["attribute"]) {
+          try await api.createSnapshot(named: "snap-big", of: volume.uuid, attributes: attributes)
+        }
+      }
+      #expect(try await api.snapshots(matching: SnapshotFilter()).isEmpty)
+    }
+  }
+
+  @Test(
+    "A volume's md superblock is read from its data: nil without one, its fields with one",
+    arguments: TargetAPIFactory.all)
+  func mdSuperblock(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-md", size: 8 * MiB)).volume
+      #expect(try await api.mdSuperblock(of: volume.uuid) == nil)
+
+      var builder = MDSuperblockBytes()
+      builder.events = 77
+      builder.featureMap = 1 | 2 | 128  // re-added, catching up through the bitmap
+      builder.roles = [0xfffe, 1, 0]
+      builder.devNumber = 2
+      let data = target.store + "/volumes/\(volume.uuid.value).img"
+      try writeBytes(builder.bytes, at: MDSuperblock.offsetBytes, to: data)
+      let superblock = try #require(try await api.mdSuperblock(of: volume.uuid))
+      #expect(
+        superblock
+          == MDSuperblock(
+            arrayUUID: try ObjectUUID("10111213-1415-1617-1819-1a1b1c1d1e1f"),
+            deviceUUID: try ObjectUUID("a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"), events: 77, legCount: 2, level: 1,
+            dataOffsetBytes: 4 * MiB, role: .active(slot: 0), isRecovering: true))
+
+      // A torn superblock is reported, never taken for a good one or for none.
+      var torn = builder.bytes
+      torn[200] ^= 0xff
+      try writeBytes(torn, at: MDSuperblock.offsetBytes, to: data)
+      await expectError(.failedPrecondition, mentioning: [volume.uuid.value, "checksum"]) {
+        try await api.mdSuperblock(of: volume.uuid)
+      }
+      await expectError(.notFound, mentioning: ["store-t"]) { try await api.mdSuperblock(of: .random()) }
+    }
+  }
+
   @Test("Expansion grows a volume and never shrinks it", arguments: TargetAPIFactory.all)
   func expand(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in

@@ -2,6 +2,7 @@ import GRPCCore
 import NVMeCSICore
 import TargetAgent
 import TargetContract
+import TargetProto
 import TestSupport
 import Testing
 
@@ -35,5 +36,31 @@ struct WireRequestTests {
         }, context: context)
       #expect(try await api.volume(volume.uuid).record.publications.isEmpty)
     }
+  }
+
+  @Test("An md superblock crosses the wire unchanged; a malformed answer is refused, not guessed at")
+  func mdSuperblockOnTheWire() throws {
+    let roles: [MDSuperblock.Role] = [.active(slot: 0), .active(slot: 2), .spare, .faulty, .journal]
+    for role in roles {
+      let superblock = MDSuperblock(
+        arrayUUID: .random(), deviceUUID: .random(), events: .max, legCount: 3, level: -1,
+        dataOffsetBytes: 4 * MiB, role: role, isRecovering: true)
+      let answer = Nvmecsi_Target_V1_ReadMDSuperblockResponse(superblock)
+      #expect(try answer.superblockIfPresent() == superblock)
+    }
+    #expect(try Nvmecsi_Target_V1_ReadMDSuperblockResponse(nil).superblockIfPresent() == nil)
+
+    // Present, yet empty: no UUIDs.
+    var empty = Nvmecsi_Target_V1_ReadMDSuperblockResponse()
+    empty.present = true
+    expectError(.invalidArgument) { try empty.superblockIfPresent() }
+    var unknownRole = Nvmecsi_Target_V1_ReadMDSuperblockResponse(
+      MDSuperblock(
+        arrayUUID: .random(), deviceUUID: .random(), events: 1, legCount: 2, level: 1, dataOffsetBytes: 0,
+        role: .spare, isRecovering: false))
+    unknownRole.superblock.role = .UNRECOGNIZED(9)
+    expectError(.invalidArgument, mentioning: ["role"]) { try unknownRole.superblockIfPresent() }
+    unknownRole.superblock.role = .unspecified
+    expectError(.invalidArgument, mentioning: ["role"]) { try unknownRole.superblockIfPresent() }
   }
 }
