@@ -93,11 +93,36 @@ public struct MDAdmArrays: MirrorArrays {
   public func create(uuid: ObjectUUID, legs: [String], dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64)
     async throws(NVMeCSIError) -> String
   {
-    let names = try Self.legNames(legs)
     // mdadm refuses a one-leg RAID1 without --force, which is never given.
     guard legs.count >= 2 else {
       throw .invalidArgument("a mirror needs at least two legs, got \(legs.count)")
     }
+    // Blank legs already agree: no initial resync.
+    return try await create(
+      uuid: uuid, legs: legs, slots: legs, dataOffsetBytes: dataOffsetBytes, bitmapChunkBytes: bitmapChunkBytes,
+      extra: ["--assume-clean"])
+  }
+
+  public func create(uuid: ObjectUUID, seed: String, legCount: Int, dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64)
+    async throws(NVMeCSIError) -> String
+  {
+    guard (2...ReplicaLayout.maximumReplicas).contains(legCount) else {
+      throw .invalidArgument("a mirror has 2 to \(ReplicaLayout.maximumReplicas) legs, not \(legCount)")
+    }
+    // The seed alone, the other slots "missing": md starts it degraded with nothing to
+    // resync, and copies the seed onto each leg `add` brings.
+    return try await create(
+      uuid: uuid, legs: [seed], slots: [seed] + Array(repeating: "missing", count: legCount - 1),
+      dataOffsetBytes: dataOffsetBytes, bitmapChunkBytes: bitmapChunkBytes, extra: [])
+  }
+
+  /// `mdadm --create` over `slots` (the legs, or "missing"), once: a retry whose first
+  /// attempt went through answers the running array.
+  private func create(
+    uuid: ObjectUUID, legs: [String], slots: [String], dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64,
+    extra: [String]
+  ) async throws(NVMeCSIError) -> String {
+    let names = try Self.legNames(legs)
     guard dataOffsetBytes > 0, dataOffsetBytes % 4096 == 0 else {
       throw .invalidArgument("the data offset must be a positive multiple of 4 KiB, got \(dataOffsetBytes) bytes")
     }
@@ -106,7 +131,6 @@ public struct MDAdmArrays: MirrorArrays {
         "the bitmap chunk must be a power of two of at least 4 KiB, got \(bitmapChunkBytes) bytes")
     }
     let found = try holders(of: legs, names: names, uuid: uuid)
-    // A retried create whose first attempt went through.
     if let running = found.running { return running }
     if let held = found.inactive.first {
       throw .failedPrecondition(
@@ -116,17 +140,17 @@ public struct MDAdmArrays: MirrorArrays {
     let arguments =
       [
         // --run only suppresses the "Continue creating array?" question mdadm asks when a
-        // leg looks used (there is no terminal to answer it); it starts nothing degraded:
-        // every leg is listed.
-        "--create", Self.devicePath(uuid), "--run", "--level=1", "--raid-devices=\(legs.count)",
+        // leg looks used (there is no terminal to answer it): the caller proved each leg
+        // blank or named it as the seed.
+        "--create", Self.devicePath(uuid), "--run", "--level=1", "--raid-devices=\(slots.count)",
         "--metadata=1.2", "--bitmap=internal", "--bitmap-chunk=\(bitmapChunkBytes / 1024)K",
         "--data-offset=\(dataOffsetBytes / 1024)K",
-        // Blank legs already agree: no initial resync.
-        "--assume-clean", "--uuid=" + Self.mdadmUUID(uuid), "--name=" + Self.arrayName(uuid),
+      ] + extra + [
+        "--uuid=" + Self.mdadmUUID(uuid), "--name=" + Self.arrayName(uuid),
         // The array moves between nodes, so no node is its home: record none (the default
         // would record whichever node created it).
         "--homehost=<none>",
-      ] + legs
+      ] + slots
     _ = try await mdadm(arguments, timeout: Self.changeTimeout)
     return try runningArray(of: uuid, holding: legs, names: names, after: "mdadm --create")
   }

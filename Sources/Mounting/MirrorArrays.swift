@@ -88,11 +88,13 @@ public struct MirrorStatus: Hashable, Sendable {
 /// "Replicated volumes"). Legs are named by their kernel names ("nvme1n1"), which the
 /// caller found by identity (subsystem NQN + namespace UUID) just before.
 ///
-/// Contract: nothing here ever starts an array from fewer legs than md itself deems
+/// Contract: nothing here ever assembles an array from fewer legs than md itself deems
 /// enough (no `--run`, no `--force`, no scan): a stale leg can never win over a fresher
 /// one. Every call is bounded in time. `create` and `add` write superblocks, so callers
-/// pass only legs a probe proved blank (create) or that carry this array's superblock or
-/// none at all (add). Calls for different arrays may run concurrently.
+/// pass only legs a probe proved blank (create), a restored leg named as the new
+/// array's seed (create from a seed: the only copy of that data, so it starts alone), or
+/// legs that carry this array's superblock or none at all (add). Calls for different
+/// arrays may run concurrently.
 public protocol MirrorArrays: Sendable {
   /// The md array that holds `leg` as a member (from sysfs), nil when none does.
   func array(holding leg: String) throws(NVMeCSIError) -> String?
@@ -103,6 +105,12 @@ public protocol MirrorArrays: Sendable {
   /// `dataOffsetBytes`, and no initial resync (blank legs already agree). Answers the
   /// array's kernel name.
   func create(uuid: ObjectUUID, legs: [String], dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64)
+    async throws(NVMeCSIError) -> String
+  /// Creates the array with this UUID from `seed` alone (/dev path of a leg restored
+  /// from another array's leg: that array's superblock, then data at `dataOffsetBytes`),
+  /// with `legCount` slots whose others stay empty until `add`. The seed's data is
+  /// kept: only its superblock and bitmap are written. Answers the array's kernel name.
+  func create(uuid: ObjectUUID, seed: String, legCount: Int, dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64)
     async throws(NVMeCSIError) -> String
   /// Assembles the array of this UUID from exactly `legs` (/dev paths). md starts it only
   /// when the freshest superblocks among them say they are enough; otherwise this throws

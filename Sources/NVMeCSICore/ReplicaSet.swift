@@ -92,6 +92,11 @@ public struct VolumeID: Hashable, Comparable, Sendable, CustomStringConvertible 
 public enum ReplicaLayout {
   public static let maximumReplicas = 3
 
+  /// volume_context key of a replicated volume restored from a snapshot or cloned: the
+  /// md array UUID of the source, whose superblock its leg 0 carries until the node
+  /// creates the new array from that leg (the "seed").
+  public static let seedKey = "mirrorSeed"
+
   /// Where md's data begins on each leg: the superblock (at 4 KiB) and the write-intent
   /// bitmap sit before it. Fixed, so a leg's size is the volume's plus this, whatever
   /// mdadm's default would be for that size.

@@ -13,14 +13,17 @@ import ServiceLifecycle
 // Never destroy on doubt: an array is created only over legs that a probe proved
 // blank, all of them present; otherwise it is assembled from the legs that carry its
 // superblock, and md alone decides whether they are enough (a stale leg never starts
-// alone: no --run). A leg holding anything else is refused, never overwritten.
+// alone: no --run). A leg holding anything else is refused, never overwritten. The one
+// exception is a restored volume's leg 0 (a snapshot or clone of another replicated
+// volume, named by volume_context's seed): it carries the source's superblock over the
+// data, and the new array is created from it alone, keeping that data.
 
 extension NodeService {
   /// NodeStageVolume of a replicated volume, under the volume's lock; `record` was
   /// saved (state `staging`) before any side effect.
   func stageMirrored(
-    _ volume: VolumeID, context: PublishContext, parameters: ConnectionParameters, record: StagingRecord,
-    undo: inout UndoStack
+    _ volume: VolumeID, context: PublishContext, seed: ObjectUUID?, parameters: ConnectionParameters,
+    record: StagingRecord, undo: inout UndoStack
   ) async throws -> BlockDevice {
     let legs = context.legs
     // Every leg that connects; md decides whether those are enough.
@@ -41,7 +44,7 @@ extension NodeService {
       throw NVMeCSIError.unavailable(
         "no leg of replicated volume \(volume) could be attached: \(missing.joined(separator: "; "))")
     }
-    let array = try await assembleMirror(volume, legs: devices, of: legs.count, missing: missing)
+    let array = try await assembleMirror(volume, legs: devices, of: legs.count, seed: seed, missing: missing)
     undo.push("stop md array \(array)") { try await mirrors.stop(array) }
     let status = try mirrors.status(of: array)
     if !missing.isEmpty {
@@ -53,10 +56,11 @@ extension NodeService {
   }
 
   /// The volume's md array: the one already holding a leg, or one assembled from the
-  /// legs with its superblock, or a new one over legs that are all there and blank.
-  private func assembleMirror(_ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, missing: [String])
-    async throws -> String
-  {
+  /// legs with its superblock, or a new one over legs that are all there and blank, or
+  /// (a restored volume) one created from leg 0, the seed, with the others blank.
+  private func assembleMirror(
+    _ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, seed: ObjectUUID?, missing: [String]
+  ) async throws -> String {
     // Already running (a repeated stage, a restarted plugin), and this volume's. An
     // inactive one (a refused or host-made partial assembly) is stopped by `assemble`.
     for (index, device) in devices {
@@ -71,8 +75,13 @@ extension NodeService {
     }
     var members: [Int: MirrorSuperblock] = [:]
     var blank: [Int] = []
+    var seeded = false
     for (index, device) in devices.sorted(by: { $0.key < $1.key }) {
       if let superblock = try await mirrors.superblock(on: device.path) {
+        if index == 0, let seed, superblock.arrayUUID == seed {
+          seeded = true
+          continue
+        }
         guard superblock.arrayUUID == volume.uuid else {
           throw NVMeCSIError.failedPrecondition(
             "leg \(index) of volume \(volume) (\(device.path)) belongs to another md array (\(superblock.arrayUUID)):"
@@ -87,12 +96,28 @@ extension NodeService {
         blank.append(index)
       }
     }
+    if seeded {
+      // Until the new array exists no other leg can hold its superblock.
+      guard members.isEmpty else {
+        throw NVMeCSIError.failedPrecondition(
+          "leg 0 of volume \(volume) still holds the superblock of \(seed!), the volume it was restored from, while"
+            + " legs \(members.keys.sorted()) hold this volume's: refusing to choose between them")
+      }
+      let array = try await mirrors.create(
+        uuid: volume.uuid, seed: devices[0]!.path, legCount: count, dataOffsetBytes: ReplicaLayout.dataOffsetBytes,
+        bitmapChunkBytes: ReplicaLayout.bitmapChunkBytes)
+      logger.info(
+        "md mirror created from the restored leg 0; md copies it onto the other legs",
+        metadata: ["volume": "\(volume)", "array": "\(array)", "restored from": "\(seed!)"])
+      return try await completeMirror(volume, array, devices)
+    }
     guard !members.isEmpty else {
       guard blank.count == count else {
         throw NVMeCSIError.unavailable(
           "replicated volume \(volume) is new (its legs are blank) but not every leg is attached, so its mirror"
             + " cannot be created yet: \(missing.joined(separator: "; "))")
       }
+      // A restored volume whose source was never written (its leg 0 is blank too) is new.
       let legs = blank.map { devices[$0]!.path }
       logger.info("creating md mirror over blank legs", metadata: ["volume": "\(volume)", "legs": "\(legs)"])
       return try await mirrors.create(
@@ -109,7 +134,7 @@ extension NodeService {
     -> String
   {
     let status = try mirrors.status(of: array)
-    for device in devices.values where !status.isUsing(device.name) {
+    for (_, device) in devices.sorted(by: { $0.key < $1.key }) where !status.isUsing(device.name) {
       do { try await addLeg(device, of: volume, to: array) } catch {
         logger.warning(
           "leg not re-added to its mirror; retried by the reconciler",

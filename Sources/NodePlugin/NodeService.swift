@@ -111,6 +111,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let parameters = try ConnectionParameters(
       from: request.volumeContext.merging(publishContext.connection) { $1 })
     let stagingPath = request.stagingTargetPath
+    // A restored replicated volume: the array whose superblock its leg 0 carries.
+    let seed = try request.volumeContext[ReplicaLayout.seedKey].map { text throws(NVMeCSIError) in
+      guard volume.isReplicated, let uuid = try? ObjectUUID(text) else {
+        throw NVMeCSIError.invalidArgument(
+          "volume_context \(ReplicaLayout.seedKey)=\(quoted(text)) is not the UUID of a replicated volume's mirror")
+      }
+      return uuid
+    }
 
     return try await locks.withLock(volume.description) {
       let earlier = try records.load(volume)
@@ -146,7 +154,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         let device: BlockDevice
         if volume.isReplicated {
           device = try await stageMirrored(
-            volume, context: publishContext, parameters: parameters, record: record, undo: &undo)
+            volume, context: publishContext, seed: seed, parameters: parameters, record: record, undo: &undo)
         } else {
           try await attacher.connect(publishContext, as: configuration.host, with: parameters)
           undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }

@@ -311,6 +311,41 @@ struct MDAdmArraysTests {
     }
   }
 
+  @Test("create from a seed lists the seed and missing slots, never --assume-clean or --force, and is idempotent")
+  func createFromSeed() async throws {
+    try await withFake { fake throws in
+      try fake.leg("nvme1n1")
+      try fake.array("md127", members: [("nvme1n1", "in_sync", "none")])
+      try fake.install(
+        """
+        [ "$1" = --create ] && mkdir "$SYS/block/nvme1n1/holders/md127"
+        exit 0
+        """)
+      let name = try await fake.arrays.create(
+        uuid: Self.uuid, seed: "/dev/nvme1n1", legCount: 3, dataOffsetBytes: 4 * MiB, bitmapChunkBytes: 4 * MiB)
+      #expect(name == "md127")
+      let calls = try fake.calls()
+      #expect(
+        calls == [
+          [
+            "--create", Self.devicePath, "--run", "--level=1", "--raid-devices=3", "--metadata=1.2",
+            "--bitmap=internal", "--bitmap-chunk=4096K", "--data-offset=4096K",
+            "--uuid=" + Self.mdadmUUID, "--name=nvmecsi-0123456789abcdef", "--homehost=<none>", "/dev/nvme1n1",
+            "missing", "missing",
+          ]
+        ])
+      #expect(
+        try await fake.arrays.create(
+          uuid: Self.uuid, seed: "/dev/nvme1n1", legCount: 3, dataOffsetBytes: 4 * MiB, bitmapChunkBytes: 4 * MiB)
+          == "md127")
+      #expect(try fake.calls().count == 1)
+      await expectError(.invalidArgument, mentioning: ["2 to 3 legs"]) {
+        try await fake.arrays.create(
+          uuid: Self.uuid, seed: "/dev/nvme1n1", legCount: 1, dataOffsetBytes: 4 * MiB, bitmapChunkBytes: 4 * MiB)
+      }
+    }
+  }
+
   @Test("create that leaves no array holding the legs is an error")
   func createFindsNothing() async throws {
     try await withFake { fake throws in

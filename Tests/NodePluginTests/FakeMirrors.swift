@@ -22,6 +22,7 @@ final class FakeMirrors: MirrorArrays {
     /// Arrays md would start from fewer legs (their superblocks mark the others failed).
     var startsDegraded: Set<ObjectUUID> = []
     var creates = 0
+    var seededCreates = 0
     var assembles = 0
     var adds: [String] = []
     var stops = 0
@@ -70,6 +71,27 @@ final class FakeMirrors: MirrorArrays {
     state.withLock { s in
       s.creates += 1
       for nqn in nqns { s.superblocks[nqn] = MirrorSuperblock(arrayUUID: uuid, events: 1) }
+    }
+    return name
+  }
+
+  /// The new array's contents are the seed's array's (its data rides on the seed leg).
+  func create(uuid: ObjectUUID, seed: String, legCount: Int, dataOffsetBytes: UInt64, bitmapChunkBytes: UInt64)
+    async throws(NVMeCSIError) -> String
+  {
+    let nqn = try subsystem(of: seed)
+    guard let source = state.withLock({ $0.superblocks[nqn]?.arrayUUID }) else {
+      throw .internalError("the fake's seed \(seed) carries no superblock")
+    }
+    let size = kernel.read { s in s.disks.first { $0.path == seed }!.sizeBytes } - dataOffsetBytes
+    kernel.state.withLock { s in
+      s.exports[Self.arrayNQN(uuid)] = .init(
+        namespaceUUID: uuid.value, sizeBytes: size, fileSystem: s.exports[Self.arrayNQN(source)]?.fileSystem)
+    }
+    let name = startArray(uuid: uuid, legs: [seed], legCount: legCount, size: size)
+    state.withLock { s in
+      s.seededCreates += 1
+      s.superblocks[nqn] = MirrorSuperblock(arrayUUID: uuid, events: 1)
     }
     return name
   }

@@ -37,6 +37,63 @@ struct MirrorTests {
     }
   }
 
+  @Test("A restored volume: the mirror is created from leg 0 (the seed), its data kept, the blank legs copied in")
+  func stageRestored() async throws {
+    try await Harness.with { h in
+      let source = ObjectUUID.random()
+      let v = h.machine.exportReplicated(legs: 3)
+      // Leg 0 is a copy of a leg of `source`: its superblock, and its array's ext4.
+      h.mirrors.state.withLock { $0.superblocks[v.legNQNs[0]] = MirrorSuperblock(arrayUUID: source, events: 9) }
+      h.kernel.export(FakeMirrors.arrayNQN(source), namespaceUUID: source.value, sizeBytes: 1 << 30, fileSystem: "ext4")
+      let staging = h.machine.stagingPath(v)
+      let request = stageRequest(v, at: staging, volumeContext: [ReplicaLayout.seedKey: source.value])
+
+      _ = try await h.node.nodeStageVolume(request)
+      #expect(h.mirrors.read(\.seededCreates) == 1)
+      #expect(h.mirrors.read(\.creates) == 0)
+      #expect(h.kernel.read(\.formats).isEmpty, "the restored file system is mounted, never formatted")
+      let array = try #require(h.kernel.disk(of: FakeMirrors.arrayNQN(v.uuid)))
+      #expect(h.kernel.mounts(at: staging).map(\.info.source) == [array.path])
+      let blank = try v.legNQNs.dropFirst().map { try #require(h.kernel.disk(of: $0)).name }
+      #expect(h.mirrors.read(\.adds) == blank, "the blank legs are added, so md copies the seed onto them")
+      for nqn in v.legNQNs { #expect(h.mirrors.read { $0.superblocks[nqn]?.arrayUUID } == v.uuid) }
+
+      // Again, and after unstage: the array is the volume's own now, so it is assembled.
+      _ = try await h.node.nodeStageVolume(request)
+      try await h.unstage(v)
+      _ = try await h.node.nodeStageVolume(request)
+      #expect(h.mirrors.read(\.seededCreates) == 1)
+      #expect(h.mirrors.read(\.assembles) == 1)
+      #expect(h.kernel.read(\.formats).isEmpty)
+    }
+  }
+
+  @Test("Only leg 0 may carry the seed, and only the seed volume_context names: any other array on a leg is refused")
+  func seedOnlyWhereNamed() async throws {
+    try await Harness.with { h in
+      let source = ObjectUUID.random()
+      let v = h.machine.exportReplicated(legs: 2)
+      h.mirrors.state.withLock { $0.superblocks[v.legNQNs[1]] = MirrorSuperblock(arrayUUID: source, events: 9) }
+      let staging = h.machine.stagingPath(v)
+      await expectStatus(.failedPrecondition, mentioning: "belongs to another md array") {
+        _ = try await h.node.nodeStageVolume(
+          stageRequest(v, at: staging, volumeContext: [ReplicaLayout.seedKey: source.value]))
+      }
+      h.mirrors.state.withLock { s in
+        s.superblocks[v.legNQNs[0]] = s.superblocks.removeValue(forKey: v.legNQNs[1])
+      }
+      await expectStatus(.failedPrecondition, mentioning: "belongs to another md array") {
+        _ = try await h.node.nodeStageVolume(
+          stageRequest(v, at: staging, volumeContext: [ReplicaLayout.seedKey: ObjectUUID.random().value]))
+      }
+      await expectStatus(.invalidArgument, mentioning: "mirrorSeed") {
+        _ = try await h.node.nodeStageVolume(stageRequest(v, at: staging, volumeContext: [ReplicaLayout.seedKey: "x"]))
+      }
+      #expect(h.mirrors.read { $0.creates + $0.seededCreates } == 0)
+      #expect(h.kernel.read(\.formats).isEmpty)
+    }
+  }
+
   @Test("Unstage stops the mirror and disconnects every leg; staging again assembles it, never creates or formats")
   func unstageAndRestage() async throws {
     try await Harness.with { h in
