@@ -45,13 +45,31 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let range = try CapacityBounds(request.capacityRange, given: request.hasCapacityRange)
     let source = try await contentSource(of: request)
     let size = try Capacity.resolve(required: range.required, limit: range.limit, minimum: source?.sizeBytes ?? 0)
-    let requested = RequestedVolume(
+    var wanted = RequestedVolume(
       range: range, source: source?.volumeSource, capabilities: capabilities, context: parameters.context,
       modified: mutable.values)
+    if let source {
+      // A replicated volume's data sits behind md's superblock on every leg: only a
+      // replicated volume can hold a copy of it, and only such a copy can seed one.
+      switch (source.seed, parameters.replicas > 1) {
+      case (_?, false):
+        throw NVMeCSIError.invalidArgument(
+          "\(source.csiID) is a copy of a replicated volume: restore or clone it with replicas=2 or 3")
+      case (nil, true):
+        throw NVMeCSIError.invalidArgument(
+          "a replicated volume can only be restored or cloned from a replicated volume, and \(source.csiID) is not"
+            + " one: use replicas=1")
+      case (let seed?, true):
+        wanted.context[ReplicaLayout.seedKey] = seed.value
+        wanted.replicaSource = source.csiID
+      case (nil, false): break
+      }
+    }
+    let requested = wanted
     if parameters.replicas > 1 {
       return try await createReplicated(
-        name: name, size: size, replicas: parameters.replicas, requested: requested, sharing: capabilities.sharing,
-        topology: request.accessibilityRequirements)
+        name: name, size: size, replicas: parameters.replicas, requested: requested, source: source,
+        sharing: capabilities.sharing, topology: request.accessibilityRequirements)
     }
 
     return try await locks.withLock("volume-name:" + name) {
@@ -319,23 +337,23 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.invalidArgument("unknown snapshot parameter \(quoted(key)): snapshots take no parameters")
     }
     let sourceID = try VolumeID(parsing: request.sourceVolumeID)
-    try Self.refuseSnapshot(of: sourceID)
-    let source = sourceID.primary
-    let target = try targets.holding(source)
+    let legs = try legTargets(of: sourceID)
 
     return try await locks.withLock("snapshot-name:" + name) {
-      // A snapshot lives on its source's target, so a retry finds it there: that target
-      // must answer. The others are asked only so that a name used for another source
-      // is refused (AlreadyExists); one that does not answer cannot hold this request's
-      // snapshot, so it does not stop it (a target down must not stop every snapshot).
+      // A snapshot lives on its source's target (a replicated source's: one of its legs'),
+      // so a retry finds it there: those targets must answer. The others are asked only
+      // so that a name used for another source is refused (AlreadyExists); one that does
+      // not answer cannot hold this request's snapshot, so it does not stop it (a target
+      // down must not stop every snapshot).
       let filter = SnapshotFilter(name: name)
-      if let existing = try await target.api.snapshots(matching: filter).first {
-        guard existing.sourceVolume == source.uuid else {
+      for (leg, target) in legs {
+        guard let existing = try await target.api.snapshots(matching: filter).first else { continue }
+        guard existing.sourceVolume == leg.uuid else {
           throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
         }
         return .with { $0.snapshot = csiSnapshot(existing, on: target) }
       }
-      let others = targets.all.filter { $0.name != target.name }
+      let others = targets.all.filter { target in !legs.contains { $0.target.name == target.name } }
       let elsewhere = await targets.askReachable(others, logger: logger) {
         try await $0.api.snapshots(matching: filter)
       }
@@ -343,8 +361,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         throw NVMeCSIError.alreadyExists(
           "snapshot \(quoted(name)) already exists on target \(holder.name) for a different source volume")
       }
-      let created = try await target.api.createSnapshot(named: name, of: source.uuid)
-      guard created.snapshot.sourceVolume == source.uuid else {
+      // A replicated volume's snapshot is one in-sync leg's, and records the set it is of.
+      let (leg, target) = sourceID.isReplicated ? try await currentLeg(of: sourceID) : legs[0]
+      let attributes = sourceID.isReplicated ? [VolumeAttribute.replicaSet: sourceID.description] : [:]
+      let created = try await target.api.createSnapshot(named: name, of: leg.uuid, attributes: attributes)
+      guard created.snapshot.sourceVolume == leg.uuid else {
         throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
       }
       return .with { $0.snapshot = csiSnapshot(created.snapshot, on: target) }
@@ -375,14 +396,19 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       filter.uuid = id.uuid
       scope = [target]
     }
+    // A source's snapshots are on its legs' targets, each of its own leg.
+    var legOn: [TargetName: ObjectUUID] = [:]
     if !request.sourceVolumeID.isEmpty {
-      guard let id = try? ObjectID(parsing: request.sourceVolumeID, as: .volume), let target = targets[id.target],
-        scope.contains(where: { $0.name == target.name })
-      else { return .init() }
-      filter.sourceVolume = id.uuid
-      scope = [target]
+      guard let id = try? VolumeID(parsing: request.sourceVolumeID) else { return .init() }
+      for leg in id.legs where targets[leg.target] != nil { legOn[leg.target] = leg.uuid }
+      scope = scope.filter { legOn[$0.name] != nil }
+      if scope.isEmpty { return .init() }
     }
-    let perTarget = try await targets.askEvery(scope) { [filter] in try await $0.api.snapshots(matching: filter) }
+    let perTarget = try await targets.askEvery(scope) { [filter, legOn] target in
+      var filter = filter
+      filter.sourceVolume = legOn[target.name]
+      return try await target.api.snapshots(matching: filter)
+    }
     let all = perTarget.flatMap { target, snapshots in
       snapshots.map { snapshot in
         (
@@ -390,7 +416,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
           entry: Csi_V1_ListSnapshotsResponse.Entry.with { $0.snapshot = csiSnapshot(snapshot, on: target) }
         )
       }
-    }
+    }.filter { request.sourceVolumeID.isEmpty || $0.entry.snapshot.sourceVolumeID == request.sourceVolumeID }
     return try .init(paging: all, startingToken: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
   }
 
@@ -464,8 +490,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
 
   /// Where a new volume's content comes from, checked to exist.
   struct ContentSource {
+    /// What is copied: a snapshot, or a volume (a replicated source's in-sync leg).
     var id: ObjectID
+    /// What the source offers (for a replicated source, its legs less md's overhead).
     var sizeBytes: UInt64
+    /// The content source as the request named it.
+    var csiID: String
+    /// A replicated source's md array, whose superblock the copy carries to the node.
+    var seed: ObjectUUID?
 
     var volumeSource: VolumeSource { id.kind == .snapshot ? .snapshot(id.uuid) : .volume(id.uuid) }
   }
@@ -476,13 +508,24 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     switch request.volumeContentSource.type {
     case .snapshot(let s)?:
       let id = try ObjectID(parsing: s.snapshotID, as: .snapshot)
-      return ContentSource(id: id, sizeBytes: try await snapshot(id).snapshot.sizeBytes)
+      let snapshot = try await snapshot(id).snapshot
+      guard let set = snapshot.attributes[VolumeAttribute.replicaSet] else {
+        return ContentSource(id: id, sizeBytes: snapshot.sizeBytes, csiID: s.snapshotID)
+      }
+      guard let source = try? VolumeID(parsing: set), source.isReplicated else {
+        throw NVMeCSIError.failedPrecondition(
+          "snapshot \(id) records \(quoted(set)) as its replicated source volume, which is no such ID")
+      }
+      return ContentSource(
+        id: id, sizeBytes: ReplicaLayout.volumeBytes(ofLeg: snapshot.sizeBytes), csiID: s.snapshotID,
+        seed: source.uuid)
     case .volume(let v)?:
       let sourceID = try VolumeID(parsing: v.volumeID)
-      try Self.refuseSnapshot(of: sourceID)
-      let id = sourceID.primary
-      let volume = try await targets.holding(id).api.volume(id.uuid)
-      return ContentSource(id: id, sizeBytes: volume.record.sizeBytes)
+      let (leg, target) = sourceID.isReplicated ? try await currentLeg(of: sourceID) : try legTargets(of: sourceID)[0]
+      let volume = try await target.api.volume(leg.uuid)
+      return ContentSource(
+        id: leg, sizeBytes: VolumeAttribute.volumeBytes(of: volume.record), csiID: v.volumeID,
+        seed: sourceID.isReplicated ? sourceID.uuid : nil)
     case nil:
       throw NVMeCSIError.invalidArgument("volume_content_source has neither a snapshot nor a volume")
     }
@@ -580,8 +623,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   func csiSnapshot(_ snapshot: SnapshotRecord, on target: StorageTarget) -> Csi_V1_Snapshot {
     .with {
       $0.snapshotID = ObjectID(kind: .snapshot, target: target.name, uuid: snapshot.uuid).description
-      $0.sourceVolumeID = ObjectID(kind: .volume, target: target.name, uuid: snapshot.sourceVolume).description
-      $0.sizeBytes = Int64(clamping: snapshot.sizeBytes)
+      // A leg's snapshot is its replicated volume's, and offers what the volume does.
+      let set = snapshot.attributes[VolumeAttribute.replicaSet]
+      $0.sourceVolumeID =
+        set ?? ObjectID(kind: .volume, target: target.name, uuid: snapshot.sourceVolume).description
+      $0.sizeBytes = Int64(
+        clamping: set == nil ? snapshot.sizeBytes : ReplicaLayout.volumeBytes(ofLeg: snapshot.sizeBytes))
       $0.creationTime = Google_Protobuf_Timestamp(date: snapshot.created)
       $0.readyToUse = true
     }
@@ -626,17 +673,25 @@ struct RequestedVolume {
   /// Mutable parameters given at creation (a VolumeAttributesClass): not compared with
   /// an existing volume's, which may have been modified since.
   var modified: [String: String] = [:]
+  /// A replicated copy's content source as CSI named it: compared instead of `source`,
+  /// the leg copied, which a retry may choose differently.
+  var replicaSource: String?
 
   /// What the target keeps with the volume.
   var attributes: [String: String] {
-    VolumeAttribute.attributes(capabilities: capabilities, context: context, modified: modified)
+    var attributes = VolumeAttribute.attributes(capabilities: capabilities, context: context, modified: modified)
+    attributes[VolumeAttribute.replicaSource] = replicaSource
+    return attributes
   }
 
   func check(_ existing: VolumeRecord, name: String) throws(NVMeCSIError) {
     var differences: [String] = []
     let bytes = VolumeAttribute.volumeBytes(of: existing)
     if !range.admits(bytes) { differences.append("size \(bytes) bytes") }
-    if existing.source != source { differences.append("content source") }
+    let sameSource =
+      replicaSource == nil
+      ? existing.source == source : existing.attributes[VolumeAttribute.replicaSource] == replicaSource
+    if !sameSource { differences.append("content source") }
     if (try? VolumeAttribute.capabilities(of: existing)) != capabilities { differences.append("capabilities") }
     if VolumeAttribute.context(of: existing) != context { differences.append("parameters") }
     guard differences.isEmpty else {

@@ -14,6 +14,10 @@ extension VolumeAttribute {
   static let replicaTargets = "replica/targets"
   /// Which leg this record is (0 carries the volume's name).
   static let replicaIndex = "replica/index"
+  /// On a snapshot of a leg: the replicated volume it is a snapshot of.
+  static let replicaSet = "replica/set"
+  /// On a replicated copy's legs: its content source as CSI named it.
+  static let replicaSource = "replica/source"
 
   /// The leg's index when the record is a leg of a replicated volume.
   static func replicaIndex(of record: VolumeRecord) -> Int? {
@@ -42,13 +46,18 @@ extension VolumeAttribute {
 extension ControllerService {
   /// CreateVolume with `replicas` > 1, under the name's lock like any create.
   func createReplicated(
-    name: String, size: UInt64, replicas: Int, requested: RequestedVolume, sharing: VolumeSharing,
-    topology: Csi_V1_TopologyRequirement
+    name: String, size: UInt64, replicas: Int, requested: RequestedVolume, source: ContentSource?,
+    sharing: VolumeSharing, topology: Csi_V1_TopologyRequirement
   ) async throws -> Csi_V1_CreateVolumeResponse {
     try ReplicaLayout.checkName(name, replicas: replicas)
-    guard requested.source == nil else {
-      throw NVMeCSIError.invalidArgument(
-        "a replicated volume cannot be created from a snapshot or a volume yet: create it empty")
+    // A copy's leg 0 is the source's copy, made where the source is (reflinks stay on
+    // one store); its other legs are blank, and md copies leg 0 onto them on the node.
+    let seedTarget = try source.map { source throws(NVMeCSIError) in try targets.holding(source.id) }
+    if let seedTarget, !topology.requisite.isEmpty,
+      !topology.requisite.contains(where: { seedTarget.isAccessible(from: $0.segments) })
+    {
+      throw NVMeCSIError.resourceExhausted(
+        "the copy's leg 0 must be on \(seedTarget.name), where its source is, which the requested topology excludes")
     }
     guard size <= ReplicaLayout.maximumVolumeBytes else {
       throw NVMeCSIError.outOfRange(
@@ -66,15 +75,18 @@ extension ControllerService {
       case .reserved(let placed, let home):
         // Leg 0's target was recorded by an earlier attempt that created nothing (legs
         // come after leg 0): keep it if it fits, and choose the others around it.
-        let keep = topology.requisite.isEmpty || topology.requisite.contains { placed.isAccessible(from: $0.segments) }
-        legs = try await chooseLegTargets(replicas, legBytes: legSize, topology: topology, first: keep ? placed : nil)
+        let keep =
+          seedTarget.map { $0.name == placed.name }
+          ?? (topology.requisite.isEmpty || topology.requisite.contains { placed.isAccessible(from: $0.segments) })
+        legs = try await chooseLegTargets(
+          replicas, legBytes: legSize, topology: topology, first: keep ? placed : seedTarget)
         if legs[0].name != placed.name {
           try await home.api.releasePlacement(of: name, on: placed.name)
           legs[0] = try await reserve(name, on: legs[0], home: home)
         }
         primary = try await createLeg(0, of: name, on: legs, bytes: legSize, requested: requested, sharing: sharing)
       case .absent(let home):
-        legs = try await chooseLegTargets(replicas, legBytes: legSize, topology: topology, first: nil)
+        legs = try await chooseLegTargets(replicas, legBytes: legSize, topology: topology, first: seedTarget)
         let recorded = try await reserve(name, on: legs[0], home: home)
         guard recorded.name == legs[0].name else {
           throw NVMeCSIError.aborted("volume name \(quoted(name)) was placed by another request meanwhile: retry")
@@ -105,7 +117,8 @@ extension ControllerService {
     do {
       created = try await target.api.createVolume(
         NewVolume(
-          name: ReplicaLayout.legName(name, index: index), sizeBytes: bytes, source: nil, attributes: attributes,
+          name: ReplicaLayout.legName(name, index: index), sizeBytes: bytes,
+          source: index == 0 ? requested.source : nil, attributes: attributes,
           sharing: sharing, uuid: set.map { ReplicaLayout.legUUID(of: $0, index: index) }))
     } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
       targetInfo.forget(target.name)
@@ -163,6 +176,15 @@ extension ControllerService {
       $0.volumeID = id.description
       $0.capacityBytes = Int64(clamping: VolumeAttribute.volumeBytes(of: primary.record))
       $0.volumeContext = VolumeAttribute.context(of: primary.record)
+      if let source = primary.record.attributes[VolumeAttribute.replicaSource] {
+        $0.contentSource = .with {
+          if (try? ObjectID(parsing: source, as: .snapshot)) != nil {
+            $0.snapshot = .with { $0.snapshotID = source }
+          } else {
+            $0.volume = .with { $0.volumeID = source }
+          }
+        }
+      }
       if !segments.isEmpty { $0.accessibleTopology = [Csi_V1_Topology(segments)] }
     }
   }
@@ -265,11 +287,61 @@ extension ControllerService {
     }
   }
 
-  /// Refuses what replicated volumes cannot do yet, naming it.
-  static func refuseSnapshot(of id: VolumeID) throws(NVMeCSIError) {
-    guard !id.isReplicated else {
-      throw .failedPrecondition(
-        "volume \(id) is replicated: snapshots and clones of replicated volumes are not supported yet")
+  /// The leg to copy a replicated volume from (snapshot or clone): md's freshest member
+  /// in sync, by the superblock each leg's target reads from its data. Every leg must
+  /// answer: the one that does not may be the only current one. A volume never staged
+  /// (no superblock on any leg) is blank, and so is leg 0.
+  func currentLeg(of id: VolumeID) async throws -> (leg: ObjectID, target: StorageTarget) {
+    let legs = try legTargets(of: id)
+    let superblocks: [MDSuperblock?]
+    do {
+      superblocks = try await onEveryLeg(id) { leg, target in try await target.api.mdSuperblock(of: leg.uuid) }
+    } catch let error as NVMeCSIError where error.kind == .unavailable {
+      throw NVMeCSIError.unavailable(
+        "cannot tell which leg of \(id) is in sync while a leg's target does not answer (\(error.message)): retried")
     }
+    var best: (index: Int, events: UInt64)?
+    var newest: UInt64 = 0
+    if superblocks.dropFirst().allSatisfy({ $0 == nil }) {
+      // A copy never staged: leg 0 still carries its source's superblock (its seed).
+      let seed = try await legs[0].target.api.volume(id.uuid).record.attributes[
+        VolumeAttribute.contextPrefix + ReplicaLayout.seedKey]
+      if let seed, superblocks[0]?.arrayUUID.value == seed { return legs[0] }
+    }
+    for (index, superblock) in superblocks.enumerated() {
+      guard let superblock else { continue }
+      guard superblock.arrayUUID == id.uuid, superblock.dataOffsetBytes == ReplicaLayout.dataOffsetBytes else {
+        throw NVMeCSIError.failedPrecondition(
+          "leg \(index) of \(id) on \(legs[index].target.name) carries md array \(superblock.arrayUUID) with data at"
+            + " \(superblock.dataOffsetBytes) bytes, not this volume's mirror: refusing to copy it")
+      }
+      newest = max(newest, superblock.events)
+      guard case .active = superblock.role, !superblock.isRecovering else { continue }
+      if best.map({ superblock.events > $0.events }) ?? true { best = (index, superblock.events) }
+    }
+    if superblocks.allSatisfy({ $0 == nil }) { return legs[0] }
+    // A member that was current when it last wrote its superblock, but behind another's
+    // count, was failed meanwhile: not a copy of what the volume holds.
+    guard let best, best.events == newest else {
+      throw NVMeCSIError.unavailable(
+        "no leg of \(id) is known to be in sync (md's superblocks: \(Self.describe(superblocks))): the node's md"
+          + " is still catching a leg up, retried")
+    }
+    return legs[best.index]
+  }
+
+  /// Each leg's superblock, for a message: "leg 0 active events 12, leg 1 recovering events 12".
+  static func describe(_ superblocks: [MDSuperblock?]) -> String {
+    superblocks.enumerated().map { index, superblock in
+      guard let superblock else { return "leg \(index) none" }
+      let role: String
+      switch superblock.role {
+      case .active: role = superblock.isRecovering ? "recovering" : "active"
+      case .spare: role = "spare"
+      case .faulty: role = "faulty"
+      case .journal: role = "journal"
+      }
+      return "leg \(index) \(role) events \(superblock.events)"
+    }.joined(separator: ", ")
   }
 }

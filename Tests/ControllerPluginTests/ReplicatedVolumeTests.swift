@@ -205,27 +205,170 @@ struct ReplicatedVolumeTests {
     }
   }
 
-  @Test("snapshots and clones of a replicated volume, and names shaped like a leg's, are refused")
-  func refusedOperations() async throws {
+  @Test("names shaped like a leg's are refused")
+  func reservedNames() async throws {
     try await Fleet.with(targets: 2) { fleet in
-      let volume = try await fleet.controller.createVolume(createRequest("pvc-src", parameters: Self.replicated))
-        .volume
-      await expectStatus(.failedPrecondition, mentioning: "not supported yet") {
-        try await fleet.controller.createSnapshot(
-          .with {
-            $0.name = "snap"
-            $0.sourceVolumeID = volume.volumeID
-          })
-      }
-      var clone = createRequest("pvc-clone")
-      clone.volumeContentSource = .with { $0.volume = .with { $0.volumeID = volume.volumeID } }
-      await expectStatus(.failedPrecondition, mentioning: "not supported yet") {
-        try await fleet.controller.createVolume(clone)
-      }
       await expectStatus(.invalidArgument, mentioning: "reserved") {
         try await fleet.controller.createVolume(createRequest("pvc-src~replica-1"))
       }
-      #expect(try await fleet.volumeCounts().count == 2)
+      let nothingCreated = try await fleet.volumeCounts().isEmpty
+      #expect(nothingCreated)
+    }
+  }
+
+  // MARK: snapshots, restores and clones
+
+  /// A replicated volume whose legs carry md superblocks as `legs` says (nil: none).
+  static func mirror(
+    _ fleet: Fleet, name: String, legs: [(events: UInt64, roles: [UInt16], recovering: Bool)?]
+  ) async throws -> VolumeID {
+    let volume = try await fleet.controller.createVolume(
+      createRequest(name, bytes: 64 * mebibyte, parameters: ["replicas": String(legs.count)])
+    ).volume
+    let id = try VolumeID(parsing: volume.volumeID)
+    for (index, (leg, state)) in zip(id.legs, legs).enumerated() {
+      guard let state else { continue }
+      var superblock = MDSuperblockBytes()
+      superblock.arrayUUID = id.uuid.bytes
+      superblock.raidDisks = UInt32(legs.count)
+      superblock.dataOffsetSectors = ReplicaLayout.dataOffsetBytes / 512
+      superblock.devNumber = UInt32(index)
+      superblock.events = state.events
+      superblock.roles = state.roles
+      if state.recovering { superblock.featureMap |= 2 }  // MD_FEATURE_RECOVERY_OFFSET
+      try superblock.write(to: fleet.target(leg.target).local.dataPath(of: leg.uuid))
+    }
+    return id
+  }
+
+  @Test("a snapshot is taken of md's freshest in-sync leg, listed under the volume with its size, and found again")
+  func snapshotOfCurrentLeg() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      // Leg 0 was failed: its own superblock is older, and leg 1's marks it faulty.
+      let id = try await Self.mirror(
+        fleet, name: "pvc-src", legs: [(10, [0, 1], false), (12, [0xfffe, 1], false)])
+      let request = Csi_V1_CreateSnapshotRequest.with {
+        $0.name = "snap-1"
+        $0.sourceVolumeID = id.description
+      }
+      let snapshot = try await fleet.controller.createSnapshot(request).snapshot
+      #expect(snapshot.sourceVolumeID == id.description)
+      #expect(snapshot.sizeBytes == 64 * mebibyte, "the volume's size, not its leg's")
+      let snapshotID = try ObjectID(parsing: snapshot.snapshotID, as: .snapshot)
+      #expect(snapshotID.target == id.targets[1], "taken of leg 1, the one in sync")
+      let recorded = try await fleet.target(id.targets[1]).local.agent.snapshots(matching: .init(uuid: snapshotID.uuid))
+      #expect(recorded.map(\.sourceVolume) == [id.legs[1].uuid])
+
+      let repeated = try await fleet.controller.createSnapshot(request).snapshot.snapshotID
+      #expect(repeated == snapshot.snapshotID)
+      let listed = try await fleet.controller.listSnapshots(.with { $0.sourceVolumeID = id.description })
+      #expect(listed.entries.map(\.snapshot) == [snapshot])
+      let all = try await fleet.controller.listSnapshots(.init())
+      #expect(all.entries.map(\.snapshot.sourceVolumeID) == [id.description])
+      let leg1Only = try await fleet.controller.listSnapshots(.with { $0.sourceVolumeID = id.legs[1].description })
+      #expect(leg1Only.entries.isEmpty, "a leg's own ID is no volume with snapshots")
+    }
+  }
+
+  @Test("no snapshot while md is catching up the only fresh-looking leg, or while a leg's target does not answer")
+  func snapshotNeedsAKnownCurrentLeg() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      // Leg 0 went stale and leg 1 is being rebuilt: neither is known to hold the data.
+      let id = try await Self.mirror(
+        fleet, name: "pvc-src", legs: [(10, [0, 1], false), (12, [0, 1], true)])
+      let request = Csi_V1_CreateSnapshotRequest.with {
+        $0.name = "snap-1"
+        $0.sourceVolumeID = id.description
+      }
+      await expectStatus(.unavailable, mentioning: "leg 0 active events 10, leg 1 recovering events 12") {
+        try await fleet.controller.createSnapshot(request)
+      }
+      let down = fleet.target(id.targets[1])
+      down.isDown = true
+      // Its snapshot could be there (a retry must find it), and its leg could be the current one.
+      await expectStatus(.unavailable, mentioning: "\(down.name) is unreachable") {
+        try await fleet.controller.createSnapshot(request)
+      }
+      down.isDown = false
+      for target in fleet.targets {
+        let none = try await target.local.agent.snapshots(matching: .init()).isEmpty
+        #expect(none)
+      }
+    }
+  }
+
+  @Test("a restore is a new set whose leg 0 is the snapshot's copy, next to it, seeding the node's mirror")
+  func restore() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let id = try await Self.mirror(fleet, name: "pvc-src", legs: [(12, [0, 1], false), (12, [0, 1], false)])
+      let snapshot = try await fleet.controller.createSnapshot(
+        .with {
+          $0.name = "snap-1"
+          $0.sourceVolumeID = id.description
+        }
+      ).snapshot
+      let snapshotID = try ObjectID(parsing: snapshot.snapshotID, as: .snapshot)
+      var request = createRequest("pvc-restored", bytes: 64 * mebibyte, parameters: Self.replicated)
+      request.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = snapshot.snapshotID } }
+      let restored = try await fleet.controller.createVolume(request).volume
+      let copy = try VolumeID(parsing: restored.volumeID)
+      #expect(copy.isReplicated && copy.uuid != id.uuid)
+      #expect(copy.targets[0] == snapshotID.target, "leg 0 is a reflink copy, on the snapshot's target")
+      #expect(restored.volumeContext[ReplicaLayout.seedKey] == id.uuid.value)
+      #expect(restored.contentSource.snapshot.snapshotID == snapshot.snapshotID)
+      #expect(restored.capacityBytes == 64 * mebibyte)
+      // Leg 0 carries the source's data, md's superblock included; leg 1 is blank.
+      let leg0 = try await fleet.target(copy.targets[0]).local.agent.mdSuperblock(of: copy.uuid)
+      #expect(leg0?.arrayUUID == id.uuid)
+      let leg1 = copy.legs[1]
+      let blankLeg = try await fleet.target(leg1.target).local.agent.mdSuperblock(of: leg1.uuid)
+      #expect(blankLeg == nil)
+
+      let restoredAgain = try await fleet.controller.createVolume(request).volume.volumeID
+      #expect(restoredAgain == restored.volumeID)
+      var single = createRequest("pvc-single", bytes: 64 * mebibyte)
+      single.volumeContentSource = request.volumeContentSource
+      await expectStatus(.invalidArgument, mentioning: "copy of a replicated volume") {
+        try await fleet.controller.createVolume(single)
+      }
+      // A snapshot of the restored volume before any node staged it: leg 0, still the seed.
+      let again = try await fleet.controller.createSnapshot(
+        .with {
+          $0.name = "snap-of-copy"
+          $0.sourceVolumeID = restored.volumeID
+        }
+      ).snapshot
+      #expect(try ObjectID(parsing: again.snapshotID, as: .snapshot).target == copy.targets[0])
+    }
+  }
+
+  @Test("a clone is seeded from the source's in-sync leg; a single volume's snapshot cannot seed a replicated one")
+  func cloneAndRefusals() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let id = try await Self.mirror(fleet, name: "pvc-src", legs: [(7, [0, 1], false), (9, [0xfffe, 1], false)])
+      var clone = createRequest("pvc-clone", bytes: 64 * mebibyte, parameters: Self.replicated)
+      clone.volumeContentSource = .with { $0.volume = .with { $0.volumeID = id.description } }
+      let volume = try await fleet.controller.createVolume(clone).volume
+      let copy = try VolumeID(parsing: volume.volumeID)
+      #expect(copy.targets[0] == id.targets[1], "copied from leg 1, the one in sync")
+      #expect(volume.contentSource.volume.volumeID == id.description)
+      let clonedAgain = try await fleet.controller.createVolume(clone).volume.volumeID
+      #expect(clonedAgain == volume.volumeID)
+
+      let single = try await fleet.controller.createVolume(createRequest("pvc-single", bytes: 64 * mebibyte)).volume
+      let snapshot = try await fleet.controller.createSnapshot(
+        .with {
+          $0.name = "snap-single"
+          $0.sourceVolumeID = single.volumeID
+        }
+      ).snapshot
+      var restore = createRequest("pvc-r", bytes: 64 * mebibyte, parameters: Self.replicated)
+      restore.volumeContentSource = .with { $0.snapshot = .with { $0.snapshotID = snapshot.snapshotID } }
+      await expectStatus(.invalidArgument, mentioning: "only be restored or cloned from a replicated volume") {
+        try await fleet.controller.createVolume(restore)
+      }
+      let refused = try await fleet.volumeCounts()["pvc-r"]
+      #expect(refused == nil)
     }
   }
 }

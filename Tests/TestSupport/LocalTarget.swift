@@ -15,6 +15,7 @@ public struct LocalTarget: Sendable {
   public let store: String
   public let configfs: String
   public let agent: TargetAgent
+  let files: FileStore
 
   public init(
     name: String, directory: String, portal: HostPort = HostPort(host: "127.0.0.1", port: 4420),
@@ -37,13 +38,18 @@ public struct LocalTarget: Sendable {
     try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
     var logger = Logger(label: "test.target") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
+    let files = try FileStore(root: store)
     let agent = TargetAgent(
-      store: try FileStore(root: store), exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
+      store: files, exporter: try NVMetExporter(configfs: configfs, portals: [portal]),
       pool: .forTests, placementsPath: store + "/placements.journal", overcommitRatio: overcommitRatio,
       version: "test", logger: logger)
     try agent.start()
     self.agent = agent
+    self.files = files
   }
+
+  /// The file holding a volume's data (what nvmet serves, so what a node writes).
+  public func dataPath(of volume: ObjectUUID) -> String { files.devicePath(of: volume) }
 
   /// The target as the controller sees it: errors name the target, as over gRPC.
   public var api: any TargetAPI { NamedTarget(name: name, api: agent) }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// An md version-1.2 superblock built byte by byte (struct mdp_superblock_1, the
 /// kernel's include/uapi/linux/raid/md_p.h), for tests: set the fields, take `bytes`.
 /// The checksum is computed here on its own, as the kernel's calc_sb_1_csum does, so
@@ -71,5 +73,15 @@ public struct MDSuperblockBytes: Sendable {
     }
     if size - i == 2 { sum += UInt64(b[i]) | UInt64(b[i + 1]) << 8 }
     return UInt32(truncatingIfNeeded: (sum & 0xffff_ffff) + (sum >> 32))
+  }
+}
+
+extension MDSuperblockBytes {
+  /// Writes it where metadata 1.2 keeps it: 4 KiB into `path` (a leg's data).
+  public func write(to path: String) throws {
+    let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+    defer { try? handle.close() }
+    try handle.seek(toOffset: 4096)
+    try handle.write(contentsOf: Data(bytes))
   }
 }

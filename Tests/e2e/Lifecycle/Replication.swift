@@ -213,7 +213,71 @@ struct Replication {
       try check(verified.errors == 0, "the file does not verify after the grow:\n\(verified.output)")
       steps.note("file system \(before / 1_048_576) → \(after / 1_048_576) MiB; md \(try mdState(try mdArray(of: v)))")
     }
+    await snapshotAndRestore(v, capability: capability, nodeID: nodeID)
     await scenario.detach(v, deleteVolume: true)
+  }
+
+  // MARK: a snapshot of a mirror, restored
+
+  /// A snapshot of the mounted ext4 mirror (its in-sync leg's, chosen by the targets'
+  /// reading of md's superblocks), restored into a new replicated volume: the node
+  /// creates the new mirror from the restored leg and md copies it onto the blank one.
+  func snapshotAndRestore(_ v: Scenario.Attached, capability: Csi_V1_VolumeCapability, nodeID: String) async {
+    guard
+      let snapshot = await steps.run(
+        "CreateSnapshot of the mounted ext4 mirror: one in-sync leg's, listed under the volume",
+        {
+          let snapshot = try await scenario.controller.createSnapshot(
+            .with {
+              $0.name = "snap-mirror"
+              $0.sourceVolumeID = v.volumeID
+            }
+          ).snapshot
+          try check(snapshot.sourceVolumeID == v.volumeID, "source \(snapshot.sourceVolumeID)")
+          try check(snapshot.sizeBytes == 96 * mebibyte, "size \(snapshot.sizeBytes)")
+          steps.note("snapshot \(snapshot.snapshotID)")
+          return snapshot
+        })
+    else { return }
+    guard
+      let volume = await steps.run(
+        "CreateVolume pvc-mirror-restored, replicas=2, from the snapshot: leg 0 a copy, leg 1 blank",
+        {
+          let volume = try await scenario.controller.createVolume(
+            .with {
+              $0.name = "pvc-mirror-restored"
+              $0.capacityRange.requiredBytes = 96 * mebibyte
+              $0.volumeCapabilities = [capability]
+              $0.parameters = ["replicas": "2"]
+              $0.volumeContentSource.snapshot.snapshotID = snapshot.snapshotID
+            }
+          ).volume
+          let seed = try VolumeID(parsing: v.volumeID).uuid.value
+          try check(volume.volumeContext[ReplicaLayout.seedKey] == seed, "context \(volume.volumeContext)")
+          return volume
+        })
+    else { return }
+    let started = ContinuousClock.now
+    guard let restored = await scenario.attach(volume, capability: capability, nodeID: nodeID, pod: "pod-restored")
+    else { return }
+    await steps.run("the restored file reads back exactly; md copies leg 0 onto leg 1 and reports both in sync") {
+      let verified = try Writer(verifying: restored.target + "/data").finish()
+      try check(verified.errors == 0, "the restored file does not verify:\n\(verified.output)")
+      let array = try mdArray(of: restored)
+      try await eventually("the restored mirror in sync", timeout: .seconds(120)) {
+        try await condition(restored).message == "2 of 2 legs in sync"
+      }
+      let elapsed = ContinuousClock.now - started
+      let mismatches = try checkLegsAgree(array)
+      try check(mismatches == 0, "md check: \(mismatches) sectors differ between the legs")
+      steps.note(
+        "replication: restored 96 MiB mirror staged and its blank leg copied in full \(milliseconds(elapsed)) ms after"
+          + " NodeStage began (\(96_000 / max(1, milliseconds(elapsed))) MiB/s); md check: 0 mismatched sectors")
+    }
+    await scenario.detach(restored, deleteVolume: true)
+    await steps.run("DeleteSnapshot") {
+      _ = try await scenario.controller.deleteSnapshot(.with { $0.snapshotID = snapshot.snapshotID })
+    }
   }
 
   // MARK: helpers
