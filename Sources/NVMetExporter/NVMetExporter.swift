@@ -180,16 +180,26 @@ public struct NVMetExporter: VolumeExporter {
   /// lowest free ID (other software may own other ports; we never touch those).
   private static func ensurePort(_ portal: HostPort, in tree: any ConfigfsTree) throws(NVMeCSIError) -> String {
     let family = portal.isIPv6 ? "ipv6" : "ipv4"
-    let existing = tree.list("ports")
-    for id in existing
-    where tree.read("ports/\(id)/addr_trtype") == "tcp" && tree.read("ports/\(id)/addr_traddr") == portal.host
-      && tree.read("ports/\(id)/addr_trsvcid") == String(portal.port)
-    {
-      return id
+    var id: String?
+    // Another process (a second target on this host) may claim the same free ID
+    // between the listing and the mkdir: only the mkdir that creates it owns it.
+    for _ in 0..<Self.portClaimAttempts where id == nil {
+      let existing = tree.list("ports")
+      for id in existing
+      where tree.read("ports/\(id)/addr_trtype") == "tcp" && tree.read("ports/\(id)/addr_traddr") == portal.host
+        && tree.read("ports/\(id)/addr_trsvcid") == String(portal.port)
+      {
+        return id
+      }
+      let taken = Set(existing.compactMap { Int($0) })
+      let free = String((1...).first { !taken.contains($0) }!)
+      if try tree.makeDirectory("ports/" + free) { id = free }
     }
-    let taken = Set(existing.compactMap { Int($0) })
-    let id = String((1...).first { !taken.contains($0) }!)
-    try tree.makeDirectory("ports/" + id)
+    guard let id else {
+      throw .aborted(
+        "could not claim an nvmet port for \(portal) in \(Self.portClaimAttempts) attempts: other processes keep"
+          + " creating ports; start again")
+    }
     try tree.makeDirectory("ports/\(id)/subsystems")
     try tree.write("ports/\(id)/addr_trtype", "tcp")
     try tree.write("ports/\(id)/addr_adrfam", family)
@@ -197,6 +207,8 @@ public struct NVMetExporter: VolumeExporter {
     try tree.write("ports/\(id)/addr_trsvcid", String(portal.port))
     return id
   }
+
+  static let portClaimAttempts = 16
 
   /// Removes hosts/<nqn> once no subsystem allows it. The kernel refuses (EBUSY) while
   /// anything still links it, e.g. a subsystem of another program: that is fine.

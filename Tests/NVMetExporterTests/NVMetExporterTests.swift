@@ -50,6 +50,18 @@ struct NVMetExporterTests {
     }
   }
 
+  @Test("A port ID another target claims between the listing and the mkdir is left to it; the next one is ours")
+  func portClaimRace() throws {
+    try withConfigfsDirectory { directory in
+      _ = try NVMetExporter(configfs: directory, portals: [])
+      let tree = RacingConfigfs(root: directory + "/nvmet", rivalPortal: HostPort(host: "127.0.0.1", port: 4420))
+      let exporter = try NVMetExporter(tree: tree, portals: [HostPort(host: "127.0.0.1", port: 4421)])
+      #expect(exporter.portIDs == ["2"])
+      #expect(tree.read("ports/1/addr_trsvcid") == "4420", "the rival's port is untouched")
+      #expect(tree.read("ports/2/addr_trsvcid") == "4421")
+    }
+  }
+
   @Test("Ports of other software are left alone and their IDs skipped")
   func foreignPorts() throws {
     try withConfigfsDirectory { directory in

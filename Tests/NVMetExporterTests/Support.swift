@@ -90,3 +90,40 @@ enum Hosts {
 }
 
 let twoPortals = [HostPort(host: "10.0.0.1", port: 4420), HostPort(host: "fd00::1", port: 4420)]
+
+/// A tree where another target wins the race for the first port: it creates that port
+/// (with its own portal) just before this process's mkdir of it.
+final class RacingConfigfs: ConfigfsTree, @unchecked Sendable {
+  let inner: DirectoryConfigfs
+  let rivalPortal: HostPort
+  private let raced = NSLock()
+  private var done = false
+
+  init(root: String, rivalPortal: HostPort) {
+    inner = DirectoryConfigfs(root: root)
+    self.rivalPortal = rivalPortal
+  }
+
+  var root: String { inner.root }
+
+  func makeDirectory(_ path: String) throws(NVMeCSIError) -> Bool {
+    let rivalFirst = raced.withLock { () -> Bool in
+      defer { done = true }
+      return !done && path.hasPrefix("ports/")
+    }
+    if rivalFirst {
+      _ = try inner.makeDirectory(path)
+      try inner.write(path + "/addr_trtype", "tcp")
+      try inner.write(path + "/addr_traddr", rivalPortal.host)
+      try inner.write(path + "/addr_trsvcid", String(rivalPortal.port))
+    }
+    return try inner.makeDirectory(path)
+  }
+  func read(_ path: String) -> String? { inner.read(path) }
+  func write(_ path: String, _ value: String) throws(NVMeCSIError) { try inner.write(path, value) }
+  func link(_ path: String, to target: String) throws(NVMeCSIError) { try inner.link(path, to: target) }
+  func removeLink(_ path: String) throws(NVMeCSIError) { try inner.removeLink(path) }
+  func removeDirectory(_ path: String) throws(NVMeCSIError) { try inner.removeDirectory(path) }
+  func list(_ path: String) -> [String] { inner.list(path) }
+  func exists(_ path: String) -> Bool { inner.exists(path) }
+}
