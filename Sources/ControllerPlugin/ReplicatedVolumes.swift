@@ -264,14 +264,19 @@ extension ControllerService {
     let legs = try legTargets(of: id)
     let primary = try await legs[0].target.api.volume(id.uuid)
     var problems: [String] = []
+    var superblocks: [Int: MDSuperblock] = [:]
     for (index, (leg, target)) in legs.enumerated() {
       do {
         let volume = index == 0 ? primary : try await target.api.volume(leg.uuid)
         if let problem = volume.problem { problems.append("leg \(index) on \(target.name): \(problem)") }
+        if let superblock = try await target.api.mdSuperblock(of: leg.uuid), superblock.arrayUUID == id.uuid {
+          superblocks[index] = superblock
+        }
       } catch let error as NVMeCSIError {
         problems.append("leg \(index) on \(target.name): \(error.message)")
       }
     }
+    problems += Self.mirrorProblems(superblocks, legs: legs.map(\.target))
     return .with {
       $0.volume = csiVolume(primary, id: id, legs: legs.map(\.target))
       $0.status = .with {
@@ -281,9 +286,25 @@ extension ControllerService {
           $0.message =
             problems.isEmpty
             ? "all \(legs.count) legs present and exported"
+              + (superblocks.count == legs.count ? ", in sync by md's superblocks" : "")
             : "degraded: " + problems.joined(separator: "; ")
         }
       }
+    }
+  }
+
+  /// What md's superblocks on the legs say is wrong: a leg behind the freshest (md
+  /// failed it while it was away) or being rebuilt. Legs without this array's
+  /// superblock (never staged, or blank replacements) say nothing.
+  static func mirrorProblems(_ superblocks: [Int: MDSuperblock], legs: [StorageTarget]) -> [String] {
+    let newest = superblocks.values.map(\.events).max() ?? 0
+    return superblocks.sorted { $0.key < $1.key }.compactMap { index, superblock in
+      let leg = "leg \(index) on \(legs[index].name)"
+      if superblock.events < newest || superblock.role == .faulty {
+        return "\(leg): md failed it (its superblock is at event \(superblock.events), the freshest at \(newest));"
+          + " the node re-adds it when it answers"
+      }
+      return superblock.isRecovering ? "\(leg): md is resyncing it" : nil
     }
   }
 

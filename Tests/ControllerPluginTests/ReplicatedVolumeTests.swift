@@ -270,6 +270,31 @@ struct ReplicatedVolumeTests {
     }
   }
 
+  @Test("ControllerGetVolume reads md's superblocks on the legs: a leg md failed, or one it resyncs, is reported")
+  func conditionFromSuperblocks() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let stale = try await Self.mirror(fleet, name: "pvc-stale", legs: [(10, [0, 1], false), (12, [0xfffe, 1], false)])
+      let degraded = try await fleet.controller.controllerGetVolume(.with { $0.volumeID = stale.description })
+      #expect(degraded.status.volumeCondition.abnormal)
+      #expect(
+        degraded.status.volumeCondition.message
+          == "degraded: leg 0 on \(stale.targets[0]): md failed it (its superblock is at event 10, the freshest at 12);"
+          + " the node re-adds it when it answers")
+
+      let resyncing = try await Self.mirror(
+        fleet, name: "pvc-resync", legs: [(12, [0, 1], false), (12, [0, 1], true)])
+      let condition = try await fleet.controller.controllerGetVolume(.with { $0.volumeID = resyncing.description })
+        .status.volumeCondition
+      #expect(condition.abnormal && condition.message.hasSuffix("leg 1 on \(resyncing.targets[1]): md is resyncing it"))
+
+      let healthy = try await Self.mirror(fleet, name: "pvc-ok", legs: [(12, [0, 1], false), (12, [0, 1], false)])
+      let normal = try await fleet.controller.controllerGetVolume(.with { $0.volumeID = healthy.description })
+      #expect(
+        normal.status.volumeCondition
+          == .with { $0.message = "all 2 legs present and exported, in sync by md's superblocks" })
+    }
+  }
+
   @Test("no snapshot while md is catching up the only fresh-looking leg, or while a leg's target does not answer")
   func snapshotNeedsAKnownCurrentLeg() async throws {
     try await Fleet.with(targets: 2) { fleet in

@@ -35,6 +35,12 @@ struct Replication {
       try check(state.legs.count == 2 && state.degraded == 0, "md: \(state)")
       let message = try await condition(block).message
       try check(message == "2 of 2 legs in sync", "stats: \(message)")
+      // The controller's view: each target reads md's superblock on its leg.
+      let controller = try await scenario.controller.controllerGetVolume(.with { $0.volumeID = block.volumeID })
+        .status.volumeCondition
+      try check(
+        controller.message == "all 2 legs present and exported, in sync by md's superblocks",
+        "ControllerGetVolume: \(controller.message)")
       steps.note("\(array): \(state)")
     }
     await targetLoss(block)
