@@ -273,7 +273,8 @@ struct ReplicatedVolumeTests {
   @Test("ControllerGetVolume reads md's superblocks on the legs: a leg md failed, or one it resyncs, is reported")
   func conditionFromSuperblocks() async throws {
     try await Fleet.with(targets: 2) { fleet in
-      let stale = try await Self.mirror(fleet, name: "pvc-stale", legs: [(10, [0, 1], false), (12, [0xfffe, 1], false)])
+      let stale = try await Self.mirror(
+        fleet, name: "pvc-stale", legs: [(10, [0, 1], false), (12, [0xfffe, 1], false)])
       let degraded = try await fleet.controller.controllerGetVolume(.with { $0.volumeID = stale.description })
       #expect(degraded.status.volumeCondition.abnormal)
       #expect(
