@@ -34,7 +34,7 @@ public final class TargetAgent: TargetAPI {
   /// Volume names to UUIDs (built at `start()`): finding a volume by name reads one
   /// record, not all of them.
   private let names = Mutex<[String: ObjectUUID]>([:])
-  /// Every snapshot record (loaded at `start()`).
+  /// Every snapshot record, by UUID (also in order), name and source (loaded at `start()`).
   private let snapshotIndex = SnapshotIndex()
   /// Where the names whose home is this target were placed (loaded at `start()`).
   private let placementsPath: String
@@ -417,6 +417,15 @@ public final class TargetAgent: TargetAPI {
   public func snapshots(matching filter: SnapshotFilter) async throws(NVMeCSIError) -> [SnapshotRecord] {
     try await reloadSnapshotsIfStale()
     return snapshotIndex.matching(filter)
+  }
+
+  /// A page of the snapshots in UUID order, from the in-memory index (sorted by UUID):
+  /// it costs what it returns, however many snapshots the target holds.
+  public func snapshots(after startingAfter: ObjectUUID?, limit: Int) async throws(NVMeCSIError)
+    -> (snapshots: [SnapshotRecord], more: Bool)
+  {
+    try await reloadSnapshotsIfStale()
+    return snapshotIndex.page(after: startingAfter, limit: limit)
   }
 
   /// After a store call failed part-way: the index as the store has it now, or marked

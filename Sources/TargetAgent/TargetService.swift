@@ -126,12 +126,24 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func listSnapshots(request: Nvmecsi_Target_V1_ListSnapshotsRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_ListSnapshotsResponse
   {
-    let snapshots = try await target.snapshots(matching: try SnapshotFilter(proto: request))
-    let page = try ListPaging.page(
-      snapshots.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+    let filter = try SnapshotFilter(proto: request)
+    if filter != SnapshotFilter() {
+      // A filter matches a handful (by UUID, name or source volume): paged here.
+      let snapshots = try await target.snapshots(matching: filter)
+      let page = try ListPaging.page(
+        snapshots.map(\.proto), uuid: \.uuid, maxEntries: request.maxEntries, startingAfter: request.startingAfter)
+      return .with {
+        $0.snapshots = page.items
+        $0.nextStartingAfter = page.next
+      }
+    }
+    // All of them: a page of the target's index, costing what it returns.
+    let after = request.startingAfter.isEmpty ? nil : try ObjectUUID(request.startingAfter)
+    let page = try await target.snapshots(after: after, limit: ListPaging.limit(request.maxEntries))
+    let capped = ListPaging.capped(page.snapshots.map(\.proto), more: page.more, uuid: \.uuid)
     return .with {
-      $0.snapshots = page.items
-      $0.nextStartingAfter = page.next
+      $0.snapshots = capped.items
+      $0.nextStartingAfter = capped.next
     }
   }
 

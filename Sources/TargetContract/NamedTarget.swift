@@ -55,6 +55,11 @@ public struct NamedTarget: TargetAPI {
   public func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call { try await api.snapshots(matching: filter) }
   }
+  public func snapshots(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (snapshots: [SnapshotRecord], more: Bool)
+  {
+    try await call { try await api.snapshots(after: startingAfter, limit: limit) }
+  }
   public func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
     try await call { try await api.mdSuperblock(of: volume) }
   }

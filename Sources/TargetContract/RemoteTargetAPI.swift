@@ -97,7 +97,7 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
       }
       let page = try await client.listVolumes(request, options: options)
       let volumes = try page.volumes.map { (v) throws(NVMeCSIError) in try TargetVolume(proto: v) }
-      return (Array(volumes.prefix(limit)), !page.nextStartingAfter.isEmpty || volumes.count > limit)
+      return (Array(volumes.prefix(max(limit, 0))), !page.nextStartingAfter.isEmpty || volumes.count > limit)
     }
   }
 
@@ -175,6 +175,33 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
           try page.snapshots.map { (s) throws(NVMeCSIError) in try SnapshotRecord(proto: s) }, page.nextStartingAfter
         )
       }
+    }
+  }
+
+  public func snapshots(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (snapshots: [SnapshotRecord], more: Bool)
+  {
+    try await call { options in
+      // No filter: the target pages its snapshot index (older targets page the full
+      // list; the answer is the same).
+      let request = Nvmecsi_Target_V1_ListSnapshotsRequest.with {
+        $0.startingAfter = startingAfter?.value ?? ""
+        $0.maxEntries = UInt32(clamping: max(limit, 1))
+      }
+      let page = try await client.listSnapshots(request, options: options)
+      let snapshots = try page.snapshots.map { (s) throws(NVMeCSIError) in try SnapshotRecord(proto: s) }
+      // The caller's next page starts after the last UUID: a page out of order would
+      // skip or repeat snapshots.
+      var previous = startingAfter
+      for snapshot in snapshots {
+        if let previous, snapshot.uuid <= previous {
+          throw NVMeCSIError.internalError(
+            "the target's snapshot page after \(quoted(startingAfter?.value ?? "")) is not in UUID order"
+              + " (\(snapshot.uuid) after \(previous))")
+        }
+        previous = snapshot.uuid
+      }
+      return (Array(snapshots.prefix(max(limit, 0))), !page.nextStartingAfter.isEmpty || snapshots.count > limit)
     }
   }
 

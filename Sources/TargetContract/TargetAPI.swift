@@ -170,7 +170,12 @@ public protocol TargetAPI: Sendable {
     -> (snapshot: SnapshotRecord, existed: Bool)
   /// Removes a snapshot; an unknown one is success.
   func deleteSnapshot(_ uuid: ObjectUUID) async throws
+  /// Every snapshot matching `filter` (one by UUID or name, a source volume's, or all).
   func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord]
+  /// At most `limit` snapshots in UUID order after `startingAfter` (nil: from the
+  /// start), and whether more follow. Costs what it returns, not what the target holds.
+  func snapshots(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (snapshots: [SnapshotRecord], more: Bool)
 
   /// The md RAID superblock (metadata 1.2) at 4 KiB into the volume's data, read past
   /// the page cache; nil when there is none; `notFound` for an unknown volume. A

@@ -274,6 +274,10 @@ final class SwitchableTarget: TargetAPI {
   var name: TargetName { local.name }
   /// GetInfo calls answered so far.
   var infoCount: Int { infoCalls.withLock { $0 } }
+  /// Each `snapshots(after:limit:)` call answered so far: the limit asked for and how
+  /// many snapshots it returned.
+  private let snapshotPages = Mutex<[(limit: Int, returned: Int)]>([])
+  var snapshotPageCalls: [(limit: Int, returned: Int)] { snapshotPages.withLock { $0 } }
   var isDown: Bool {
     get { down.withLock { $0 } }
     set { down.withLock { $0 = newValue } }
@@ -324,6 +328,15 @@ final class SwitchableTarget: TargetAPI {
   func deleteSnapshot(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteSnapshot(uuid) } }
   func snapshots(matching filter: SnapshotFilter) async throws -> [SnapshotRecord] {
     try await call { try await $0.snapshots(matching: filter) }
+  }
+  func snapshots(after startingAfter: ObjectUUID?, limit: Int) async throws
+    -> (snapshots: [SnapshotRecord], more: Bool)
+  {
+    try await call {
+      let page = try await $0.snapshots(after: startingAfter, limit: limit)
+      snapshotPages.withLock { $0.append((limit, page.snapshots.count)) }
+      return page
+    }
   }
   func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
     try await call { try await $0.mdSuperblock(of: volume) }

@@ -184,6 +184,63 @@ struct TargetAPIContractTests {
   }
 
   @Test(
+    "Snapshots come in pages in UUID order after a UUID, more saying whether any follow, across a restart",
+    arguments: TargetAPIFactory.all)
+  func snapshotPages(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let empty = try await api.snapshots(after: nil, limit: 10)
+      #expect(empty.snapshots.isEmpty && !empty.more)
+      let volume = try await api.createVolume(newVolume("pvc-p")).volume
+      var uuids: [ObjectUUID] = []
+      for i in 0..<5 { uuids.append(try await api.createSnapshot(named: "snap-\(i)", of: volume.uuid).snapshot.uuid) }
+      uuids.sort()
+
+      func walk(_ api: any TargetAPI, limit: Int) async throws -> (seen: [ObjectUUID], calls: Int) {
+        var seen: [ObjectUUID] = []
+        var after: ObjectUUID? = nil
+        var calls = 0
+        while calls <= 10 {
+          let page = try await api.snapshots(after: after, limit: limit)
+          #expect(page.snapshots.count <= limit)
+          seen += page.snapshots.map(\.uuid)
+          calls += 1
+          guard page.more, let last = page.snapshots.last else { break }
+          after = last.uuid
+        }
+        return (seen, calls)
+      }
+      for limit in 1...6 {
+        let walked = try await walk(api, limit: limit)
+        #expect(walked.seen == uuids, "limit \(limit)")
+        #expect(walked.calls == (5 + limit - 1) / limit, "limit \(limit): the last page says no more follow")
+      }
+      let all = try await api.snapshots(after: nil, limit: .max)
+      #expect(all.snapshots.map(\.uuid) == uuids && !all.more)
+      // A limit of 0 (or below) returns nothing and says whether there is anything.
+      for limit in [0, -1] {
+        let none = try await api.snapshots(after: nil, limit: limit)
+        #expect(none.snapshots.isEmpty && none.more, "limit \(limit)")
+      }
+      let last = try await api.snapshots(after: uuids[4], limit: 3)
+      #expect(last.snapshots.isEmpty && !last.more)
+
+      // After a UUID that is gone: the ones after it; a new snapshot takes its place in order.
+      try await api.deleteSnapshot(uuids[2])
+      let resumed = try await api.snapshots(after: uuids[2], limit: 1)
+      #expect(resumed.snapshots.map(\.uuid) == [uuids[3]] && resumed.more)
+      let added = try await api.createSnapshot(named: "snap-new", of: volume.uuid).snapshot.uuid
+      let now = (uuids.filter { $0 != uuids[2] } + [added]).sorted()
+      #expect(try await walk(api, limit: 2).seen == now)
+
+      // The index is rebuilt in order at start.
+      let reopened = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
+      #expect(try await walk(reopened.api, limit: 2).seen == now)
+      // Paging leaves the filters as they were.
+      #expect(try await api.snapshots(matching: SnapshotFilter(sourceVolume: volume.uuid)).count == 5)
+    }
+  }
+
+  @Test(
     "A snapshot keeps the attributes it was created with, across a repeat and a restart",
     arguments: TargetAPIFactory.all)
   func snapshotAttributes(_ factory: TargetAPIFactory) async throws {

@@ -38,6 +38,47 @@ struct WireRequestTests {
     }
   }
 
+  @Test(
+    "ListSnapshots without a filter pages the index: max_entries bounded, a bad starting_after refused, filters as before"
+  )
+  func listSnapshotsPaging() async throws {
+    try await withTarget(.inProcess) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-ls")).volume
+      let other = try await api.createVolume(newVolume("pvc-ls2")).volume
+      var uuids: [String] = []
+      for i in 0..<3 {
+        uuids.append(try await api.createSnapshot(named: "s-\(i)", of: volume.uuid).snapshot.uuid.value)
+      }
+      let lone = try await api.createSnapshot(named: "s-other", of: other.uuid).snapshot.uuid.value
+      uuids = (uuids + [lone]).sorted()
+      let service = TargetService(target: target.agent)
+      let context = ServerContext(
+        descriptor: MethodDescriptor(fullyQualifiedService: "test", method: "ListSnapshots"),
+        remotePeer: "in-process:test", localPeer: "in-process:test", cancellation: .init())
+      // A client that sends no max_entries (an older controller) gets every snapshot.
+      let everything = try await service.listSnapshots(request: .init(), context: context)
+      #expect(everything.snapshots.map(\.uuid) == uuids && everything.nextStartingAfter.isEmpty)
+      let first = try await service.listSnapshots(request: .with { $0.maxEntries = 3 }, context: context)
+      #expect(first.snapshots.map(\.uuid) == Array(uuids.prefix(3)) && first.nextStartingAfter == uuids[2])
+      let rest = try await service.listSnapshots(
+        request: .with {
+          $0.maxEntries = UInt32.max
+          $0.startingAfter = first.nextStartingAfter
+        }, context: context)
+      #expect(rest.snapshots.map(\.uuid) == [uuids[3]] && rest.nextStartingAfter.isEmpty)
+      await expectError(.invalidArgument, mentioning: ["UUID"]) {
+        try await service.listSnapshots(request: .with { $0.startingAfter = "../etc" }, context: context)
+      }
+      let ofSource = try await service.listSnapshots(
+        request: .with {
+          $0.sourceVolumeUuid = volume.uuid.value
+          $0.maxEntries = 2
+        }, context: context)
+      #expect(ofSource.snapshots.count == 2 && !ofSource.nextStartingAfter.isEmpty)
+      #expect(ofSource.snapshots.allSatisfy { $0.sourceVolumeUuid == volume.uuid.value })
+    }
+  }
+
   @Test("An md superblock crosses the wire unchanged; a malformed answer is refused, not guessed at")
   func mdSuperblockOnTheWire() throws {
     let roles: [MDSuperblock.Role] = [.active(slot: 0), .active(slot: 2), .spare, .faulty, .journal]
