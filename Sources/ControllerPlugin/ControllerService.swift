@@ -231,33 +231,30 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func listVolumes(request: Csi_V1_ListVolumesRequest, context: ServerContext) async throws
     -> Csi_V1_ListVolumesResponse
   {
-    var cursor = try VolumeListCursor(token: request.startingToken, maxEntries: request.maxEntries)
+    var cursor = try ListCursor<Csi_V1_ListVolumesResponse.Entry>(
+      token: request.startingToken, maxEntries: request.maxEntries, kind: .volume)
     // Targets in the order of their volume IDs; each asked only for the page's share,
     // so a page costs what it returns however many volumes there are.
-    for target in targets.all.sorted(by: VolumeListCursor.idOrder) where cursor.wants(target.name) {
-      while cursor.wantsMore {
-        let page = try await target.api.volumes(after: cursor.after(on: target.name), limit: cursor.fetchLimit)
-        // A replicated volume is listed once, by its leg 0 (the other legs skip).
-        for volume in page.volumes {
-          let replicated = VolumeAttribute.replicatedID(of: volume.record)
-          cursor.add(
-            ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
-            skip: (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) > 0,
-            .with {
-              if let replicated, let legs = try? legTargets(of: replicated).map(\.target) {
-                $0.volume = csiVolume(volume, id: replicated, legs: legs)
-              } else {
-                $0.volume = csiVolume(volume, on: target)
-              }
-              $0.status = .with {
-                $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
-                $0.volumeCondition = condition(volume)
-              }
-            })
-        }
-        if !page.more || page.volumes.isEmpty { break }
-      }
-      if !cursor.wantsMore { break }
+    try await cursor.fill(from: targets.all) { target, after, limit in
+      let page = try await target.api.volumes(after: after, limit: limit)
+      return (page.volumes, page.more)
+    } add: { [self] cursor, target, volume in
+      // A replicated volume is listed once, by its leg 0 (the other legs skip).
+      let replicated = VolumeAttribute.replicatedID(of: volume.record)
+      cursor.add(
+        ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
+        skip: (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) > 0,
+        .with {
+          if let replicated, let legs = try? legTargets(of: replicated).map(\.target) {
+            $0.volume = csiVolume(volume, id: replicated, legs: legs)
+          } else {
+            $0.volume = csiVolume(volume, on: target)
+          }
+          $0.status = .with {
+            $0.publishedNodeIds = volume.record.publications.map(\.nodeID.description)
+            $0.volumeCondition = condition(volume)
+          }
+        })
     }
     return .with {
       $0.entries = cursor.entries
@@ -386,6 +383,26 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func listSnapshots(request: Csi_V1_ListSnapshotsRequest, context: ServerContext) async throws
     -> Csi_V1_ListSnapshotsResponse
   {
+    if request.snapshotID.isEmpty && request.sourceVolumeID.isEmpty {
+      // Every snapshot: targets in the order of the snapshot IDs, each asked only for
+      // the page's share, so a page costs what it returns however many there are.
+      var cursor = try ListCursor<Csi_V1_ListSnapshotsResponse.Entry>(
+        token: request.startingToken, maxEntries: request.maxEntries, kind: .snapshot)
+      try await cursor.fill(from: targets.all) { target, after, limit in
+        let page = try await target.api.snapshots(after: after, limit: limit)
+        return (page.snapshots, page.more)
+      } add: { [self] cursor, target, snapshot in
+        cursor.add(
+          ObjectID(kind: .snapshot, target: target.name, uuid: snapshot.uuid),
+          .with { $0.snapshot = csiSnapshot(snapshot, on: target) })
+      }
+      return .with {
+        $0.entries = cursor.entries
+        $0.nextToken = cursor.nextToken
+      }
+    }
+    // A filter names one snapshot or one source's: found through the targets' indexes
+    // (by UUID, by source volume), few enough to page here.
     var filter = SnapshotFilter()
     var scope = targets.all
     // Filters that name no object of ours match nothing.

@@ -1,5 +1,6 @@
 import CSIProto
 import Foundation
+import GRPCCore
 import NVMeCSICore
 import TestSupport
 import Testing
@@ -185,6 +186,125 @@ struct SnapshotAndCloneTests {
       await expectStatus(.notFound) { try await h.controller.getSnapshot(.with { $0.snapshotID = ids[0] }) }
       _ = try await h.controller.deleteSnapshot(.with { $0.snapshotID = "garbage" })
       #expect(h.storeA.files(in: "snapshots").count == 4)  // two left, data + record each
+    }
+  }
+
+  /// Takes `count` snapshots of a volume through the controller; their IDs.
+  static func snapshots(
+    _ count: Int, of volumeID: String, prefix: String, controller: Csi_V1_Controller.Client<some ClientTransport>
+  ) async throws -> [String] {
+    var ids: [String] = []
+    for i in 0..<count {
+      ids.append(
+        try await controller.createSnapshot(
+          .with {
+            $0.name = "\(prefix)-\(i)"
+            $0.sourceVolumeID = volumeID
+          }
+        ).snapshot.snapshotID)
+    }
+    return ids
+  }
+
+  /// Every page of ListSnapshots from `token` on, and the pages' sizes.
+  static func listAll(
+    _ controller: Csi_V1_Controller.Client<some ClientTransport>, maxEntries: Int32, from token: String = ""
+  ) async throws -> (ids: [String], pages: [Int]) {
+    var ids: [String] = []
+    var pages: [Int] = []
+    var token = token
+    repeat {
+      let page = try await controller.listSnapshots(
+        .with {
+          $0.maxEntries = maxEntries
+          $0.startingToken = token
+        })
+      if maxEntries > 0 { #expect(page.entries.count <= Int(maxEntries)) }
+      ids += page.entries.map(\.snapshot.snapshotID)
+      pages.append(page.entries.count)
+      token = page.nextToken
+    } while !token.isEmpty && pages.count < 100
+    return (ids, pages)
+  }
+
+  @Test(
+    "ListSnapshots pages through every snapshot on every target exactly once, in ID order; the last page has no token",
+    arguments: [0, 1, 2, 5])
+  func pagination(maxEntries: Int32) async throws {
+    try await Harness.with { h in
+      let a = try await h.controller.createVolume(createRequest("pvc-a", parameters: ["target": "store-a"])).volume
+      let b = try await h.controller.createVolume(createRequest("pvc-b", parameters: ["target": "store-b"])).volume
+      let created =
+        try await Self.snapshots(3, of: a.volumeID, prefix: "a", controller: h.controller)
+        + Self.snapshots(2, of: b.volumeID, prefix: "b", controller: h.controller)
+      let listed = try await Self.listAll(h.controller, maxEntries: maxEntries)
+      #expect(listed.ids == created.sorted())
+      let pages = maxEntries == 0 ? 1 : (5 + Int(maxEntries) - 1) / Int(maxEntries)
+      #expect(listed.pages.count == pages, "a full last page must not carry a token: \(listed.pages)")
+      // Each entry describes its snapshot as GetSnapshot does.
+      let first = try await h.controller.listSnapshots(.with { $0.maxEntries = 1 }).entries[0].snapshot
+      #expect(try await h.controller.getSnapshot(.with { $0.snapshotID = first.snapshotID }).snapshot == first)
+      // A volume's ID is no snapshot token.
+      await expectStatus(.aborted) { try await h.controller.listSnapshots(.with { $0.startingToken = a.volumeID }) }
+      await expectStatus(.invalidArgument) { try await h.controller.listSnapshots(.with { $0.maxEntries = -1 }) }
+    }
+  }
+
+  @Test("A ListSnapshots token stays good when snapshots are deleted or taken between pages")
+  func tokensSurviveChanges() async throws {
+    try await Harness.with { h in
+      let a = try await h.controller.createVolume(createRequest("pvc-a", parameters: ["target": "store-a"])).volume
+      let b = try await h.controller.createVolume(createRequest("pvc-b", parameters: ["target": "store-b"])).volume
+      let created =
+        (try await Self.snapshots(3, of: a.volumeID, prefix: "a", controller: h.controller)
+        + Self.snapshots(3, of: b.volumeID, prefix: "b", controller: h.controller)).sorted()
+      let page1 = try await h.controller.listSnapshots(.with { $0.maxEntries = 2 })
+      #expect(page1.entries.map(\.snapshot.snapshotID) == Array(created.prefix(2)))
+      #expect(page1.nextToken == created[1])
+      // The snapshot the token names and one not listed yet are deleted; one is taken.
+      for gone in [created[1], created[4]] { _ = try await h.controller.deleteSnapshot(.with { $0.snapshotID = gone }) }
+      let taken = try await Self.snapshots(1, of: b.volumeID, prefix: "new", controller: h.controller)[0]
+      let rest = try await Self.listAll(h.controller, maxEntries: 2, from: page1.nextToken)
+      #expect(rest.ids == rest.ids.sorted() && Set(rest.ids).count == rest.ids.count)
+      #expect(rest.ids.filter { $0 != taken } == [created[2], created[3], created[5]])
+      #expect(rest.ids.contains(taken) == (taken > created[1]), "a new snapshot is listed if it sorts after the token")
+    }
+  }
+
+  @Test("A ListSnapshots page asks each target only for what the page needs")
+  func pageCost() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      var created: [String] = []
+      for target in fleet.targets {
+        let volume = try await fleet.controller.createVolume(
+          createRequest("pvc-\(target.name)", bytes: mebibyte, parameters: ["target": target.name.value])
+        ).volume
+        created += try await Self.snapshots(
+          4, of: volume.volumeID, prefix: target.name.value, controller: fleet.controller)
+      }
+      created.sort()
+      var token = ""
+      var listed: [String] = []
+      repeat {
+        let before = fleet.targets.map(\.snapshotPageCalls.count)
+        let page = try await fleet.controller.listSnapshots(
+          .with {
+            $0.maxEntries = 1
+            $0.startingToken = token
+          })
+        let calls = zip(fleet.targets, before).flatMap { $0.snapshotPageCalls.dropFirst($1) }
+        // One entry, and one more to know whether another page follows: never a
+        // target's whole list.
+        #expect(calls.allSatisfy { $0.limit <= 2 }, "limits asked: \(calls.map(\.limit))")
+        #expect(calls.reduce(0) { $0 + $1.returned } <= 2, "snapshots read for a page of 1: \(calls)")
+        #expect(calls.count <= 2)
+        listed += page.entries.map(\.snapshot.snapshotID)
+        token = page.nextToken
+      } while !token.isEmpty && listed.count < 20
+      #expect(listed == created)
+      // Filters still find a source's snapshots through the index, unpaged by the cursor.
+      let one = try await fleet.controller.listSnapshots(.with { $0.snapshotID = created[5] }).entries
+      #expect(one.map(\.snapshot.snapshotID) == [created[5]])
     }
   }
 }
