@@ -11,10 +11,8 @@ final class SnapshotIndex: Sendable {
     var byUUID: [ObjectUUID: SnapshotRecord] = [:]
     var byName: [String: ObjectUUID] = [:]
     var bySource: [ObjectUUID: Set<ObjectUUID>] = [:]
-    /// Every UUID in `byUUID`, sorted: a page starts where a binary search puts it.
-    /// (An insert or removal moves the tail of the array: a memmove of 16-byte
-    /// entries, far below the cost of the store write it follows.)
-    var ordered: [ObjectUUID] = []
+    /// Every UUID in `byUUID`, in order.
+    var ordered = SortedUUIDs()
     /// A store call failed part-way and the index may not match the store: reload
     /// before the next lookup.
     var stale = false
@@ -29,15 +27,14 @@ final class SnapshotIndex: Sendable {
         state.byName[record.name] = record.uuid
         state.bySource[record.sourceVolume, default: []].insert(record.uuid)
       }
-      state.ordered = state.byUUID.keys.sorted()
+      state.ordered = SortedUUIDs(state.byUUID.keys)
     }
   }
 
   func insert(_ record: SnapshotRecord) {
     state.withLock { state in
-      if state.byUUID.updateValue(record, forKey: record.uuid) == nil {
-        state.ordered.insert(record.uuid, at: Self.firstIndex(notBelow: record.uuid, in: state.ordered))
-      }
+      state.byUUID[record.uuid] = record
+      state.ordered.insert(record.uuid)
       state.byName[record.name] = record.uuid
       state.bySource[record.sourceVolume, default: []].insert(record.uuid)
     }
@@ -53,8 +50,7 @@ final class SnapshotIndex: Sendable {
       if state.byName[record.name] == uuid { state.byName[record.name] = nil }
       state.bySource[record.sourceVolume]?.remove(uuid)
       if state.bySource[record.sourceVolume]?.isEmpty == true { state.bySource[record.sourceVolume] = nil }
-      let index = Self.firstIndex(notBelow: uuid, in: state.ordered)
-      if index < state.ordered.count && state.ordered[index] == uuid { state.ordered.remove(at: index) }
+      state.ordered.remove(uuid)
     }
   }
 
@@ -86,26 +82,10 @@ final class SnapshotIndex: Sendable {
   /// start), and whether more follow: a binary search, then the page.
   func page(after startingAfter: ObjectUUID?, limit: Int) -> (snapshots: [SnapshotRecord], more: Bool) {
     state.withLock { state in
-      var start = 0
-      if let startingAfter {
-        start = Self.firstIndex(notBelow: startingAfter, in: state.ordered)
-        if start < state.ordered.count && state.ordered[start] == startingAfter { start += 1 }
-      }
-      let end = start + min(max(limit, 0), state.ordered.count - start)
-      return (state.ordered[start..<end].compactMap { state.byUUID[$0] }, end < state.ordered.count)
+      let page = state.ordered.page(after: startingAfter, limit: limit)
+      return (page.uuids.compactMap { state.byUUID[$0] }, page.more)
     }
   }
 
   var count: Int { state.withLock { $0.byUUID.count } }
-
-  /// The index of the first UUID in `sorted` that is not below `uuid` (its count if none).
-  private static func firstIndex(notBelow uuid: ObjectUUID, in sorted: [ObjectUUID]) -> Int {
-    var low = 0
-    var high = sorted.count
-    while low < high {
-      let middle = (low + high) / 2
-      if sorted[middle] < uuid { low = middle + 1 } else { high = middle }
-    }
-    return low
-  }
 }

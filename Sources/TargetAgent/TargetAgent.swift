@@ -31,9 +31,9 @@ public final class TargetAgent: TargetAPI {
   private let provisioned = Mutex<UInt64>(0)
   /// Which node each published host NQN belongs to (rebuilt at `start()`).
   private let hosts = HostRegistry()
-  /// Volume names to UUIDs (built at `start()`): finding a volume by name reads one
-  /// record, not all of them.
-  private let names = Mutex<[String: ObjectUUID]>([:])
+  /// Volume names to UUIDs, and the UUIDs in order (built at `start()`): finding a
+  /// volume by name reads one record, not all of them; a page of volumes reads its own.
+  private let names = Mutex(VolumeNames())
   /// Every snapshot record, by UUID (also in order), name and source (loaded at `start()`).
   private let snapshotIndex = SnapshotIndex()
   /// Where the names whose home is this target were placed (loaded at `start()`).
@@ -106,10 +106,7 @@ public final class TargetAgent: TargetAPI {
         "several nodes share one host NQN in the records: new publishes to any but one are refused",
         metadata: ["hostnqn": "\(nqn)"])
     }
-    names.withLock { names in
-      names = [:]
-      for record in records { names[record.name] = record.uuid }
-    }
+    names.withLock { $0 = VolumeNames(records) }
     snapshotIndex.load(try store.snapshots())
     let journal = try PlacementJournal(path: placementsPath)
     placements.withLock { $0 = journal }
@@ -185,13 +182,13 @@ public final class TargetAgent: TargetAPI {
           // A failure after the volume came to exist leaves it counted and findable by
           // name, so a retry returns it instead of creating a second one.
           if (try? store.volume(record.uuid)) != nil {
-            names.withLock { $0[record.name] = record.uuid }
+            names.withLock { $0.set(record.name, record.uuid) }
           } else {
             release(request.sizeBytes)
           }
           throw error
         }
-        names.withLock { $0[created.name] = created.uuid }
+        names.withLock { $0.set(created.name, created.uuid) }
         adjust(by: Int64(created.sizeBytes) - Int64(request.sizeBytes))  // a store may round up
         try exporter.apply(exportSpec(created))
         logger.info(
@@ -218,7 +215,7 @@ public final class TargetAgent: TargetAPI {
         try exporter.remove(uuid)
         try store.deleteVolume(uuid)
         release(record.sizeBytes)
-        names.withLock { if $0[record.name] == uuid { $0[record.name] = nil } }
+        names.withLock { $0.remove(record.name, ifUUID: uuid) }
         logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
       }
     }
@@ -238,15 +235,21 @@ public final class TargetAgent: TargetAPI {
     return recorded + quarantined.withLock { $0 }.sorted { $0.key < $1.key }.map(Self.quarantinedVolume)
   }
 
-  /// A page of the volumes in UUID order, from the in-memory indexes: only the page's
-  /// records are read from the store, so listing every volume in pages stays linear.
+  /// A page of the volumes in UUID order, from the in-memory indexes (the UUIDs kept
+  /// sorted): only the page's records are read from the store, and the page costs what
+  /// it returns however many volumes the target holds.
   public func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws(NVMeCSIError)
     -> (volumes: [TargetVolume], more: Bool)
   {
     let quarantined = self.quarantined.withLock { $0 }
-    var uuids = names.withLock { Array($0.values) } + quarantined.keys
-    if let startingAfter { uuids.removeAll { $0 <= startingAfter } }
-    uuids.sort()
+    let indexed = names.withLock { names in
+      let page = names.ordered.page(after: startingAfter, limit: limit)
+      return (uuids: Array(page.uuids), more: page.more)  // copied: the index stays uniquely referenced
+    }
+    // The quarantined (few; known only by UUID) merged in: the first `limit` of both
+    // are among the indexed page and every quarantined one after `startingAfter`.
+    let moved = quarantined.keys.filter { uuid in startingAfter.map { uuid > $0 } ?? true }
+    let uuids = Set(indexed.uuids).union(moved).sorted()
     let page = Array(uuids.prefix(max(limit, 0)))
     let volumes = try await onPool { [self] () throws(NVMeCSIError) in
       var volumes: [TargetVolume] = []
@@ -259,7 +262,7 @@ public final class TargetAgent: TargetAPI {
       }
       return volumes
     }
-    return (volumes, uuids.count > page.count)
+    return (volumes, indexed.more || uuids.count > page.count)
   }
 
   /// A quarantined volume as listed: known only by its UUID, abnormal, saying why.
@@ -620,6 +623,35 @@ public final class TargetAgent: TargetAPI {
 /// with one host NQN are two machines with one NVMe identity (a cloned image): the
 /// kernel cannot tell them apart, so a second node is refused at publish while the
 /// first still has any volume here.
+/// Volume names to UUIDs (one UUID a name), and those UUIDs in order.
+struct VolumeNames: Sendable {
+  private var byName: [String: ObjectUUID] = [:]
+  private(set) var ordered = SortedUUIDs()
+
+  init() {}
+
+  init(_ records: [VolumeRecord]) {
+    for record in records { byName[record.name] = record.uuid }
+    ordered = SortedUUIDs(byName.values)
+  }
+
+  subscript(name: String) -> ObjectUUID? { byName[name] }
+
+  var count: Int { byName.count }
+
+  mutating func set(_ name: String, _ uuid: ObjectUUID) {
+    if let old = byName.updateValue(uuid, forKey: name), old != uuid { ordered.remove(old) }
+    ordered.insert(uuid)
+  }
+
+  /// Forgets the name if it is this volume's.
+  mutating func remove(_ name: String, ifUUID uuid: ObjectUUID) {
+    guard byName[name] == uuid else { return }
+    byName[name] = nil
+    ordered.remove(uuid)
+  }
+}
+
 final class HostRegistry: Sendable {
   /// Host NQN → node → how many of its publications are recorded.
   private let users = Mutex<[String: [NodeID: Int]]>([:])

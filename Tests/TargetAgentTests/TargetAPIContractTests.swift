@@ -184,6 +184,45 @@ struct TargetAPIContractTests {
   }
 
   @Test(
+    "Volumes come in pages in UUID order after a UUID, more saying whether any follow, across a restart",
+    arguments: TargetAPIFactory.all)
+  func volumePages(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let empty = try await api.volumes(after: nil, limit: 10)
+      #expect(empty.volumes.isEmpty && !empty.more)
+      var uuids: [ObjectUUID] = []
+      for i in 0..<4 { uuids.append(try await api.createVolume(newVolume("pvc-\(i)")).volume.uuid) }
+      uuids.sort()
+
+      func walk(_ api: any TargetAPI, limit: Int) async throws -> [ObjectUUID] {
+        var seen: [ObjectUUID] = []
+        var after: ObjectUUID? = nil
+        for _ in 0..<10 {
+          let page = try await api.volumes(after: after, limit: limit)
+          #expect(page.volumes.count <= limit)
+          seen += page.volumes.map(\.uuid)
+          guard page.more, let last = page.volumes.last else { break }
+          after = last.uuid
+        }
+        return seen
+      }
+      for limit in 1...5 { #expect(try await walk(api, limit: limit) == uuids, "limit \(limit)") }
+      for limit in [0, -1] {
+        let none = try await api.volumes(after: nil, limit: limit)
+        #expect(none.volumes.isEmpty && none.more, "limit \(limit)")
+      }
+      try await api.deleteVolume(uuids[1])
+      let resumed = try await api.volumes(after: uuids[1], limit: 1)
+      #expect(resumed.volumes.map(\.uuid) == [uuids[2]] && resumed.more)
+      let added = try await api.createVolume(newVolume("pvc-new")).volume.uuid
+      let now = (uuids.filter { $0 != uuids[1] } + [added]).sorted()
+      #expect(try await walk(api, limit: 2) == now)
+      let reopened = try LocalTarget(name: "store-t", store: target.store, configfs: target.configfs)
+      #expect(try await walk(reopened.api, limit: 3) == now)
+    }
+  }
+
+  @Test(
     "Snapshots come in pages in UUID order after a UUID, more saying whether any follow, across a restart",
     arguments: TargetAPIFactory.all)
   func snapshotPages(_ factory: TargetAPIFactory) async throws {
