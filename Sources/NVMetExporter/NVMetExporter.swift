@@ -143,7 +143,10 @@ public struct NVMetExporter: VolumeExporter {
   }
 
   public func exportedVolumes() -> [ObjectUUID] {
-    tree.list("subsystems").compactMap(SubsystemNaming.volume(inNQN:))
+    // Another target on this host (another store, another portal) exports on its own
+    // ports: its volumes are not this one's to explain.
+    tree.list("subsystems").filter { nqn in portIDs.contains { tree.exists("ports/\($0)/subsystems/\(nqn)") } }
+      .compactMap(SubsystemNaming.volume(inNQN:))
   }
 
   public func problem(with spec: ExportSpec) -> String? {

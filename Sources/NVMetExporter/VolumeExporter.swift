@@ -48,7 +48,8 @@ public protocol VolumeExporter: Sendable {
   /// Makes the exporter re-read the size of a grown device.
   func refreshSize(of volume: ObjectUUID) throws(NVMeCSIError)
   func remove(_ volume: ObjectUUID) throws(NVMeCSIError)
-  /// Volumes of ours that are exported now.
+  /// Volumes of ours that are exported now on this exporter's portals (another target
+  /// on the same host has its own).
   func exportedVolumes() -> [ObjectUUID]
   /// Nil when the export matches the spec, else what is wrong.
   func problem(with spec: ExportSpec) -> String?

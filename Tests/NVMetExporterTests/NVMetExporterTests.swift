@@ -266,7 +266,7 @@ struct NVMetExporterTests {
     }
   }
 
-  @Test("exportedVolumes lists only this driver's subsystems")
+  @Test("exportedVolumes lists only this driver's subsystems on this exporter's ports, not another target's")
   func exportedVolumes() throws {
     try withConfigfsDirectory { directory in
       let exporter = try NVMetExporter(configfs: directory, portals: twoPortals)
@@ -274,8 +274,13 @@ struct NVMetExporterTests {
       try exporter.tree.makeDirectory("subsystems/nqn.2024-01.dev.nvme-csi:vol:not-a-uuid")
       let volumes = [ObjectUUID.random(), ObjectUUID.random(), ObjectUUID.random()]
       for volume in volumes { try exporter.apply(spec(volume, hosts: [Hosts.a])) }
+      // A second target on this host: another store, another portal.
+      let other = try NVMetExporter(configfs: directory, portals: [HostPort(host: "127.0.0.1", port: 4430)])
+      let theirs = ObjectUUID.random()
+      try other.apply(spec(theirs, hosts: [Hosts.a]))
       #expect(Set(exporter.exportedVolumes()) == Set(volumes))
       #expect(exporter.exportedVolumes().count == 3)
+      #expect(other.exportedVolumes() == [theirs])
     }
   }
 
