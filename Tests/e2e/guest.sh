@@ -4,7 +4,8 @@
 # XFS (reflink snapshots, as on Talos's /var) and with the LVM thin store; and the
 # store contract tests against LVM thin, which needs device-mapper; the fault suite
 # with verified data; replicated volumes over two targets (md RAID1 on the node); and
-# the CSI conformance suite (csi-sanity) when it is given.
+# the CSI conformance suite (csi-sanity) when it is given. Two lanes share the VM's two
+# vCPUs (see lane_b below).
 # usage: guest.sh <bin-dir> [csi-sanity binary]
 set -uo pipefail
 bin=$1 sanity=${2:-}
@@ -25,36 +26,6 @@ disk() {  # <name> <size> -> prints a loop device over a new sparse file
   losetup -f --show "/e2e/$1.img"
 }
 
-echo "=== lifecycle: file store on XFS"
-mkdir -p /e2e/file/store
-loop=$(disk file 2G)
-mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/file/store || exit 1
-"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store --certs /e2e/certs || status=1
-umount /e2e/file/store
-
-echo "=== faults under verified I/O: file store on XFS"
-mkdir -p /e2e/faults/store
-loop=$(disk faults 1G)
-mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/faults/store || exit 1
-"$bin/nvme-csi-e2e" --suite faults --bin "$bin" --work /e2e/faults --store file:/e2e/faults/store \
-  --store-device "$loop" --certs /e2e/certs || status=1
-umount /e2e/faults/store
-
-echo "=== replicated volumes: two targets (file stores on XFS), md RAID1 on the node"
-for leg in a b; do
-  mkdir -p /e2e/repl/$leg
-  loop=$(disk repl-$leg 512M)
-  mkfs.xfs -q -f "$loop" && mount "$loop" /e2e/repl/$leg || exit 1
-done
-"$bin/nvme-csi-e2e" --suite replication --bin "$bin" --work /e2e/repl --store file:/e2e/repl/a \
-  --second-store file:/e2e/repl/b --certs /e2e/certs || status=1
-umount /e2e/repl/a /e2e/repl/b
-
-if [ -n "$sanity" ]; then
-  echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"
-  "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity || status=1
-fi
-
 echo "=== LVM thin: volume group with 1 MiB extents and a thin pool"
 # No udev in this VM: LVM must create its device nodes itself instead of waiting.
 sed -i 's/^\(\s*\)# udev_sync = 1/\1udev_sync = 0/; s/^\(\s*\)# udev_rules = 1/\1udev_rules = 0/' /etc/lvm/lvm.conf
@@ -67,10 +38,53 @@ pv=$(disk lvm 3G)
 export LVM_SUPPRESS_FD_WARNINGS=1
 { pvcreate -q "$pv" && vgcreate -q -s 1M nvmecsi "$pv" && lvcreate -q -T nvmecsi/pool -L 2G; } || exit 1
 
-echo "=== store contract tests against LVM thin"
-NVME_CSI_TEST_LVM_POOL=nvmecsi/pool "$bin/nvme-csiPackageTests.xctest" --testing-library swift-testing \
-  --filter VolumeStoreContractTests || status=1
 
-echo "=== lifecycle: LVM thin store"
-"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool --certs /e2e/certs || status=1
+# Two lanes on the VM's two vCPUs keep the VM part within its budget. The second lane
+# runs in the background, its output kept for the end: the LVM store contract tests,
+# csi-sanity (its own target, store, ports and host NQN) and the lifecycle on LVM thin
+# (its ports and host identity moved by --port-offset). Every suite checks and cleans
+# up only its own nvmet entries, so the lanes never see each other's.
+lane_b() {
+  echo "=== store contract tests against LVM thin"
+  NVME_CSI_TEST_LVM_POOL=nvmecsi/pool "$bin/nvme-csiPackageTests.xctest" --testing-library swift-testing \
+    --filter VolumeStoreContractTests || lane=1
+  if [ -n "$sanity" ]; then
+    echo "=== CSI conformance: csi-sanity against target + all-in-one (controller and node)"
+    "$(dirname "$0")/sanity.sh" "$bin" "$sanity" /e2e/sanity || lane=1
+  fi
+  echo "=== lifecycle: LVM thin store"
+  "$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/lvm --store lvm:nvmecsi/pool --certs /e2e/certs --port-offset 20 \
+    || lane=1
+  return ${lane:-0}
+}
+# This lane's loop devices first: two `losetup -f` at once could pick the same device.
+file_disk=$(disk file 2G) faults_disk=$(disk faults 1G) repl_a_disk=$(disk repl-a 512M) repl_b_disk=$(disk repl-b 512M)
+lane_b >/e2e/lane-b.log 2>&1 &
+lane_b_pid=$!
+
+echo "=== lifecycle: file store on XFS"
+mkdir -p /e2e/file/store
+mkfs.xfs -q -f "$file_disk" && mount "$file_disk" /e2e/file/store || exit 1
+"$bin/nvme-csi-e2e" --bin "$bin" --work /e2e/file --store file:/e2e/file/store --certs /e2e/certs || status=1
+umount /e2e/file/store
+
+echo "=== faults under verified I/O: file store on XFS"
+mkdir -p /e2e/faults/store
+mkfs.xfs -q -f "$faults_disk" && mount "$faults_disk" /e2e/faults/store || exit 1
+"$bin/nvme-csi-e2e" --suite faults --bin "$bin" --work /e2e/faults --store file:/e2e/faults/store \
+  --store-device "$faults_disk" --certs /e2e/certs || status=1
+umount /e2e/faults/store
+
+echo "=== replicated volumes: two targets (file stores on XFS), md RAID1 on the node"
+mkdir -p /e2e/repl/a /e2e/repl/b
+for leg in "$repl_a_disk:a" "$repl_b_disk:b"; do
+  mkfs.xfs -q -f "${leg%:*}" && mount "${leg%:*}" "/e2e/repl/${leg#*:}" || exit 1
+done
+"$bin/nvme-csi-e2e" --suite replication --bin "$bin" --work /e2e/repl --store file:/e2e/repl/a \
+  --second-store file:/e2e/repl/b --certs /e2e/certs || status=1
+umount /e2e/repl/a /e2e/repl/b
+
+echo "=== the second lane (LVM contract tests, csi-sanity, LVM lifecycle), run alongside"
+wait "$lane_b_pid" || status=1
+cat /e2e/lane-b.log
 exit $status

@@ -56,8 +56,9 @@ if [ $status -ne 0 ]; then
 fi
 kill "$plugin" "$target" 2>/dev/null
 wait "$plugin" "$target" 2>/dev/null
-# The suite deletes what it creates: nothing of ours may be left in nvmet.
-left=$(ls /sys/kernel/config/nvmet/subsystems | grep -c nvme-csi)
+# The suite deletes what it creates: nothing of its target may be left in nvmet (other
+# suites run alongside: only subsystems serving this store count).
+left=$(grep -l "^$work/store/" /sys/kernel/config/nvmet/subsystems/*/namespaces/1/device_path 2>/dev/null | wc -l)
 [ "$left" = 0 ] || { echo "csi-sanity left $left subsystems in nvmet"; status=1; }
 umount "$work/store"; losetup -d "$loop"
 exit $status

@@ -28,16 +28,68 @@ final class Cluster: @unchecked Sendable {
   /// on the same kernel. Nil: one target.
   let secondStore: String?
   private(set) var secondTarget: Process?
-  static let secondPortalPort = 4421
 
-  init(bin: String, work: String, store: String, secondStore: String? = nil, certificates: String? = nil) {
+  /// Moves every fixed port and the node's host identity, so that another cluster can
+  /// run beside this one on the same kernel (guest.sh runs two lanes).
+  let portOffset: Int
+  var apiPort: Int { 7600 + portOffset }
+  var secondAPIPort: Int { 7601 + portOffset }
+  var portalPort: Int { 4420 + portOffset }
+  var secondPortalPort: Int { 4421 + portOffset }
+  var nodeMetricsPort: UInt16 { UInt16(9821 + portOffset) }
+  var hostID: String {
+    portOffset == 0 ? Self.baseHostID : String(Self.baseHostID.dropLast(4)) + String(format: "%04x", portOffset)
+  }
+
+  init(
+    bin: String, work: String, store: String, secondStore: String? = nil, certificates: String? = nil,
+    portOffset: Int = 0
+  ) {
     self.bin = bin
     self.work = work
     self.store = store
     self.secondStore = secondStore
+    self.portOffset = portOffset
     self.certificates = certificates ?? work + "/certs"
     self.controllerSocket = work + "/csi/controller.sock"
     self.nodeSocket = work + "/csi/node.sock"
+  }
+
+  // MARK: what in nvmet is this cluster's
+
+  // Other suites (csi-sanity) run alongside on the same kernel target: every check and
+  // cleanup looks only at what this cluster's targets and hosts made.
+
+  static let baseHostID = "6a1d0e52-7c7b-4f6e-9a43-5b0c1f7d2e11"
+  /// The host NQNs the access-control steps pose as.
+  static let strangerHostPrefix = "nqn.2014-08.org.nvmexpress:uuid:0badc0de-"
+
+  func isOurHost(_ nqn: String) -> Bool { nqn.hasSuffix(hostID) || nqn.hasPrefix(Self.strangerHostPrefix) }
+
+  /// Host entries of ours in nvmet.
+  func ourHosts() -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: nvmet + "/hosts")) ?? []).filter(isOurHost).sorted()
+  }
+
+  /// This driver's subsystems whose namespace reads from one of our stores, or that a
+  /// port of ours links.
+  func ourSubsystems() -> [String] {
+    let fm = FileManager.default
+    let roots = ([store] + (secondStore.map { [$0] } ?? [])).map { store in
+      store.hasPrefix("lvm:") ? "/dev/\(store.dropFirst(4).split(separator: "/")[0])/" : "\(store.dropFirst(5))/"
+    }
+    let ports = ((try? fm.contentsOfDirectory(atPath: nvmet + "/ports")) ?? []).filter { port in
+      let service = try? String(contentsOfFile: "\(nvmet)/ports/\(port)/addr_trsvcid", encoding: .utf8)
+      let ours = [portalPort] + (secondStore == nil ? [] : [secondPortalPort])
+      return ours.map(String.init).contains(service?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+    }
+    let subsystems = (try? fm.contentsOfDirectory(atPath: nvmet + "/subsystems")) ?? []
+    return subsystems.filter { nqn in
+      guard nqn.hasPrefix(SubsystemNaming.prefix) else { return false }
+      let device = try? String(contentsOfFile: "\(nvmet)/subsystems/\(nqn)/namespaces/1/device_path", encoding: .utf8)
+      return roots.contains { device?.hasPrefix($0) == true }
+        || ports.contains { fm.fileExists(atPath: "\(nvmet)/ports/\($0)/subsystems/\(nqn)") }
+    }.sorted()
   }
 
   /// Where a volume's data lives, as a user would look for it.
@@ -74,18 +126,16 @@ final class Cluster: @unchecked Sendable {
     }
   }
   let nvmet = "/sys/kernel/config/nvmet"
-  static let nodeMetricsPort: UInt16 = 9821
 
   func startAll() throws {
     try FileManager.default.createDirectory(atPath: work + "/logs", withIntermediateDirectories: true)
     try FileManager.default.createDirectory(atPath: work + "/nvme", withIntermediateDirectories: true)
     // What Talos writes: this node's own host identity.
-    let hostID = "6a1d0e52-7c7b-4f6e-9a43-5b0c1f7d2e11"
     try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(
       toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
-    let second = secondStore == nil ? "" : #", {"name": "store-b", "address": "127.0.0.1:7601"}"#
-    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:7600"}"# + second + "]}"
+    let second = secondStore == nil ? "" : #", {"name": "store-b", "address": "127.0.0.1:\#(secondAPIPort)"}"#
+    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:\#(apiPort)"}"# + second + "]}"
     try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
     try makeCertificates()
     try startTarget()
@@ -100,7 +150,8 @@ final class Cluster: @unchecked Sendable {
   func startTarget() throws {
     target = try launch(
       "target",
-      ["target", "--listen", "127.0.0.1:7600", "--store", store, "--portal", "127.0.0.1:4420"] + tlsFlags("target"))
+      ["target", "--listen", "127.0.0.1:\(apiPort)", "--store", store, "--portal", "127.0.0.1:\(portalPort)"]
+        + tlsFlags("target"))
   }
 
   func startSecondTarget() throws {
@@ -108,8 +159,8 @@ final class Cluster: @unchecked Sendable {
     secondTarget = try launch(
       "target-b",
       [
-        "target", "--listen", "127.0.0.1:7601", "--store", secondStore, "--portal",
-        "127.0.0.1:\(Self.secondPortalPort)",
+        "target", "--listen", "127.0.0.1:\(secondAPIPort)", "--store", secondStore, "--portal",
+        "127.0.0.1:\(secondPortalPort)",
       ]
         + tlsFlags("target"))
   }
@@ -150,7 +201,8 @@ final class Cluster: @unchecked Sendable {
       files: TLSFiles(ca: directory + "/ca.crt", certificate: directory + "/tls.crt", key: directory + "/tls.key"),
       logger: Logger(label: "e2e") { _ in SwiftLogNoOpLogHandler() })
     return try await withClient(
-      to: .tcp(HostPort(host: "127.0.0.1", port: 7600)), security: .mutualTLS(tls, serverName: "nvme-csi-target")
+      to: .tcp(HostPort(host: "127.0.0.1", port: UInt16(apiPort))),
+      security: .mutualTLS(tls, serverName: "nvme-csi-target")
     ) { client in try await body(Nvmecsi_Target_V1_Target.Client(wrapping: client)) }
   }
 
@@ -160,7 +212,7 @@ final class Cluster: @unchecked Sendable {
       "node",
       [
         "node", "--endpoint", "unix://" + nodeSocket, "--state-dir", work + "/node-state", "--nvme-config-dir",
-        work + "/nvme", "--metrics-address", "127.0.0.1:\(Self.nodeMetricsPort)",
+        work + "/nvme", "--metrics-address", "127.0.0.1:\(nodeMetricsPort)",
         // Returning legs of replicated volumes are re-added within a second (default 5).
         "--mirror-check-interval", "1",
       ], failpoints: failpoints)

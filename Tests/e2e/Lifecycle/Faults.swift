@@ -203,11 +203,10 @@ struct Faults {
   /// Our subsystems in nvmet with their namespaces' enable flag.
   func exportedSubsystems() throws -> [String] {
     let root = cluster.nvmet + "/subsystems"
-    return try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.hasPrefix(SubsystemNaming.prefix) }
-      .sorted().map { nqn in
-        let enabled = (try? String(contentsOfFile: "\(root)/\(nqn)/namespaces/1/enable", encoding: .utf8)) ?? "?"
-        return "\(nqn) enable=\(enabled.trimmingCharacters(in: .whitespacesAndNewlines))"
-      }
+    return cluster.ourSubsystems().map { nqn in
+      let enabled = (try? String(contentsOfFile: "\(root)/\(nqn)/namespaces/1/enable", encoding: .utf8)) ?? "?"
+      return "\(nqn) enable=\(enabled.trimmingCharacters(in: .whitespacesAndNewlines))"
+    }
   }
 }
 

@@ -25,6 +25,7 @@ struct Lifecycle {
     var storeDevice = ""
     var secondStore: String?
     var certificates: String?
+    var portOffset = 0
     while let flag = arguments.popFirst() {
       switch flag {
       case "--bin": bin = arguments.popFirst() ?? ""
@@ -40,12 +41,14 @@ struct Lifecycle {
       // The target API's certificates (make-certs.sh's directory), made once per VM
       // run; made in --work when not given.
       case "--certs": certificates = arguments.popFirst()
+      // Moves the fixed ports and host identity, to run beside another cluster.
+      case "--port-offset": portOffset = Int(arguments.popFirst() ?? "") ?? 0
       default: break
       }
     }
     let cluster = Cluster(
       bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store, secondStore: secondStore,
-      certificates: certificates)
+      certificates: certificates, portOffset: portOffset)
     let steps = Steps()
     steps.onFailure = {
       for role in ["target", "target-b", "controller", "node"] where role != "target-b" || secondStore != nil {
@@ -236,7 +239,7 @@ struct Scenario {
       steps.note("\(bytes.total) bytes, \(bytes.used) used; \(stats.volumeCondition.message)")
     }
     await steps.run("node metrics: the staged volume and its live NVMe path, from sysfs") {
-      let text = try httpGet(port: Cluster.nodeMetricsPort, path: "/metrics")
+      let text = try httpGet(port: cluster.nodeMetricsPort, path: "/metrics")
       let live = "nvmecsi_node_volume_paths{volume_id=\"\(attached.volumeID)\",state=\"live\"} 1"
       try check(
         text.contains(live), "no \(live) in:\n\(text.split(separator: "\n").filter { $0.hasPrefix("nvmecsi_node") })")
@@ -581,7 +584,8 @@ struct Scenario {
         nqn: try HostNQN("nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000001"),
         id: try ObjectUUID("0badc0de-0000-4000-8000-000000000001"))
       let context = PublishContext(
-        paths: [.init(host: "127.0.0.1", port: 4420)], subsystemNQN: SubsystemNaming.nqn(for: try ObjectUUID(uuid)),
+        paths: [.init(host: "127.0.0.1", port: UInt16(cluster.portalPort))],
+        subsystemNQN: SubsystemNaming.nqn(for: try ObjectUUID(uuid)),
         namespaceUUID: uuid)
       do {
         try await NVMeTCPAttacher().connect(context, as: stranger, with: ConnectionParameters())
@@ -671,7 +675,7 @@ struct Scenario {
       // Straight to the kernel (the attacher would reuse this node's own connection).
       let context = try PublishContext(decoding: v.publishContext)
       let options =
-        "nqn=\(context.subsystemNQN),transport=tcp,traddr=127.0.0.1,trsvcid=4420,"
+        "nqn=\(context.subsystemNQN),transport=tcp,traddr=127.0.0.1,trsvcid=\(cluster.portalPort),"
         + "hostnqn=nqn.2014-08.org.nvmexpress:uuid:0badc0de-0000-4000-8000-000000000003,"
         + "hostid=0badc0de-0000-4000-8000-000000000003"
       let fd = open("/dev/nvme-fabrics", O_RDWR)
@@ -709,8 +713,7 @@ struct Scenario {
     let fm = FileManager.default
     let subsystem = cluster.nvmet + "/subsystems/" + SubsystemNaming.prefix + uuid
     let allowed = (try? fm.contentsOfDirectory(atPath: subsystem + "/allowed_hosts")) ?? ["(unreadable)"]
-    let hosts = (try? fm.contentsOfDirectory(atPath: cluster.nvmet + "/hosts")) ?? ["(unreadable)"]
-    return allowed.sorted().map { "allowed:" + $0 } + hosts.sorted().map { "host:" + $0 }
+    return allowed.sorted().map { "allowed:" + $0 } + cluster.ourHosts().map { "host:" + $0 }
   }
 
   // MARK: 7. teardown
@@ -761,9 +764,9 @@ struct Scenario {
     await steps.run("nothing of ours is left: no volumes, no nvmet subsystems or hosts, an empty store") {
       let volumes = try await controller.listVolumes(.init()).entries
       try check(volumes.isEmpty, "volumes left: \(volumes.map(\.volume.volumeID))")
-      let subsystems = (try? FileManager.default.contentsOfDirectory(atPath: cluster.nvmet + "/subsystems")) ?? []
-      try check(!subsystems.contains { $0.hasPrefix(SubsystemNaming.prefix) }, "subsystems left: \(subsystems)")
-      let hosts = (try? FileManager.default.contentsOfDirectory(atPath: cluster.nvmet + "/hosts")) ?? []
+      let subsystems = cluster.ourSubsystems()
+      try check(subsystems.isEmpty, "subsystems left: \(subsystems)")
+      let hosts = cluster.ourHosts()
       try check(hosts.isEmpty, "hosts left: \(hosts)")
       try check(cluster.storeContents().isEmpty, "left in the store: \(cluster.storeContents())")
     }
@@ -823,14 +826,14 @@ struct Scenario {
   func wipeOurNVMetConfig() throws {
     let fm = FileManager.default
     let root = cluster.nvmet
+    let ours = cluster.ourSubsystems()
     for port in (try? fm.contentsOfDirectory(atPath: root + "/ports")) ?? [] {
       for link in (try? fm.contentsOfDirectory(atPath: "\(root)/ports/\(port)/subsystems")) ?? []
-      where link.hasPrefix(SubsystemNaming.prefix) {
+      where ours.contains(link) {
         unlink("\(root)/ports/\(port)/subsystems/\(link)")
       }
     }
-    for nqn in (try? fm.contentsOfDirectory(atPath: root + "/subsystems")) ?? []
-    where nqn.hasPrefix(SubsystemNaming.prefix) {
+    for nqn in ours {
       let s = "\(root)/subsystems/\(nqn)"
       for host in (try? fm.contentsOfDirectory(atPath: s + "/allowed_hosts")) ?? [] {
         unlink(s + "/allowed_hosts/" + host)
@@ -839,7 +842,7 @@ struct Scenario {
       rmdir(s + "/namespaces/1")
       guard rmdir(s) == 0 else { throw CheckFailed("cannot remove \(s): \(String(cString: strerror(errno)))") }
     }
-    for host in (try? fm.contentsOfDirectory(atPath: root + "/hosts")) ?? [] { rmdir(root + "/hosts/" + host) }
+    for host in cluster.ourHosts() { rmdir(root + "/hosts/" + host) }
   }
 }
 
