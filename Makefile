@@ -107,7 +107,8 @@ bench: $(DEPS_STAMP)
 ## The in-VM bench (issue 13, items 2-4; not part of make test): boots the VM (as make
 ## e2e) with the release binary and measures attach (NodeStage + NodePublish against
 ## exec `nvme connect` + poll + mount), the data path (fio through the driver's device
-## against a hand-connected one) and the node plugin's footprint; writes
+## against a hand-connected one), the node plugin's footprint and replicated volumes'
+## failover and resync (the e2e replication suite, timed); writes
 ## bench/results/<date>-vm.md and .json. Installs nvme-cli (the exec side) when missing.
 ## Options: make bench-vm BENCH_VM_ARGS='--rounds 20 --rss-volumes 50' (bench/vm/README.md).
 .PHONY: bench-vm
@@ -117,6 +118,7 @@ bench-vm: $(DEPS_STAMP)
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nvme-cli >/dev/null || \
 	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nvme-cli >/dev/null; }; }
 	$(SWIFT) build -c release --product nvme-csi
+	$(SWIFT) build -c release --product nvme-csi-e2e
 	bench/vm/run.sh --bin "$$($(SWIFT) build -c release --show-bin-path)/nvme-csi" --build release $(BENCH_VM_ARGS)
 
 plugins: $(DEPS_STAMP) $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2

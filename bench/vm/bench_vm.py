@@ -55,7 +55,7 @@ TARGET_API = "127.0.0.1:7610"
 PORTAL_ADDR, PORTAL_PORT = "127.0.0.1", "4430"
 MARK_BEGIN, MARK_END, MARK_LINE = "BENCH-VM-JSON-BEGIN", "BENCH-VM-JSON-END", "BVJ:"
 
-DEFAULTS = dict(rounds=20, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5)
+DEFAULTS = dict(rounds=20, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5, replication_rounds=3)
 
 # fio jobs: name, rw, block size, queue depth, what is compared (iops or bandwidth)
 FIO_JOBS = [
@@ -652,6 +652,65 @@ class Bench:
         log(f"rss: node idle {out['node_idle']['VmRSS'] / 1024:.1f} MiB, with {len(vols)} staged "
             f"{out['node_staged']['VmRSS'] / 1024:.1f} MiB")
 
+    # The e2e replication suite's figures (issue 11): `nvme-csi-e2e --suite replication`
+    # prints one `replication:` line per measurement; each round is a whole run of it
+    # (two targets with their own XFS stores and portals, md RAID1 on the node).
+    REPLICATION_FIGURES = {
+        "stall_ms": r"writes stalled (\d+) ms",
+        "errors": r"\| errors (\d+) \|",
+        "back_in_sync_ms": r"leg back in sync (\d+) ms after the target restarted",
+        "restaged_in_sync_ms": r"stale leg re-added and in sync (\d+) ms after its target restarted",
+        "restored_copy_ms": r"restored \d+ MiB mirror in sync (\d+) ms",
+        "restored_mib": r"restored (\d+) MiB mirror",
+    }
+
+    def phase_replication(self) -> None:
+        a = self.args
+        e2e = a.e2e or str(Path(self.bin).with_name("nvme-csi-e2e"))
+        if not os.access(e2e, os.X_OK):
+            self.result["notes"].append(f"replication: no e2e harness at {e2e}: phase skipped")
+            return
+        run(["modprobe", "-a", "md-mod", "raid1"])
+        work = self.work / "replication"
+        certs = work / "certs"
+        work.mkdir(exist_ok=True)
+        run([str(REPO / "deploy/certs/make-certs.sh"), str(certs)], timeout=300)
+        rounds = []
+        for n in range(a.replication_rounds):
+            stores = []
+            for leg in "ab":
+                image, mount = work / f"{leg}.img", work / f"r{n}-{leg}"
+                with open(image, "wb") as f:
+                    f.truncate(768 << 20)
+                loop = run(["losetup", "-f", "--show", str(image)])
+                run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", loop])
+                mount.mkdir()
+                run(["mount", loop, str(mount)])
+                stores.append((loop, mount))
+            log(f"replication round {n + 1}/{a.replication_rounds}")
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [e2e, "--suite", "replication", "--bin", str(Path(self.bin).parent), "--work", str(work / f"r{n}"),
+                 "--store", f"file:{stores[0][1]}", "--second-store", f"file:{stores[1][1]}", "--certs", str(certs)],
+                capture_output=True, text=True, timeout=900)
+            for loop, mount in stores:
+                run(["umount", "-l", str(mount)], check=False)
+                run(["losetup", "-d", loop], check=False)
+            lines = [ln.strip() for ln in done.stdout.splitlines() if ln.strip().startswith("replication:")]
+            if done.returncode != 0:
+                tail = "\n".join(done.stdout.splitlines()[-40:])
+                raise BenchError(f"the replication suite failed (round {n + 1}):\n{tail}")
+            figures = {}
+            for key, pattern in self.REPLICATION_FIGURES.items():
+                found = [re.search(pattern, ln) for ln in lines]
+                values = [int(m_.group(1)) for m_ in found if m_]
+                if values:
+                    figures[key] = values[0]
+            figures["suite_s"] = time.perf_counter() - t0
+            figures["lines"] = lines
+            rounds.append(figures)
+        self.result["replication"] = {"rounds": rounds}
+
     def cleanup_attach(self) -> None:
         self.unpublish_and_delete(self.attach_volume)
 
@@ -673,6 +732,10 @@ class Bench:
             self.phase_rss()
         if "attach" in phases:
             self.cleanup_attach()
+        if "replication" in phases:
+            # Its own targets use the ports this bench's target has: that one goes first.
+            self.stop_all()
+            self.phase_replication()
         self.result["elapsed_s"] = time.perf_counter() - t0
 
 
@@ -1023,6 +1086,16 @@ def summary_md(r: dict) -> list[str]:
     if st:
         out.append("- Start to ready socket: " + ", ".join(
             f"`{role}` {fmt_ms(percentile(v['socket_ms'], .5))}" for role, v in st.items()) + f" (under {r.get('accel')}).")
+    rep = r.get("replication")
+    if rep and rep["rounds"]:
+        med = lambda key: percentile([x[key] for x in rep["rounds"] if key in x], .5)  # noqa: E731
+        errors = sum(x.get("errors", 0) for x in rep["rounds"])
+        out.append(f"- Replicated volume (replicas=2), a target killed -9 under fio-verified writes: writes stalled "
+                   f"**{fmt_ms(med('stall_ms'))}** (fastIoFailTmo 2 s), {errors} I/O errors; the leg back in sync "
+                   f"{fmt_ms(med('back_in_sync_ms'))} after its target restarted (bitmap resync); a restored "
+                   f"{rep['rounds'][0].get('restored_mib', '?')} MiB mirror copied onto its blank leg at "
+                   f"≥ {rep['rounds'][0].get('restored_mib', 0) * 1000 / med('restored_copy_ms'):.1f} MiB/s "
+                   f"(median of {len(rep['rounds'])} runs).")
     out.append(f"- {build} build, accel={r.get('accel')}: see Method.")
     return out + [""]
 
@@ -1220,6 +1293,26 @@ def render_md(r: dict, title: str) -> str:
                        f"{fmt_ms(percentile(v['socket_ms'], .9))} | {fmt_ms(percentile(v['answer_ms'], .5))} | "
                        f"{fmt_ms(percentile(v['answer_ms'], .9))} | {fmt_mib(percentile(v['rss_idle_kib'], .5))} |")
         out += ["", f"Binary size: {m['binary_bytes'] / 1e6:.1f} MB ({m['build']} build).", ""]
+    rep = r.get("replication")
+    if rep and rep["rounds"]:
+        out += ["## 5. Replicated volumes (issue 11)", "",
+                "Each round is one run of `nvme-csi-e2e --suite replication` (Tests/e2e/Lifecycle/Replication.swift) "
+                "with this binary: two targets in the VM, each with its own XFS store and NVMe/TCP portal, md RAID1 "
+                "on the node with the leg defaults (fastIoFailTmo 2, ctrlLossTmo -1, reconnectDelay 1, "
+                "keepAliveTmo 2), the node's mirror check every 1 s. Stall: how long a 4 KiB O_DIRECT+O_SYNC write "
+                "issued when the target is killed -9 (its portal and subsystems removed) takes, while fio writes "
+                "with checksums. Back in sync: from the target's restart until md reports both legs in sync (a "
+                "bitmap resync of what was written meanwhile). Restored copy: a snapshot restored into a new "
+                "mirror, from before its attach until md has copied the restored leg onto the blank one in full "
+                "(so the rate is a lower bound).", "",
+                "| round | stall | I/O errors | back in sync | restaged degraded, back in sync | restored copy | "
+                "suite |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for n, x in enumerate(rep["rounds"], 1):
+            get = lambda key: fmt_ms(x[key]) if key in x else "—"  # noqa: E731
+            out.append(f"| {n} | {get('stall_ms')} | {x.get('errors', '—')} | {get('back_in_sync_ms')} | "
+                       f"{get('restaged_in_sync_ms')} | {get('restored_copy_ms')} for {x.get('restored_mib', '?')} "
+                       f"MiB | {x['suite_s']:.0f} s |")
+        out.append("")
     if r.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
     if r.get("failures"):
@@ -1272,7 +1365,7 @@ def render(args: argparse.Namespace) -> None:
     print(f"bench-vm: wrote {out / stem}.md and .json")
 
 
-DEFAULT_PHASES = "startup,attach,fio,rss"
+DEFAULT_PHASES = "startup,attach,fio,rss,replication"
 
 
 def main() -> int:
@@ -1297,6 +1390,9 @@ def main() -> int:
     m.add_argument("--no-ktrace", dest="ktrace", action="store_false",
                    help="no kernel trace (ftrace) of the attach rounds, so no breakdown of where the time goes")
     m.add_argument("--phases", default=DEFAULT_PHASES)
+    m.add_argument("--e2e", default="", help="the nvme-csi-e2e harness (default: next to --bin)")
+    m.add_argument("--replication-rounds", type=int, default=DEFAULTS["replication_rounds"],
+                   help="runs of the replication suite (default %(default)s)")
     r = sub.add_parser("render", help="on the host: results from the console log into bench/results")
     r.add_argument("--console", required=True)
     r.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
