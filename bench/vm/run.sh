@@ -75,7 +75,7 @@ hostload=${console%.log}.host
     sleep 10
   done ) >"$hostload" 2>/dev/null &
 sampler=$!
-trap 'kill $sampler 2>/dev/null' EXIT
+trap 'kill $sampler 2>/dev/null || true' EXIT
 status=0
 NVME_CSI_VM_TIMEOUT=${NVME_CSI_VM_TIMEOUT:-1800} \
   Tests/e2e/vm.sh "$PWD/bench/vm/guest.sh" "$bin" --build "$build" --binary-sha256 "$sha" --commit "$commit" "${pass[@]}" 2>&1 | tee "$console" || status=$?
