@@ -117,17 +117,30 @@ public enum ReplicaLayout {
     bytes > dataOffsetBytes ? bytes - dataOffsetBytes : 0
   }
 
-  /// Leg `index`'s UUID: the set's for leg 0; for the others the set's with its last two
-  /// bytes changed by the index, so each leg has its own subsystem NQN (a host that saw
-  /// two legs under one NQN would take them for two paths of one namespace). Another
-  /// random UUID matches one of these by chance with a probability of about 2⁻¹⁰⁶.
-  /// Applied to a leg's UUID with the same index it gives the set's back.
-  public static func legUUID(of set: ObjectUUID, index: Int) -> ObjectUUID {
-    guard index > 0 else { return set }
+  /// Leg `index`'s UUID: the set's for leg 0 as created; for the others the set's with
+  /// its last two bytes changed by the index, and byte 13 by the generation (how often
+  /// the leg's slot was replaced, `LegMap`), so each leg has its own subsystem NQN (a
+  /// host that saw two legs under one NQN would take them for two paths of one
+  /// namespace) and a returning replaced leg is never taken for its replacement.
+  /// Another random UUID matches one of these by chance with a probability below
+  /// 2⁻¹⁰⁰. Applied to a leg's UUID with the same index and generation it gives the
+  /// set's back.
+  public static func legUUID(of set: ObjectUUID, index: Int, generation: Int = 0) -> ObjectUUID {
+    guard index > 0 || generation > 0 else { return set }
     var bytes = set.bytes
+    bytes[13] ^= UInt8(truncatingIfNeeded: generation)
     bytes[14] ^= 0x5a
     bytes[15] ^= UInt8(truncatingIfNeeded: index)
     return ObjectUUID(bytes: bytes)!
+  }
+
+  /// The generation of leg `index` of `set` whose UUID is `leg`; nil when `leg` is no
+  /// leg of that slot (the node checks every leg it is told of against its volume).
+  public static func generation(ofLeg leg: ObjectUUID, index: Int, set: ObjectUUID) -> Int? {
+    guard index >= 0, index < maximumReplicas else { return nil }
+    let bytes = leg.bytes
+    let generation = Int(bytes[13] ^ set.bytes[13])
+    return legUUID(of: set, index: index, generation: generation) == leg ? generation : nil
   }
 
   /// The name leg `index` has on its target: the CSI name for leg 0 (its placement is
