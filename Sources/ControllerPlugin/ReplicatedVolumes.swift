@@ -13,7 +13,7 @@ extension VolumeAttribute {
   /// The targets of a replicated volume's legs, in leg order ("store-a,store-c").
   static let replicaTargets = "replica/targets"
   /// Which leg this record is (0 carries the volume's name).
-  static let replicaIndex = "replica/index"
+  static let replicaIndex = ReplicaLayout.indexAttribute
   /// On a snapshot of a leg: the replicated volume it is a snapshot of.
   static let replicaSet = "replica/set"
   /// On a replicated copy's legs: its content source as CSI named it.

@@ -97,6 +97,13 @@ public enum ReplicaLayout {
   /// creates the new array from that leg (the "seed").
   public static let seedKey = "mirrorSeed"
 
+  /// Volume attribute on each leg's record: which leg of its set it is (0 carries the
+  /// volume's name). A record without it is a single-copy volume.
+  public static let indexAttribute = "replica/index"
+  /// Volume attribute on a leg's record: how often its slot was replaced (`LegMap`);
+  /// absent means 0.
+  public static let generationAttribute = "replica/generation"
+
   /// Where md's data begins on each leg: the superblock (at 4 KiB) and the write-intent
   /// bitmap sit before it. Fixed, so a leg's size is the volume's plus this, whatever
   /// mdadm's default would be for that size.

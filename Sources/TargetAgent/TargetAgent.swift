@@ -462,6 +462,93 @@ public final class TargetAgent: TargetAPI {
     }
   }
 
+  // MARK: leg maps
+
+  /// Reads the map block from the store's device directly, as `mdSuperblock` does. No
+  /// lock: a read racing `writeLegMap` may see a torn block, reported as damaged
+  /// (`failedPrecondition`); the caller reads again.
+  public func legMap(of volume: ObjectUUID) async throws(NVMeCSIError) -> LegMap? {
+    try await onPool { [self] () throws(NVMeCSIError) in
+      let block = try mapBlock(of: try record(volume))
+      let bytes = try UncachedRead.bytes(at: LegMap.blockOffset, count: LegMap.blockBytes, from: block.path)
+      switch LegMap.content(of: bytes) {
+      case .empty: return nil
+      case .map(let map): return map.set == block.set ? map : nil  // another set's: a copied leg
+      case .damaged(let reason):
+        throw NVMeCSIError.failedPrecondition("volume \(volume)'s leg map block is damaged: \(reason)")
+      case .foreign:
+        throw NVMeCSIError.failedPrecondition(
+          "volume \(volume)'s leg map block (at \(LegMap.blockOffset) bytes) holds something that is not a leg map")
+      }
+    }
+  }
+
+  /// Compare-and-set on the map's version, under the volume's lock: read the block, then
+  /// write over it only when it holds nothing of value (empty, another set's map, a torn
+  /// map of ours) or an older map of this set.
+  public func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws {
+    let block = try map.block()
+    try await locks.withLock("volume:" + volume.value) { [self] in
+      try await onPool { [self] () throws(NVMeCSIError) in
+        let leg = try mapBlock(of: try record(volume))
+        guard map.set == leg.set else {
+          throw NVMeCSIError.invalidArgument(
+            "the leg map is of volume set \(map.set), but volume \(volume) is a leg of set \(leg.set)")
+        }
+        let current = try UncachedRead.bytes(at: LegMap.blockOffset, count: LegMap.blockBytes, from: leg.path)
+        switch LegMap.content(of: current) {
+        case .empty, .damaged: break
+        case .map(let held) where held.set != map.set: break  // a copied leg's: not this set's
+        case .map(let held) where held == map: return  // a repeat
+        case .map(let held) where held.version >= map.version:
+          throw NVMeCSIError.failedPrecondition(
+            "volume \(volume) holds version \(held.version) of its set's leg map, not older than version"
+              + " \(map.version) with other content: another repair won; read the map again")
+        case .map: break
+        case .foreign:
+          throw NVMeCSIError.failedPrecondition(
+            "volume \(volume)'s leg map block (at \(LegMap.blockOffset) bytes) holds something that is not a leg map:"
+              + " left as it is")
+        }
+        try UncachedWrite.bytes(block, at: LegMap.blockOffset, to: leg.path)
+        logger.info(
+          "leg map written", metadata: ["volume": "\(volume)", "set": "\(map.set)", "version": "\(map.version)"])
+      }
+    }
+  }
+
+  /// Where a leg's map block is and which set the leg belongs to, from its record's
+  /// `replica/index` and `replica/generation`; `failedPrecondition` for a single-copy
+  /// volume (that block is its data), a record whose attributes are not a leg's, or
+  /// data too small or missing.
+  private func mapBlock(of record: VolumeRecord) throws(NVMeCSIError) -> (path: String, set: ObjectUUID) {
+    let volume = record.uuid
+    guard let indexValue = record.attributes[ReplicaLayout.indexAttribute] else {
+      throw .failedPrecondition(
+        "volume \(volume) is not a leg of a replicated volume (no \(ReplicaLayout.indexAttribute) attribute):"
+          + " it has no leg map block, that block is its data")
+    }
+    let generationValue = record.attributes[ReplicaLayout.generationAttribute]
+    guard let index = Int(indexValue), (0..<ReplicaLayout.maximumReplicas).contains(index),
+      let generation = generationValue.map({ Int($0) }) ?? 0,  // absent: 0; not a number: nil
+      (0...LegMap.maximumGeneration).contains(generation)
+    else {
+      throw .failedPrecondition(
+        "volume \(volume)'s record has \(ReplicaLayout.indexAttribute)=\(quoted(indexValue)) and"
+          + " \(ReplicaLayout.generationAttribute)=\(quoted(generationValue ?? "")), not a leg's index and generation")
+    }
+    let path = store.devicePath(of: volume)
+    guard record.sizeBytes >= ReplicaLayout.dataOffsetBytes else {
+      throw .failedPrecondition(
+        "volume \(volume) is \(record.sizeBytes) bytes, smaller than a leg's \(ReplicaLayout.dataOffsetBytes)-byte"
+          + " metadata area: it has no leg map block")
+    }
+    guard store.hasData(volume) else {
+      throw .failedPrecondition("volume \(volume)'s backing data \(path) is missing on the target")
+    }
+    return (path, ReplicaLayout.legUUID(of: volume, index: index, generation: generation))
+  }
+
   // MARK: placements
 
   public func placement(of name: String) async throws(NVMeCSIError) -> NamePlacement {

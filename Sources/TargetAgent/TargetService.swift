@@ -17,6 +17,7 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     Nvmecsi_Target_V1_Target.Method.ListVolumes.descriptor, Nvmecsi_Target_V1_Target.Method.ListSnapshots.descriptor,
     Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
     Nvmecsi_Target_V1_Target.Method.ReadMDSuperblock.descriptor,
+    Nvmecsi_Target_V1_Target.Method.ReadLegMap.descriptor,
   ]
 
   public func getInfo(request: Nvmecsi_Target_V1_GetInfoRequest, context: ServerContext) async throws
@@ -151,6 +152,20 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     async throws -> Nvmecsi_Target_V1_ReadMDSuperblockResponse
   {
     .init(try await target.mdSuperblock(of: try ObjectUUID(request.uuid)))
+  }
+
+  public func readLegMap(request: Nvmecsi_Target_V1_ReadLegMapRequest, context: ServerContext) async throws
+    -> Nvmecsi_Target_V1_ReadLegMapResponse
+  {
+    try .init(try await target.legMap(of: try ObjectUUID(request.uuid)))
+  }
+
+  public func writeLegMap(request: Nvmecsi_Target_V1_WriteLegMapRequest, context: ServerContext) async throws
+    -> Nvmecsi_Target_V1_WriteLegMapResponse
+  {
+    let volume = try ObjectUUID(request.uuid)
+    try await target.writeLegMap(try request.legMap(), to: volume)
+    return .init()
   }
 
   public func getPlacement(request: Nvmecsi_Target_V1_GetPlacementRequest, context: ServerContext) async throws

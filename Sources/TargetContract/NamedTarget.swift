@@ -63,6 +63,12 @@ public struct NamedTarget: TargetAPI {
   public func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
     try await call { try await api.mdSuperblock(of: volume) }
   }
+  public func legMap(of volume: ObjectUUID) async throws -> LegMap? {
+    try await call { try await api.legMap(of: volume) }
+  }
+  public func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws {
+    try await call { try await api.writeLegMap(map, to: volume) }
+  }
   public func placement(of name: String) async throws -> NamePlacement {
     try await call { try await api.placement(of: name) }
   }

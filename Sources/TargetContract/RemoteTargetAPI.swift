@@ -211,6 +211,16 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     }
   }
 
+  public func legMap(of volume: ObjectUUID) async throws -> LegMap? {
+    try await call { try await client.readLegMap(.with { $0.uuid = volume.value }, options: $0).legMapIfPresent() }
+  }
+
+  public func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws {
+    // Encoded here: a map out of bounds is the caller's invalidArgument, not the target's answer.
+    let request = try Nvmecsi_Target_V1_WriteLegMapRequest(map, to: volume)
+    try await call { _ = try await client.writeLegMap(request, options: $0) }
+  }
+
   public func placement(of name: String) async throws -> NamePlacement {
     try await call {
       let response = try await client.getPlacement(.with { $0.name = name }, options: $0)

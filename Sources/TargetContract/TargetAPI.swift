@@ -181,6 +181,24 @@ public protocol TargetAPI: Sendable {
   /// the page cache; nil when there is none; `notFound` for an unknown volume. A
   /// superblock that is there but unreadable (torn, corrupt) is `failedPrecondition`.
   func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock?
+  /// The leg map in the volume's map block (`LegMap.blockOffset`), read past the page
+  /// cache; nil when the block is empty (all zeros) or holds another volume set's map
+  /// (a copied leg). `notFound` for an unknown volume; `failedPrecondition` when the
+  /// block is damaged or holds something that is not a leg map, and for a single-copy
+  /// volume (no `replica/index` attribute), which has no map block.
+  func legMap(of volume: ObjectUUID) async throws -> LegMap?
+  /// Writes `map` into the volume's map block, durably (O_DIRECT + fsync) — only on a
+  /// leg of a replicated volume (its record has the `replica/index` attribute), never on
+  /// a single-copy volume, whose data that block is. Compare-and-set on the version:
+  /// succeeds when the block is empty, holds another set's map, a damaged map of ours
+  /// (our magic, bad checksum: a torn write), or this set's map at a lower version; the
+  /// same map again is success (idempotent). A block holding this set's map at the same
+  /// or a higher version with other content is `failedPrecondition` (naming the version
+  /// it holds: another repair won); anything else in the block (`.foreign`) is
+  /// `failedPrecondition` and nothing is written. `notFound` for an unknown volume,
+  /// `invalidArgument` for a map that breaks LegMap's bounds or whose `set` is not the
+  /// set this leg belongs to.
+  func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws
 
   /// What this target records for a volume name as its home, and whether a volume of
   /// that name is here.

@@ -268,6 +268,45 @@ extension Nvmecsi_Target_V1_ReadMDSuperblockResponse {
   }
 }
 
+extension LegMap {
+  /// A map off the wire: its encoded block, exactly `blockBytes`, decoded and checked;
+  /// anything but a valid map is `invalidArgument`.
+  public init(wire block: Data) throws(NVMeCSIError) {
+    guard block.count == Self.blockBytes else {
+      throw .invalidArgument("a leg map block is \(Self.blockBytes) bytes, not \(block.count)")
+    }
+    switch Self.content(of: Array(block)) {
+    case .map(let map): self = map
+    case .empty: throw .invalidArgument("the leg map block is all zeros, not a leg map")
+    case .damaged(let reason): throw .invalidArgument("the leg map block is damaged: \(reason)")
+    case .foreign: throw .invalidArgument("the leg map block does not hold a leg map")
+    }
+  }
+}
+
+extension Nvmecsi_Target_V1_ReadLegMapResponse {
+  public init(_ map: LegMap?) throws(NVMeCSIError) {
+    self.init()
+    if let map { block = Data(try map.block()) }
+  }
+
+  /// Nil when the target found no map of the volume's set.
+  public func legMapIfPresent() throws(NVMeCSIError) -> LegMap? {
+    block.isEmpty ? nil : try LegMap(wire: block)
+  }
+}
+
+extension Nvmecsi_Target_V1_WriteLegMapRequest {
+  /// `invalidArgument` when the map breaks a bound (it could not be read back).
+  public init(_ map: LegMap, to volume: ObjectUUID) throws(NVMeCSIError) {
+    self.init()
+    uuid = volume.value
+    block = Data(try map.block())
+  }
+
+  public func legMap() throws(NVMeCSIError) -> LegMap { try LegMap(wire: block) }
+}
+
 extension Placement {
   public init(proto: Nvmecsi_Target_V1_Placement) throws(NVMeCSIError) {
     self.init(name: proto.name, target: try TargetName(proto.target))

@@ -197,6 +197,32 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReadLegMap" metadata.
+        public enum ReadLegMap: Sendable {
+            /// Request type for "ReadLegMap".
+            public typealias Input = Nvmecsi_Target_V1_ReadLegMapRequest
+            /// Response type for "ReadLegMap".
+            public typealias Output = Nvmecsi_Target_V1_ReadLegMapResponse
+            /// Descriptor for "ReadLegMap".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "ReadLegMap",
+                type: .unary
+            )
+        }
+        /// Namespace for "WriteLegMap" metadata.
+        public enum WriteLegMap: Sendable {
+            /// Request type for "WriteLegMap".
+            public typealias Input = Nvmecsi_Target_V1_WriteLegMapRequest
+            /// Response type for "WriteLegMap".
+            public typealias Output = Nvmecsi_Target_V1_WriteLegMapResponse
+            /// Descriptor for "WriteLegMap".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "nvmecsi.target.v1.Target"),
+                method: "WriteLegMap",
+                type: .unary
+            )
+        }
         /// Namespace for "GetPlacement" metadata.
         public enum GetPlacement: Sendable {
             /// Request type for "GetPlacement".
@@ -251,6 +277,8 @@ public enum Nvmecsi_Target_V1_Target: Sendable {
             DeleteSnapshot.descriptor,
             ListSnapshots.descriptor,
             ReadMDSuperblock.descriptor,
+            ReadLegMap.descriptor,
+            WriteLegMap.descriptor,
             GetPlacement.descriptor,
             ReservePlacements.descriptor,
             ReleasePlacement.descriptor
@@ -501,6 +529,51 @@ extension Nvmecsi_Target_V1_Target {
             request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReadMDSuperblockRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>
+
+        /// Handle the "ReadLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+        /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+        /// > page cache. block is empty when there is none: the block is all zeros or holds
+        /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+        /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_ReadLegMapRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_ReadLegMapResponse` messages.
+        func readLegMap(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadLegMapResponse>
+
+        /// Handle the "WriteLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+        /// > Compare-and-set on the map's version: writes over an empty block, another set's
+        /// > map, a torn map of ours or this set's map at a lower version; the same map again
+        /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+        /// > map at the same or a higher version with other content, or anything that is not a
+        /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Nvmecsi_Target_V1_WriteLegMapRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Nvmecsi_Target_V1_WriteLegMapResponse` messages.
+        func writeLegMap(
+            request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_WriteLegMapResponse>
 
         /// Handle the "GetPlacement" method.
         ///
@@ -793,6 +866,51 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>
 
+        /// Handle the "ReadLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+        /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+        /// > page cache. block is empty when there is none: the block is all zeros or holds
+        /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+        /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadLegMapRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_ReadLegMapResponse` message.
+        func readLegMap(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadLegMapResponse>
+
+        /// Handle the "WriteLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+        /// > Compare-and-set on the map's version: writes over an empty block, another set's
+        /// > map, a torn map of ours or this set's map at a lower version; the same map again
+        /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+        /// > map at the same or a higher version with other content, or anything that is not a
+        /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_WriteLegMapRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Nvmecsi_Target_V1_WriteLegMapResponse` message.
+        func writeLegMap(
+            request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_WriteLegMapResponse>
+
         /// Handle the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -1082,6 +1200,51 @@ extension Nvmecsi_Target_V1_Target {
             context: GRPCCore.ServerContext
         ) async throws -> Nvmecsi_Target_V1_ReadMDSuperblockResponse
 
+        /// Handle the "ReadLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+        /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+        /// > page cache. block is empty when there is none: the block is all zeros or holds
+        /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+        /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_ReadLegMapRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_ReadLegMapResponse` to respond with.
+        func readLegMap(
+            request: Nvmecsi_Target_V1_ReadLegMapRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_ReadLegMapResponse
+
+        /// Handle the "WriteLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+        /// > Compare-and-set on the map's version: writes over an empty block, another set's
+        /// > map, a torn map of ours or this set's map at a lower version; the same map again
+        /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+        /// > map at the same or a higher version with other content, or anything that is not a
+        /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+        ///
+        /// - Parameters:
+        ///   - request: A `Nvmecsi_Target_V1_WriteLegMapRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Nvmecsi_Target_V1_WriteLegMapResponse` to respond with.
+        func writeLegMap(
+            request: Nvmecsi_Target_V1_WriteLegMapRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Nvmecsi_Target_V1_WriteLegMapResponse
+
         /// Handle the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -1292,6 +1455,28 @@ extension Nvmecsi_Target_V1_Target.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.ReadLegMap.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReadLegMapRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReadLegMapResponse>(),
+            handler: { request, context in
+                try await self.readLegMap(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Nvmecsi_Target_V1_Target.Method.WriteLegMap.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_WriteLegMapRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_WriteLegMapResponse>(),
+            handler: { request, context in
+                try await self.writeLegMap(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Nvmecsi_Target_V1_Target.Method.GetPlacement.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_GetPlacementRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_GetPlacementResponse>(),
@@ -1467,6 +1652,28 @@ extension Nvmecsi_Target_V1_Target.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse> {
         let response = try await self.readMDSuperblock(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func readLegMap(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_ReadLegMapResponse> {
+        let response = try await self.readLegMap(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func writeLegMap(
+        request: GRPCCore.StreamingServerRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Nvmecsi_Target_V1_WriteLegMapResponse> {
+        let response = try await self.writeLegMap(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1672,6 +1879,32 @@ extension Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse> {
         return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>(
             message: try await self.readMDSuperblock(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func readLegMap(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadLegMapResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_ReadLegMapResponse>(
+            message: try await self.readLegMap(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func writeLegMap(
+        request: GRPCCore.ServerRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Nvmecsi_Target_V1_WriteLegMapResponse> {
+        return GRPCCore.ServerResponse<Nvmecsi_Target_V1_WriteLegMapResponse>(
+            message: try await self.writeLegMap(
                 request: request.message,
                 context: context
             ),
@@ -2013,6 +2246,61 @@ extension Nvmecsi_Target_V1_Target {
             deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadMDSuperblockResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReadLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+        /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+        /// > page cache. block is empty when there is none: the block is all zeros or holds
+        /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+        /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadLegMapRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReadLegMapRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReadLegMapResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func readLegMap<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReadLegMapResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadLegMapResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WriteLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+        /// > Compare-and-set on the map's version: writes over an empty block, another set's
+        /// > map, a torn map of ours or this set's map at a lower version; the same map again
+        /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+        /// > map at the same or a higher version with other content, or anything that is not a
+        /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_WriteLegMapRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_WriteLegMapRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_WriteLegMapResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func writeLegMap<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_WriteLegMapResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_WriteLegMapResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "GetPlacement" method.
@@ -2537,6 +2825,83 @@ extension Nvmecsi_Target_V1_Target {
             )
         }
 
+        /// Call the "ReadLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+        /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+        /// > page cache. block is empty when there is none: the block is all zeros or holds
+        /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+        /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadLegMapRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_ReadLegMapRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_ReadLegMapResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func readLegMap<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_ReadLegMapRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_ReadLegMapResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadLegMapResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.ReadLegMap.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "WriteLegMap" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+        /// > Compare-and-set on the map's version: writes over an empty block, another set's
+        /// > map, a torn map of ours or this set's map at a lower version; the same map again
+        /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+        /// > map at the same or a higher version with other content, or anything that is not a
+        /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Nvmecsi_Target_V1_WriteLegMapRequest` message.
+        ///   - serializer: A serializer for `Nvmecsi_Target_V1_WriteLegMapRequest` messages.
+        ///   - deserializer: A deserializer for `Nvmecsi_Target_V1_WriteLegMapResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func writeLegMap<Result>(
+            request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            serializer: some GRPCCore.MessageSerializer<Nvmecsi_Target_V1_WriteLegMapRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Nvmecsi_Target_V1_WriteLegMapResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_WriteLegMapResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Nvmecsi_Target_V1_Target.Method.WriteLegMap.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "GetPlacement" method.
         ///
         /// > Source IDL Documentation:
@@ -3010,6 +3375,73 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReadMDSuperblockRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReadMDSuperblockResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadLegMap" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+    /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+    /// > page cache. block is empty when there is none: the block is all zeros or holds
+    /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+    /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_ReadLegMapRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func readLegMap<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadLegMapRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadLegMapResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.readLegMap(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_ReadLegMapRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_ReadLegMapResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WriteLegMap" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+    /// > Compare-and-set on the map's version: writes over an empty block, another set's
+    /// > map, a torn map of ours or this set's map at a lower version; the same map again
+    /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+    /// > map at the same or a higher version with other content, or anything that is not a
+    /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Nvmecsi_Target_V1_WriteLegMapRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func writeLegMap<Result>(
+        request: GRPCCore.ClientRequest<Nvmecsi_Target_V1_WriteLegMapRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_WriteLegMapResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.writeLegMap(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Nvmecsi_Target_V1_WriteLegMapRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Nvmecsi_Target_V1_WriteLegMapResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3523,6 +3955,81 @@ extension Nvmecsi_Target_V1_Target.ClientProtocol {
             metadata: metadata
         )
         return try await self.readMDSuperblock(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadLegMap" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leg map (where a replicated volume's legs are after a repair) in the 4 KiB
+    /// > block just before md's data (4 MiB - 4 KiB into the volume's data), read past the
+    /// > page cache. block is empty when there is none: the block is all zeros or holds
+    /// > another volume set's map (a copied leg). NOT_FOUND for an unknown volume;
+    /// > FAILED_PRECONDITION when the block is damaged or holds something else.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func readLegMap<Result>(
+        _ message: Nvmecsi_Target_V1_ReadLegMapRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_ReadLegMapResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_ReadLegMapRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.readLegMap(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WriteLegMap" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Writes a leg map into that block, durably, on a leg of a replicated volume only.
+    /// > Compare-and-set on the map's version: writes over an empty block, another set's
+    /// > map, a torn map of ours or this set's map at a lower version; the same map again
+    /// > is success. FAILED_PRECONDITION (nothing written) when the block holds this set's
+    /// > map at the same or a higher version with other content, or anything that is not a
+    /// > leg map; INVALID_ARGUMENT for a map that is malformed or of another set.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func writeLegMap<Result>(
+        _ message: Nvmecsi_Target_V1_WriteLegMapRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Nvmecsi_Target_V1_WriteLegMapResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Nvmecsi_Target_V1_WriteLegMapRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.writeLegMap(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -341,6 +341,10 @@ final class SwitchableTarget: TargetAPI {
   func mdSuperblock(of volume: ObjectUUID) async throws -> MDSuperblock? {
     try await call { try await $0.mdSuperblock(of: volume) }
   }
+  func legMap(of volume: ObjectUUID) async throws -> LegMap? { try await call { try await $0.legMap(of: volume) } }
+  func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws {
+    try await call { try await $0.writeLegMap(map, to: volume) }
+  }
   func placement(of name: String) async throws -> NamePlacement { try await call { try await $0.placement(of: name) } }
   func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {
     try await call { try await $0.reservePlacements(placements) }

@@ -33,4 +33,20 @@ struct UncachedReadTests {
     }
     #expect(error?.cause == .noEntry)
   }
+
+  @Test("An uncached write lands at its aligned offset and leaves the rest; unaligned ones and missing files fail")
+  func writes() throws {
+    let content = [UInt8](repeating: 1, count: 3 * 4096)
+    try withFile(content) { (path) throws in
+      let block = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 3) }
+      try UncachedWrite.bytes(block, at: 4096, to: path)
+      #expect(try UncachedRead.bytes(at: 0, count: 3 * 4096, from: path) == content[..<4096] + block + content[8192...])
+      expectError(.internalError, mentioning: ["4096"]) { try UncachedWrite.bytes(block, at: 100, to: path) }
+      expectError(.internalError, mentioning: ["4096"]) { try UncachedWrite.bytes([1, 2], at: 0, to: path) }
+    }
+    let error = expectError(.internalError, mentioning: ["/nonexistent/x"]) {
+      try UncachedWrite.bytes([UInt8](repeating: 0, count: 4096), at: 0, to: "/nonexistent/x")
+    }
+    #expect(error?.cause == .noEntry)
+  }
 }

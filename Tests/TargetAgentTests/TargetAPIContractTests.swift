@@ -356,6 +356,151 @@ struct TargetAPIContractTests {
     }
   }
 
+  /// Leg `index` (of `generation`) of a replicated volume `set`, as the controller creates it.
+  static func createLeg(
+    _ api: any TargetAPI, of set: ObjectUUID, index: Int = 1, generation: Int = 0
+  ) async throws -> TargetVolume {
+    var attributes = ["replica/index": "\(index)", "replica/targets": "a,b"]
+    if generation > 0 { attributes["replica/generation"] = "\(generation)" }
+    var request = NewVolume(
+      name: "pvc-lm~replica-\(index)-\(generation)", sizeBytes: ReplicaLayout.legBytes(forVolume: 4 * MiB), source: nil,
+      attributes: attributes)
+    request.uuid = ReplicaLayout.legUUID(of: set, index: index, generation: generation)
+    return try await api.createVolume(request).volume
+  }
+
+  static func legMap(of set: ObjectUUID, version: UInt64, on targets: [String] = ["a", "c"]) throws -> LegMap {
+    LegMap(
+      set: set, version: version,
+      legs: try targets.enumerated().map { LegMap.Leg(target: try TargetName($1), generation: $0) },
+      replaced: version > 0 ? [LegMap.ReplacedLeg(index: 1, target: try TargetName("b"), generation: 0)] : [])
+  }
+
+  static func mapBlock(of volume: ObjectUUID, on target: LocalTarget) throws -> [UInt8] {
+    try UncachedRead.bytes(at: LegMap.blockOffset, count: LegMap.blockBytes, from: target.dataPath(of: volume))
+  }
+
+  @Test(
+    "A leg's map: none at first; written, it reads back; a repeat succeeds; only a newer version replaces it",
+    arguments: TargetAPIFactory.all)
+  func legMapCompareAndSet(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let set = ObjectUUID.random()
+      let leg = try await Self.createLeg(api, of: set)
+      #expect(try await api.legMap(of: leg.uuid) == nil)
+
+      let first = try Self.legMap(of: set, version: 1)
+      try await api.writeLegMap(first, to: leg.uuid)
+      #expect(try await api.legMap(of: leg.uuid) == first)
+      try await api.writeLegMap(first, to: leg.uuid)
+      #expect(try Self.mapBlock(of: leg.uuid, on: target) == first.block())
+
+      // Another repair's map at the same version loses.
+      let rival = try Self.legMap(of: set, version: 1, on: ["a", "d"])
+      await expectError(.failedPrecondition, mentioning: ["store-t", "version 1"]) {
+        try await api.writeLegMap(rival, to: leg.uuid)
+      }
+      #expect(try await api.legMap(of: leg.uuid) == first)
+
+      let second = try Self.legMap(of: set, version: 2, on: ["a", "d"])
+      try await api.writeLegMap(second, to: leg.uuid)
+      #expect(try await api.legMap(of: leg.uuid) == second)
+      await expectError(.failedPrecondition, mentioning: ["version 2"]) {
+        try await api.writeLegMap(first, to: leg.uuid)
+      }
+      #expect(try await api.legMap(of: leg.uuid) == second)
+
+      let third = try Self.legMap(of: set, version: 3, on: ["e", "d"])
+      try await api.writeLegMap(third, to: leg.uuid)
+      #expect(try await api.legMap(of: leg.uuid) == third)
+
+      // A replacement leg (a later generation) belongs to the same set.
+      let replacement = try await Self.createLeg(api, of: set, index: 0, generation: 1)
+      try await api.writeLegMap(third, to: replacement.uuid)
+      #expect(try await api.legMap(of: replacement.uuid) == third)
+    }
+  }
+
+  @Test(
+    "A single-copy volume has no map block: reading or writing one is refused and its data stays",
+    arguments: TargetAPIFactory.all)
+  func legMapOnSingleCopy(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let volume = try await api.createVolume(newVolume("pvc-single", size: 8 * MiB)).volume
+      let data = (0..<LegMap.blockBytes).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+      try writeBytes(data, at: LegMap.blockOffset, to: target.dataPath(of: volume.uuid))
+      await expectError(.failedPrecondition, mentioning: ["replica/index"]) {
+        try await api.writeLegMap(try Self.legMap(of: volume.uuid, version: 1), to: volume.uuid)
+      }
+      await expectError(.failedPrecondition, mentioning: ["replica/index"]) { try await api.legMap(of: volume.uuid) }
+      #expect(try Self.mapBlock(of: volume.uuid, on: target) == data)
+    }
+  }
+
+  @Test(
+    "Foreign bytes in the map block are refused and kept; a torn map of ours and a copied leg's map are overwritten",
+    arguments: TargetAPIFactory.all)
+  func legMapOverWhatIsThere(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let set = ObjectUUID.random()
+      let leg = try await Self.createLeg(api, of: set)
+      let path = target.dataPath(of: leg.uuid)
+      let map = try Self.legMap(of: set, version: 1)
+
+      var foreign = [UInt8](repeating: 0, count: LegMap.blockBytes)
+      foreign[100] = 0x42
+      try writeBytes(foreign, at: LegMap.blockOffset, to: path)
+      await expectError(.failedPrecondition, mentioning: ["not a leg map"]) { try await api.legMap(of: leg.uuid) }
+      await expectError(.failedPrecondition, mentioning: ["not a leg map"]) {
+        try await api.writeLegMap(map, to: leg.uuid)
+      }
+      #expect(try Self.mapBlock(of: leg.uuid, on: target) == foreign)
+
+      var torn = try Self.legMap(of: set, version: 5).block()
+      torn[40] ^= 0x04
+      try writeBytes(torn, at: LegMap.blockOffset, to: path)
+      await expectError(.failedPrecondition, mentioning: ["damaged"]) { try await api.legMap(of: leg.uuid) }
+      try await api.writeLegMap(map, to: leg.uuid)
+      #expect(try await api.legMap(of: leg.uuid) == map)
+
+      // A leg copied from another set's (a clone of a leg) carries that set's map.
+      let copied = try Self.legMap(of: .random(), version: 9)
+      try writeBytes(try copied.block(), at: LegMap.blockOffset, to: path)
+      #expect(try await api.legMap(of: leg.uuid) == nil)
+      try await api.writeLegMap(map, to: leg.uuid)
+      #expect(try await api.legMap(of: leg.uuid) == map)
+    }
+  }
+
+  @Test(
+    "Leg maps of an unknown volume are notFound; a map of another set is invalidArgument and writes nothing",
+    arguments: TargetAPIFactory.all)
+  func legMapRefusals(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let set = ObjectUUID.random()
+      let leg = try await Self.createLeg(api, of: set)
+      let unknown = ObjectUUID.random()
+      await expectError(.notFound, mentioning: ["store-t", unknown.value]) { try await api.legMap(of: unknown) }
+      await expectError(.notFound, mentioning: [unknown.value]) {
+        try await api.writeLegMap(try Self.legMap(of: set, version: 1), to: unknown)
+      }
+      let other = ObjectUUID.random()
+      await expectError(.invalidArgument, mentioning: [other.value, set.value]) {
+        try await api.writeLegMap(try Self.legMap(of: other, version: 1), to: leg.uuid)
+      }
+      // The leg's own UUID is not its set's (only leg 0 of generation 0 shares it).
+      await expectError(.invalidArgument, mentioning: [set.value]) {
+        try await api.writeLegMap(try Self.legMap(of: leg.uuid, version: 1), to: leg.uuid)
+      }
+      var unbounded = try Self.legMap(of: set, version: 1)
+      unbounded.legs.removeLast()
+      await expectError(.invalidArgument, mentioning: ["2 to 3 legs"]) {
+        try await api.writeLegMap(unbounded, to: leg.uuid)
+      }
+      #expect(try Self.mapBlock(of: leg.uuid, on: target).allSatisfy { $0 == 0 })
+    }
+  }
+
   @Test("Expansion grows a volume and never shrinks it", arguments: TargetAPIFactory.all)
   func expand(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, _ in

@@ -1,3 +1,4 @@
+import Foundation
 import GRPCCore
 import NVMeCSICore
 import TargetAgent
@@ -103,5 +104,46 @@ struct WireRequestTests {
     expectError(.invalidArgument, mentioning: ["role"]) { try unknownRole.superblockIfPresent() }
     unknownRole.superblock.role = .unspecified
     expectError(.invalidArgument, mentioning: ["role"]) { try unknownRole.superblockIfPresent() }
+  }
+
+  @Test(
+    "A leg map block of the wrong size, damaged, empty or foreign on the wire is invalidArgument and writes nothing")
+  func legMapBlockOnTheWire() async throws {
+    try await withTarget(.inProcess) { api, target in
+      let set = ObjectUUID.random()
+      let leg = try await TargetAPIContractTests.createLeg(api, of: set)
+      let map = try TargetAPIContractTests.legMap(of: set, version: 1)
+      let block = try map.block()
+      let service = TargetService(target: target.agent)
+      let context = ServerContext(
+        descriptor: MethodDescriptor(fullyQualifiedService: "test", method: "WriteLegMap"),
+        remotePeer: "in-process:test", localPeer: "in-process:test", cancellation: .init())
+      var damaged = block
+      damaged[30] ^= 0x01
+      var foreign = block
+      foreign[0] ^= 0xff
+      let bad: [(bytes: [UInt8], fragment: String)] = [
+        ([], "4096"), (Array(block.prefix(512)), "512"), (block + [0], "4097"), (damaged, "damaged"),
+        ([UInt8](repeating: 0, count: LegMap.blockBytes), "zeros"), (foreign, "not hold a leg map"),
+      ]
+      for (bytes, fragment) in bad {
+        await expectError(.invalidArgument, mentioning: [fragment]) {
+          try await service.writeLegMap(
+            request: .with {
+              $0.uuid = leg.uuid.value
+              $0.block = Data(bytes)
+            }, context: context)
+        }
+      }
+      #expect(try TargetAPIContractTests.mapBlock(of: leg.uuid, on: target).allSatisfy { $0 == 0 })
+      _ = try await service.writeLegMap(request: try .init(map, to: leg.uuid), context: context)
+      let answer = try await service.readLegMap(request: .with { $0.uuid = leg.uuid.value }, context: context)
+      #expect(answer.block == Data(block))
+      #expect(try answer.legMapIfPresent() == map)
+      #expect(try Nvmecsi_Target_V1_ReadLegMapResponse(nil).legMapIfPresent() == nil)
+      var malformed = answer
+      malformed.block = Data(damaged)
+      expectError(.invalidArgument, mentioning: ["damaged"]) { try malformed.legMapIfPresent() }
+    }
   }
 }
