@@ -96,7 +96,8 @@ public struct LegMap: Hashable, Sendable {
     let old = legs[index]
     guard old.generation < Self.maximumGeneration else {
       throw .failedPrecondition(
-        "leg \(index) was replaced \(old.generation) times already, the most a volume allows: copy the data to a new volume")
+        "leg \(index) was replaced \(old.generation) times already, the most a volume allows:"
+          + " copy the data to a new volume")
     }
     guard replaced.count < Self.maximumReplaced else {
       throw .failedPrecondition(
@@ -230,7 +231,9 @@ public struct LegMap: Hashable, Sendable {
     init(_ map: LegMap) {
       set = map.set.value
       version = map.version
-      legs = map.legs.map { Leg(target: $0.target.value, generation: $0.generation, portals: $0.portals.map(\.description)) }
+      legs = map.legs.map {
+        Leg(target: $0.target.value, generation: $0.generation, portals: $0.portals.map(\.description))
+      }
       replaced = map.replaced.map { Replaced(index: $0.index, target: $0.target.value, generation: $0.generation) }
     }
 
