@@ -33,7 +33,7 @@ unit-test: $(DEPS_STAMP) verify-proto
 	$(SWIFT) test --skip-build
 
 # Hand-written Swift (generated code is not ours to format).
-SWIFT_SOURCES = $(shell find Sources Tests -name '*.swift' -not -path 'Sources/CSIProto/*' -not -path 'Sources/TargetProto/*' | sort)
+SWIFT_SOURCES = $(shell find Sources Tests -name '*.swift' -not -path 'Sources/CSIProto/*' -not -path 'Sources/TargetProto/*' -not -path 'Sources/AdminProto/*' | sort)
 
 ## Reformat the hand-written Swift with the committed .swift-format.
 format:
@@ -126,7 +126,7 @@ $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-swift --scratch-path ../../.build-protoc
 	cd tools/protoc-plugins && $(SWIFT) build -c release --product protoc-gen-grpc-swift-2 --scratch-path ../../.build-protoc
 
-## Regenerate Sources/CSIProto and Sources/TargetProto from proto/.
+## Regenerate Sources/CSIProto, Sources/TargetProto and Sources/AdminProto from proto/.
 proto: plugins
 	./scripts/generate-proto.sh Sources
 
@@ -136,6 +136,7 @@ verify-proto: plugins
 	./scripts/generate-proto.sh .build-proto-check
 	diff -r Sources/CSIProto .build-proto-check/CSIProto
 	diff -r Sources/TargetProto .build-proto-check/TargetProto
+	diff -r Sources/AdminProto .build-proto-check/AdminProto
 	@echo "generated code is up to date"
 
 clean:

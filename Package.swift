@@ -37,6 +37,9 @@ let package = Package(
     .target(
       name: "TargetProto",
       dependencies: grpc + [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+    .target(
+      name: "AdminProto",
+      dependencies: grpc + [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
     // CSI-agnostic domain: IDs, NQNs, sizes, capabilities, locks, errors, the pool for
     // blocking work (NIO's thread pool). No gRPC.
@@ -72,10 +75,11 @@ let package = Package(
     .target(
       name: "TargetAgent",
       dependencies: grpc + ["NVMeCSICore", "VolumeStore", "NVMetExporter", "TargetContract", "TargetProto", log]),
-    // `nvme-csi controller`: CSI Identity + Controller over target APIs.
+    // `nvme-csi controller`: CSI Identity + Controller over target APIs, and the
+    // operator's Admin service next to them.
     .target(
       name: "ControllerPlugin",
-      dependencies: grpc + ["NVMeCSICore", "CSIProto", "TargetContract", "CSIServer", log]),
+      dependencies: grpc + ["NVMeCSICore", "CSIProto", "AdminProto", "TargetContract", "CSIServer", log]),
 
     // `nvme-csi node`: CSI Node over an attacher and a mounter.
     .target(
@@ -86,7 +90,7 @@ let package = Package(
     .executableTarget(
       name: "nvme-csi",
       dependencies: grpc + [
-        "NVMeCSICore", "CSIProto", "TargetContract", "CSIServer", "TargetAgent", "ControllerPlugin",
+        "NVMeCSICore", "CSIProto", "AdminProto", "TargetContract", "CSIServer", "TargetAgent", "ControllerPlugin",
         "NodePlugin", "NVMeFabrics", "Mounting", "VolumeStore", "NVMetExporter", log,
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -122,8 +126,8 @@ let package = Package(
     .testTarget(
       name: "ControllerPluginTests",
       dependencies: grpc + [
-        "ControllerPlugin", "CSIProto", "TargetContract", "TargetAgent", "VolumeStore", "NVMetExporter", "NVMeCSICore",
-        "CSIServer", "TestSupport", log,
+        "ControllerPlugin", "CSIProto", "AdminProto", "TargetContract", "TargetAgent", "VolumeStore", "NVMetExporter",
+        "NVMeCSICore", "CSIServer", "TestSupport", log,
       ]),
   ],
   swiftLanguageModes: [.v6]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generates the Swift code for proto/ into <out>/CSIProto and <out>/TargetProto.
+# Generates the Swift code for proto/ into <out>/CSIProto, <out>/TargetProto and
+# <out>/AdminProto.
 # Used by `make proto` (out = Sources) and `make verify-proto`.
 set -euo pipefail
 out=${1:?usage: generate-proto.sh <output-dir>}
@@ -15,8 +16,13 @@ gen() { # <proto-file> <output-target-dir>
 }
 gen csi.proto "$out/CSIProto"
 gen nvmecsi/target/v1/target.proto "$out/TargetProto"
-# The target API lands in a nested folder; keep the target flat.
-if [ -d "$out/TargetProto/nvmecsi" ]; then
-  mv "$out"/TargetProto/nvmecsi/target/v1/* "$out/TargetProto/"
-  rm -rf "$out/TargetProto/nvmecsi"
-fi
+gen nvmecsi/admin/v1/admin.proto "$out/AdminProto"
+# Our own APIs land in nested folders; keep the targets flat.
+flatten() { # <output-target-dir> <api>
+  if [ -d "$1/nvmecsi" ]; then
+    mv "$1"/nvmecsi/"$2"/v1/* "$1/"
+    rm -rf "$1/nvmecsi"
+  fi
+}
+flatten "$out/TargetProto" target
+flatten "$out/AdminProto" admin

@@ -35,7 +35,7 @@ struct AllInOneCommand: AsyncParsableCommand {
         return targetsReady && nodeReady
       })
     let server = try GRPCService(
-      endpoint: endpoint, services: [identity, controllerRole.service, nodeRole.service], logger: logger)
+      endpoint: endpoint, services: [identity] + controllerRole.services + [nodeRole.service], logger: logger)
     logger.info(
       "all-in-one starting",
       metadata: ["node_id": "\(nodeRole.nodeID)", "targets": "\(controllerRole.targetNames)"])

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSIServer
 import ControllerPlugin
+import GRPCCore
 import Logging
 import NVMeCSICore
 import ServiceLifecycle
@@ -31,7 +32,7 @@ struct ControllerCommand: AsyncParsableCommand {
     let (driverMetrics, metricsServices) = try metrics.make(logger: logger)
     driverMetrics?.observe(role.service)
     let server = try GRPCService(
-      endpoint: endpoint, services: [identity, role.service], metrics: driverMetrics, logger: logger)
+      endpoint: endpoint, services: [identity] + role.services, metrics: driverMetrics, logger: logger)
     logger.info("controller starting", metadata: ["driver": "\(driverName)", "targets": "\(role.targetNames)"])
     let group = ServiceGroup(
       services: role.clients + metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -52,6 +53,9 @@ struct ControllerOptions: ParsableArguments {
   /// The Controller service over clients of every listed target.
   struct Role: Sendable {
     let service: ControllerService
+    /// What the controller serves on its endpoint: CSI Controller, and the Admin
+    /// service (`nvme-csi ctl repair-volume`) next to it on the same socket.
+    var services: [any RegistrableRPCService] { [service, AdminService(controller: service)] }
     /// The target clients' connections, their certificate reloader and the placement
     /// indexing, run for the life of the process.
     let clients: [any Service]

@@ -1,3 +1,4 @@
+import AdminProto
 import ArgumentParser
 import CSIProto
 import CSIServer
@@ -11,11 +12,11 @@ import SwiftProtobuf
 struct CtlCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "ctl",
-    abstract: "Call a CSI plugin's RPCs over its socket, or read one target's API.",
+    abstract: "Call a CSI plugin's RPCs (and the controller's admin ones) over its socket, or read one target's API.",
     subcommands: [
       PluginInfo.self, CreateVolume.self, DeleteVolume.self, GetVolume.self, ListVolumes.self, Expand.self,
       ModifyVolume.self, Publish.self, Unpublish.self, CreateSnapshot.self, DeleteSnapshot.self, ListSnapshots.self,
-      GetCapacity.self,
+      GetCapacity.self, RepairVolume.self,
       TargetInfoCommand.self, TargetVolumesCommand.self,
     ])
 }
@@ -35,11 +36,22 @@ struct CtlOptions: ParsableArguments {
       )
       async throws -> R
   ) async throws -> R {
+    try await connected { client in try await body(.init(wrapping: client), .init(wrapping: client)) }
+  }
+
+  /// Runs one call with a client of the controller's Admin service (same socket).
+  func callAdmin<R: Sendable>(
+    _ body: @Sendable (Nvmecsi_Admin_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws -> R
+  ) async throws -> R {
+    try await connected { client in try await body(.init(wrapping: client)) }
+  }
+
+  private func connected<R: Sendable>(
+    _ body: (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
+  ) async throws -> R {
     let endpoint = try Endpoint(parsing: self.endpoint)
     do {
-      return try await withClient(to: endpoint) { client in
-        try await body(.init(wrapping: client), .init(wrapping: client))
-      }
+      return try await withClient(to: endpoint, body)
     } catch let error as RPCError {
       throw CallFailed(code: error.code, message: error.message)
     }
@@ -357,6 +369,40 @@ extension CtlCommand {
       }
     }
   }
+}
+
+extension CtlCommand {
+  struct RepairVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "repair-volume",
+      abstract:
+        "Replace a replicated volume's leg, lost for good, by a blank leg on another target (the controller's Admin"
+        + " service); md on the node copies the data onto it. A repeat finishes an interrupted repair.")
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "A replicated volume's ID (r1.<uuid>.<target>.<target>[.<target>]).") var volumeID: String
+    @Option(help: ArgumentHelp("The leg to replace (0, 1 or 2: its place in the volume ID).", valueName: "n"))
+    var leg: UInt32
+    @Option(help: ArgumentHelp("The target for the new leg (default: chosen as at create).", valueName: "target"))
+    var to: String?
+
+    func run() async throws {
+      let request = Nvmecsi_Admin_V1_RepairVolumeRequest.with {
+        $0.volumeID = volumeID
+        $0.leg = leg
+        $0.target = to ?? ""
+      }
+      let r = try await options.callAdmin { admin in try await admin.repairVolume(request) }
+      try options.show(r) { legMapLines(volumeID, r) }
+    }
+  }
+}
+
+/// A volume's leg map as `ctl repair-volume` prints it.
+func legMapLines(_ volumeID: String, _ r: Nvmecsi_Admin_V1_RepairVolumeResponse) -> String {
+  var lines = ["volume \(volumeID)  leg map version \(r.mapVersion)"]
+  lines += r.legs.map { "  leg \($0.index): \($0.target) (generation \($0.generation))" }
+  lines += r.replaced.map { "  replaced leg \($0.index): \($0.target) (generation \($0.generation)), not yet deleted" }
+  return lines.joined(separator: "\n")
 }
 
 func volumeLine(_ v: Csi_V1_Volume, _ nodes: [String], _ condition: Csi_V1_VolumeCondition) -> String {
