@@ -13,6 +13,10 @@ public struct PublishContext: Hashable, Sendable {
   /// The other legs of a replicated volume (legs 1…), each its own subsystem on its own
   /// target; the fields above are leg 0's. Empty for a single-copy volume.
   public var replicaLegs: [Leg]
+  /// The version of the leg map (`LegMap`) the legs above come from: 0 for a volume
+  /// whose legs were never replaced. The node keeps it with its staging record and
+  /// follows a newer map it reads from the legs themselves.
+  public var legMapVersion: UInt64
 
   /// How to reach one leg (one subsystem, namespace 1) and recognise its device.
   public struct Leg: Hashable, Sendable {
@@ -29,7 +33,7 @@ public struct PublishContext: Hashable, Sendable {
 
   public init(
     transport: String = "tcp", paths: [HostPort], subsystemNQN: String, namespaceUUID: String,
-    connection: [String: String] = [:], replicaLegs: [Leg] = []
+    connection: [String: String] = [:], replicaLegs: [Leg] = [], legMapVersion: UInt64 = 0
   ) {
     self.transport = transport
     self.paths = paths
@@ -37,6 +41,7 @@ public struct PublishContext: Hashable, Sendable {
     self.namespaceUUID = namespaceUUID
     self.connection = connection
     self.replicaLegs = replicaLegs
+    self.legMapVersion = legMapVersion
   }
 
   /// Every leg, leg 0 first.
@@ -56,6 +61,8 @@ public struct PublishContext: Hashable, Sendable {
     static let paths = "paths"
     static let subsystemNQN = "subsystemNQN"
     static let namespaceUUID = "namespaceUUID"
+    /// Present only when above 0.
+    static let legMapVersion = "legMapVersion"
     /// Leg i ≥ 1's keys: "leg1/paths", …
     static func leg(_ index: Int, _ key: String) -> String { "leg\(index)/\(key)" }
   }
@@ -75,6 +82,7 @@ public struct PublishContext: Hashable, Sendable {
       values[Key.leg(offset + 1, Key.subsystemNQN)] = leg.subsystemNQN
       values[Key.leg(offset + 1, Key.namespaceUUID)] = leg.namespaceUUID
     }
+    if legMapVersion > 0 { values[Key.legMapVersion] = String(legMapVersion) }
     return values
   }
 
@@ -111,10 +119,22 @@ public struct PublishContext: Hashable, Sendable {
       guard others.count == index - 1 else { throw .invalidArgument("publish_context skips leg \(index - 1)") }
       others.append(try leg { Key.leg(index, $0) })
     }
+    var legMapVersion: UInt64 = 0
+    if let text = values[Key.legMapVersion] {
+      // Decimal digits only (UInt64(_:) would also take a sign).
+      guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+        let version = UInt64(text)
+      else {
+        throw .invalidArgument(
+          "publish_context \(Key.legMapVersion) \(quoted(text)) is not a leg map version"
+            + " (a decimal number up to \(UInt64.max))")
+      }
+      legMapVersion = version
+    }
     // Checked where they are used, with the volume_context they override.
     let connection = values.filter { ConnectionParameters.keys.contains($0.key) }
     self.init(
       transport: transport, paths: first.paths, subsystemNQN: first.subsystemNQN, namespaceUUID: first.namespaceUUID,
-      connection: connection, replicaLegs: others)
+      connection: connection, replicaLegs: others, legMapVersion: legMapVersion)
   }
 }

@@ -26,6 +26,27 @@ struct PublishContextTests {
     #expect(try PublishContext(decoding: encoded) == context)
   }
 
+  @Test("The leg map version is kept when above 0, and absent (0) otherwise")
+  func legMapVersion() throws {
+    var context = try PublishContext(decoding: Self.good)
+    #expect(context.legMapVersion == 0)
+    #expect(context.encoded["legMapVersion"] == nil)
+    for version in [UInt64(1), 42, .max] {
+      context.legMapVersion = version
+      #expect(context.encoded["legMapVersion"] == String(version))
+      #expect(try PublishContext(decoding: context.encoded) == context)
+    }
+  }
+
+  @Test(
+    "A leg map version that is not a decimal number up to 2^64-1 is an invalid argument",
+    arguments: ["", "x", "-1", "+1", " 1", "1.0", "0x10", "18446744073709551616"])
+  func rejectsLegMapVersion(_ text: String) {
+    var values = Self.good
+    values["legMapVersion"] = text
+    expectError(.invalidArgument, mentioning: ["legMapVersion", quoted(text)]) { try PublishContext(decoding: values) }
+  }
+
   @Test("Extra keys in the publish context are ignored")
   func extraKeys() throws {
     var values = Self.good
