@@ -44,7 +44,14 @@ extension NodeService {
       throw NVMeCSIError.unavailable(
         "no leg of replicated volume \(volume) could be attached: \(missing.joined(separator: "; "))")
     }
-    let array = try await assembleMirror(volume, legs: devices, of: legs.count, seed: seed, missing: missing)
+    // Slots whose leg replaced a lost one (generation above 0, `LegMap`).
+    let replacements = Set(
+      legs.indices.filter { index in
+        let uuid = try? ObjectUUID(legs[index].namespaceUUID)
+        return (uuid.flatMap { ReplicaLayout.generation(ofLeg: $0, index: index, set: volume.uuid) } ?? 0) > 0
+      })
+    let array = try await assembleMirror(
+      volume, legs: devices, of: legs.count, seed: seed, missing: missing, replacements: replacements)
     undo.push("stop md array \(array)") { try await mirrors.stop(array) }
     let status = try mirrors.status(of: array)
     if !missing.isEmpty {
@@ -59,7 +66,8 @@ extension NodeService {
   /// legs with its superblock, or a new one over legs that are all there and blank, or
   /// (a restored volume) one created from leg 0, the seed, with the others blank.
   private func assembleMirror(
-    _ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, seed: ObjectUUID?, missing: [String]
+    _ volume: VolumeID, legs devices: [Int: BlockDevice], of count: Int, seed: ObjectUUID?, missing: [String],
+    replacements: Set<Int>
   ) async throws -> String {
     // Already running (a repeated stage, a restarted plugin), and this volume's. An
     // inactive one (a refused or host-made partial assembly) is stopped by `assemble`.
@@ -124,7 +132,31 @@ extension NodeService {
         uuid: volume.uuid, legs: legs, dataOffsetBytes: ReplicaLayout.dataOffsetBytes,
         bitmapChunkBytes: ReplicaLayout.bitmapChunkBytes)
     }
-    let array = try await mirrors.assemble(uuid: volume.uuid, legs: members.keys.sorted().map { devices[$0]!.path })
+    let array: String
+    do throws(NVMeCSIError) {
+      array = try await mirrors.assemble(uuid: volume.uuid, legs: members.keys.sorted().map { devices[$0]!.path })
+    } catch {
+      // A blank replacement leg is attached but md will not start from the members: their
+      // superblocks still count the leg it replaced, which is gone for good, so waiting
+      // never helps. Starting without it (mdadm --run) would be safe when every member md
+      // misses sits in a slot whose current leg (the leg map) is a blank replacement: no
+      // missing member can then come back, and the members present still decide among
+      // themselves by their event counts. (Whether the lost leg held writes the present
+      // ones missed no one can tell any more; the repair already gave that leg up.) The
+      // node does not check that rule yet (it needs the slots of the members md misses,
+      // from the superblocks' device roles), so it never passes --run.
+      let blankReplacements = blank.filter { replacements.contains($0) }
+      guard error.kind == .unavailable, !blankReplacements.isEmpty else { throw error }
+      let present = members.keys.sorted().map { "leg \($0) (\(devices[$0]!.path))" }
+      let replaced = blankReplacements.map { "leg \($0) (\(devices[$0]!.path))" }
+      throw NVMeCSIError.unavailable(
+        "md refuses to start the mirror of replicated volume \(volume) from \(present.joined(separator: ", ")):"
+          + " their superblocks still count the member that the blank replacement"
+          + " \(replaced.joined(separator: ", ")) replaced, which is gone for good. Starting the mirror without that"
+          + " member (mdadm --assemble --run) is not automated yet: if the legs present hold the volume's latest"
+          + " data, start it by hand and stage again (the replacement is then added and copied in full). md: "
+          + error.message)
+    }
     return try await completeMirror(volume, array, devices)
   }
 
@@ -193,7 +225,7 @@ extension NodeService {
       }
       try await mirrors.stop(array)
     }
-    for leg in record.mirror?.legs ?? [] { try await attacher.disconnect(subsystemNQN: leg.subsystemNQN) }
+    for leg in record.mirror?.connectedLegs ?? [] { try await attacher.disconnect(subsystemNQN: leg.subsystemNQN) }
   }
 
   /// NodeExpandVolume's first step for a replicated volume: waits (bounded) until every
@@ -248,8 +280,10 @@ extension NodeService {
 
   /// One pass of the mirror reconciler over every staged replicated volume: reconnects
   /// legs whose controller the kernel removed, re-adds legs that came back, takes out
-  /// members whose device is gone. Run at start and periodically; never stops an array
-  /// and never writes to a leg that holds anything but this array's superblock or nothing.
+  /// members whose device is gone, follows a newer leg map the legs carry (connects and
+  /// adds a replacement leg, disconnects the replaced one once md no longer uses it).
+  /// Run at start and periodically; never stops an array and never writes to a leg that
+  /// holds anything but this array's superblock or nothing.
   public func reconcileMirrors() async {
     for record in records.loadAll(logger: logger) where record.state == .staged && record.mirror != nil {
       guard let volume = try? VolumeID(parsing: record.volumeID) else { continue }
@@ -265,7 +299,7 @@ extension NodeService {
 
   private func reconcileMirror(_ volume: VolumeID) async throws {
     // Read again under the lock: an unstage may have finished since the listing.
-    guard let record = try records.load(volume), record.state == .staged, let mirror = record.mirror,
+    guard var record = try records.load(volume), record.state == .staged, record.mirror != nil,
       let array = try mirrorArray(of: record)
     else { return }
     var status = try mirrors.status(of: array)
@@ -273,6 +307,10 @@ extension NodeService {
       try await mirrors.removeFailed(from: array)
       status = try mirrors.status(of: array)
     }
+    record = try followLegMap(volume, record: record, status: status)
+    record = try await disconnectDroppedLegs(volume, record: record, array: array)
+    status = try mirrors.status(of: array)
+    guard let mirror = record.mirror else { return }
     let parameters = try ConnectionParameters(from: mirror.connection)
     for (index, leg) in mirror.legs.enumerated() {
       let device = try attacher.device(subsystemNQN: leg.subsystemNQN, namespaceUUID: leg.namespaceUUID)

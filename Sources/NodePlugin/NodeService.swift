@@ -21,16 +21,20 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     public var deviceTimeout: Duration
     /// Crash points between the steps of stage and unstage, for crash tests.
     public var failpoints: Failpoints
+    /// Reads the leg maps on replicated volumes' legs (the mirror reconciler).
+    public var legMapBlocks: any LegMapBlockReader
 
     public init(
       host: HostIdentity, topology: [String: String] = [:], maxVolumesPerNode: Int64 = 0,
-      deviceTimeout: Duration = .seconds(30), failpoints: Failpoints = .none
+      deviceTimeout: Duration = .seconds(30), failpoints: Failpoints = .none,
+      legMapBlocks: any LegMapBlockReader = UncachedLegMapBlockReader()
     ) {
       self.host = host
       self.topology = topology
       self.maxVolumesPerNode = maxVolumesPerNode
       self.deviceTimeout = deviceTimeout
       self.failpoints = failpoints
+      self.legMapBlocks = legMapBlocks
     }
   }
 
@@ -96,16 +100,22 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let access = try NodeAccess(request.volumeCapability)
     let volume = try VolumeID(parsing: request.volumeID)
     let publishContext = try PublishContext(decoding: request.publishContext)
-    // Each leg (one, unless replicated) must be this volume's.
+    // Each leg (one, unless replicated) must be this volume's: leg i any generation of
+    // slot i (a repaired leg's is above 0), under the subsystem its UUID names.
     guard publishContext.legs.count == volume.legs.count else {
       throw NVMeCSIError.invalidArgument(
         "publish_context names \(publishContext.legs.count) legs, but volume \(volume) has \(volume.legs.count)")
     }
-    for (leg, expected) in zip(publishContext.legs, volume.legs)
-    where SubsystemNaming.volume(inNQN: leg.subsystemNQN) != expected.uuid || leg.namespaceUUID != expected.uuid.value {
-      throw NVMeCSIError.invalidArgument(
-        "publish_context names subsystem \(leg.subsystemNQN), which is not volume \(volume)'s:"
-          + " refusing to attach another volume")
+    for (index, leg) in publishContext.legs.enumerated() {
+      let uuid = try? ObjectUUID(leg.namespaceUUID)
+      let generation = uuid.flatMap { ReplicaLayout.generation(ofLeg: $0, index: index, set: volume.uuid) }
+      guard let uuid, let generation, volume.isReplicated || generation == 0,
+        leg.subsystemNQN == SubsystemNaming.nqn(for: uuid)
+      else {
+        throw NVMeCSIError.invalidArgument(
+          "publish_context names subsystem \(leg.subsystemNQN) (namespace \(leg.namespaceUUID)) as leg \(index),"
+            + " which is not volume \(volume)'s: refusing to attach another volume")
+      }
     }
     // Settings changed after creation (ControllerModifyVolume) come in publish_context.
     let parameters = try ConnectionParameters(
@@ -122,6 +132,20 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
 
     return try await locks.withLock(volume.description) {
       let earlier = try records.load(volume)
+      // publish_context is fixed when the volume is attached: a leg map the reconciler
+      // followed since (recorded, the node rebooted with the volume attached) is newer.
+      var publishContext = publishContext
+      if let mirror = earlier?.mirror, mirror.legs.count == volume.legs.count,
+        (mirror.mapVersion ?? 0) > publishContext.legMapVersion
+      {
+        logger.notice(
+          "staging the legs of the newer leg map this node followed, not publish_context's",
+          metadata: [
+            "volume": "\(volume)", "recorded map version": "\(mirror.mapVersion ?? 0)",
+            "publish_context map version": "\(publishContext.legMapVersion)",
+          ])
+        publishContext = try mirror.publishContext(like: publishContext)
+      }
       if let earlier, earlier.state == .staged {
         guard earlier.stagingPath == stagingPath else {
           throw NVMeCSIError.alreadyExists("volume \(volume) is already staged at \(earlier.stagingPath)")
@@ -141,7 +165,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       record.targets = earlier?.targets ?? []
       if volume.isReplicated {
         record.mirror = MirrorRecord(
-          legs: publishContext.legs.map(MirrorRecord.Leg.init), connection: parameters.asContext)
+          legs: publishContext.legs.map(MirrorRecord.Leg.init), connection: parameters.asContext,
+          mapVersion: publishContext.legMapVersion)
+        // Legs a map dropped that may still be connected: disconnected at unstage.
+        let dropped = (earlier?.mirror?.droppedLegs ?? []).filter { old in
+          !publishContext.legs.contains { $0.subsystemNQN == old.subsystemNQN }
+        }
+        record.mirror?.droppedLegs = dropped.isEmpty ? nil : dropped
       }
 
       var undo = UndoStack()

@@ -54,15 +54,32 @@ public struct MirrorRecord: Codable, Hashable, Sendable {
       namespaceUUID = leg.namespaceUUID
       paths = leg.paths.map(\.description)
     }
+
+    public init(subsystemNQN: String, namespaceUUID: String, paths: [String]) {
+      self.subsystemNQN = subsystemNQN
+      self.namespaceUUID = namespaceUUID
+      self.paths = paths
+    }
   }
 
   public var legs: [Leg]
   public var connection: [String: String]
+  /// The version of the leg map (`LegMap`) `legs` follow; absent in records written
+  /// before legs could be replaced, meaning 0 (the legs the volume ID names).
+  public var mapVersion: UInt64?
+  /// Legs a newer leg map replaced while md still used them: kept connected (md decides
+  /// when it stops using them), disconnected by the reconciler once md no longer does,
+  /// or at unstage. Absent when there are none.
+  public var droppedLegs: [Leg]?
 
-  public init(legs: [Leg], connection: [String: String]) {
+  public init(legs: [Leg], connection: [String: String], mapVersion: UInt64 = 0) {
     self.legs = legs
     self.connection = connection
+    self.mapVersion = mapVersion > 0 ? mapVersion : nil
   }
+
+  /// Every leg the node may still have connected: the current ones, then the dropped.
+  public var connectedLegs: [Leg] { legs + (droppedLegs ?? []) }
 }
 
 /// One JSON file per volume under `<state>/volumes/`, written atomically. File names

@@ -2,6 +2,7 @@ import Foundation
 import Mounting
 import NVMeCSICore
 import NVMeFabrics
+import NodePlugin
 import Synchronization
 
 /// The node's kernel as far as the node plugin can see it: NVMe/TCP controllers and
@@ -30,6 +31,8 @@ final class FakeKernel: Sendable {
     var namespaceUUID: String
     var sizeBytes: UInt64
     var fileSystem: String?
+    /// The leg map block (`LegMap.blockOffset`) as the controller wrote it; nil reads as zeros.
+    var mapBlock: [UInt8]? = nil
   }
 
   struct Controller: Sendable {
@@ -72,6 +75,8 @@ final class FakeKernel: Sendable {
     var connectCalls = 0
     var controllersCreated = 0
     var disconnectCalls = 0
+    /// The subsystem of each disconnect, in order.
+    var disconnected: [String] = []
     var rescanCalls = 0
     var fileSystemCalls = 0
     var formats: [(device: String, fsType: String)] = []
@@ -95,6 +100,9 @@ final class FakeKernel: Sendable {
       $0.exports[nqn] = Export(namespaceUUID: namespaceUUID, sizeBytes: sizeBytes, fileSystem: fileSystem)
     }
   }
+
+  /// The controller wrote a leg map block into a leg (on its target).
+  func writeMapBlock(_ block: [UInt8], on nqn: String) { state.withLock { $0.exports[nqn]?.mapBlock = block } }
 
   /// ControllerExpandVolume happened on the target: the node sees it after a rescan.
   func resizeExport(_ nqn: String, to sizeBytes: UInt64) { state.withLock { $0.exports[nqn]?.sizeBytes = sizeBytes } }
@@ -238,7 +246,23 @@ struct FakeAttacher: Attacher {
     try kernel.state.withLock { (s) throws(NVMeCSIError) in
       s.disconnectCalls += 1
       try kernel.check(.disconnect, s)
+      s.disconnected.append(subsystemNQN)
       FakeKernel.removeSubsystem(subsystemNQN, from: &s)
+    }
+  }
+}
+
+/// Reads a leg's map block from the fake kernel: the block is on the target's export
+/// (it outlasts a disconnect), read through the device the node has of it.
+struct FakeLegMapBlocks: LegMapBlockReader {
+  let kernel: FakeKernel
+
+  func mapBlock(on device: String) throws(NVMeCSIError) -> [UInt8] {
+    try kernel.state.withLock { (s) throws(NVMeCSIError) -> [UInt8] in
+      guard let disk = s.disks.first(where: { $0.path == device }) else {
+        throw .internalError("cannot open \(device): No such file or directory")
+      }
+      return s.exports[disk.subsystemNQN]?.mapBlock ?? [UInt8](repeating: 0, count: LegMap.blockBytes)
     }
   }
 }

@@ -170,7 +170,8 @@ final class Harness: Sendable {
       }()
     let node = NodeService(
       configuration: .init(
-        host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout),
+        host: machine.host, topology: topology, maxVolumesPerNode: maxVolumesPerNode, deviceTimeout: deviceTimeout,
+        legMapBlocks: FakeLegMapBlocks(kernel: machine.kernel)),
       attacher: FakeAttacher(kernel: machine.kernel), mounter: FakeMounter(kernel: machine.kernel),
       mirrors: machine.mirrors, records: try StagingRecords(stateDirectory: machine.stateDirectory), logger: logger)
     let identity = IdentityService(

@@ -45,6 +45,25 @@ struct StagingRecordsTests {
     }
   }
 
+  @Test("A replicated volume's record from before leg maps reads as map version 0, and round-trips")
+  func mirrorRecordWithoutMapVersion() throws {
+    let old = Data(
+      #"""
+      {"mirror": {"legs": [{"subsystemNQN": "nqn.a", "namespaceUUID": "u", "paths": ["10.0.0.1:4420"]}],
+                  "connection": {"fastIoFailTmo": "5"}}}
+      """#.utf8)
+    let mirror = try JSONDecoder().decode([String: MirrorRecord].self, from: old)["mirror"]
+    #expect(mirror?.mapVersion == nil)
+    #expect(mirror?.droppedLegs == nil)
+    #expect(mirror?.legs.map(\.paths) == [["10.0.0.1:4420"]])
+
+    var current = try #require(mirror)
+    current.mapVersion = 3
+    current.droppedLegs = current.legs
+    #expect(try JSONDecoder().decode(MirrorRecord.self, from: JSONEncoder().encode(current)) == current)
+    #expect(MirrorRecord(legs: [], connection: [:], mapVersion: 0).mapVersion == nil, "0 is written as absent")
+  }
+
   @Test("A state directory without records loads none and logs nothing")
   func empty() throws {
     try withStateDirectory { state in
