@@ -20,6 +20,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   let placements = PlacementIndex()
   /// The targets' free space, recent enough to choose where a volume goes.
   let targetInfo = TargetInfoCache()
+  /// Where repaired replicated volumes' legs are now (LegRepair.swift).
+  let legMaps = LegMapCache()
 
   public init(targets: TargetSet, logger: Logger) {
     self.targets = targets
@@ -166,7 +168,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let id = try VolumeID(parsing: request.volumeID)
     let node = try NodeID(parsing: request.nodeID)
     // Every leg of a replicated volume: the node mirrors them all.
-    let exports = try await onEveryLeg(id) { leg, target in
+    let map = try await currentLegMap(of: id)
+    let exports = try await onEveryLeg(map) { leg, target in
       try await target.api.publishVolume(
         leg.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
     }
@@ -176,7 +179,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     // Settings changed since creation override the volume_context's at the node.
     let publishContext = PublishContext(
       paths: legs[0].paths, subsystemNQN: legs[0].subsystemNQN, namespaceUUID: legs[0].namespaceUUID,
-      connection: VolumeAttribute.modified(of: exports[0].attributes), replicaLegs: Array(legs.dropFirst()))
+      connection: VolumeAttribute.modified(of: exports[0].attributes), replicaLegs: Array(legs.dropFirst()),
+      legMapVersion: map.version)
     return .with { $0.publishContext = publishContext.encoded }
   }
 
@@ -191,11 +195,16 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       guard let parsed = try? NodeID(parsing: request.nodeID) else { return .init() }
       node = parsed
     }
-    // A leg on a target no longer configured cannot be published.
-    for leg in id.legs {
+    // Every leg the volume has or had (a replaced leg may still allow the node); one on
+    // a target no longer configured cannot be published.
+    // A current leg's target must answer (retried); a leg the volume no longer uses (its
+    // target lost, or replaced) is revoked where it answers.
+    let map = (try? await currentLegMap(of: id)) ?? LegMap(implied: id)
+    let current = Set(map.legIDs)
+    for leg in Set(id.legs + map.legIDs + map.replacedIDs).sorted(by: { $0.description < $1.description }) {
       guard let target = targets[leg.target] else { continue }
       do { try await target.api.unpublishVolume(leg.uuid, from: node) } catch let error as NVMeCSIError
-        where error.kind == .notFound
+        where error.kind == .notFound || (error.kind == .unavailable && !current.contains(leg))
       {}
     }
     return .init()
@@ -208,7 +217,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !request.volumeCapabilities.isEmpty else {
       throw NVMeCSIError.invalidArgument("volume_capabilities is empty: at least one is required")
     }
-    let id = try VolumeID(parsing: request.volumeID).primary
+    let id = try await primaryLeg(of: try VolumeID(parsing: request.volumeID))
     _ = try await targets.holding(id).api.volume(id.uuid)
     do {
       _ = try VolumeCapabilities(request.volumeCapabilities)
@@ -245,7 +254,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         ObjectID(kind: .volume, target: target.name, uuid: volume.uuid),
         skip: (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) > 0,
         .with {
-          if let replicated, let legs = try? legTargets(of: replicated).map(\.target) {
+          if let replicated, let legs = try? legTargets(of: LegMap(implied: replicated)).map(\.target) {
             $0.volume = csiVolume(volume, id: replicated, legs: legs)
           } else {
             $0.volume = csiVolume(volume, on: target)
@@ -334,7 +343,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.invalidArgument("unknown snapshot parameter \(quoted(key)): snapshots take no parameters")
     }
     let sourceID = try VolumeID(parsing: request.sourceVolumeID)
-    let legs = try legTargets(of: sourceID)
+    let legs = try legTargets(of: try await currentLegMap(of: sourceID))
 
     return try await locks.withLock("snapshot-name:" + name) {
       // A snapshot lives on its source's target (a replicated source's: one of its legs'),
@@ -417,7 +426,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     var legOn: [TargetName: ObjectUUID] = [:]
     if !request.sourceVolumeID.isEmpty {
       guard let id = try? VolumeID(parsing: request.sourceVolumeID) else { return .init() }
-      for leg in id.legs where targets[leg.target] != nil { legOn[leg.target] = leg.uuid }
+      let map = (try? await currentLegMap(of: id)) ?? LegMap(implied: id)
+      for leg in id.legs + map.legIDs where targets[leg.target] != nil { legOn[leg.target] = leg.uuid }
       scope = scope.filter { legOn[$0.name] != nil }
       if scope.isEmpty { return .init() }
     }
@@ -455,7 +465,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let range = try CapacityBounds(request.capacityRange, given: true)
     let access = request.hasVolumeCapability ? try VolumeAccess(request.volumeCapability) : nil
     let id = try VolumeID(parsing: request.volumeID)
-    let current = try await targets.holding(id.primary).api.volume(id.uuid).record
+    let map = try await currentLegMap(of: id)
+    let primary = map.legIDs[0]
+    let current = try await targets.holding(primary).api.volume(primary.uuid).record
     let currentBytes = VolumeAttribute.volumeBytes(of: current)
     if range.limit != 0 && currentBytes > range.limit {
       throw NVMeCSIError.outOfRange(
@@ -465,7 +477,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     // Every leg of a replicated volume grows (the node then grows the mirror); a leg
     // already grown by an earlier attempt is left as it is.
     let legBytes = id.isReplicated ? ReplicaLayout.legBytes(forVolume: size) : size
-    let grown = try await onEveryLeg(id) { leg, target in
+    let grown = try await onEveryLeg(map) { leg, target in
       let record = try await target.api.volume(leg.uuid).record
       return record.sizeBytes < legBytes ? try await target.api.expandVolume(leg.uuid, to: legBytes).record : record
     }[0]
@@ -487,7 +499,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let changes = try MutableParameters(parsing: request.mutableParameters)
     // A replicated volume's settings live with its leg 0, which every publish reads.
-    let id = try VolumeID(parsing: request.volumeID).primary
+    let id = try await primaryLeg(of: try VolumeID(parsing: request.volumeID))
     let target = try targets.holding(id)
     // One change at a time per volume: each is checked against the settings it replaces.
     try await locks.withLock("volume-modify:" + id.description) {
@@ -538,7 +550,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         seed: source.uuid)
     case .volume(let v)?:
       let sourceID = try VolumeID(parsing: v.volumeID)
-      let (leg, target) = sourceID.isReplicated ? try await currentLeg(of: sourceID) : try legTargets(of: sourceID)[0]
+      let (leg, target) =
+        sourceID.isReplicated ? try await currentLeg(of: sourceID) : try legTargets(of: LegMap(implied: sourceID))[0]
       let volume = try await target.api.volume(leg.uuid)
       return ContentSource(
         id: leg, sizeBytes: VolumeAttribute.volumeBytes(of: volume.record), csiID: v.volumeID,

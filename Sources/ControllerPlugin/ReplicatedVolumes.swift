@@ -38,8 +38,9 @@ extension VolumeAttribute {
       guard let target = try? TargetName(String(name)) else { return nil }
       targets.append(target)
     }
-    // Deriving a leg's UUID twice with the same index gives the set's back.
-    return try? VolumeID(replicated: ReplicaLayout.legUUID(of: record.uuid, index: index), on: targets)
+    // Deriving a leg's UUID twice with the same index and generation gives the set's back.
+    let set = ReplicaLayout.legUUID(of: record.uuid, index: index, generation: replicaGeneration(of: record))
+    return try? VolumeID(replicated: set, on: targets)
   }
 }
 
@@ -189,19 +190,24 @@ extension ControllerService {
     }
   }
 
-  /// Each leg's target (`notFound` when one is not configured).
-  func legTargets(of id: VolumeID) throws(NVMeCSIError) -> [(leg: ObjectID, target: StorageTarget)] {
+  /// Each current leg's target (`notFound` when one is not configured).
+  func legTargets(of map: LegMap) throws(NVMeCSIError) -> [(leg: ObjectID, target: StorageTarget)] {
     var legs: [(ObjectID, StorageTarget)] = []
-    for leg in id.legs { legs.append((leg, try targets.holding(leg))) }
+    for leg in map.legIDs { legs.append((leg, try targets.holding(leg))) }
     return legs
+  }
+
+  /// The leg that carries a volume's settings: leg 0 where it is now.
+  func primaryLeg(of id: VolumeID) async throws -> ObjectID {
+    id.isReplicated ? try await currentLegMap(of: id).legIDs[0] : id.primary
   }
 
   /// Runs `body` on every leg at once; the first failure fails the call (after every
   /// leg's attempt, so a retry has less left to do).
   func onEveryLeg<T: Sendable>(
-    _ id: VolumeID, _ body: @escaping @Sendable (ObjectID, StorageTarget) async throws -> T
+    _ map: LegMap, _ body: @escaping @Sendable (ObjectID, StorageTarget) async throws -> T
   ) async throws -> [T] {
-    let legs = try legTargets(of: id)
+    let legs = try legTargets(of: map)
     return try await withThrowingTaskGroup(of: (Int, Result<T, any Error>).self) { group in
       for (index, (leg, target)) in legs.enumerated() {
         group.addTask {
@@ -214,42 +220,52 @@ extension ControllerService {
     }
   }
 
-  /// Deletes the legs, leg 0 last: it carries the name and the leg map, so while it is
-  /// there a retry finds whatever is left. A leg on a target that does not answer fails
-  /// the call (the provisioner retries); one on a target no longer configured is gone.
+  /// Deletes the legs, the ID's leg 0 last: it carries the name, so while it is there a
+  /// retry finds whatever is left. The current legs (the leg map's) and the replaced
+  /// ones go. A current leg on a target that does not answer fails the call (the
+  /// provisioner retries); a replaced leg there is left and logged (its target was
+  /// declared lost: waiting for it would leave the volume stuck); a leg on a target no
+  /// longer configured is gone.
   func deleteReplicated(_ id: VolumeID) async throws -> Csi_V1_DeleteVolumeResponse {
-    let primaryTarget = targets[id.primary.target]
-    let primary: TargetVolume?
-    do { primary = try await primaryTarget?.api.volume(id.uuid) } catch let error as NVMeCSIError
-      where error.kind == .notFound
-    { primary = nil }
-    // An ID whose legs are not the ones leg 0 records names no volume of ours: nothing
+    let map = try await currentLegMap(of: id)
+    let records = await legStates(map).compactMap { state -> VolumeRecord? in
+      if case .present(let volume) = state { return volume.record }
+      return nil
+    }
+    // An ID whose legs are not the ones its legs record names no volume of ours: nothing
     // of it is deleted (a made-up ID must not take a real leg with it).
-    if let primary, VolumeAttribute.replicatedID(of: primary.record) != id {
+    if let record = records.first, VolumeAttribute.replicatedID(of: record) != id {
       logger.warning(
-        "DeleteVolume for a replicated volume ID whose legs are not those its leg 0 records: nothing deleted",
+        "DeleteVolume for a replicated volume ID whose legs are not those its legs record: nothing deleted",
         metadata: [
-          "volume": "\(id)", "recorded": "\(primary.record.attributes[VolumeAttribute.replicaTargets] ?? "none")",
+          "volume": "\(id)", "recorded": "\(record.attributes[VolumeAttribute.replicaTargets] ?? "none")",
         ])
       return .init()
     }
+    let replaced = Set(map.replacedIDs)
     @Sendable func deleteLegs() async throws {
-      for leg in id.legs.dropFirst().reversed() {
+      let legs = (map.replacedIDs + map.legIDs).filter { $0 != id.primary } + [id.primary]
+      for leg in legs {
         guard let target = targets[leg.target] else {
           logger.warning(
             "a leg's target is not in the targets file: its leg cannot be deleted",
             metadata: ["volume": "\(id)", "target": "\(leg.target)", "leg": "\(leg.uuid)"])
           continue
         }
-        try await target.api.deleteVolume(leg.uuid)
+        do { try await target.api.deleteVolume(leg.uuid) } catch let error as NVMeCSIError
+          where replaced.contains(leg) && error.kind == .unavailable
+        {
+          logger.warning(
+            "a replaced leg's target does not answer: that leg is left behind; delete it when its target returns",
+            metadata: ["volume": "\(id)", "target": "\(leg.target)", "leg": "\(leg.uuid)", "error": "\(error.message)"])
+        }
       }
-      if let primaryTarget, primary != nil { try await primaryTarget.api.deleteVolume(id.uuid) }
     }
-    guard let primary, let primaryTarget, !primary.record.name.isEmpty else {
+    guard let record = records.first, let primaryTarget = targets[id.primary.target] else {
       try await deleteLegs()
       return .init()
     }
-    let name = primary.record.name
+    let name = ReplicaLayout.volumeName(ofLegName: record.name)
     try await locks.withLock("volume-name:" + name) {
       try await deleteLegs()
       await releasePlacement(of: name, on: primaryTarget)
@@ -261,8 +277,8 @@ extension ControllerService {
   /// ControllerGetVolume of a replicated volume: abnormal while any leg is missing, has
   /// a problem or does not answer (the node's own view, md's, is in NodeGetVolumeStats).
   func getReplicated(_ id: VolumeID) async throws -> Csi_V1_ControllerGetVolumeResponse {
-    let legs = try legTargets(of: id)
-    let primary = try await legs[0].target.api.volume(id.uuid)
+    let legs = try legTargets(of: try await currentLegMap(of: id))
+    let primary = try await legs[0].target.api.volume(legs[0].leg.uuid)
     var problems: [String] = []
     var superblocks: [Int: MDSuperblock] = [:]
     for (index, (leg, target)) in legs.enumerated() {
@@ -313,10 +329,11 @@ extension ControllerService {
   /// answer: the one that does not may be the only current one. A volume never staged
   /// (no superblock on any leg) is blank, and so is leg 0.
   func currentLeg(of id: VolumeID) async throws -> (leg: ObjectID, target: StorageTarget) {
-    let legs = try legTargets(of: id)
+    let map = try await currentLegMap(of: id)
+    let legs = try legTargets(of: map)
     let superblocks: [MDSuperblock?]
     do {
-      superblocks = try await onEveryLeg(id) { leg, target in try await target.api.mdSuperblock(of: leg.uuid) }
+      superblocks = try await onEveryLeg(map) { leg, target in try await target.api.mdSuperblock(of: leg.uuid) }
     } catch let error as NVMeCSIError where error.kind == .unavailable {
       throw NVMeCSIError.unavailable(
         "cannot tell which leg of \(id) is in sync while a leg's target does not answer (\(error.message)): retried")
@@ -325,7 +342,7 @@ extension ControllerService {
     var newest: UInt64 = 0
     if superblocks.dropFirst().allSatisfy({ $0 == nil }) {
       // A copy never staged: leg 0 still carries its source's superblock (its seed).
-      let seed = try await legs[0].target.api.volume(id.uuid).record.attributes[
+      let seed = try await legs[0].target.api.volume(legs[0].leg.uuid).record.attributes[
         VolumeAttribute.contextPrefix + ReplicaLayout.seedKey]
       if let seed, superblocks[0]?.arrayUUID.value == seed { return legs[0] }
     }

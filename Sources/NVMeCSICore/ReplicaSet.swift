@@ -150,11 +150,22 @@ public enum ReplicaLayout {
     return legUUID(of: set, index: index, generation: generation) == leg ? generation : nil
   }
 
-  /// The name leg `index` has on its target: the CSI name for leg 0 (its placement is
-  /// the volume's); for the others the name with a suffix CSI names may not carry
-  /// (`isReservedName`), so no volume name can ever find a leg.
-  public static func legName(_ name: String, index: Int) -> String {
-    index == 0 ? name : "\(name)\(legNameMarker)\(index)"
+  /// The name leg `index` has on its target: the CSI name for leg 0 as created (its
+  /// placement is the volume's); for the others, and for every replacement (a later
+  /// generation), the name with a suffix CSI names may not carry (`isReservedName`), so
+  /// no volume name can ever find a leg, and a replacement never carries the placement.
+  public static func legName(_ name: String, index: Int, generation: Int = 0) -> String {
+    switch (index, generation) {
+    case (0, 0): return name
+    case (_, 0): return "\(name)\(legNameMarker)\(index)"
+    default: return "\(name)\(legNameMarker)\(index)-\(generation)"
+    }
+  }
+
+  /// The volume's name from one of its legs' names.
+  public static func volumeName(ofLegName name: String) -> String {
+    guard let marker = name.range(of: legNameMarker, options: .backwards) else { return name }
+    return String(name[..<marker.lowerBound])
   }
 
   static let legNameMarker = "~replica-"
@@ -165,7 +176,8 @@ public enum ReplicaLayout {
   /// `invalidArgument` when a leg's name (the CSI name with its suffix) would exceed what
   /// a target records: checked before leg 0 exists, so no half-made set is left behind.
   public static func checkName(_ name: String, replicas: Int) throws(NVMeCSIError) {
-    let longest = legName(name, index: replicas - 1)
+    // Room for the longest name a replacement of the last leg may have.
+    let longest = legName(name, index: replicas - 1, generation: LegMap.maximumGeneration)
     guard longest.utf8.count <= maximumNameBytes else {
       throw .invalidArgument(
         "volume name is \(name.utf8.count) bytes: with \(replicas) replicas its legs' names (\(quoted(longest)))"
@@ -174,11 +186,8 @@ public enum ReplicaLayout {
     }
   }
 
-  /// Whether a CSI volume name has the form of a leg's name (refused at CreateVolume).
-  public static func isReservedName(_ name: String) -> Bool {
-    let digits = name.reversed().prefix { $0.isASCII && $0.isNumber }
-    return !digits.isEmpty && name.dropLast(digits.count).hasSuffix(legNameMarker)
-  }
+  /// Whether a CSI volume name could be taken for a leg's name (refused at CreateVolume).
+  public static func isReservedName(_ name: String) -> Bool { name.contains(legNameMarker) }
 }
 
 extension ObjectUUID {

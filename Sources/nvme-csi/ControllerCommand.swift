@@ -50,14 +50,34 @@ struct ControllerOptions: ParsableArguments {
   @Option(help: "The name every target's certificate must carry (a DNS SAN), whatever address it is reached at.")
   var targetServerName: String = "nvme-csi-target"
 
+  @Option(
+    help: ArgumentHelp(
+      "Seconds a target may not answer before the legs of replicated volumes on it are replaced on other targets"
+        + " (0: never by itself; `nvme-csi ctl repair-volume` still can).",
+      discussion: "A rebooting storage node comes back within minutes and resyncs in seconds; a repair copies the"
+        + " whole volume."))
+  var replicaRepairGrace: Int = 600
+
+  @Option(help: "Seconds between the checks for targets gone past the grace period.")
+  var replicaRepairInterval: Int = 30
+
+  mutating func validate() throws {
+    guard (0...7 * 86400).contains(replicaRepairGrace) else {
+      throw ValidationError("--replica-repair-grace \(replicaRepairGrace) is not within 0...604800 seconds")
+    }
+    guard (1...3600).contains(replicaRepairInterval) else {
+      throw ValidationError("--replica-repair-interval \(replicaRepairInterval) is not within 1...3600 seconds")
+    }
+  }
+
   /// The Controller service over clients of every listed target.
   struct Role: Sendable {
     let service: ControllerService
     /// What the controller serves on its endpoint: CSI Controller, and the Admin
     /// service (`nvme-csi ctl repair-volume`) next to it on the same socket.
     var services: [any RegistrableRPCService] { [service, AdminService(controller: service)] }
-    /// The target clients' connections, their certificate reloader and the placement
-    /// indexing, run for the life of the process.
+    /// The target clients' connections, their certificate reloader, the placement
+    /// indexing and the repair of lost legs, run for the life of the process.
     let clients: [any Service]
     let targetNames: [String]
     /// Ready while any target answers: one target down must not stop provisioning on the others.
@@ -80,6 +100,9 @@ struct ControllerOptions: ParsableArguments {
     }
     let service = ControllerService(targets: TargetSet(storageTargets), logger: logger)
     clients.append(PlacementIndexingService(controller: service))
+    clients.append(
+      LegRepairService(
+        controller: service, grace: .seconds(replicaRepairGrace), interval: .seconds(replicaRepairInterval)))
     return Role(service: service, clients: clients, targetNames: config.targets.map(\.name.value))
   }
 }

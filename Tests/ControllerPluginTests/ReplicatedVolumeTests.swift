@@ -196,8 +196,8 @@ struct ReplicatedVolumeTests {
   @Test("a name too long for its legs' names is refused before any leg exists")
   func nameTooLongForLegs() async throws {
     try await Fleet.with(targets: 2) { fleet in
-      let name = String(repeating: "n", count: 250)  // fits a target alone, not with "~replica-1"
-      await expectStatus(.invalidArgument, mentioning: "use a name of at most 243 bytes") {
+      let name = String(repeating: "n", count: 250)  // fits a target alone, not with "~replica-1-255"
+      await expectStatus(.invalidArgument, mentioning: "use a name of at most 239 bytes") {
         try await fleet.controller.createVolume(createRequest(name, parameters: Self.replicated))
       }
       let counts = try await fleet.volumeCounts()

@@ -65,7 +65,12 @@ struct ReplicaSetTests {
     #expect(ReplicaLayout.legName("pvc-1", index: 0) == "pvc-1")
     #expect(ReplicaLayout.legName("pvc-1", index: 2) == "pvc-1~replica-2")
     #expect(ReplicaLayout.isReservedName("pvc-1~replica-2"))
-    #expect(!ReplicaLayout.isReservedName("pvc-1~replica-"))
+    #expect(ReplicaLayout.isReservedName("pvc-1~replica-"), "anything a leg's name could end in")
+    #expect(ReplicaLayout.legName("pvc-1", index: 0, generation: 1) == "pvc-1~replica-0-1", "a replacement leg 0")
+    #expect(ReplicaLayout.legName("pvc-1", index: 2, generation: 3) == "pvc-1~replica-2-3")
+    for leg in ["pvc-1", "pvc-1~replica-2", "pvc-1~replica-0-1"] {
+      #expect(ReplicaLayout.volumeName(ofLegName: leg) == "pvc-1")
+    }
     #expect(!ReplicaLayout.isReservedName("pvc-1"))
   }
 

@@ -1,0 +1,257 @@
+import CSIProto
+import GRPCCore
+import Logging
+import NVMeCSICore
+import TargetContract
+import TestSupport
+import Testing
+
+@testable import ControllerPlugin
+
+/// Repair of a replicated volume's lost leg (docs/architecture.md, "Repairing a lost leg").
+@Suite("Replicated volumes: a lost leg replaced on another target")
+struct LegRepairTests {
+  static let replicated = ["replicas": "2"]
+
+  /// A published 2-leg volume and a target that holds no leg of it (nil with two targets).
+  private func publishedVolume(_ fleet: Fleet, name: String = "pvc-repair") async throws -> (
+    VolumeID, SwitchableTarget?
+  ) {
+    let volume = try await fleet.controller.createVolume(
+      createRequest(name, bytes: 64 * mebibyte, parameters: Self.replicated)
+    ).volume
+    let id = try VolumeID(parsing: volume.volumeID)
+    _ = try await fleet.controller.controllerPublishVolume(publishRequest(volume.volumeID, node: 1))
+    return (id, fleet.targets.first { !id.targets.contains($0.name) })
+  }
+
+  @Test("a leg whose target is lost is replaced by a blank leg on the third target; the map reaches every leg")
+  func repairLostLeg() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      let lost = fleet.target(id.targets[1])
+      lost.isDown = true
+
+      let map = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      #expect(map.version == 1)
+      #expect(map.legs.map(\.target) == [id.targets[0], spare.name])
+      #expect(map.legs.map(\.generation) == [0, 1])
+      #expect(map.replaced == [LegMap.ReplacedLeg(index: 1, target: lost.name, generation: 0)])
+      #expect(map.legs[1].portals == (try await spare.local.agent.info().portals), "nodes learn where to connect")
+
+      // The surviving leg and the new one both carry the map; the new leg is blank, the
+      // volume's size, named as a replacement, and its node may attach it.
+      let survivorMap = try await fleet.target(id.targets[0]).local.agent.legMap(of: id.uuid)
+      #expect(survivorMap == map)
+      let newLeg = ReplicaLayout.legUUID(of: id.uuid, index: 1, generation: 1)
+      let created = try await spare.local.agent.volume(newLeg).record
+      #expect(created.name == "pvc-repair~replica-1-1")
+      #expect(created.sizeBytes == ReplicaLayout.legBytes(forVolume: 64 << 20))
+      #expect(created.attributes["replica/generation"] == "1" && created.attributes["replica/index"] == "1")
+      #expect(created.publications.map(\.nodeID.description) == [nodeID(1)])
+      let newMap = try await spare.local.agent.legMap(of: newLeg)
+      #expect(newMap == map)
+      #expect(try await spare.local.agent.mdSuperblock(of: newLeg) == nil, "blank: md copies the data onto it")
+
+      // The volume keeps its ID; publishing it now names the new leg.
+      let context = try await fleet.controller.controllerPublishVolume(publishRequest(id.description, node: 1))
+        .publishContext
+      #expect(context["leg1/subsystemNQN"] == SubsystemNaming.nqn(for: newLeg))
+      #expect(context["legMapVersion"] == "1")
+      let status = try await fleet.controller.controllerGetVolume(.with { $0.volumeID = id.description }).status
+      #expect(status.volumeCondition.abnormal == false, "\(status.volumeCondition.message)")
+
+      await expectError(.failedPrecondition, mentioning: "present and its target answers") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      }
+    }
+  }
+
+  @Test("a new controller finds the repaired legs through the ID's surviving leg, even with the lost target back")
+  func resolvedAfterRestart() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      fleet.target(id.targets[1]).isDown = true
+      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      fleet.target(id.targets[1]).isDown = false
+
+      let restarted = ControllerService(
+        targets: TargetSet(fleet.targets.map { StorageTarget(name: $0.name, topology: [:], api: $0) }),
+        logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+      let map = try await restarted.currentLegMap(of: id)
+      #expect(map.version == 1 && map.legs[1].target == spare.name)
+    }
+  }
+
+  @Test("delete removes the current legs and the replaced one; a replaced leg on a target still down is left")
+  func deleteAfterRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      let lost = fleet.target(id.targets[1])
+      lost.isDown = true
+      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      _ = try await fleet.controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = id.description
+          $0.nodeID = nodeID(1)
+        })
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
+      lost.isDown = false
+      let left = try await fleet.volumeCounts()
+      #expect(left == ["pvc-repair~replica-1": 1], "only the lost leg, whose target was down, is left: \(left)")
+      #expect(try await spare.local.agent.volumes(named: nil).isEmpty)
+    }
+  }
+
+  @Test("delete with the lost target back removes every leg the volume ever had")
+  func deleteEverything() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, _) = try await publishedVolume(fleet)
+      fleet.target(id.targets[1]).isDown = true
+      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      fleet.target(id.targets[1]).isDown = false
+      _ = try await fleet.controller.controllerUnpublishVolume(.with { $0.volumeID = id.description })
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
+      let left = try await fleet.volumeCounts()
+      #expect(left.isEmpty, "\(left)")
+    }
+  }
+
+  @Test("leg 0 (which carries the name) can be replaced too; the name still finds the volume")
+  func repairLegZero() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      fleet.target(id.targets[0]).isDown = true
+      let map = try await fleet.service.repairVolume(id, leg: 0, to: spare.name)
+      #expect(map.legs.map(\.target) == [spare.name, id.targets[1]])
+      let created = try await spare.local.agent.volume(ReplicaLayout.legUUID(of: id.uuid, index: 0, generation: 1))
+      #expect(created.record.name == "pvc-repair~replica-0-1", "a replacement never carries the name's placement")
+      let expanded = try await fleet.controller.controllerExpandVolume(
+        .with {
+          $0.volumeID = id.description
+          $0.capacityRange = .with { $0.requiredBytes = 96 * mebibyte }
+        })
+      #expect(expanded.capacityBytes == 96 * mebibyte, "every current leg grows")
+    }
+  }
+
+  @Test("an interrupted repair (map written, leg not made) is finished on its chosen target")
+  func interruptedRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      fleet.target(id.targets[1]).isDown = true
+      let portals = try await spare.local.agent.info().portals
+      let intended = try LegMap(implied: id).replacing(leg: 1, with: spare.name, portals: portals)
+      try await fleet.target(id.targets[0]).local.agent.writeLegMap(intended, to: id.uuid)
+
+      let map = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      #expect(map == intended)
+      let leg = ReplicaLayout.legUUID(of: id.uuid, index: 1, generation: 1)
+      #expect(try await spare.local.agent.volume(leg).record.publications.count == 1)
+    }
+  }
+
+  @Test("refused: a healthy leg, a survivor down, a single copy, a bad leg or target; nothing changes")
+  func refusals() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      await expectError(.failedPrecondition, mentioning: "lost leg only") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      }
+      fleet.target(id.targets[0]).isDown = true
+      fleet.target(id.targets[1]).isDown = true
+      await expectError(.unavailable, mentioning: "no leg's target answers") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      }
+      fleet.target(id.targets[0]).isDown = false
+      await expectError(.invalidArgument, mentioning: "legs 0 to 1") {
+        _ = try await fleet.service.repairVolume(id, leg: 2, to: nil)
+      }
+      await expectError(.failedPrecondition, mentioning: "holds or held a leg") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: id.targets[0])
+      }
+      await expectError(.invalidArgument, mentioning: "not in the targets file") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: try TargetName("elsewhere"))
+      }
+      let single = try await fleet.controller.createVolume(createRequest("pvc-single")).volume
+      await expectError(.invalidArgument, mentioning: "single-copy") {
+        _ = try await fleet.service.repairVolume(try VolumeID(parsing: single.volumeID), leg: 0, to: nil)
+      }
+      #expect(try await fleet.target(id.targets[0]).local.agent.legMap(of: id.uuid) == nil, "no map written")
+      #expect(try await spare.local.agent.volumes(named: nil).count <= 1, "no leg made (at most the single volume)")
+    }
+  }
+
+  @Test("every other leg must answer, since the new map is written to each first")
+  func survivorDown() async throws {
+    try await Fleet.with(targets: 4) { fleet in
+      let volume = try await fleet.controller.createVolume(
+        createRequest("pvc-three", bytes: 64 * mebibyte, parameters: ["replicas": "3"])
+      ).volume
+      let id = try VolumeID(parsing: volume.volumeID)
+      fleet.target(id.targets[1]).isDown = true
+      fleet.target(id.targets[2]).isDown = true
+      await expectError(.unavailable, mentioning: "must all answer") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      }
+      #expect(try await fleet.target(id.targets[0]).local.agent.legMap(of: id.uuid) == nil, "no map written")
+    }
+  }
+
+  @Test("with two targets there is nowhere to put a new leg: ResourceExhausted, nothing written")
+  func nowhereToGo() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let (id, _) = try await publishedVolume(fleet)
+      fleet.target(id.targets[1]).isDown = true
+      await expectError(.resourceExhausted, mentioning: "no target can take leg 1") {
+        _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      }
+      #expect(try await fleet.target(id.targets[0]).local.agent.legMap(of: id.uuid) == nil)
+    }
+  }
+
+  @Test("the controller repairs by itself only once a target has been gone past the grace period")
+  func gracePeriod() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      let lost = fleet.target(id.targets[1])
+      lost.isDown = true
+      let start = ContinuousClock.now
+      var down = await fleet.service.repairLostLegs(down: [:], grace: .seconds(600), now: start)
+      #expect(down == [lost.name: start])
+      down = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(599))
+      #expect(try await spare.local.agent.volumes(named: nil).isEmpty, "within the grace period nothing is repaired")
+
+      down = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(601))
+      let map = try await fleet.service.currentLegMap(of: id)
+      #expect(map.version == 1 && map.legs[1].target == spare.name)
+      // Once repaired, later passes leave the volume alone.
+      _ = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(700))
+      #expect(try await fleet.service.currentLegMap(of: id).version == 1)
+    }
+  }
+}
+
+/// Expects the controller's own error (a direct call, not over gRPC) of `kind`.
+private func expectError(
+  _ kind: NVMeCSIError.Kind, mentioning fragment: String, sourceLocation: SourceLocation = #_sourceLocation,
+  _ body: () async throws -> Void
+) async {
+  do {
+    try await body()
+    Issue.record("expected \(kind), but the call succeeded", sourceLocation: sourceLocation)
+  } catch let error as NVMeCSIError {
+    #expect(error.kind == kind, "message: \(error.message)", sourceLocation: sourceLocation)
+    #expect(
+      error.message.contains(fragment), "\(error.message) should mention \(fragment)", sourceLocation: sourceLocation)
+  } catch {
+    Issue.record("expected \(kind), got \(error)", sourceLocation: sourceLocation)
+  }
+}
