@@ -59,6 +59,7 @@ lane_b() {
 }
 # This lane's loop devices first: two `losetup -f` at once could pick the same device.
 file_disk=$(disk file 2G) faults_disk=$(disk faults 1G) repl_a_disk=$(disk repl-a 512M) repl_b_disk=$(disk repl-b 512M)
+repl_c_disk=$(disk repl-c 512M)
 lane_b >/e2e/lane-b.log 2>&1 &
 lane_b_pid=$!
 
@@ -75,14 +76,14 @@ mkfs.xfs -q -f "$faults_disk" && mount "$faults_disk" /e2e/faults/store || exit 
   --store-device "$faults_disk" --certs /e2e/certs || status=1
 umount /e2e/faults/store
 
-echo "=== replicated volumes: two targets (file stores on XFS), md RAID1 on the node"
-mkdir -p /e2e/repl/a /e2e/repl/b
-for leg in "$repl_a_disk:a" "$repl_b_disk:b"; do
+echo "=== replicated volumes: two targets (a third for repairs; file stores on XFS), md RAID1 on the node"
+mkdir -p /e2e/repl/a /e2e/repl/b /e2e/repl/c
+for leg in "$repl_a_disk:a" "$repl_b_disk:b" "$repl_c_disk:c"; do
   mkfs.xfs -q -f "${leg%:*}" && mount "${leg%:*}" "/e2e/repl/${leg#*:}" || exit 1
 done
 "$bin/nvme-csi-e2e" --suite replication --bin "$bin" --work /e2e/repl --store file:/e2e/repl/a \
-  --second-store file:/e2e/repl/b --certs /e2e/certs || status=1
-umount /e2e/repl/a /e2e/repl/b
+  --second-store file:/e2e/repl/b --third-store file:/e2e/repl/c --certs /e2e/certs || status=1
+umount /e2e/repl/a /e2e/repl/b /e2e/repl/c
 
 echo "=== the second lane (LVM contract tests, csi-sanity, LVM lifecycle), run alongside"
 wait "$lane_b_pid" || status=1

@@ -28,6 +28,10 @@ final class Cluster: @unchecked Sendable {
   /// on the same kernel. Nil: one target.
   let secondStore: String?
   private(set) var secondTarget: Process?
+  /// A third target, store-c, added later by `addThirdTarget` (the repair of a lost leg
+  /// needs somewhere to put the new one). Nil: none.
+  let thirdStore: String?
+  private(set) var thirdTarget: Process?
 
   /// Moves every fixed port and the node's host identity, so that another cluster can
   /// run beside this one on the same kernel (guest.sh runs two lanes).
@@ -36,19 +40,22 @@ final class Cluster: @unchecked Sendable {
   var secondAPIPort: Int { 7601 + portOffset }
   var portalPort: Int { 4420 + portOffset }
   var secondPortalPort: Int { 4421 + portOffset }
+  var thirdAPIPort: Int { 7602 + portOffset }
+  var thirdPortalPort: Int { 4422 + portOffset }
   var nodeMetricsPort: UInt16 { UInt16(9821 + portOffset) }
   var hostID: String {
     portOffset == 0 ? Self.baseHostID : String(Self.baseHostID.dropLast(4)) + String(format: "%04x", portOffset)
   }
 
   init(
-    bin: String, work: String, store: String, secondStore: String? = nil, certificates: String? = nil,
-    portOffset: Int = 0
+    bin: String, work: String, store: String, secondStore: String? = nil, thirdStore: String? = nil,
+    certificates: String? = nil, portOffset: Int = 0
   ) {
     self.bin = bin
     self.work = work
     self.store = store
     self.secondStore = secondStore
+    self.thirdStore = thirdStore
     self.portOffset = portOffset
     self.certificates = certificates ?? work + "/certs"
     self.controllerSocket = work + "/csi/controller.sock"
@@ -75,12 +82,13 @@ final class Cluster: @unchecked Sendable {
   /// port of ours links.
   func ourSubsystems() -> [String] {
     let fm = FileManager.default
-    let roots = ([store] + (secondStore.map { [$0] } ?? [])).map { store in
+    let roots = [store, secondStore, thirdStore].compactMap { $0 }.map { store in
       store.hasPrefix("lvm:") ? "/dev/\(store.dropFirst(4).split(separator: "/")[0])/" : "\(store.dropFirst(5))/"
     }
     let ports = ((try? fm.contentsOfDirectory(atPath: nvmet + "/ports")) ?? []).filter { port in
       let service = try? String(contentsOfFile: "\(nvmet)/ports/\(port)/addr_trsvcid", encoding: .utf8)
-      let ours = [portalPort] + (secondStore == nil ? [] : [secondPortalPort])
+      let ours =
+        [portalPort] + (secondStore == nil ? [] : [secondPortalPort]) + (thirdStore == nil ? [] : [thirdPortalPort])
       return ours.map(String.init).contains(service?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
     }
     let subsystems = (try? fm.contentsOfDirectory(atPath: nvmet + "/subsystems")) ?? []
@@ -134,17 +142,46 @@ final class Cluster: @unchecked Sendable {
     try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(
       toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
-    let second = secondStore == nil ? "" : #", {"name": "store-b", "address": "127.0.0.1:\#(secondAPIPort)"}"#
-    let targets = #"{"targets": [{"name": "store-a", "address": "127.0.0.1:\#(apiPort)"}"# + second + "]}"
-    try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
+    try writeTargetsFile(third: false)
     try makeCertificates()
     try startTarget()
     if secondStore != nil { try startSecondTarget() }
+    try startController()
+    try startNode()
+  }
+
+  private func writeTargetsFile(third: Bool) throws {
+    var entries = [#"{"name": "store-a", "address": "127.0.0.1:\#(apiPort)"}"#]
+    if secondStore != nil { entries.append(#"{"name": "store-b", "address": "127.0.0.1:\#(secondAPIPort)"}"#) }
+    if third { entries.append(#"{"name": "store-c", "address": "127.0.0.1:\#(thirdAPIPort)"}"#) }
+    let targets = #"{"targets": ["# + entries.joined(separator: ", ") + "]}"
+    try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
+  }
+
+  private func startController(_ arguments: [String] = []) throws {
     controller = try launch(
       "controller",
       ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"]
-        + tlsFlags("controller"))
-    try startNode()
+        + tlsFlags("controller") + arguments)
+  }
+
+  /// Starts store-c and restarts the controller with it in the targets file and
+  /// `controllerArguments`.
+  func addThirdTarget(controllerArguments: [String]) throws {
+    guard let thirdStore else { throw CheckFailed("no --third-store given") }
+    thirdTarget = try launch(
+      "target-c",
+      [
+        "target", "--listen", "127.0.0.1:\(thirdAPIPort)", "--store", thirdStore, "--portal",
+        "127.0.0.1:\(thirdPortalPort)",
+      ]
+        + tlsFlags("target"))
+    try writeTargetsFile(third: true)
+    if let controller, controller.isRunning {
+      controller.terminate()
+      controller.waitUntilExit()
+    }
+    try startController(controllerArguments)
   }
 
   func startTarget() throws {
@@ -226,7 +263,7 @@ final class Cluster: @unchecked Sendable {
   }
 
   func stopAll() {
-    for p in [node, controller, target, secondTarget] where p?.isRunning == true {
+    for p in [node, controller, target, secondTarget, thirdTarget] where p?.isRunning == true {
       p?.terminate()
       p?.waitUntilExit()
     }

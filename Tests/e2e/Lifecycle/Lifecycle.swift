@@ -24,6 +24,7 @@ struct Lifecycle {
     var suite = "lifecycle"
     var storeDevice = ""
     var secondStore: String?
+    var thirdStore: String?
     var certificates: String?
     var portOffset = 0
     while let flag = arguments.popFirst() {
@@ -38,6 +39,8 @@ struct Lifecycle {
       // replication: the replicated-volume suite (Replication.swift) over two targets;
       // --second-store: store-b's store.
       case "--second-store": secondStore = arguments.popFirst()
+      // --third-store: store-c's store, added when a lost leg is repaired.
+      case "--third-store": thirdStore = arguments.popFirst()
       // The target API's certificates (make-certs.sh's directory), made once per VM
       // run; made in --work when not given.
       case "--certs": certificates = arguments.popFirst()
@@ -48,10 +51,11 @@ struct Lifecycle {
     }
     let cluster = Cluster(
       bin: bin, work: work, store: store.isEmpty ? "file:\(work)/store" : store, secondStore: secondStore,
-      certificates: certificates, portOffset: portOffset)
+      thirdStore: thirdStore, certificates: certificates, portOffset: portOffset)
     let steps = Steps()
     steps.onFailure = {
-      for role in ["target", "target-b", "controller", "node"] where role != "target-b" || secondStore != nil {
+      for role in ["target", "target-b", "target-c", "controller", "node"]
+      where (role != "target-b" || secondStore != nil) && (role != "target-c" || thirdStore != nil) {
         print("    --- \(role) log (tail)\n\(cluster.logTail(role))")
       }
     }

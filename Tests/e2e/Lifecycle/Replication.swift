@@ -48,12 +48,15 @@ struct Replication {
     await scenario.detach(block, deleteVolume: true)
     await fileSystemVolume("ext4", megabytes: 64, grown: 96, nodeID: nodeID)
     await fileSystemVolume("xfs", megabytes: 320, grown: 384, nodeID: nodeID)
-    await steps.run("nothing of ours is left on either target") {
+    await repairLostLeg(blockCapability, nodeID: nodeID)
+    await steps.run("nothing of ours is left on any target") {
       let volumes = try await scenario.controller.listVolumes(.init()).entries
       try check(volumes.isEmpty, "volumes left: \(volumes.map(\.volume.volumeID))")
       try check(cluster.storeContents().isEmpty, "left in store-a: \(cluster.storeContents())")
       let second = cluster.storeContents(of: cluster.secondStore ?? "")
       try check(second.isEmpty, "left in store-b: \(second)")
+      let third = cluster.storeContents(of: cluster.thirdStore ?? "")
+      try check(third.isEmpty, "left in store-c: \(third)")
     }
   }
 
@@ -296,6 +299,112 @@ struct Replication {
   }
 
   // MARK: helpers
+
+  // MARK: a target lost for good, its leg repaired on store-c
+
+  /// store-b is lost for good under a writer with checksums. The controller, restarted
+  /// with store-c and a 10 s grace period, replaces store-b's leg by a blank one on
+  /// store-c and writes the new leg map to the surviving leg; the node reads it from
+  /// there, connects the new leg and md copies the data onto it, with no restage. A
+  /// restage then assembles the surviving and the new leg; when store-b returns, its
+  /// old leg stays out of the mirror, and deleting the volume removes it too.
+  func repairLostLeg(_ capability: Csi_V1_VolumeCapability, nodeID: String) async {
+    guard var v = await createAndAttach("pvc-mirror-repair", bytes: 64 * mebibyte, capability, nodeID) else { return }
+    await steps.run("store-c added; the controller restarted with a repair grace period of 10 s") {
+      try cluster.addThirdTarget(controllerArguments: [
+        "--replica-repair-grace", "10", "--replica-repair-interval", "2",
+      ])
+      try await eventually("the controller answers again") {
+        try await scenario.controllerIdentity.probe(.init()).ready.value
+      }
+    }
+    await steps.run(
+      "under verified I/O: store-b lost for good; after the grace period its leg is replaced on store-c and md copies"
+        + " the data onto it, the volume staged all along"
+    ) {
+      let writer = try Writer(device: v.target, megabytes: 8, ratePerSecond: "1m")
+      try await Task.sleep(for: .seconds(1))
+      let killed = ContinuousClock.now
+      do { try killSecondTarget(wipingSubsystemsOf: v) } catch {
+        writer.stop()
+        throw error
+      }
+      try await eventually("the leg replaced on store-c, added by the node and in sync", timeout: .seconds(150)) {
+        let state = try mdState(try mdArray(of: v))
+        return state.legs.count == 2 && state.degraded == 0 && state.syncAction == "idle"
+          && !cluster.storeContents(of: cluster.thirdStore ?? "").isEmpty
+      }
+      let repaired = ContinuousClock.now - killed
+      let result = try writer.finish()
+      try check(result.errors == 0, "fio reported \(result.errors) error(s):\n\(result.output)")
+      try check(result.verifiedBytes >= 8 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
+      let mismatches = try checkLegsAgree(try mdArray(of: v))
+      try check(mismatches == 0, "the surviving and the new leg differ")
+      let controllerView = try await scenario.controller.controllerGetVolume(.with { $0.volumeID = v.volumeID })
+        .status.volumeCondition
+      try check(!controllerView.abnormal, "ControllerGetVolume: \(controllerView.message)")
+      let nodeView = try await condition(v)
+      try check(nodeView.message == "2 of 2 legs in sync", "NodeGetVolumeStats: \(nodeView.message)")
+      steps.note(
+        "replication: target lost for good under writes | errors 0 | leg replaced on store-c and in sync"
+          + " \(milliseconds(repaired)) ms after the kill (grace 10 s) | md check: \(mismatches) mismatched sectors")
+    }
+    await steps.run(
+      "restaged after the repair: ControllerPublish names the new leg, the mirror assembles from both; store-b"
+        + " returns and its old leg stays out"
+    ) {
+      let before = try digest(of: v.target)
+      let oldLegs = try PublishContext(decoding: v.publishContext).legs.map(\.subsystemNQN)
+      try await retryingAborted {
+        try await scenario.node.nodeUnpublishVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.targetPath = v.target
+          })
+      }
+      try await retryingAborted {
+        try await scenario.node.nodeUnstageVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.stagingTargetPath = v.staging
+          })
+      }
+      v.publishContext = try await scenario.controller.controllerPublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.nodeID = nodeID
+          $0.volumeCapability = capability
+        }
+      ).publishContext
+      let newLegs = try PublishContext(decoding: v.publishContext).legs.map(\.subsystemNQN)
+      try check(v.publishContext["legMapVersion"] == "1", "publish_context: \(v.publishContext)")
+      try check(Set(newLegs).subtracting(oldLegs).count == 1, "one new leg: \(oldLegs) -> \(newLegs)")
+      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
+      try await retryingAborted {
+        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
+      }
+      let state = try mdState(try mdArray(of: v))
+      try check(state.legs.count == 2 && state.degraded == 0, "md after the restage: \(state)")
+      try check(try digest(of: v.target) == before, "the volume's content changed across the restage")
+      try cluster.startSecondTarget()
+      let lost = Set(oldLegs).subtracting(newLegs)
+      try await Task.sleep(for: .seconds(5))
+      for nqn in lost {
+        let device = try NVMeTCPAttacher().device(
+          subsystemNQN: nqn, namespaceUUID: SubsystemNaming.volume(inNQN: nqn)?.value ?? "")
+        try check(device == nil, "the replaced leg \(nqn) was connected again")
+      }
+      try check(try mdState(try mdArray(of: v)).legs.count == 2, "md took a third leg")
+    }
+    await scenario.detach(v, deleteVolume: true)
+  }
+
+  /// A digest of a device's whole content, read past the page cache, to compare the
+  /// data across a restage.
+  func digest(of path: String) throws -> String {
+    let text = try output("/bin/sh", ["-c", "dd if='\(path)' bs=1M iflag=direct status=none | sha256sum"])
+    return String(text.prefix(64))
+  }
 
   /// Repeats a call answered Aborted (another operation on the volume), bounded.
   func retryingAborted<T>(_ call: () async throws -> T) async throws -> T {
