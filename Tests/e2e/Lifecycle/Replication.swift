@@ -349,6 +349,23 @@ struct Replication {
         "replication: target lost for good under writes | errors 0 | leg replaced on store-c and in sync"
           + " \(milliseconds(repaired)) ms after the kill (grace 10 s) | md check: \(mismatches) mismatched sectors")
     }
+    await steps.run("nvme-csi ctl repair-volume of the new leg is refused: it is present (the Admin service)") {
+      let id = try VolumeID(parsing: v.volumeID)
+      let leg = id.targets.firstIndex { $0.value == "store-b" } ?? 1
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: cluster.bin + "/nvme-csi")
+      process.arguments = [
+        "ctl", "--endpoint", "unix://" + cluster.controllerSocket, "repair-volume", v.volumeID, "--leg", "\(leg)",
+      ]
+      let pipe = Pipe()
+      process.standardOutput = pipe
+      process.standardError = pipe
+      try process.run()
+      let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      process.waitUntilExit()
+      try check(
+        process.terminationStatus != 0 && text.contains("present and its target answers"), "ctl said: \(text)")
+    }
     await steps.run(
       "restaged after the repair: ControllerPublish names the new leg, the mirror assembles from both; store-b"
         + " returns and its old leg stays out"
