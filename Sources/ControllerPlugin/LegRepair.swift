@@ -256,11 +256,8 @@ extension ControllerService {
     var segments: [String: String] = [:]
     for other in others { segments.merge(other.topology) { $1 } }
     func misfit(_ target: StorageTarget) -> String? {
-      if map.legs.contains(where: { $0.target == target.name })
-        || map.replaced.contains(where: { $0.target == target.name })
-      {
-        return "it holds or held a leg of the volume"
-      }
+      // A replaced leg still there (a different UUID and name) is no obstacle.
+      if map.legs.contains(where: { $0.target == target.name }) { return "it holds a leg of the volume" }
       if let same = others.first(where: { $0.failureDomain == target.failureDomain }) {
         return "it shares failure domain \(target.failureDomain) with \(same.name)"
       }

@@ -4,52 +4,78 @@ import ServiceLifecycle
 import TargetContract
 
 // The controller repairs replicated volumes by itself once a target has been gone
-// longer than a grace period (docs/operations.md, "Repairing a replicated volume").
-// A target that is merely rebooting (a Talos upgrade takes minutes) comes back, and
-// its legs resync through md's bitmap in seconds; a repair costs a full copy, so it
-// waits. Finding the volumes to repair means reading every leg record of the targets
-// that answer, so that scan runs only when some target is past its grace (and once at
-// start, for legs on targets no longer in the targets file).
+// longer than a grace period (docs/operations.md, "Replicated volumes"). A target that
+// is merely rebooting (a Talos upgrade takes minutes) comes back, and its legs resync
+// through md's bitmap in seconds; a repair costs a full copy, so it waits. Finding the
+// volumes to repair means reading every leg record of the targets that answer, so that
+// scan runs only when a target is newly past its grace or the last scan left a leg on
+// one unrepaired (and once at start, for legs on targets no longer in the targets file).
+
+/// What the repair loop carries from one pass to the next.
+public struct LegRepairState: Sendable, Equatable {
+  /// Since when each target has not answered; for a target no longer in the targets
+  /// file, since a scan first met a leg on it.
+  public var down: [TargetName: ContinuousClock.Instant] = [:]
+  /// Targets past their grace on which the last scan left no leg unrepaired: no need to
+  /// scan for them again (no new leg goes to a target that does not answer).
+  public var settled: Set<TargetName> = []
+  /// Whether a scan ran since the start.
+  public var scanned = false
+
+  public init() {}
+}
 
 extension ControllerService {
-  /// One pass: notes which targets do not answer, and since when (carried in `down`;
-  /// a target no longer in the targets file counts from when a scan first met a leg on
-  /// it), and repairs every replicated volume with a current leg on a target gone past
-  /// `grace`, one leg per volume per pass. Answers the updated `down`.
-  public func repairLostLegs(
-    down: [TargetName: ContinuousClock.Instant], grace: Duration, scanAnyway: Bool = false,
-    now: ContinuousClock.Instant = .now
-  ) async -> [TargetName: ContinuousClock.Instant] {
+  /// One pass: notes which targets do not answer and since when, and repairs every
+  /// replicated volume with a current leg on a target gone past `grace`, one leg per
+  /// volume per pass. Answers the state for the next pass.
+  public func repairLostLegs(_ state: LegRepairState, grace: Duration, now: ContinuousClock.Instant = .now) async
+    -> LegRepairState
+  {
     let answering = Set(await targets.reachableInfo(targets.all, logger: logger).map(\.target.name))
-    var stillDown = down.filter { targets[$0.key] == nil }
+    var next = LegRepairState()
+    next.scanned = true
+    next.down = state.down.filter { targets[$0.key] == nil }
     for target in targets.all where !answering.contains(target.name) {
-      stillDown[target.name] = down[target.name] ?? now
+      next.down[target.name] = state.down[target.name] ?? now
     }
-    let lost = Set(stillDown.filter { now - $0.value >= grace }.keys)
-    guard !lost.isEmpty || scanAnyway else { return stillDown }
+    let lost = Set(next.down.filter { now - $0.value >= grace }.keys)
+    next.settled = state.settled.intersection(lost)
+    guard state.scanned == false || !lost.isSubset(of: next.settled) else { return next }
+    var unrepaired = Set<TargetName>()
     for id in await replicatedVolumes(on: targets.all.filter { answering.contains($0.name) }) {
+      let map: LegMap
+      do { map = try await currentLegMap(of: id) } catch {
+        // Where its legs are is unknown: scan again next pass.
+        unrepaired.formUnion(lost)
+        logger.warning("volume not checked for lost legs", metadata: ["volume": "\(id)", "error": "\(error)"])
+        continue
+      }
+      for leg in map.legs where targets[leg.target] == nil && next.down[leg.target] == nil {
+        next.down[leg.target] = now
+      }
+      let onLost = map.legs.indices.filter { lost.contains(map.legs[$0].target) }
+      guard let index = onLost.first else { continue }
+      let target = map.legs[index].target
+      unrepaired.formUnion(onLost.dropFirst().map { map.legs[$0].target })
+      logger.notice(
+        "a leg's target is gone past the grace period: repairing the volume",
+        metadata: [
+          "volume": "\(id)", "leg": "\(index)", "target": "\(target)",
+          "gone for": "\(now - (next.down[target] ?? now))",
+        ])
       do {
-        let map = try await currentLegMap(of: id)
-        for leg in map.legs where targets[leg.target] == nil && stillDown[leg.target] == nil {
-          stillDown[leg.target] = now
-        }
-        guard let index = map.legs.firstIndex(where: { lost.contains($0.target) }) else { continue }
-        let target = map.legs[index].target
-        logger.notice(
-          "a leg's target is gone past the grace period: repairing the volume",
-          metadata: [
-            "volume": "\(id)", "leg": "\(index)", "target": "\(target)",
-            "gone for": "\(now - (stillDown[target] ?? now))",
-          ])
         let repaired = try await repairVolume(id, leg: index, to: nil)
         logger.notice(
           "leg replaced; the nodes' md copies the data onto it",
           metadata: ["volume": "\(id)", "leg": "\(index)", "new target": "\(repaired.legs[index].target)"])
       } catch {
+        unrepaired.insert(target)
         logger.warning("volume not repaired; next pass retries", metadata: ["volume": "\(id)", "error": "\(error)"])
       }
     }
-    return stillDown
+    next.settled = lost.subtracting(unrepaired)
+    return next
   }
 
   /// Every replicated volume with a leg on `scope`, once each, from the legs' records.
@@ -91,11 +117,9 @@ public struct LegRepairService: Service {
   public func run() async throws {
     // Off: stay until shutdown (a service that returns would stop the group).
     guard grace > .zero else { return try await gracefulShutdown() }
-    var down: [TargetName: ContinuousClock.Instant] = [:]
-    var first = true
+    var state = LegRepairState()
     while !Task.isCancelled && !Task.isShuttingDownGracefully {
-      down = await controller.repairLostLegs(down: down, grace: grace, scanAnyway: first)
-      first = false
+      state = await controller.repairLostLegs(state, grace: grace)
       try? await Task.sleep(for: interval)
     }
   }

@@ -156,6 +156,14 @@ public struct MDAdmArrays: MirrorArrays {
   }
 
   public func assemble(uuid: ObjectUUID, legs: [String]) async throws(NVMeCSIError) -> String {
+    try await assemble(uuid: uuid, legs: legs, withoutMissing: false)
+  }
+
+  public func assembleWithoutMissing(uuid: ObjectUUID, legs: [String]) async throws(NVMeCSIError) -> String {
+    try await assemble(uuid: uuid, legs: legs, withoutMissing: true)
+  }
+
+  private func assemble(uuid: ObjectUUID, legs: [String], withoutMissing: Bool) async throws(NVMeCSIError) -> String {
     let names = try Self.legNames(legs)
     let found = try holders(of: legs, names: names, uuid: uuid)
     if let running = found.running { return running }
@@ -163,9 +171,12 @@ public struct MDAdmArrays: MirrorArrays {
     // host's partial auto-assembly). They serve nothing but keep the legs busy.
     for inactive in Set(found.inactive.map { $0.array }).sorted() { try await stopInactive(inactive) }
 
-    // Never --run, --force or --scan: md starts the array only when the freshest
-    // superblocks among these legs say they are enough, so a stale leg never wins.
-    let arguments = ["--assemble", Self.devicePath(uuid), "--uuid=" + Self.mdadmUUID(uuid)] + legs
+    // Never --force or --scan, and --run only for members gone for good: md starts the
+    // array only when the freshest superblocks among these legs say they are enough, so
+    // a stale leg never wins.
+    let arguments =
+      ["--assemble", Self.devicePath(uuid), "--uuid=" + Self.mdadmUUID(uuid)] + (withoutMissing ? ["--run"] : [])
+      + legs
     let result: CommandResult
     do {
       result = try await mdadm(arguments, timeout: Self.changeTimeout, accepting: [0, 1, 2])

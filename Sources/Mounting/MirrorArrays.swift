@@ -116,6 +116,11 @@ public protocol MirrorArrays: Sendable {
   /// when the freshest superblocks among them say they are enough; otherwise this throws
   /// `unavailable` and leaves nothing assembled. Answers the array's kernel name.
   func assemble(uuid: ObjectUUID, legs: [String]) async throws(NVMeCSIError) -> String
+  /// Assembles the array from exactly `legs` and starts it although members it last had
+  /// are missing (`--run`, never `--force`: among `legs` the freshest superblocks still
+  /// win). Only for members that are gone for good: the caller has proven that every
+  /// current leg is among `legs` or is a blank replacement.
+  func assembleWithoutMissing(uuid: ObjectUUID, legs: [String]) async throws(NVMeCSIError) -> String
   /// The array's state now; `notFound` when the kernel has no such array.
   func status(of array: String) throws(NVMeCSIError) -> MirrorStatus
   /// Puts a leg (/dev path) back: a former member catches up through the bitmap, a blank

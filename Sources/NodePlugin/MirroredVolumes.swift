@@ -136,26 +136,26 @@ extension NodeService {
     do throws(NVMeCSIError) {
       array = try await mirrors.assemble(uuid: volume.uuid, legs: members.keys.sorted().map { devices[$0]!.path })
     } catch {
-      // A blank replacement leg is attached but md will not start from the members: their
-      // superblocks still count the leg it replaced, which is gone for good, so waiting
-      // never helps. Starting without it (mdadm --run) would be safe when every member md
-      // misses sits in a slot whose current leg (the leg map) is a blank replacement: no
-      // missing member can then come back, and the members present still decide among
-      // themselves by their event counts. (Whether the lost leg held writes the present
-      // ones missed no one can tell any more; the repair already gave that leg up.) The
-      // node does not check that rule yet (it needs the slots of the members md misses,
-      // from the superblocks' device roles), so it never passes --run.
+      // md will not start from the members: their superblocks count a member that is not
+      // here. When every current leg (the leg map's, from publish_context) is either among
+      // the members or a blank replacement, the members md misses are legs the map
+      // replaced: gone for good by the controller's repair, so waiting never helps. Then
+      // the array starts without them (mdadm --run, never --force: the members present
+      // still decide among themselves by their event counts) and md copies the data onto
+      // the replacements. Whether the lost leg held writes the members missed no one can
+      // tell any more: the repair gave that leg up. Otherwise a current leg, which may
+      // hold fresher data, is missing: wait for it (md's refusal).
       let blankReplacements = blank.filter { replacements.contains($0) }
-      guard error.kind == .unavailable, !blankReplacements.isEmpty else { throw error }
-      let present = members.keys.sorted().map { "leg \($0) (\(devices[$0]!.path))" }
-      let replaced = blankReplacements.map { "leg \($0) (\(devices[$0]!.path))" }
-      throw NVMeCSIError.unavailable(
-        "md refuses to start the mirror of replicated volume \(volume) from \(present.joined(separator: ", ")):"
-          + " their superblocks still count the member that the blank replacement"
-          + " \(replaced.joined(separator: ", ")) replaced, which is gone for good. Starting the mirror without that"
-          + " member (mdadm --assemble --run) is not automated yet: if the legs present hold the volume's latest"
-          + " data, start it by hand and stage again (the replacement is then added and copied in full). md: "
-          + error.message)
+      let missesOnlyReplaced = (0..<count).allSatisfy { members[$0] != nil || blankReplacements.contains($0) }
+      guard error.kind == .unavailable, !blankReplacements.isEmpty, missesOnlyReplaced else { throw error }
+      let present = members.keys.sorted().map { devices[$0]!.path }
+      logger.notice(
+        "starting the mirror without the members its legs' replacements took over; md copies onto the replacements",
+        metadata: [
+          "volume": "\(volume)", "members": "\(present)", "replacements": "\(blankReplacements)",
+          "md": "\(error.message)",
+        ])
+      array = try await mirrors.assembleWithoutMissing(uuid: volume.uuid, legs: present)
     }
     return try await completeMirror(volume, array, devices)
   }

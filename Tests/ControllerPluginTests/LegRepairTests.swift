@@ -173,7 +173,7 @@ struct LegRepairTests {
       await expectError(.invalidArgument, mentioning: "legs 0 to 1") {
         _ = try await fleet.service.repairVolume(id, leg: 2, to: nil)
       }
-      await expectError(.failedPrecondition, mentioning: "holds or held a leg") {
+      await expectError(.failedPrecondition, mentioning: "holds a leg of the volume") {
         _ = try await fleet.service.repairVolume(id, leg: 1, to: id.targets[0])
       }
       await expectError(.invalidArgument, mentioning: "not in the targets file") {
@@ -216,7 +216,7 @@ struct LegRepairTests {
     }
   }
 
-  @Test("the controller repairs by itself only once a target has been gone past the grace period")
+  @Test("the controller repairs by itself only once a target has been gone past the grace period, then stops scanning")
   func gracePeriod() async throws {
     try await Fleet.with(targets: 3) { fleet in
       let (id, spareTarget) = try await publishedVolume(fleet)
@@ -224,17 +224,24 @@ struct LegRepairTests {
       let lost = fleet.target(id.targets[1])
       lost.isDown = true
       let start = ContinuousClock.now
-      var down = await fleet.service.repairLostLegs(down: [:], grace: .seconds(600), now: start)
-      #expect(down == [lost.name: start])
-      down = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(599))
+      var state = await fleet.service.repairLostLegs(LegRepairState(), grace: .seconds(600), now: start)
+      #expect(state.down == [lost.name: start] && state.scanned)
+      state = await fleet.service.repairLostLegs(state, grace: .seconds(600), now: start + .seconds(599))
       #expect(try await spare.local.agent.volumes(named: nil).isEmpty, "within the grace period nothing is repaired")
 
-      down = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(601))
+      state = await fleet.service.repairLostLegs(state, grace: .seconds(600), now: start + .seconds(601))
       let map = try await fleet.service.currentLegMap(of: id)
       #expect(map.version == 1 && map.legs[1].target == spare.name)
-      // Once repaired, later passes leave the volume alone.
-      _ = await fleet.service.repairLostLegs(down: down, grace: .seconds(600), now: start + .seconds(700))
+      #expect(state.settled == [lost.name], "nothing left on the lost target")
+      // Once repaired, later passes leave the volume alone and do not scan again.
+      let listings = spare.volumePageCalls
+      state = await fleet.service.repairLostLegs(state, grace: .seconds(600), now: start + .seconds(700))
       #expect(try await fleet.service.currentLegMap(of: id).version == 1)
+      #expect(spare.volumePageCalls == listings, "no scan while the lost target is settled")
+      // The target returns: it is no longer down.
+      lost.isDown = false
+      state = await fleet.service.repairLostLegs(state, grace: .seconds(600), now: start + .seconds(800))
+      #expect(state.down.isEmpty && state.settled.isEmpty)
     }
   }
 }

@@ -278,6 +278,9 @@ final class SwitchableTarget: TargetAPI {
   /// many snapshots it returned.
   private let snapshotPages = Mutex<[(limit: Int, returned: Int)]>([])
   var snapshotPageCalls: [(limit: Int, returned: Int)] { snapshotPages.withLock { $0 } }
+  /// `volumes(after:limit:)` calls answered so far.
+  private let volumePages = Mutex(0)
+  var volumePageCalls: Int { volumePages.withLock { $0 } }
   var isDown: Bool {
     get { down.withLock { $0 } }
     set { down.withLock { $0 = newValue } }
@@ -308,7 +311,10 @@ final class SwitchableTarget: TargetAPI {
     try await call { try await $0.expandVolume(uuid, to: sizeBytes) }
   }
   func volumes(after startingAfter: ObjectUUID?, limit: Int) async throws -> (volumes: [TargetVolume], more: Bool) {
-    try await call { try await $0.volumes(after: startingAfter, limit: limit) }
+    try await call {
+      volumePages.withLock { $0 += 1 }
+      return try await $0.volumes(after: startingAfter, limit: limit)
+    }
   }
   func updateVolumeAttributes(_ uuid: ObjectUUID, setting changes: [String: String]) async throws -> TargetVolume {
     try await call { try await $0.updateVolumeAttributes(uuid, setting: changes) }

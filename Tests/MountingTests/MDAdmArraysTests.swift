@@ -418,6 +418,24 @@ struct MDAdmArraysTests {
     }
   }
 
+  @Test("assembling without members gone for good adds --run, never --force or --scan")
+  func assembleWithoutMissing() async throws {
+    try await withFake { fake throws in
+      try fake.leg("nvme1n1")
+      try fake.array("md126")
+      try fake.install(
+        """
+        [ "$1" = --assemble ] && mkdir "$SYS/block/nvme1n1/holders/md126"
+        echo "mdadm: $2 has been started with 1 drive (out of 2)." >&2
+        """)
+      let name = try await fake.arrays.assembleWithoutMissing(uuid: Self.uuid, legs: ["/dev/nvme1n1"])
+      #expect(name == "md126")
+      let calls = try fake.calls()
+      #expect(calls == [["--assemble", Self.devicePath, "--uuid=" + Self.mdadmUUID, "--run", "/dev/nvme1n1"]])
+      #expect(!calls.joined().contains { ["--force", "-f", "--scan", "-s"].contains($0) })
+    }
+  }
+
   @Test("md refusing to start is unavailable, and the inactive array it left is stopped")
   func assembleRefused() async throws {
     try await withFake { fake throws in

@@ -24,6 +24,8 @@ final class FakeMirrors: MirrorArrays {
     var creates = 0
     var seededCreates = 0
     var assembles = 0
+    /// Assemblies started without missing members (`--run`).
+    var assemblesWithoutMissing = 0
     var adds: [String] = []
     var stops = 0
   }
@@ -105,6 +107,14 @@ final class FakeMirrors: MirrorArrays {
     }
     let sizes = kernel.read { s in legs.compactMap { leg in s.disks.first { $0.path == leg }?.sizeBytes } }
     state.withLock { $0.assembles += 1 }
+    return startArray(
+      uuid: uuid, legs: legs, legCount: legCount, size: sizes.min()! - ReplicaLayout.dataOffsetBytes)
+  }
+
+  func assembleWithoutMissing(uuid: ObjectUUID, legs: [String]) async throws(NVMeCSIError) -> String {
+    let legCount = state.withLock { s in s.superblocks.values.filter { $0.arrayUUID == uuid }.count }
+    let sizes = kernel.read { s in legs.compactMap { leg in s.disks.first { $0.path == leg }?.sizeBytes } }
+    state.withLock { $0.assemblesWithoutMissing += 1 }
     return startArray(
       uuid: uuid, legs: legs, legCount: legCount, size: sizes.min()! - ReplicaLayout.dataOffsetBytes)
   }

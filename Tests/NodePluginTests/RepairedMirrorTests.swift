@@ -233,7 +233,9 @@ struct RepairedMirrorTests {
     }
   }
 
-  @Test("A stopped mirror whose lost leg was replaced: md refuses, and NodeStage says why and that it is not automated")
+  @Test(
+    "A stopped mirror whose lost leg was replaced starts from the members without it (--run), adding the blank replacement"
+  )
   func stoppedMirrorWithReplacement() async throws {
     try await Harness.with { h in
       let v = h.machine.exportReplicated(legs: 2)
@@ -246,18 +248,37 @@ struct RepairedMirrorTests {
       let leg1 = Self.legOf(v.uuid, 1, 1)
       request.publishContext = Self.publishContext(
         v, legs: [v.uuid, leg1], paths: [[.init(host: "127.0.0.1", port: 4420)], [Self.newPortal]], mapVersion: 1)
-      // Leg 0 connects first (nvme0n1), the replacement second (nvme1n1).
-      for fragment in [
-        "from leg 0 (/dev/nvme0n1): their superblocks still count the member",
-        "the blank replacement leg 1 (/dev/nvme1n1) replaced, which is gone for good",
-        "(mdadm --assemble --run) is not automated yet", "md: md refused to start",
-      ] {
-        await expectStatus(.unavailable, mentioning: fragment) { _ = try await h.node.nodeStageVolume(request) }
-      }
+      _ = try await h.node.nodeStageVolume(request)
+      #expect(h.mirrors.read(\.assemblesWithoutMissing) == 1)
       #expect(h.mirrors.read(\.creates) == 1, "never created anew")
-      #expect(h.mirrors.read(\.adds).isEmpty)
+      let added = try #require(h.kernel.disk(of: replacement)).name
+      #expect(h.mirrors.read(\.adds) == [added], "the blank replacement is added: md copies the data onto it")
+      #expect(h.kernel.read(\.formats).count == 1, "the file system is kept")
+    }
+  }
+
+  @Test("A stopped mirror missing a current leg (not replaced) still waits: md's refusal, no --run")
+  func stoppedMirrorMissingCurrentLeg() async throws {
+    try await Harness.with { h in
+      let v = h.machine.exportReplicated(legs: 3)
+      try await h.stage(v)
+      try await h.unstage(v)
+      // Leg 2 is replaced; leg 1's target is merely down: it may hold fresher data.
+      h.kernel.state.withLock {
+        _ = $0.exports.removeValue(forKey: v.legNQNs[2])
+        _ = $0.exports.removeValue(forKey: v.legNQNs[1])
+      }
+      let replacement = try h.repair(v, leg: 2, on: "store-3")
+      var request = stageRequest(v, at: h.machine.stagingPath(v))
+      request.publishContext = Self.publishContext(
+        v, legs: [v.uuid, Self.legOf(v.uuid, 1, 0), Self.legOf(v.uuid, 2, 1)],
+        paths: [[.init(host: "127.0.0.1", port: 4420)], [.init(host: "127.0.0.1", port: 4421)], [Self.newPortal]],
+        mapVersion: 1)
+      await expectStatus(.unavailable, mentioning: "md refused to start") {
+        _ = try await h.node.nodeStageVolume(request)
+      }
+      #expect(h.mirrors.read(\.assemblesWithoutMissing) == 0)
       #expect(h.mirrors.read { $0.superblocks[replacement] } == nil, "the replacement is left blank")
-      #expect(h.kernel.read(\.formats).count == 1)
     }
   }
 

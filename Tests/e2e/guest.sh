@@ -59,7 +59,7 @@ lane_b() {
 }
 # This lane's loop devices first: two `losetup -f` at once could pick the same device.
 file_disk=$(disk file 2G) faults_disk=$(disk faults 1G) repl_a_disk=$(disk repl-a 512M) repl_b_disk=$(disk repl-b 512M)
-repl_c_disk=$(disk repl-c 512M)
+repl_c_disk=$(disk repl-c 384M)  # the smallest: new legs go to store-a and store-b
 lane_b >/e2e/lane-b.log 2>&1 &
 lane_b_pid=$!
 

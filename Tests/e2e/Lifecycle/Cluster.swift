@@ -28,8 +28,8 @@ final class Cluster: @unchecked Sendable {
   /// on the same kernel. Nil: one target.
   let secondStore: String?
   private(set) var secondTarget: Process?
-  /// A third target, store-c, added later by `addThirdTarget` (the repair of a lost leg
-  /// needs somewhere to put the new one). Nil: none.
+  /// A third target, store-c: where a lost leg is repaired to. Its store should be the
+  /// smallest, so that new volumes' legs go to store-a and store-b. Nil: none.
   let thirdStore: String?
   private(set) var thirdTarget: Process?
 
@@ -142,46 +142,28 @@ final class Cluster: @unchecked Sendable {
     try "nqn.2014-08.org.nvmexpress:uuid:\(hostID)\n".write(
       toFile: work + "/nvme/hostnqn", atomically: true, encoding: .utf8)
     try "\(hostID)\n".write(toFile: work + "/nvme/hostid", atomically: true, encoding: .utf8)
-    try writeTargetsFile(third: false)
+    try writeTargetsFile()
     try makeCertificates()
     try startTarget()
     if secondStore != nil { try startSecondTarget() }
+    if thirdStore != nil { try startThirdTarget() }
     try startController()
     try startNode()
   }
 
-  private func writeTargetsFile(third: Bool) throws {
+  private func writeTargetsFile() throws {
     var entries = [#"{"name": "store-a", "address": "127.0.0.1:\#(apiPort)"}"#]
     if secondStore != nil { entries.append(#"{"name": "store-b", "address": "127.0.0.1:\#(secondAPIPort)"}"#) }
-    if third { entries.append(#"{"name": "store-c", "address": "127.0.0.1:\#(thirdAPIPort)"}"#) }
+    if thirdStore != nil { entries.append(#"{"name": "store-c", "address": "127.0.0.1:\#(thirdAPIPort)"}"#) }
     let targets = #"{"targets": ["# + entries.joined(separator: ", ") + "]}"
     try targets.write(toFile: work + "/targets.json", atomically: true, encoding: .utf8)
   }
 
-  private func startController(_ arguments: [String] = []) throws {
+  private func startController() throws {
     controller = try launch(
       "controller",
       ["controller", "--endpoint", "unix://" + controllerSocket, "--targets", work + "/targets.json"]
-        + tlsFlags("controller") + arguments)
-  }
-
-  /// Starts store-c and restarts the controller with it in the targets file and
-  /// `controllerArguments`.
-  func addThirdTarget(controllerArguments: [String]) throws {
-    guard let thirdStore else { throw CheckFailed("no --third-store given") }
-    thirdTarget = try launch(
-      "target-c",
-      [
-        "target", "--listen", "127.0.0.1:\(thirdAPIPort)", "--store", thirdStore, "--portal",
-        "127.0.0.1:\(thirdPortalPort)",
-      ]
-        + tlsFlags("target"))
-    try writeTargetsFile(third: true)
-    if let controller, controller.isRunning {
-      controller.terminate()
-      controller.waitUntilExit()
-    }
-    try startController(controllerArguments)
+        + tlsFlags("controller"))
   }
 
   func startTarget() throws {
@@ -200,6 +182,16 @@ final class Cluster: @unchecked Sendable {
         "127.0.0.1:\(secondPortalPort)",
       ]
         + tlsFlags("target"))
+  }
+
+  func startThirdTarget() throws {
+    guard let thirdStore else { throw CheckFailed("no --third-store given") }
+    thirdTarget = try launch(
+      "target-c",
+      [
+        "target", "--listen", "127.0.0.1:\(thirdAPIPort)", "--store", thirdStore, "--portal",
+        "127.0.0.1:\(thirdPortalPort)",
+      ] + tlsFlags("target"))
   }
 
   // MARK: the target API's mutual TLS, as deployed

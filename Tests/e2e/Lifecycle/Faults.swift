@@ -235,6 +235,15 @@ struct Writer {
     try self.init(["--filename=\(file)", "--rw=write", "--size=\(megabytes)M", "--end_fsync=1"])
   }
 
+  /// A file of `megabytes` written sequentially with O_DIRECT at `ratePerSecond`, so
+  /// that its writes span a fault, and verified.
+  init(file: String, megabytes: Int, ratePerSecond: String) throws {
+    try self.init([
+      "--filename=\(file)", "--rw=write", "--direct=1", "--size=\(megabytes)M", "--rate=\(ratePerSecond)",
+      "--end_fsync=1",
+    ])
+  }
+
   /// Reads back and checks what an earlier writer left in `file`.
   init(verifying file: String) throws {
     try self.init(["--filename=\(file)", "--rw=write", "--verify_only=1", "--size=\(Self.fileSize(file))"])

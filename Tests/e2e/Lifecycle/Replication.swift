@@ -65,6 +65,7 @@ struct Replication {
     try await eventually("store-b answers") {
       try await scenario.controller.getCapacity(.init()).availableCapacity > 0
         && cluster.secondTarget?.isRunning == true
+        && (cluster.thirdStore == nil || isListening(port: cluster.thirdAPIPort))
     }
     return nodeID
   }
@@ -302,24 +303,19 @@ struct Replication {
 
   // MARK: a target lost for good, its leg repaired on store-c
 
-  /// store-b is lost for good under a writer with checksums. The controller, restarted
-  /// with store-c and a 10 s grace period, replaces store-b's leg by a blank one on
-  /// store-c and writes the new leg map to the surviving leg; the node reads it from
-  /// there, connects the new leg and md copies the data onto it, with no restage. A
-  /// restage then assembles the surviving and the new leg; when store-b returns, its
-  /// old leg stays out of the mirror, and deleting the volume removes it too.
+  /// store-b is lost for good under a writer with checksums, and `nvme-csi ctl
+  /// repair-volume` (the Admin service) replaces its leg by a blank one on store-c: the
+  /// controller writes the new leg map to the surviving leg, the node reads it from there,
+  /// connects the new leg and md copies the data onto it, with no restage. A restage then
+  /// assembles the surviving and the new leg; when store-b returns, its old leg stays out
+  /// of the mirror. Then, the mirror stopped, store-c is lost too and the leg is repaired
+  /// again onto store-b: NodeStage starts the mirror without the lost member (--run) and
+  /// md copies onto the replacement. Deleting the volume removes every leg it ever had.
+  /// (The controller's own repair after its grace period is in LegRepairTests.)
   func repairLostLeg(_ capability: Csi_V1_VolumeCapability, nodeID: String) async {
     guard var v = await createAndAttach("pvc-mirror-repair", bytes: 64 * mebibyte, capability, nodeID) else { return }
-    await steps.run("store-c added; the controller restarted with a repair grace period of 10 s") {
-      try cluster.addThirdTarget(controllerArguments: [
-        "--replica-repair-grace", "10", "--replica-repair-interval", "2",
-      ])
-      try await eventually("the controller answers again") {
-        try await scenario.controllerIdentity.probe(.init()).ready.value
-      }
-    }
     await steps.run(
-      "under verified I/O: store-b lost for good; after the grace period its leg is replaced on store-c and md copies"
+      "under verified I/O: store-b lost for good; nvme-csi ctl repair-volume puts its leg on store-c and md copies"
         + " the data onto it, the volume staged all along"
     ) {
       let writer = try Writer(device: v.target, megabytes: 8, ratePerSecond: "1m")
@@ -329,12 +325,13 @@ struct Replication {
         writer.stop()
         throw error
       }
-      try await eventually("the leg replaced on store-c, added by the node and in sync", timeout: .seconds(150)) {
+      let repaired = try repairWithCtl(v, leg: try storeBSlot(v), to: "store-c")
+      try check(repaired.contains("leg map version 1"), "ctl said: \(repaired)")
+      try await eventually("the new leg on store-c added by the node and in sync", timeout: .seconds(150)) {
         let state = try mdState(try mdArray(of: v))
         return state.legs.count == 2 && state.degraded == 0 && state.syncAction == "idle"
-          && !cluster.storeContents(of: cluster.thirdStore ?? "").isEmpty
       }
-      let repaired = ContinuousClock.now - killed
+      let inSync = ContinuousClock.now - killed
       let result = try writer.finish()
       try check(result.errors == 0, "fio reported \(result.errors) error(s):\n\(result.output)")
       try check(result.verifiedBytes >= 8 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
@@ -346,25 +343,14 @@ struct Replication {
       let nodeView = try await condition(v)
       try check(nodeView.message == "2 of 2 legs in sync", "NodeGetVolumeStats: \(nodeView.message)")
       steps.note(
-        "replication: target lost for good under writes | errors 0 | leg replaced on store-c and in sync"
-          + " \(milliseconds(repaired)) ms after the kill (grace 10 s) | md check: \(mismatches) mismatched sectors")
+        "replication: target lost for good under writes | errors 0 | leg replaced on store-c (nvme-csi ctl) and in"
+          + " sync \(milliseconds(inSync)) ms after the kill | md check: \(mismatches) mismatched sectors")
     }
-    await steps.run("nvme-csi ctl repair-volume of the new leg is refused: it is present (the Admin service)") {
-      let id = try VolumeID(parsing: v.volumeID)
-      let leg = id.targets.firstIndex { $0.value == "store-b" } ?? 1
-      let process = Process()
-      process.executableURL = URL(fileURLWithPath: cluster.bin + "/nvme-csi")
-      process.arguments = [
-        "ctl", "--endpoint", "unix://" + cluster.controllerSocket, "repair-volume", v.volumeID, "--leg", "\(leg)",
-      ]
-      let pipe = Pipe()
-      process.standardOutput = pipe
-      process.standardError = pipe
-      try process.run()
-      let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-      process.waitUntilExit()
-      try check(
-        process.terminationStatus != 0 && text.contains("present and its target answers"), "ctl said: \(text)")
+    await steps.run("nvme-csi ctl repair-volume of the new leg is refused: it is present") {
+      do {
+        let text = try repairWithCtl(v, leg: try storeBSlot(v), to: nil)
+        throw CheckFailed("ctl repaired a present leg: \(text)")
+      } catch let error as CheckFailed where error.description.contains("present and its target answers") {}
     }
     await steps.run(
       "restaged after the repair: ControllerPublish names the new leg, the mirror assembles from both; store-b"
@@ -413,7 +399,83 @@ struct Replication {
       }
       try check(try mdState(try mdArray(of: v)).legs.count == 2, "md took a third leg")
     }
+    await steps.run(
+      "a stopped mirror loses its new leg too (store-c killed): nvme-csi ctl repair-volume puts it on store-b, and"
+        + " NodeStage starts the mirror without the lost member (--run) and md copies onto the replacement"
+    ) {
+      let before = try digest(of: v.target)
+      try await retryingAborted {
+        try await scenario.node.nodeUnpublishVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.targetPath = v.target
+          })
+      }
+      try await retryingAborted {
+        try await scenario.node.nodeUnstageVolume(
+          .with {
+            $0.volumeID = v.volumeID
+            $0.stagingTargetPath = v.staging
+          })
+      }
+      try killTarget(cluster.thirdTarget, portalPort: cluster.thirdPortalPort, wipingSubsystemsOf: v)
+      let repaired = try repairWithCtl(v, leg: try storeBSlot(v), to: "store-b")
+      try check(repaired.contains("leg map version 2"), "ctl said: \(repaired)")
+      v.publishContext = try await scenario.controller.controllerPublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.nodeID = nodeID
+          $0.volumeCapability = capability
+        }
+      ).publishContext
+      try check(v.publishContext["legMapVersion"] == "2", "publish_context: \(v.publishContext)")
+      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
+      try await retryingAborted {
+        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
+      }
+      try await eventually("the replacement on store-b in sync", timeout: .seconds(120)) {
+        let state = try mdState(try mdArray(of: v))
+        return state.legs.count == 2 && state.degraded == 0 && state.syncAction == "idle"
+      }
+      try check(try digest(of: v.target) == before, "the volume's content changed")
+      try check(try checkLegsAgree(try mdArray(of: v)) == 0, "the legs differ after the copy")
+      // store-c back, so that deleting the volume deletes its replaced leg there too.
+      try cluster.startThirdTarget()
+      try await eventually("store-c listens") { isListening(port: cluster.thirdAPIPort) }
+    }
     await scenario.detach(v, deleteVolume: true)
+  }
+
+  /// `nvme-csi ctl repair-volume` of leg `leg`, optionally `--to` a target: what it printed.
+  func repairWithCtl(_ v: Scenario.Attached, leg: Int, to target: String?) throws -> String {
+    try output(
+      cluster.bin + "/nvme-csi",
+      ["ctl", "repair-volume", "--endpoint", "unix://" + cluster.controllerSocket, v.volumeID, "--leg", "\(leg)"]
+        + (target.map { ["--to", $0] } ?? []))
+  }
+
+  /// The slot of the leg the volume ID places on store-b: the one the repairs replace.
+  func storeBSlot(_ v: Scenario.Attached) throws -> Int {
+    guard let index = try VolumeID(parsing: v.volumeID).targets.firstIndex(where: { $0.value == "store-b" }) else {
+      throw CheckFailed("\(v.volumeID) has no leg on store-b")
+    }
+    return index
+  }
+
+  /// Whether something accepts TCP connections on 127.0.0.1:`port`.
+  func isListening(port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+      }
+    }
   }
 
   /// A digest of a device's whole content, read past the page cache, to compare the
@@ -446,20 +508,24 @@ struct Replication {
   /// Kills store-b and removes its portal from nvmet, as a storage node that is gone;
   /// with a volume, also store-b's subsystems of its legs (a rebooted node's configfs).
   func killSecondTarget(wipingSubsystemsOf v: Scenario.Attached? = nil) throws {
-    cluster.kill(cluster.secondTarget)
+    try killTarget(cluster.secondTarget, portalPort: cluster.secondPortalPort, wipingSubsystemsOf: v)
+  }
+
+  /// Kills a target and removes its portal from nvmet; with a volume, also the target's
+  /// subsystems of that volume's legs.
+  func killTarget(_ process: Process?, portalPort: Int, wipingSubsystemsOf v: Scenario.Attached? = nil) throws {
+    cluster.kill(process)
     let ports = cluster.nvmet + "/ports"
     for port in try FileManager.default.contentsOfDirectory(atPath: ports) {
       let service = try? String(contentsOfFile: "\(ports)/\(port)/addr_trsvcid", encoding: .utf8)
-      guard service?.trimmingCharacters(in: .whitespacesAndNewlines) == String(cluster.secondPortalPort) else {
-        continue
-      }
+      guard service?.trimmingCharacters(in: .whitespacesAndNewlines) == String(portalPort) else { continue }
       for link in try FileManager.default.contentsOfDirectory(atPath: "\(ports)/\(port)/subsystems") {
         try check(unlink("\(ports)/\(port)/subsystems/\(link)") == 0, "unlink \(link): \(errnoText())")
       }
       try check(rmdir("\(ports)/\(port)") == 0, "rmdir port \(port): \(errnoText())")
     }
     guard let v else { return }
-    let portal = "127.0.0.1:\(cluster.secondPortalPort)"
+    let portal = "127.0.0.1:\(portalPort)"
     for leg in try PublishContext(decoding: v.publishContext).legs where leg.paths.map(\.description) == [portal] {
       let subsystem = "\(cluster.nvmet)/subsystems/\(leg.subsystemNQN)"
       for host in try FileManager.default.contentsOfDirectory(atPath: subsystem + "/allowed_hosts") {
