@@ -439,6 +439,9 @@ struct Replication {
       }
       try check(try digest(of: v.target) == before, "the volume's content changed")
       try check(try checkLegsAgree(try mdArray(of: v)) == 0, "the legs differ after the copy")
+      try check(
+        cluster.logTail("node", lines: 400).contains("starting the mirror without the members"),
+        "the mirror did not start through the --run rule")
       // store-c back, so that deleting the volume deletes its replaced leg there too.
       try cluster.startThirdTarget()
       try await eventually("store-c listens") { isListening(port: cluster.thirdAPIPort) }
