@@ -37,7 +37,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     guard !name.isEmpty else { throw NVMeCSIError.invalidArgument("name is required") }
     guard !ReplicaLayout.isReservedName(name) else {
       throw NVMeCSIError.invalidArgument(
-        "volume name \(quoted(name)) ends like a replica's name (~replica-<n>), which is reserved: use another name")
+        "volume name \(quoted(name)) contains \"~replica-\", which is reserved for the names of replicas' legs:"
+          + " use another name")
     }
     let capabilities = try VolumeCapabilities(request.volumeCapabilities)
     let parameters = try VolumeParameters(parsing: request.parameters)
