@@ -153,20 +153,7 @@ struct Replication {
         try mdState(try mdArray(of: v)).degraded == 1
       }
       // As kubelet does, a call that meets the reconciler on the volume is repeated.
-      try await retryingAborted {
-        try await scenario.node.nodeUnpublishVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.targetPath = v.target
-          })
-      }
-      try await retryingAborted {
-        try await scenario.node.nodeUnstageVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.stagingTargetPath = v.staging
-          })
-      }
+      try await unpublishAndUnstage(v)
       try check(!(try String(contentsOfFile: "/proc/mdstat", encoding: .utf8)).contains("nvme"), "md array left")
       try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
       try await retryingAborted {
@@ -358,20 +345,7 @@ struct Replication {
     ) {
       let before = try digest(of: v.target)
       let oldLegs = try PublishContext(decoding: v.publishContext).legs.map(\.subsystemNQN)
-      try await retryingAborted {
-        try await scenario.node.nodeUnpublishVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.targetPath = v.target
-          })
-      }
-      try await retryingAborted {
-        try await scenario.node.nodeUnstageVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.stagingTargetPath = v.staging
-          })
-      }
+      try await unpublishAndUnstage(v)
       v.publishContext = try await scenario.controller.controllerPublishVolume(
         .with {
           $0.volumeID = v.volumeID
@@ -404,20 +378,7 @@ struct Replication {
         + " NodeStage starts the mirror without the lost member (--run) and md copies onto the replacement"
     ) {
       let before = try digest(of: v.target)
-      try await retryingAborted {
-        try await scenario.node.nodeUnpublishVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.targetPath = v.target
-          })
-      }
-      try await retryingAborted {
-        try await scenario.node.nodeUnstageVolume(
-          .with {
-            $0.volumeID = v.volumeID
-            $0.stagingTargetPath = v.staging
-          })
-      }
+      try await unpublishAndUnstage(v)
       try killTarget(cluster.thirdTarget, portalPort: cluster.thirdPortalPort, wipingSubsystemsOf: v)
       let repaired = try repairWithCtl(v, leg: try storeBSlot(v), to: "store-b")
       try check(repaired.contains("leg map version 2"), "ctl said: \(repaired)")
@@ -486,6 +447,25 @@ struct Replication {
   func digest(of path: String) throws -> String {
     let text = try output("/bin/sh", ["-c", "dd if='\(path)' bs=1M iflag=direct status=none | sha256sum"])
     return String(text.prefix(64))
+  }
+
+  /// NodeUnpublish and NodeUnstage, each repeated as kubelet does while the reconciler
+  /// holds the volume (Aborted).
+  func unpublishAndUnstage(_ v: Scenario.Attached) async throws {
+    try await retryingAborted {
+      try await scenario.node.nodeUnpublishVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.targetPath = v.target
+        })
+    }
+    try await retryingAborted {
+      try await scenario.node.nodeUnstageVolume(
+        .with {
+          $0.volumeID = v.volumeID
+          $0.stagingTargetPath = v.staging
+        })
+    }
   }
 
   /// Repeats a call answered Aborted (another operation on the volume), bounded.
