@@ -654,7 +654,7 @@ class Bench:
 
     # The e2e replication suite's figures (issue 11): `nvme-csi-e2e --suite replication`
     # prints one `replication:` line per measurement; each round is a whole run of it
-    # (two targets with their own XFS stores and portals, md RAID1 on the node).
+    # (three targets with their own XFS stores and portals, md RAID1 on the node).
     REPLICATION_FIGURES = {
         "stall_ms": r"writes stalled (\d+) ms",
         "errors": r"\| errors (\d+) \|",
@@ -678,10 +678,11 @@ class Bench:
         rounds = []
         for n in range(a.replication_rounds):
             stores = []
-            for leg in "ab":
+            # store-c, the smallest, is where the suite repairs a lost leg.
+            for leg, mib in (("a", 768), ("b", 768), ("c", 384)):
                 image, mount = work / f"{leg}.img", work / f"r{n}-{leg}"
                 with open(image, "wb") as f:
-                    f.truncate(768 << 20)
+                    f.truncate(mib << 20)
                 loop = run(["losetup", "-f", "--show", str(image)])
                 run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", loop])
                 mount.mkdir()
@@ -691,7 +692,8 @@ class Bench:
             t0 = time.perf_counter()
             done = subprocess.run(
                 [e2e, "--suite", "replication", "--bin", str(Path(self.bin).parent), "--work", str(work / f"r{n}"),
-                 "--store", f"file:{stores[0][1]}", "--second-store", f"file:{stores[1][1]}", "--certs", str(certs)],
+                 "--store", f"file:{stores[0][1]}", "--second-store", f"file:{stores[1][1]}",
+                 "--third-store", f"file:{stores[2][1]}", "--certs", str(certs)],
                 capture_output=True, text=True, timeout=900)
             for loop, mount in stores:
                 run(["umount", "-l", str(mount)], check=False)
@@ -1297,11 +1299,12 @@ def render_md(r: dict, title: str) -> str:
     if rep and rep["rounds"]:
         out += ["## 5. Replicated volumes (issue 11)", "",
                 "Each round is one run of `nvme-csi-e2e --suite replication` (Tests/e2e/Lifecycle/Replication.swift) "
-                "with this binary: two targets in the VM, each with its own XFS store and NVMe/TCP portal, md RAID1 "
+                "with this binary: three targets in the VM (the third for the repair of a lost leg), each with its "
+                "own XFS store and NVMe/TCP portal, md RAID1 "
                 "on the node with the leg defaults (fastIoFailTmo 2, ctrlLossTmo -1, reconnectDelay 1, "
                 "keepAliveTmo 2), the node's mirror check every 1 s. Stall: how long a 4 KiB O_DIRECT+O_SYNC write "
-                "issued when the target is killed -9 (its portal and subsystems removed) takes, while fio writes "
-                "with checksums. Back in sync: from the target's restart until md reports both legs in sync (a "
+                "issued when the target is killed -9 (its portal and subsystems removed, away 60 s) takes, while "
+                "fio writes with checksums. Back in sync: from the target's restart until md reports both legs in sync (a "
                 "bitmap resync of what was written meanwhile). Restored copy: a snapshot restored into a new "
                 "mirror, from before its attach until md has copied the restored leg onto the blank one in full "
                 "(so the rate is a lower bound).", "",

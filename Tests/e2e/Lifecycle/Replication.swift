@@ -27,6 +27,7 @@ struct Replication {
       $0.block = .init()
       $0.accessMode.mode = .singleNodeWriter
     }
+    let ext4 = scenario.mountCapability("ext4")
     guard let block = await createAndAttach("pvc-mirror-block", bytes: 64 * mebibyte, blockCapability, nodeID)
     else { return }
     await steps.run("the node mirrors the two legs with md RAID1, both in sync") {
@@ -43,11 +44,15 @@ struct Replication {
         "ControllerGetVolume: \(controller.message)")
       steps.note("\(array): \(state)")
     }
-    await targetLoss(block)
-    await restageDegraded(block)
+    guard let mounted = await createAndAttach("pvc-mirror-ext4", bytes: 64 * mebibyte, ext4, nodeID) else { return }
+    await storageNodeUpgrade(mounted: mounted, block: block)
     await scenario.detach(block, deleteVolume: true)
-    await fileSystemVolume("ext4", megabytes: 64, grown: 96, nodeID: nodeID)
-    await fileSystemVolume("xfs", megabytes: 320, grown: 384, nodeID: nodeID)
+    await fileSystemVolume(mounted, megabytes: 64, grown: 96, nodeID: nodeID)
+    // xfs needs 300 MiB at least.
+    if let xfs = await createAndAttach("pvc-mirror-xfs", bytes: 320 * mebibyte, scenario.mountCapability("xfs"), nodeID)
+    {
+      await fileSystemVolume(xfs, megabytes: 320, grown: 384, nodeID: nodeID)
+    }
     await repairLostLeg(blockCapability, nodeID: nodeID)
     await steps.run("nothing of ours is left on any target") {
       let volumes = try await scenario.controller.listVolumes(.init()).entries
@@ -97,99 +102,108 @@ struct Replication {
     return await scenario.attach(volume, capability: capability, nodeID: nodeID, pod: "pod-\(name)")
   }
 
-  // MARK: a target dies and returns
+  // MARK: a storage node goes away for an upgrade and returns
 
-  /// A storage-node upgrade under a writer with checksums: store-b is killed -9, its
-  /// NVMe/TCP portal and its subsystems removed from nvmet (connections are refused,
-  /// as from a node that is rebooting; its nvmet configuration is gone as after a
-  /// reboot). Writes stall for about fastIoFailTmo, md fails the leg, the writer goes
-  /// on; the target returns and rebuilds its exports, the kernel reconnects the leg by
-  /// itself, the reconciler re-adds it and md resyncs.
-  func targetLoss(_ v: Scenario.Attached) async {
-    await steps.run("under verified I/O: store-b killed -9, its portal and nvmet subsystems gone; back 5 s later") {
-      let writer = try Writer(device: v.target, megabytes: 8, ratePerSecond: "1m")
+  /// A storage-node upgrade: store-b is killed -9, its NVMe/TCP portal and its
+  /// subsystems removed from nvmet (connections are refused, as from a node that is
+  /// rebooting; its nvmet configuration is gone, as after a reboot), and it stays away
+  /// for `outage`. An ext4 mirror is written with checksums across the whole outage: its
+  /// writes stall for about fastIoFailTmo, md fails the leg and the writer goes on,
+  /// without an I/O error and without the file system turning read-only. Meanwhile the
+  /// block mirror is unstaged and staged again (md starts it from the fresh leg alone:
+  /// its superblock says the other failed) and the node plugin is killed -9 and
+  /// restarted. When store-b returns it rebuilds its exports, the kernel reconnects the
+  /// ext4 mirror's leg by itself, the new plugin connects the block mirror's (down at
+  /// stage), and both are re-added: md resyncs what the bitmap says changed.
+  func storageNodeUpgrade(mounted: Scenario.Attached, block: Scenario.Attached, outage: Duration = .seconds(60)) async {
+    defer { if cluster.secondTarget?.isRunning != true { try? cluster.startSecondTarget() } }
+    await steps.run(
+      "a storage-node upgrade under verified I/O on ext4: store-b killed -9, its portal and nvmet subsystems gone,"
+        + " back after \(outage.components.seconds) s; meanwhile the block mirror staged again from its fresh leg and"
+        + " the node plugin killed -9 and restarted; 0 I/O errors, ext4 still read-write, both stale legs re-added"
+    ) {
+      // 20 MiB at 256 KiB/s: the writes go on across the outage and the return.
+      let writer = try Writer(file: mounted.target + "/upgrade", megabytes: 20, ratePerSecond: "256k")
       try await Task.sleep(for: .seconds(1))
       let killed = ContinuousClock.now
-      do { try killSecondTarget(wipingSubsystemsOf: v) } catch {
+      do { try killSecondTarget(wipingSubsystemsOf: [mounted, block]) } catch {
         writer.stop()
         throw error
       }
-      let stall = try directWrite(to: v.target, at: 60 * mebibyte) - killed
-      try await eventually("md fails the dead leg", timeout: .seconds(30)) {
-        try mdState(try mdArray(of: v)).degraded == 1
+      let stall = try directWrite(to: block.target, at: 60 * mebibyte) - killed
+      try await eventually("md fails the dead legs", timeout: .seconds(30)) {
+        try mdState(try mdArray(of: mounted)).degraded == 1 && mdState(try mdArray(of: block)).degraded == 1
       }
-      let degraded = try await condition(v)
+      let degraded = try await condition(mounted)
       try check(degraded.abnormal && degraded.message.hasPrefix("degraded: 1 of 2 legs in sync"), degraded.message)
-      try await Task.sleep(for: .seconds(3))
-      let restarted = ContinuousClock.now
-      try cluster.startSecondTarget()
-      try await eventually("the leg is re-added and resynced", timeout: .seconds(90)) {
-        try await !condition(v).abnormal && mdState(try mdArray(of: v)).syncAction == "idle"
-      }
-      let healed = ContinuousClock.now - restarted
-      let result = try writer.finish()
-      try check(result.errors == 0, "fio reported \(result.errors) error(s):\n\(result.output)")
-      try check(result.verifiedBytes >= 8 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
-      let mismatches = try checkLegsAgree(try mdArray(of: v))
-      steps.note(
-        "replication: target killed under writes | verified \(result.verifiedBytes) bytes | errors 0 | writes stalled "
-          + "\(milliseconds(stall)) ms | leg back in sync \(milliseconds(healed)) ms after the target restarted"
-          + " | md check: \(mismatches) mismatched sectors")
-      try check(mismatches == 0, "the legs differ after the resync")
-    }
-  }
 
-  /// Unstage and stage again while store-b is down: md starts from the fresh leg alone
-  /// (its superblock says the other failed), I/O works, and the stale leg is re-added
-  /// when its target returns.
-  func restageDegraded(_ v: Scenario.Attached) async {
-    defer { if cluster.secondTarget?.isRunning != true { try? cluster.startSecondTarget() } }
-    await steps.run(
-      "store-b down again: unstage, stage from the fresh leg alone, verified I/O, node plugin killed -9 and"
-        + " restarted, the stale leg re-added when store-b returns"
-    ) {
-      try killSecondTarget()
-      try await eventually("md fails the dead leg", timeout: .seconds(30)) {
-        try mdState(try mdArray(of: v)).degraded == 1
-      }
       // As kubelet does, a call that meets the reconciler on the volume is repeated.
-      try await unpublishAndUnstage(v)
-      try check(!(try String(contentsOfFile: "/proc/mdstat", encoding: .utf8)).contains("nvme"), "md array left")
-      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
+      try await unpublishAndUnstage(block)
+      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(block)) }
       try await retryingAborted {
-        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
+        try await scenario.node.nodePublishVolume(scenario.publishRequest(block, readonly: false))
       }
-      let state = try mdState(try mdArray(of: v))
-      try check(state.legs.count == 1 && state.degraded == 1, "expected a degraded start: \(state)")
-      let writer = try Writer(device: v.target, megabytes: 4, ratePerSecond: "4m")
-      let result = try writer.finish()
-      try check(result.errors == 0, "fio on the degraded mirror reported errors:\n\(result.output)")
-      // The node plugin crashes while the volume is degraded; the new one takes over.
+      let restaged = try mdState(try mdArray(of: block))
+      try check(restaged.legs.count == 1 && restaged.degraded == 1, "expected a degraded start: \(restaged)")
+      let onBlock = try Writer(device: block.target, megabytes: 4, ratePerSecond: "4m").finish()
+      try check(onBlock.errors == 0, "fio on the restaged degraded mirror reported errors:\n\(onBlock.output)")
       cluster.kill(cluster.node)
       try cluster.startNode()
       try await eventually("node plugin back") { try await scenario.identity.probe(.init()).ready.value }
+
+      try await Task.sleep(until: killed + outage, clock: .continuous)
       try cluster.startSecondTarget()
       let restarted = ContinuousClock.now
-      try await eventually("the stale leg is reconnected, re-added and resynced", timeout: .seconds(90)) {
-        try await !condition(v).abnormal && mdState(try mdArray(of: v)).syncAction == "idle"
+      var inSync: [String: Duration] = [:]
+      try await eventually("both stale legs reconnected, re-added and resynced", timeout: .seconds(120)) {
+        for (name, v) in [("mounted", mounted), ("block", block)] where inSync[name] == nil {
+          if try await !condition(v).abnormal, try mdState(try mdArray(of: v)).syncAction == "idle" {
+            inSync[name] = ContinuousClock.now - restarted
+          }
+        }
+        return inSync.count == 2
       }
-      let mismatches = try checkLegsAgree(try mdArray(of: v))
-      try check(mismatches == 0, "the legs differ after the resync")
+      let result = try writer.finish()
+      try check(result.errors == 0, "fio reported \(result.errors) error(s):\n\(result.output)")
+      try check(result.verifiedBytes >= 20 * mebibyte, "fio verified only \(result.verifiedBytes) bytes")
+      let array = try mdArray(of: mounted)
+      try check(try mountOptions(of: mounted.target).contains("rw"), "ext4 is no longer read-write")
+      try check(try ext4Errors(on: array) == 0, "ext4 counted errors on \(array)")
+      let mismatches = try checkLegsAgree(array) + checkLegsAgree(try mdArray(of: block))
+      try check(mismatches == 0, "the legs differ after the resync: \(mismatches) sectors")
       steps.note(
-        "replication: restaged degraded, stale leg re-added and in sync \(milliseconds(ContinuousClock.now - restarted))"
+        "replication: target killed under writes | verified \(result.verifiedBytes) bytes | errors 0 | writes stalled "
+          + "\(milliseconds(stall)) ms | out \(outage.components.seconds) s | leg back in sync "
+          + "\(milliseconds(inSync["mounted"] ?? .zero)) ms after the target restarted | ext4 read-write, 0 errors"
+          + " | md check: 0 mismatched sectors")
+      steps.note(
+        "replication: restaged degraded, stale leg re-added and in sync \(milliseconds(inSync["block"] ?? .zero))"
           + " ms after its target restarted")
     }
   }
 
+  /// The options of the mount at `path` (the fourth-from-last fields of mountinfo's line).
+  func mountOptions(of path: String) throws -> [Substring] {
+    let table = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+    guard let line = table.split(separator: "\n").last(where: { $0.split(separator: " ")[4] == path }) else {
+      throw CheckFailed("nothing mounted at \(path)")
+    }
+    return line.split(separator: " ")[5].split(separator: ",")
+  }
+
+  /// The errors ext4 counted on `device` since it was mounted (it remounts read-only on one).
+  func ext4Errors(on device: String) throws -> Int {
+    let text = try String(contentsOfFile: "/sys/fs/ext4/\(device)/errors_count", encoding: .utf8)
+    return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+  }
+
   // MARK: a file system on a mirror, grown
 
-  /// A mirror with `fsType` on it, a file written, grown online to `grown` MiB; ext4 is
-  /// then snapshotted and restored. xfs needs 300 MiB at least.
-  func fileSystemVolume(_ fsType: String, megabytes: Int64, grown: Int64, nodeID: String) async {
-    let capability = scenario.mountCapability(fsType)
-    guard
-      let v = await createAndAttach("pvc-mirror-\(fsType)", bytes: megabytes * mebibyte, capability, nodeID)
-    else { return }
+  /// A mounted mirror of `megabytes`: a file written, the volume grown online to
+  /// `grown` MiB; ext4 is then snapshotted and restored. The volume is deleted after.
+  func fileSystemVolume(_ v: Scenario.Attached, megabytes: Int64, grown: Int64, nodeID: String) async {
+    let capability = v.capability
+    let fsType = capability.mount.fsType
     await steps.run(
       "\(fsType) on the mirror: a file written, the volume grown to \(grown) MiB online, the file intact"
     ) {
@@ -308,7 +322,7 @@ struct Replication {
       let writer = try Writer(device: v.target, megabytes: 8, ratePerSecond: "1m")
       try await Task.sleep(for: .seconds(1))
       let killed = ContinuousClock.now
-      do { try killSecondTarget(wipingSubsystemsOf: v) } catch {
+      do { try killSecondTarget(wipingSubsystemsOf: [v]) } catch {
         writer.stop()
         throw error
       }
@@ -379,7 +393,7 @@ struct Replication {
     ) {
       let before = try digest(of: v.target)
       try await unpublishAndUnstage(v)
-      try killTarget(cluster.thirdTarget, portalPort: cluster.thirdPortalPort, wipingSubsystemsOf: v)
+      try killTarget(cluster.thirdTarget, portalPort: cluster.thirdPortalPort, wipingSubsystemsOf: [v])
       let repaired = try repairWithCtl(v, leg: try storeBSlot(v), to: "store-b")
       try check(repaired.contains("leg map version 2"), "ctl said: \(repaired)")
       v.publishContext = try await scenario.controller.controllerPublishVolume(
@@ -489,14 +503,14 @@ struct Replication {
   }
 
   /// Kills store-b and removes its portal from nvmet, as a storage node that is gone;
-  /// with a volume, also store-b's subsystems of its legs (a rebooted node's configfs).
-  func killSecondTarget(wipingSubsystemsOf v: Scenario.Attached? = nil) throws {
-    try killTarget(cluster.secondTarget, portalPort: cluster.secondPortalPort, wipingSubsystemsOf: v)
+  /// and store-b's subsystems of the given volumes' legs (a rebooted node's configfs).
+  func killSecondTarget(wipingSubsystemsOf volumes: [Scenario.Attached] = []) throws {
+    try killTarget(cluster.secondTarget, portalPort: cluster.secondPortalPort, wipingSubsystemsOf: volumes)
   }
 
-  /// Kills a target and removes its portal from nvmet; with a volume, also the target's
-  /// subsystems of that volume's legs.
-  func killTarget(_ process: Process?, portalPort: Int, wipingSubsystemsOf v: Scenario.Attached? = nil) throws {
+  /// Kills a target and removes its portal from nvmet, and the target's subsystems of
+  /// the given volumes' legs.
+  func killTarget(_ process: Process?, portalPort: Int, wipingSubsystemsOf volumes: [Scenario.Attached] = []) throws {
     cluster.kill(process)
     let ports = cluster.nvmet + "/ports"
     for port in try FileManager.default.contentsOfDirectory(atPath: ports) {
@@ -507,9 +521,9 @@ struct Replication {
       }
       try check(rmdir("\(ports)/\(port)") == 0, "rmdir port \(port): \(errnoText())")
     }
-    guard let v else { return }
     let portal = "127.0.0.1:\(portalPort)"
-    for leg in try PublishContext(decoding: v.publishContext).legs where leg.paths.map(\.description) == [portal] {
+    let legs = try volumes.flatMap { try PublishContext(decoding: $0.publishContext).legs }
+    for leg in legs where leg.paths.map(\.description) == [portal] {
       let subsystem = "\(cluster.nvmet)/subsystems/\(leg.subsystemNQN)"
       for host in try FileManager.default.contentsOfDirectory(atPath: subsystem + "/allowed_hosts") {
         try check(unlink("\(subsystem)/allowed_hosts/\(host)") == 0, "unlink allowed host: \(errnoText())")
