@@ -49,7 +49,8 @@ public final class TargetAgent: TargetAPI {
     store: any VolumeStore, exporter: any VolumeExporter, pool: BlockingPool, placementsPath: String,
     overcommitRatio: Double = 1, version: String = BuildInfo.version, logger: Logger
   ) {
-    self.store = store
+    // Records are read on every call and listed by the thousand: from memory.
+    self.store = RecordCachingStore(store)
     self.placementsPath = placementsPath
     self.exporter = exporter
     self.pool = pool

@@ -31,12 +31,19 @@ func makeStores() -> [StoreFactory] {
       }
     ]
   }
-  return [
-    StoreFactory(name: "FileStore") { directory in
-      try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-      return try FileStore(root: directory)
-    }
-  ]
+  let fileStore = StoreFactory(name: "FileStore") { directory in
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    return try FileStore(root: directory)
+  }
+  // The target wraps its store in RecordCachingStore: the wrapped store keeps the contract.
+  return [fileStore, StoreFactory(name: "RecordCachingStore(FileStore)") { try cached(fileStore.open($0)) }]
+}
+
+/// The store wrapped as the target wraps it, its cache filled as at the target's start.
+func cached(_ store: any VolumeStore) throws -> any VolumeStore {
+  let cached = RecordCachingStore(store)
+  _ = try cached.volumes()
+  return cached
 }
 
 /// A fresh, empty directory, removed when `body` returns.
