@@ -33,9 +33,27 @@ extension ConfigfsTree {
     NVMeCSIError(systemCall: "nvmet configfs: cannot \(what)", absolute(path), Errno(code))
   }
 
+  /// The attribute's value without surrounding whitespace; nil when it cannot be read.
+  /// (Plain open and read: listing volumes reads several attributes of each one.)
   public func read(_ path: String) -> String? {
-    guard let data = FileManager.default.contents(atPath: absolute(path)) else { return nil }
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    let fd = open(absolute(path), O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)  // a configfs attribute is at most a page
+    while true {
+      let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+      if count == 0 { break }
+      if count < 0 {
+        if errno == EINTR { continue }
+        return nil
+      }
+      bytes += chunk[..<count]
+    }
+    let isSpace: (UInt8) -> Bool = { $0 == 0x20 || (0x09...0x0d).contains($0) }
+    guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) })
+    else { return "" }
+    return String(decoding: bytes[first...last], as: UTF8.self)
   }
 
   @discardableResult
@@ -55,8 +73,16 @@ extension ConfigfsTree {
     throw failure("unlink", path)
   }
 
+  /// The directory's entries, sorted; none when it cannot be read.
   public func list(_ path: String) -> [String] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: absolute(path))) ?? []).sorted()
+    guard let directory = opendir(absolute(path)) else { return [] }
+    defer { closedir(directory) }
+    var names: [String] = []
+    while let entry = readdir(directory) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
   }
 
   public func exists(_ path: String) -> Bool {

@@ -478,4 +478,21 @@ struct ExporterChecks {
       #expect(exporter.problem(with: ExportSpec(volume: volume, devicePath: "/d.img", allowedHosts: [Hosts.b])) != nil)
     }
   }
+
+  @Test("Reading an attribute drops the newline around its value; a missing one reads nil; a listing is sorted")
+  func readAndList() throws {
+    try withConfigfsDirectory { directory in
+      let tree = DirectoryConfigfs(root: directory)
+      try tree.makeDirectory("ports")
+      try tree.write("ports/addr_traddr", "  10.0.0.1\t")
+      #expect(tree.read("ports/addr_traddr") == "10.0.0.1")  // the file holds "  10.0.0.1\t\n"
+      try tree.write("ports/addr_trsvcid", "")
+      #expect(tree.read("ports/addr_trsvcid") == "")
+      #expect(tree.read("ports/addr_trtype") == nil)
+      #expect(tree.read("ports") == nil)  // a directory is no attribute
+      for port in ["2", "10", "1"] { try tree.makeDirectory("ports/\(port)") }
+      #expect(tree.list("ports") == ["1", "10", "2", "addr_traddr", "addr_trsvcid"])
+      #expect(tree.list("hosts").isEmpty)
+    }
+  }
 }
