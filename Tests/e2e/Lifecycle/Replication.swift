@@ -139,6 +139,7 @@ struct Replication {
 
       // As kubelet does, a call that meets the reconciler on the volume is repeated.
       try await unpublishAndUnstage(block)
+      try check((try? mdArray(of: block)) == nil, "the block mirror's md array is left after NodeUnstage")
       try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(block)) }
       try await retryingAborted {
         try await scenario.node.nodePublishVolume(scenario.publishRequest(block, readonly: false))
@@ -182,7 +183,7 @@ struct Replication {
     }
   }
 
-  /// The options of the mount at `path` (the fourth-from-last fields of mountinfo's line).
+  /// The options of the mount at `path` (the sixth field of its line in mountinfo).
   func mountOptions(of path: String) throws -> [Substring] {
     let table = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
     guard let line = table.split(separator: "\n").last(where: { $0.split(separator: " ")[4] == path }) else {
