@@ -212,6 +212,7 @@ public final class FileStore: VolumeStore {
 
   public func reconcile() throws(NVMeCSIError) -> StoreRepairs {
     var repairs = StoreRepairs()
+    var volumeRecords: [VolumeRecord] = []  // decoded once here, for the expansions below
     for directory in [volumesDir, snapshotsDir] {
       let names = try FileOperations.list(directory)
       // Records that decode; a corrupt one is moved aside with its data.
@@ -220,7 +221,7 @@ public final class FileStore: VolumeStore {
         let base = String(name.dropLast(5))
         do {
           if directory == volumesDir {
-            _ = try Self.decode(VolumeRecord.self, at: directory + "/" + name)
+            volumeRecords.append(try Self.decode(VolumeRecord.self, at: directory + "/" + name))
           } else {
             _ = try Self.decode(SnapshotRecord.self, at: directory + "/" + name)
           }
@@ -263,7 +264,7 @@ public final class FileStore: VolumeStore {
       }
     }
     // Finish an expansion whose data grew before its record did.
-    for var record in try volumes() {
+    for var record in volumeRecords {
       let uuid = record.uuid
       guard hasData(uuid) else { continue }
       let size = try FileOperations.size(of: dataPath(volumesDir, uuid))
