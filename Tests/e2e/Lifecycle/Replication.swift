@@ -140,10 +140,7 @@ struct Replication {
       // As kubelet does, a call that meets the reconciler on the volume is repeated.
       try await unpublishAndUnstage(block)
       try check((try? mdArray(of: block)) == nil, "the block mirror's md array is left after NodeUnstage")
-      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(block)) }
-      try await retryingAborted {
-        try await scenario.node.nodePublishVolume(scenario.publishRequest(block, readonly: false))
-      }
+      try await stageAndPublish(block)
       let restaged = try mdState(try mdArray(of: block))
       try check(restaged.legs.count == 1 && restaged.degraded == 1, "expected a degraded start: \(restaged)")
       let onBlock = try Writer(device: block.target, megabytes: 4, ratePerSecond: "4m").finish()
@@ -361,20 +358,11 @@ struct Replication {
       let before = try digest(of: v.target)
       let oldLegs = try PublishContext(decoding: v.publishContext).legs.map(\.subsystemNQN)
       try await unpublishAndUnstage(v)
-      v.publishContext = try await scenario.controller.controllerPublishVolume(
-        .with {
-          $0.volumeID = v.volumeID
-          $0.nodeID = nodeID
-          $0.volumeCapability = capability
-        }
-      ).publishContext
+      v.publishContext = try await controllerPublish(v, to: nodeID)
       let newLegs = try PublishContext(decoding: v.publishContext).legs.map(\.subsystemNQN)
       try check(v.publishContext["legMapVersion"] == "1", "publish_context: \(v.publishContext)")
       try check(Set(newLegs).subtracting(oldLegs).count == 1, "one new leg: \(oldLegs) -> \(newLegs)")
-      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
-      try await retryingAborted {
-        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
-      }
+      try await stageAndPublish(v)
       let state = try mdState(try mdArray(of: v))
       try check(state.legs.count == 2 && state.degraded == 0, "md after the restage: \(state)")
       try check(try digest(of: v.target) == before, "the volume's content changed across the restage")
@@ -397,18 +385,9 @@ struct Replication {
       try killTarget(cluster.thirdTarget, portalPort: cluster.thirdPortalPort, wipingSubsystemsOf: [v])
       let repaired = try repairWithCtl(v, leg: try storeBSlot(v), to: "store-b")
       try check(repaired.contains("leg map version 2"), "ctl said: \(repaired)")
-      v.publishContext = try await scenario.controller.controllerPublishVolume(
-        .with {
-          $0.volumeID = v.volumeID
-          $0.nodeID = nodeID
-          $0.volumeCapability = capability
-        }
-      ).publishContext
+      v.publishContext = try await controllerPublish(v, to: nodeID)
       try check(v.publishContext["legMapVersion"] == "2", "publish_context: \(v.publishContext)")
-      try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
-      try await retryingAborted {
-        try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false))
-      }
+      try await stageAndPublish(v)
       try await eventually("the replacement on store-b in sync", timeout: .seconds(120)) {
         let state = try mdState(try mdArray(of: v))
         return state.legs.count == 2 && state.degraded == 0 && state.syncAction == "idle"
@@ -462,6 +441,24 @@ struct Replication {
   func digest(of path: String) throws -> String {
     let text = try output("/bin/sh", ["-c", "dd if='\(path)' bs=1M iflag=direct status=none | sha256sum"])
     return String(text.prefix(64))
+  }
+
+  /// ControllerPublishVolume of `v` to `nodeID` again: its publish_context now.
+  func controllerPublish(_ v: Scenario.Attached, to nodeID: String) async throws -> [String: String] {
+    try await scenario.controller.controllerPublishVolume(
+      .with {
+        $0.volumeID = v.volumeID
+        $0.nodeID = nodeID
+        $0.volumeCapability = v.capability
+      }
+    ).publishContext
+  }
+
+  /// NodeStage and NodePublish, each repeated as kubelet does while the reconciler holds
+  /// the volume (Aborted).
+  func stageAndPublish(_ v: Scenario.Attached) async throws {
+    try await retryingAborted { try await scenario.node.nodeStageVolume(scenario.stageRequest(v)) }
+    try await retryingAborted { try await scenario.node.nodePublishVolume(scenario.publishRequest(v, readonly: false)) }
   }
 
   /// NodeUnpublish and NodeUnstage, each repeated as kubelet does while the reconciler
