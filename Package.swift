@@ -64,7 +64,7 @@ let package = Package(
       .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
       .product(name: "X509", package: "swift-certificates"),
       .product(name: "Prometheus", package: "swift-prometheus"),
-      .product(name: "NIOHTTP1", package: "swift-nio")]),
+      .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
 
     // The controller ↔ target seam: the TargetAPI protocol in domain types, its wire
     // format and its gRPC client.

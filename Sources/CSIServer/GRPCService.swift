@@ -13,15 +13,19 @@ import ServiceLifecycle
 public struct GRPCService: Service {
   public let endpoint: Endpoint
   let server: GRPCServer<HTTP2ServerTransport.Posix>
+  let eventLoop: RPCEventLoop?
   let logger: Logger
 
   /// - Parameters:
   ///   - security: plaintext only on a unix socket or a loopback address.
   ///   - authorization: who may call what; required with mutual TLS.
   ///   - metrics: where every RPC is counted and timed, if anywhere.
+  ///   - eventLoop: the thread that runs connections and handlers; nil: NIO's shared
+  ///     threads, handlers on Swift's cooperative pool.
   public init(
     endpoint: Endpoint, security: TransportSecurity = .plaintext, authorization: PeerAuthorization? = nil,
-    services: [any RegistrableRPCService], metrics: DriverMetrics? = nil, logger: Logger
+    services: [any RegistrableRPCService], metrics: DriverMetrics? = nil, eventLoop: RPCEventLoop? = nil,
+    logger: Logger
   ) throws(NVMeCSIError) {
     try security.check(serving: endpoint)
     var interceptors: [any ServerInterceptor] = [RequestLoggingInterceptor(logger: logger, metrics: metrics)]
@@ -41,9 +45,12 @@ public struct GRPCService: Service {
     }
     if case .unix(let path) = endpoint { try Self.prepareSocketPath(path) }
     self.endpoint = endpoint
+    self.eventLoop = eventLoop
     self.logger = logger
     self.server = GRPCServer(
-      transport: .http2NIOPosix(address: endpoint.serverAddress, transportSecurity: transportSecurity),
+      transport: .http2NIOPosix(
+        address: endpoint.serverAddress, transportSecurity: transportSecurity,
+        eventLoopGroup: eventLoop?.group ?? .singletonMultiThreadedEventLoopGroup),
       services: services,
       interceptors: interceptors)
   }
@@ -51,7 +58,7 @@ public struct GRPCService: Service {
   public func run() async throws {
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
-        group.addTask { try await server.serve() }
+        group.addTask(executorPreference: eventLoop) { try await server.serve() }
         if let address = try await server.listeningAddress {
           logger.info("serving", metadata: ["endpoint": "\(endpoint)", "address": "\(address)"])
         }
@@ -101,18 +108,20 @@ public enum ClientSecurity: Sendable {
   }
 }
 
-/// A long-lived client; run it with `GRPCClientService`.
+/// A long-lived client; run it with `GRPCClientService` (on the same `eventLoop`).
 ///
 /// Calls fail fast while the peer is down (the CSI sidecars retry), and reconnect
 /// attempts back off to at most a second, so a restarted target is used again
 /// within about a second instead of gRPC's default of up to two minutes.
 public func makeClient(
-  to endpoint: Endpoint, security: ClientSecurity = .plaintext
+  to endpoint: Endpoint, security: ClientSecurity = .plaintext, eventLoop: RPCEventLoop? = nil
 ) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
-  GRPCClient(transport: try clientTransport(to: endpoint, security: security))
+  GRPCClient(transport: try clientTransport(to: endpoint, security: security, eventLoop: eventLoop))
 }
 
-private func clientTransport(to endpoint: Endpoint, security: ClientSecurity) throws -> HTTP2ClientTransport.Posix {
+private func clientTransport(
+  to endpoint: Endpoint, security: ClientSecurity, eventLoop: RPCEventLoop? = nil
+) throws -> HTTP2ClientTransport.Posix {
   var config = HTTP2ClientTransport.Posix.Config.defaults
   config.backoff = .init(initial: .milliseconds(100), max: .seconds(1), multiplier: 1.6, jitter: 0.2)
   let transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity
@@ -129,5 +138,7 @@ private func clientTransport(to endpoint: Endpoint, security: ClientSecurity) th
     // the server is reached at: targets are listed by IP.
     config.http2.authority = serverName
   }
-  return try .http2NIOPosix(target: endpoint.clientTarget, transportSecurity: transportSecurity, config: config)
+  return try .http2NIOPosix(
+    target: endpoint.clientTarget, transportSecurity: transportSecurity, config: config,
+    eventLoopGroup: eventLoop?.group ?? .singletonMultiThreadedEventLoopGroup)
 }

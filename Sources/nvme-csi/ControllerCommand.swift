@@ -25,14 +25,16 @@ struct ControllerCommand: AsyncParsableCommand {
   func run() async throws {
     let logger = try logging.makeLogger(label: "nvme-csi.controller")
     let endpoint = try Endpoint(parsing: endpoint)
-    let role = try controller.makeRole(logger: logger)
+    let eventLoop = RPCEventLoop()
+    let role = try controller.makeRole(eventLoop: eventLoop, logger: logger)
     let identity = IdentityService(
       driverName: driverName, version: BuildInfo.version, capabilities: IdentityService.controllerCapabilities,
       isReady: role.isReady)
     let (driverMetrics, metricsServices) = try metrics.make(logger: logger)
     driverMetrics?.observe(role.service)
     let server = try GRPCService(
-      endpoint: endpoint, services: [identity] + role.services, metrics: driverMetrics, logger: logger)
+      endpoint: endpoint, services: [identity] + role.services, metrics: driverMetrics, eventLoop: eventLoop,
+      logger: logger)
     logger.info("controller starting", metadata: ["driver": "\(driverName)", "targets": "\(role.targetNames)"])
     let group = ServiceGroup(
       services: role.clients + metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -84,15 +86,17 @@ struct ControllerOptions: ParsableArguments {
     var isReady: IdentityService.Readiness { { [service] in await service.reachableTargetCount() > 0 } }
   }
 
-  func makeRole(logger: Logger) throws -> Role {
+  /// - Parameter eventLoop: where the target clients' connections run (nil: NIO's shared threads).
+  func makeRole(eventLoop: RPCEventLoop? = nil, logger: Logger) throws -> Role {
     let config = try TargetsConfig(contentsOf: targets)
     let security = try tls.makeSecurity(logger: logger)
     var clients: [any Service] = security.services
     var storageTargets: [StorageTarget] = []
     for entry in config.targets {
       let client = try makeClient(
-        to: try Endpoint(parsing: entry.address), security: ClientSecurity(security, serverName: targetServerName))
-      clients.append(GRPCClientService(client))
+        to: try Endpoint(parsing: entry.address), security: ClientSecurity(security, serverName: targetServerName),
+        eventLoop: eventLoop)
+      clients.append(GRPCClientService(client, eventLoop: eventLoop))
       storageTargets.append(
         StorageTarget(
           name: entry.name, topology: entry.topology, failureDomain: entry.failureDomain,

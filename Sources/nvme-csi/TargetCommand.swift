@@ -123,7 +123,7 @@ struct TargetCommand: AsyncParsableCommand {
     driverMetrics?.observe(agent)
     let server = try GRPCService(
       endpoint: endpoint, security: security, authorization: authorization, services: [TargetService(target: agent)],
-      metrics: driverMetrics, logger: logger)
+      metrics: driverMetrics, eventLoop: RPCEventLoop(), logger: logger)
     try agent.start()
     let group = ServiceGroup(
       services: security.services + metricsServices + [server], gracefulShutdownSignals: [.sigterm, .sigint],

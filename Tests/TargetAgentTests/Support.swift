@@ -24,27 +24,32 @@ struct TargetAPIFactory: Sendable, CustomTestStringConvertible {
     try await body(target.api)
   }
 
+  /// Served as `nvme-csi target` serves it: connections and handlers on one event loop.
   static let served = TargetAPIFactory(testDescription: "gRPC") { target, body in
     let socket = target.store + "/../target.sock"
     var logger = Logger(label: "test.target.grpc") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
-    let server = try GRPCService(
-      endpoint: .unix(path: socket), services: [TargetService(target: target.agent)], logger: logger)
-    let client = try makeClient(to: .unix(path: socket))
-    let group = ServiceGroup(
-      services: [server, GRPCClientService(client)], gracefulShutdownSignals: [], logger: logger)
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-      tasks.addTask { try await group.run() }
-      let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10))
-      do {
-        try await waitUntilAnswering(api)
-        try await body(api)
-      } catch {
+    try await RPCEventLoop.with { eventLoop in
+      let server = try GRPCService(
+        endpoint: .unix(path: socket), services: [TargetService(target: target.agent)], eventLoop: eventLoop,
+        logger: logger)
+      let client = try makeClient(to: .unix(path: socket), eventLoop: eventLoop)
+      let group = ServiceGroup(
+        services: [server, GRPCClientService(client, eventLoop: eventLoop)], gracefulShutdownSignals: [],
+        logger: logger)
+      try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10))
+        do {
+          try await waitUntilAnswering(api)
+          try await body(api)
+        } catch {
+          await group.triggerGracefulShutdown()
+          throw error
+        }
         await group.triggerGracefulShutdown()
-        throw error
+        try await tasks.waitForAll()
       }
-      await group.triggerGracefulShutdown()
-      try await tasks.waitForAll()
     }
   }
 
