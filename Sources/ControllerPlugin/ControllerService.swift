@@ -75,11 +75,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         sharing: capabilities.sharing, topology: request.accessibilityRequirements)
     }
 
+    let newVolume = NewVolume(
+      name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
+      sharing: capabilities.sharing)
     return try await locks.withLock("volume-name:" + name) {
       let target: StorageTarget
-      func choose() async throws -> StorageTarget {
+      func choose() async throws -> (target: StorageTarget, info: TargetInfo) {
         try await chooseTarget(
           size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
+      }
+      if let (volume, existed) = try await createOnHome(newVolume, choice: try? await choose()) {
+        if existed { try requested.check(volume.record, name: name) }
+        return .with { $0.volume = csiVolume(volume, on: targets.home(of: name)!) }
       }
       switch try await locate(name) {
       case .found(let holder, let existing):
@@ -95,17 +102,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
           target = placed
         } else {
           try await home.api.releasePlacement(of: name, on: placed.name)
-          target = try await reserve(name, on: try await choose(), home: home)
+          target = try await reserve(name, on: try await choose().target, home: home)
         }
       case .absent(let home):
-        target = try await reserve(name, on: try await choose(), home: home)
+        target = try await reserve(name, on: try await choose().target, home: home)
       }
       let created: (volume: TargetVolume, existed: Bool)
       do {
-        created = try await target.api.createVolume(
-          NewVolume(
-            name: name, sizeBytes: size, source: source?.volumeSource, attributes: requested.attributes,
-            sharing: capabilities.sharing))
+        created = try await target.api.createVolume(newVolume)
       } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
         targetInfo.forget(target.name)  // it has less room than it said: ask it next time
         throw error
@@ -585,7 +589,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   /// topologies first, then the one with the most free space.
   private func chooseTarget(
     size: UInt64, pinned: TargetName?, source: ContentSource?, topology: Csi_V1_TopologyRequirement
-  ) async throws -> StorageTarget {
+  ) async throws -> (target: StorageTarget, info: TargetInfo) {
     var candidates = targets.all
     if let pinned {
       guard let target = targets[pinned] else {
@@ -607,7 +611,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let ranked = await rank(candidates, topology: topology)
     let needsSpace = source == nil || ranked.first.map { !$0.info.sharesBlocks } ?? true
-    if let fit = ranked.first(where: { !needsSpace || $0.info.allocatableBytes >= size }) { return fit.target }
+    if let fit = ranked.first(where: { !needsSpace || $0.info.allocatableBytes >= size }) { return fit }
     throw NVMeCSIError.resourceExhausted("no storage target has room for \(size) bytes (\(Self.report(ranked)))")
   }
 

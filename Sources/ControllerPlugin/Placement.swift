@@ -71,6 +71,35 @@ extension ControllerService {
     return .absent(home: home)
   }
 
+  /// The common case in one call: when the target chosen for a new volume is the
+  /// name's home, the home records the placement and creates the volume in one
+  /// CreateVolume, instead of a lookup, a reservation and a create. Nil when that does
+  /// not apply: another target was chosen (or none fits), the home is older than
+  /// `createVolume(_:asHome:)`, a target is not indexed yet (a volume from before
+  /// placements may sit there), or the name is placed elsewhere already; the caller
+  /// then locates the name in full. Charges what it creates to the home.
+  func createOnHome(_ volume: NewVolume, choice: (target: StorageTarget, info: TargetInfo)?) async throws
+    -> (volume: TargetVolume, existed: Bool)?
+  {
+    guard let choice, choice.info.createsAsHome, let home = targets.home(of: volume.name),
+      choice.target.name == home.name,
+      targets.all.allSatisfy({ $0.name == home.name || placements.isIndexed($0.name) })
+    else { return nil }
+    let created: HomeCreation
+    do { created = try await home.api.createVolume(volume, asHome: home.name) } catch let error as NVMeCSIError
+      where error.kind == .resourceExhausted
+    {
+      targetInfo.forget(home.name)  // it has less room than it said: ask it next time
+      throw error
+    }
+    switch created {
+    case .placedOn: return nil
+    case .volume(let volume, let existed):
+      if !existed { targetInfo.charge(volume.record.sizeBytes, to: home.name) }
+      return (volume, existed)
+    }
+  }
+
   /// Records `name` at its home as placed on `target` before it is created there,
   /// the home itself included (a create cut off by its deadline, or a second
   /// controller, must find the choice); answers the target recorded (an earlier record

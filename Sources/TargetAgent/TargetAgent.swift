@@ -65,7 +65,7 @@ public final class TargetAgent: TargetAPI {
       storeKind: store.kind, exporterKind: exporter.kind.rawValue, totalBytes: capacity.totalBytes,
       availableBytes: capacity.availableBytes, sharesBlocks: store.sharesBlocks,
       portals: exporter.portals, version: version, provisionedBytes: provisioned.withLock { $0 },
-      overcommitRatio: overcommitRatio)
+      overcommitRatio: overcommitRatio, createsAsHome: true)
   }
 
   /// Repairs what an earlier crash left behind, then exports every recorded volume.
@@ -147,9 +147,23 @@ public final class TargetAgent: TargetAPI {
   // MARK: volumes
 
   public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
+    switch try await create(request, home: nil) {
+    case .volume(let volume, let existed): return (volume, existed)
+    case .placedOn(let target): throw NVMeCSIError.internalError("a create not as home answered placed on \(target)")
+    }
+  }
+
+  public func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation {
+    try await create(request, home: home)
+  }
+
+  /// Creates the volume, or finds it; as the name's `home` (this target's name in the
+  /// controller's targets file), records the placement first, under the name's lock.
+  private func create(_ request: NewVolume, home: TargetName?) async throws -> HomeCreation {
     try validateName(request.name, what: "volume")
     try validateSize(request.sizeBytes)
     try validateAttributes(request.attributes)
+    let placements: PlacementJournal? = home == nil ? nil : try journal()
     return try await locks.withLock("volume-name:" + request.name) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
         if let existing = try volumeRecord(named: request.name) {
@@ -157,7 +171,12 @@ public final class TargetAgent: TargetAPI {
             throw NVMeCSIError.alreadyExists(
               "volume name \(quoted(request.name)) belongs to volume \(existing.uuid), not \(uuid)")
           }
-          return (status(existing), true)
+          return .volume(status(existing), existed: true)
+        }
+        if let home, let placements {
+          // An earlier record wins: the volume is (to be) created where it says.
+          let recorded = try placements.reserve([Placement(name: request.name, target: home)])
+          if let placed = recorded.first?.target, placed != home { return .placedOn(placed) }
         }
         if let uuid = request.uuid, let other = try store.volume(uuid) {
           throw NVMeCSIError.alreadyExists("volume \(uuid) exists already, named \(quoted(other.name))")
@@ -195,7 +214,7 @@ public final class TargetAgent: TargetAPI {
         logger.info(
           "volume created",
           metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
-        return (status(created), false)
+        return .volume(status(created), existed: false)
       }
     }
   }

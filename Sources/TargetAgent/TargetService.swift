@@ -29,7 +29,9 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func createVolume(request: Nvmecsi_Target_V1_CreateVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_CreateVolumeResponse
   {
-    .init(try await target.createVolume(try NewVolume(proto: request)))
+    let volume = try NewVolume(proto: request)
+    guard !request.recordPlacementAs.isEmpty else { return .init(try await target.createVolume(volume)) }
+    return .init(try await target.createVolume(volume, asHome: try TargetName(request.recordPlacementAs)))
   }
 
   public func deleteVolume(request: Nvmecsi_Target_V1_DeleteVolumeRequest, context: ServerContext) async throws

@@ -20,6 +20,9 @@ public struct NamedTarget: TargetAPI {
   public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try await call { try await api.createVolume(request) }
   }
+  public func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation {
+    try await call { try await api.createVolume(request, asHome: home) }
+  }
   public func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await api.deleteVolume(uuid) } }
   public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await api.volume(uuid) } }
   public func volumes(named name: String?) async throws -> [TargetVolume] {

@@ -64,6 +64,12 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     }
   }
 
+  public func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation {
+    var message = request.proto
+    message.recordPlacementAs = home.value
+    return try await call { [message] in try await client.createVolume(message, options: $0).homeCreation }
+  }
+
   public func deleteVolume(_ uuid: ObjectUUID) async throws {
     _ = try await call { try await client.deleteVolume(.with { $0.uuid = uuid.value }, options: $0) }
   }

@@ -20,10 +20,14 @@ public struct TargetInfo: Sendable, Equatable {
   public var provisionedBytes: UInt64
   /// How far `provisionedBytes` may exceed `totalBytes` (1: not at all).
   public var overcommitRatio: Double
+  /// `createVolume(_:asHome:)` records the placement (false from targets older than it,
+  /// which create without recording).
+  public var createsAsHome: Bool
 
   public init(
     storeKind: String, exporterKind: String, totalBytes: UInt64, availableBytes: UInt64, sharesBlocks: Bool,
-    portals: [HostPort], version: String, provisionedBytes: UInt64 = 0, overcommitRatio: Double = 1
+    portals: [HostPort], version: String, provisionedBytes: UInt64 = 0, overcommitRatio: Double = 1,
+    createsAsHome: Bool = false
   ) {
     self.storeKind = storeKind
     self.exporterKind = exporterKind
@@ -34,6 +38,7 @@ public struct TargetInfo: Sendable, Equatable {
     self.version = version
     self.provisionedBytes = provisionedBytes
     self.overcommitRatio = overcommitRatio
+    self.createsAsHome = createsAsHome
   }
 
   /// The most a new volume may take: what the overcommit ratio still allows, and
@@ -138,6 +143,13 @@ public protocol TargetAPI: Sendable {
   /// a requested UUID, a volume of that name with another UUID, or of that UUID with
   /// another name, is `alreadyExists`.
   func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool)
+  /// `createVolume` on the name's home, which the controller calls `home`: unless a
+  /// volume of that name is here already, first records the name as placed here (as
+  /// `reservePlacements` would), so a retry or another controller finds the choice.
+  /// Creates nothing when the name is recorded as placed on another target, and
+  /// answers that target. One call instead of a placement lookup, a reservation and a
+  /// create, when the home is where the volume goes anyway.
+  func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation
   /// Removes a volume and its export; an unknown volume is success.
   /// `failedPrecondition` while it is published to any host.
   func deleteVolume(_ uuid: ObjectUUID) async throws
@@ -228,6 +240,14 @@ public struct Placement: Hashable, Sendable {
     self.name = name
     self.target = target
   }
+}
+
+/// What `createVolume(_:asHome:)` did.
+public enum HomeCreation: Sendable, Equatable {
+  /// Created here, or found here already (`existed`).
+  case volume(TargetVolume, existed: Bool)
+  /// Nothing done: the name is recorded as placed on this target.
+  case placedOn(TargetName)
 }
 
 /// What a name's home target knows of it.

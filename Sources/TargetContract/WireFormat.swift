@@ -32,7 +32,8 @@ extension TargetInfo {
     self.init(
       storeKind: info.storeKind, exporterKind: info.exporterKind, totalBytes: info.totalBytes,
       availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version,
-      provisionedBytes: info.provisionedBytes, overcommitRatio: info.overcommitRatio)
+      provisionedBytes: info.provisionedBytes, overcommitRatio: info.overcommitRatio,
+      createsAsHome: info.createsAsHome)
   }
 
   public var proto: Nvmecsi_Target_V1_GetInfoResponse {
@@ -46,6 +47,7 @@ extension TargetInfo {
       $0.reflink = sharesBlocks
       $0.portals = portals.map(\.proto)
       $0.version = version
+      $0.createsAsHome = createsAsHome
     }
   }
 }
@@ -203,6 +205,22 @@ extension Nvmecsi_Target_V1_CreateVolumeResponse {
     self.init()
     volume = result.volume.proto
     existed = result.existed
+  }
+
+  public init(_ result: HomeCreation) {
+    switch result {
+    case .volume(let volume, let existed): self.init((volume, existed))
+    case .placedOn(let target):
+      self.init()
+      placedOn = target.value
+    }
+  }
+
+  public var homeCreation: HomeCreation {
+    get throws(NVMeCSIError) {
+      if !placedOn.isEmpty { return .placedOn(try TargetName(placedOn)) }
+      return .volume(try TargetVolume(proto: volume), existed: existed)
+    }
   }
 }
 

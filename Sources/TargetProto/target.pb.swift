@@ -90,6 +90,10 @@ public nonisolated struct Nvmecsi_Target_V1_GetInfoResponse: Sendable {
 
   public var overcommitRatio: Double = 0
 
+  /// CreateVolume honours record_placement_as (older targets ignore it: the
+  /// controller then records and looks up the placement in calls of their own).
+  public var createsAsHome: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -251,6 +255,13 @@ public nonisolated struct Nvmecsi_Target_V1_CreateVolumeRequest: Sendable {
   /// from its set's); empty: the target picks one.
   public var uuid: String = String()
 
+  /// When set, this target is the name's home and the controller calls it by this
+  /// name: unless a volume of the name is here already, the target records the name
+  /// as placed on itself (as ReservePlacements would) before creating it. When the
+  /// name is recorded as placed on another target, nothing is created and
+  /// placed_on names that target.
+  public var recordPlacementAs: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Source: Equatable, Sendable {
@@ -278,6 +289,10 @@ public nonisolated struct Nvmecsi_Target_V1_CreateVolumeResponse: Sendable {
 
   /// True when a volume with this name already existed (nothing was created).
   public var existed: Bool = false
+
+  /// Set (and volume empty) when record_placement_as found the name placed on
+  /// another target: the volume is there, or is to be created there.
+  public var placedOn: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -942,7 +957,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetInfoResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0\u{3}provisioned_bytes\0\u{3}overcommit_ratio\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0\u{3}provisioned_bytes\0\u{3}overcommit_ratio\0\u{3}creates_as_home\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -959,6 +974,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
       case 7: try { try decoder.decodeSingularStringField(value: &self.version) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.provisionedBytes) }()
       case 9: try { try decoder.decodeSingularDoubleField(value: &self.overcommitRatio) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.createsAsHome) }()
       default: break
       }
     }
@@ -992,6 +1008,9 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if self.overcommitRatio.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.overcommitRatio, fieldNumber: 9)
     }
+    if self.createsAsHome != false {
+      try visitor.visitSingularBoolField(value: self.createsAsHome, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1005,6 +1024,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if lhs.version != rhs.version {return false}
     if lhs.provisionedBytes != rhs.provisionedBytes {return false}
     if lhs.overcommitRatio != rhs.overcommitRatio {return false}
+    if lhs.createsAsHome != rhs.createsAsHome {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1223,7 +1243,7 @@ nonisolated extension Nvmecsi_Target_V1_Snapshot: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateVolumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0\u{1}sharing\0\u{1}uuid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{3}source_snapshot_uuid\0\u{3}source_volume_uuid\0\u{1}attributes\0\u{1}sharing\0\u{1}uuid\0\u{3}record_placement_as\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1252,6 +1272,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
       case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.attributes) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.sharing) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.recordPlacementAs) }()
       default: break
       }
     }
@@ -1288,6 +1309,9 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if !self.uuid.isEmpty {
       try visitor.visitSingularStringField(value: self.uuid, fieldNumber: 7)
     }
+    if !self.recordPlacementAs.isEmpty {
+      try visitor.visitSingularStringField(value: self.recordPlacementAs, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1298,6 +1322,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
     if lhs.attributes != rhs.attributes {return false}
     if lhs.sharing != rhs.sharing {return false}
     if lhs.uuid != rhs.uuid {return false}
+    if lhs.recordPlacementAs != rhs.recordPlacementAs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1305,7 +1330,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeRequest: SwiftProtobuf.Messa
 
 nonisolated extension Nvmecsi_Target_V1_CreateVolumeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateVolumeResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volume\0\u{1}existed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}volume\0\u{1}existed\0\u{3}placed_on\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1315,6 +1340,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeResponse: SwiftProtobuf.Mess
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._volume) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.existed) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.placedOn) }()
       default: break
       }
     }
@@ -1331,12 +1357,16 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeResponse: SwiftProtobuf.Mess
     if self.existed != false {
       try visitor.visitSingularBoolField(value: self.existed, fieldNumber: 2)
     }
+    if !self.placedOn.isEmpty {
+      try visitor.visitSingularStringField(value: self.placedOn, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_CreateVolumeResponse, rhs: Nvmecsi_Target_V1_CreateVolumeResponse) -> Bool {
     if lhs._volume != rhs._volume {return false}
     if lhs.existed != rhs.existed {return false}
+    if lhs.placedOn != rhs.placedOn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

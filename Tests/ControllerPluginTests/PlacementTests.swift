@@ -48,6 +48,47 @@ struct PlacementTests {
     }
   }
 
+  @Test("a create whose target is the name's home is one call to it, which records the placement; a repeat too")
+  func createOnHomeInOneCall() async throws {
+    try await Fleet.with(targets: 1) { fleet in
+      let home = fleet.targets[0]
+      let first = try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte)).volume
+      #expect(home.homeCreateCalls == 1)
+      #expect(try await home.local.agent.placement(of: "pvc-a") == NamePlacement(target: home.name, volumeHere: true))
+      #expect(try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte)).volume == first)
+      #expect(home.homeCreateCalls == 2)
+      #expect(try await fleet.volumeCounts() == ["pvc-a": 1])
+    }
+  }
+
+  @Test("a home older than create-as-home gets the lookup and the reservation first, as before")
+  func olderHomeIsAskedInFull() async throws {
+    try await Fleet.with(targets: 1) { fleet in
+      let home = fleet.targets[0]
+      home.isOlder = true
+      _ = try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte))
+      #expect(home.homeCreateCalls == 0)
+      #expect(try await home.local.agent.placement(of: "pvc-a") == NamePlacement(target: home.name, volumeHere: true))
+    }
+  }
+
+  @Test("a name recorded as placed on another target is created there, though its home has the most room")
+  func placedElsewhereWinsOverHome() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let name = (0...).lazy.map { "pvc-\($0)" }.first { TargetSet.home(of: $0, among: fleet.names) == fleet.names[0] }!
+      let (home, other) = (fleet.targets[0], fleet.targets[1])
+      // The other target holds more, so the home is the one chosen; an interrupted
+      // create (or another controller) recorded the name on the other target.
+      _ = try await other.local.agent.createVolume(
+        NewVolume(name: "filler", sizeBytes: 64 << 20, source: nil, attributes: [:]))
+      _ = try await home.local.agent.reservePlacements([Placement(name: name, target: other.name)])
+      _ = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte))
+      #expect(home.homeCreateCalls == 1)
+      #expect(try await home.local.agent.volumes(named: name).isEmpty)
+      #expect(try await other.local.agent.volumes(named: name).count == 1)
+    }
+  }
+
   @Test("with a target down, snapshots of volumes elsewhere are taken, repeated, and refused for another source")
   func snapshotsWithATargetDown() async throws {
     try await Fleet.with(targets: 3) { fleet in
@@ -285,6 +326,16 @@ final class SwitchableTarget: TargetAPI {
     get { down.withLock { $0 } }
     set { down.withLock { $0 = newValue } }
   }
+  private let older = Mutex(false)
+  /// Answers as a target older than `createVolume(_:asHome:)`: GetInfo does not offer
+  /// it, and a create ignores the placement to record (as the wire's unknown field is).
+  var isOlder: Bool {
+    get { older.withLock { $0 } }
+    set { older.withLock { $0 = newValue } }
+  }
+  private let homeCreates = Mutex(0)
+  /// `createVolume(_:asHome:)` calls answered so far.
+  var homeCreateCalls: Int { homeCreates.withLock { $0 } }
 
   init(local: LocalTarget) { self.local = local }
 
@@ -296,11 +347,23 @@ final class SwitchableTarget: TargetAPI {
   func info() async throws -> TargetInfo {
     try await call {
       infoCalls.withLock { $0 += 1 }
-      return try await $0.info()
+      var info = try await $0.info()
+      if isOlder { info.createsAsHome = false }
+      return info
     }
   }
   func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     try await call { try await $0.createVolume(request) }
+  }
+  func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation {
+    try await call {
+      homeCreates.withLock { $0 += 1 }
+      guard !isOlder else {
+        let created = try await $0.createVolume(request)
+        return .volume(created.volume, existed: created.existed)
+      }
+      return try await $0.createVolume(request, asHome: home)
+    }
   }
   func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteVolume(uuid) } }
   func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await $0.volume(uuid) } }

@@ -27,6 +27,41 @@ struct TargetAPIContractTests {
   }
 
   @Test(
+    "Created as the name's home, the placement is recorded before the volume; a repeat finds both",
+    arguments: TargetAPIFactory.all)
+  func createAsHome(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      #expect(try await api.info().createsAsHome)
+      let first = try await api.createVolume(newVolume("pvc-1"), asHome: target.name)
+      guard case .volume(let volume, existed: false) = first else {
+        Issue.record("expected a new volume, got \(first)")
+        return
+      }
+      #expect(try await api.placement(of: "pvc-1") == NamePlacement(target: target.name, volumeHere: true))
+      #expect(try await api.createVolume(newVolume("pvc-1"), asHome: target.name) == .volume(volume, existed: true))
+      #expect(try await api.volumes(named: nil).map(\.uuid) == [volume.uuid])
+    }
+  }
+
+  @Test(
+    "A name recorded as placed on another target is not created on its home: the answer names that target",
+    arguments: TargetAPIFactory.all)
+  func createAsHomePlacedElsewhere(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      let other = try TargetName("store-other")
+      _ = try await api.reservePlacements([Placement(name: "pvc-1", target: other)])
+      #expect(try await api.createVolume(newVolume("pvc-1"), asHome: target.name) == .placedOn(other))
+      #expect(try await api.volumes(named: nil).isEmpty)
+      #expect(try await api.placement(of: "pvc-1") == NamePlacement(target: other, volumeHere: false))
+      // A volume already here is found, whatever the record says (one from before placements).
+      let here = try await api.createVolume(newVolume("pvc-2"))
+      _ = try await api.reservePlacements([Placement(name: "pvc-2", target: other)])
+      #expect(
+        try await api.createVolume(newVolume("pvc-2"), asHome: target.name) == .volume(here.volume, existed: true))
+    }
+  }
+
+  @Test(
     "A requested UUID is the volume's; a name or UUID already held by another volume is alreadyExists",
     arguments: TargetAPIFactory.all)
   func requestedUUID(_ factory: TargetAPIFactory) async throws {
