@@ -154,8 +154,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     // Under the name's lock: a create of the same name must not see the placement
     // between the delete and the release.
     try await locks.withLock("volume-name:" + name) {
-      try await target.api.deleteVolume(id.uuid)
-      await releasePlacement(of: name, on: target)
+      // On the name's home, the target releases the placement itself, in the same call.
+      if let home = targets.home(of: name), home.name == target.name, await placesAsHome(home) {
+        try await target.api.deleteVolume(id.uuid, asHome: home.name)
+      } else {
+        try await target.api.deleteVolume(id.uuid)
+        await releasePlacement(of: name, on: target)
+      }
     }
     return .init()
   }

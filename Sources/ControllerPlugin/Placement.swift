@@ -81,7 +81,7 @@ extension ControllerService {
   func createOnHome(_ volume: NewVolume, choice: (target: StorageTarget, info: TargetInfo)?) async throws
     -> (volume: TargetVolume, existed: Bool)?
   {
-    guard let choice, choice.info.createsAsHome, let home = targets.home(of: volume.name),
+    guard let choice, choice.info.placesAsHome, let home = targets.home(of: volume.name),
       choice.target.name == home.name,
       targets.all.allSatisfy({ $0.name == home.name || placements.isIndexed($0.name) })
     else { return nil }
@@ -98,6 +98,12 @@ extension ControllerService {
       if !existed { targetInfo.charge(volume.record.sizeBytes, to: home.name) }
       return (volume, existed)
     }
+  }
+
+  /// Whether the target takes `createVolume(_:asHome:)` and `deleteVolume(_:asHome:)`
+  /// (from its cached GetInfo; false when it does not answer).
+  func placesAsHome(_ target: StorageTarget) async -> Bool {
+    await targetInfo.info(of: [target], in: targets, logger: logger).first?.info.placesAsHome ?? false
   }
 
   /// Records `name` at its home as placed on `target` before it is created there,

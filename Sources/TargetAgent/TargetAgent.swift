@@ -65,7 +65,7 @@ public final class TargetAgent: TargetAPI {
       storeKind: store.kind, exporterKind: exporter.kind.rawValue, totalBytes: capacity.totalBytes,
       availableBytes: capacity.availableBytes, sharesBlocks: store.sharesBlocks,
       portals: exporter.portals, version: version, provisionedBytes: provisioned.withLock { $0 },
-      overcommitRatio: overcommitRatio, createsAsHome: true)
+      overcommitRatio: overcommitRatio, placesAsHome: true)
   }
 
   /// Repairs what an earlier crash left behind, then exports every recorded volume.
@@ -220,24 +220,47 @@ public final class TargetAgent: TargetAPI {
   }
 
   /// Removes a volume; an unknown one is success. Refuses while any host may use it.
-  public func deleteVolume(_ uuid: ObjectUUID) async throws {
+  public func deleteVolume(_ uuid: ObjectUUID) async throws { try await delete(uuid, home: nil) }
+
+  public func deleteVolume(_ uuid: ObjectUUID, asHome home: TargetName) async throws {
+    try await delete(uuid, home: home)
+  }
+
+  /// Removes a volume; as the name's `home`, then releases the name's placement if it
+  /// names this target, under the name's lock too: a create of the name must not find
+  /// the placement between the delete and the release.
+  private func delete(_ uuid: ObjectUUID, home: TargetName?) async throws {
+    let placements: PlacementJournal? = home == nil ? nil : try journal()
     try await locks.withLock("volume:" + uuid.value) { [self] in
-      try await onPool { [self] () throws(NVMeCSIError) in
-        guard let record = try store.volume(uuid) else {
-          try exporter.remove(uuid)  // an export left by a crash mid-delete
-          return
+      let delete = { @Sendable [self] () async throws in
+        try await onPool { [self] () throws(NVMeCSIError) in
+          guard let record = try store.volume(uuid) else {
+            try exporter.remove(uuid)  // an export left by a crash mid-delete
+            return
+          }
+          if !record.publications.isEmpty {
+            let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
+            throw NVMeCSIError.failedPrecondition(
+              "volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
+          }
+          try exporter.remove(uuid)
+          try store.deleteVolume(uuid)
+          release(record.sizeBytes)
+          names.withLock { $0.remove(record.name, ifUUID: uuid) }
+          logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
+          guard let home, let placements else { return }
+          // As the controller's own release: a record left behind only points a later
+          // create of the name here, which keeps one volume per name.
+          do throws(NVMeCSIError) { try placements.release(record.name, on: home) } catch {
+            logger.warning(
+              "placement not released: the name's record keeps pointing at this target",
+              metadata: ["name": "\(record.name)", "error": "\(error.message)"])
+          }
         }
-        if !record.publications.isEmpty {
-          let nodes = record.publications.map(\.nodeID.description).joined(separator: ", ")
-          throw NVMeCSIError.failedPrecondition(
-            "volume \(uuid) is still published to node(s) \(nodes): unpublish it first")
-        }
-        try exporter.remove(uuid)
-        try store.deleteVolume(uuid)
-        release(record.sizeBytes)
-        names.withLock { $0.remove(record.name, ifUUID: uuid) }
-        logger.info("volume deleted", metadata: ["volume": "\(uuid)"])
       }
+      let name = try await onPool { [self] () throws(NVMeCSIError) in try store.volume(uuid)?.name }
+      guard home != nil, let name, !name.isEmpty else { return try await delete() }
+      try await locks.withLock("volume-name:" + name) { try await delete() }
     }
   }
 

@@ -37,7 +37,12 @@ public struct TargetService: Nvmecsi_Target_V1_Target.SimpleServiceProtocol {
   public func deleteVolume(request: Nvmecsi_Target_V1_DeleteVolumeRequest, context: ServerContext) async throws
     -> Nvmecsi_Target_V1_DeleteVolumeResponse
   {
-    try await target.deleteVolume(try ObjectUUID(request.uuid))
+    let uuid = try ObjectUUID(request.uuid)
+    if request.releasePlacementAs.isEmpty {
+      try await target.deleteVolume(uuid)
+    } else {
+      try await target.deleteVolume(uuid, asHome: try TargetName(request.releasePlacementAs))
+    }
     return .init()
   }
 

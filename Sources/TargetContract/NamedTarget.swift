@@ -24,6 +24,9 @@ public struct NamedTarget: TargetAPI {
     try await call { try await api.createVolume(request, asHome: home) }
   }
   public func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await api.deleteVolume(uuid) } }
+  public func deleteVolume(_ uuid: ObjectUUID, asHome home: TargetName) async throws {
+    try await call { try await api.deleteVolume(uuid, asHome: home) }
+  }
   public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await api.volume(uuid) } }
   public func volumes(named name: String?) async throws -> [TargetVolume] {
     try await call { try await api.volumes(named: name) }

@@ -74,6 +74,14 @@ public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
     _ = try await call { try await client.deleteVolume(.with { $0.uuid = uuid.value }, options: $0) }
   }
 
+  public func deleteVolume(_ uuid: ObjectUUID, asHome home: TargetName) async throws {
+    let message = Nvmecsi_Target_V1_DeleteVolumeRequest.with {
+      $0.uuid = uuid.value
+      $0.releasePlacementAs = home.value
+    }
+    _ = try await call { try await client.deleteVolume(message, options: $0) }
+  }
+
   public func volume(_ uuid: ObjectUUID) async throws -> TargetVolume {
     try await call {
       try TargetVolume(proto: try await client.getVolume(.with { $0.uuid = uuid.value }, options: $0).volume)

@@ -20,14 +20,14 @@ public struct TargetInfo: Sendable, Equatable {
   public var provisionedBytes: UInt64
   /// How far `provisionedBytes` may exceed `totalBytes` (1: not at all).
   public var overcommitRatio: Double
-  /// `createVolume(_:asHome:)` records the placement (false from targets older than it,
-  /// which create without recording).
-  public var createsAsHome: Bool
+  /// `createVolume(_:asHome:)` records the placement and `deleteVolume(_:asHome:)`
+  /// releases it (false from targets older than them, which ignore the home).
+  public var placesAsHome: Bool
 
   public init(
     storeKind: String, exporterKind: String, totalBytes: UInt64, availableBytes: UInt64, sharesBlocks: Bool,
     portals: [HostPort], version: String, provisionedBytes: UInt64 = 0, overcommitRatio: Double = 1,
-    createsAsHome: Bool = false
+    placesAsHome: Bool = false
   ) {
     self.storeKind = storeKind
     self.exporterKind = exporterKind
@@ -38,7 +38,7 @@ public struct TargetInfo: Sendable, Equatable {
     self.version = version
     self.provisionedBytes = provisionedBytes
     self.overcommitRatio = overcommitRatio
-    self.createsAsHome = createsAsHome
+    self.placesAsHome = placesAsHome
   }
 
   /// The most a new volume may take: what the overcommit ratio still allows, and
@@ -153,6 +153,10 @@ public protocol TargetAPI: Sendable {
   /// Removes a volume and its export; an unknown volume is success.
   /// `failedPrecondition` while it is published to any host.
   func deleteVolume(_ uuid: ObjectUUID) async throws
+  /// `deleteVolume` on the home of the volume's name, which the controller calls
+  /// `home`: once the volume is gone, the name's placement is released if it names
+  /// this target, under the name's lock. One call instead of a delete and a release.
+  func deleteVolume(_ uuid: ObjectUUID, asHome home: TargetName) async throws
   /// `notFound` when the volume does not exist.
   func volume(_ uuid: ObjectUUID) async throws -> TargetVolume
   /// Every volume, or only the one named `name`.

@@ -33,7 +33,7 @@ extension TargetInfo {
       storeKind: info.storeKind, exporterKind: info.exporterKind, totalBytes: info.totalBytes,
       availableBytes: info.availableBytes, sharesBlocks: info.reflink, portals: portals, version: info.version,
       provisionedBytes: info.provisionedBytes, overcommitRatio: info.overcommitRatio,
-      createsAsHome: info.createsAsHome)
+      placesAsHome: info.placesAsHome)
   }
 
   public var proto: Nvmecsi_Target_V1_GetInfoResponse {
@@ -47,7 +47,7 @@ extension TargetInfo {
       $0.reflink = sharesBlocks
       $0.portals = portals.map(\.proto)
       $0.version = version
-      $0.createsAsHome = createsAsHome
+      $0.placesAsHome = placesAsHome
     }
   }
 }

@@ -90,9 +90,10 @@ public nonisolated struct Nvmecsi_Target_V1_GetInfoResponse: Sendable {
 
   public var overcommitRatio: Double = 0
 
-  /// CreateVolume honours record_placement_as (older targets ignore it: the
-  /// controller then records and looks up the placement in calls of their own).
-  public var createsAsHome: Bool = false
+  /// CreateVolume honours record_placement_as and DeleteVolume
+  /// release_placement_as (older targets ignore them: the controller then records,
+  /// looks up and releases placements in calls of their own).
+  public var placesAsHome: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -307,6 +308,12 @@ public nonisolated struct Nvmecsi_Target_V1_DeleteVolumeRequest: Sendable {
   // methods supported on all messages.
 
   public var uuid: String = String()
+
+  /// When set, this target is the home of the volume's name and the controller
+  /// calls it by this name: once the volume is gone, the name's placement is
+  /// released if it names this target (as ReleasePlacement would), under the
+  /// name's lock.
+  public var releasePlacementAs: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -957,7 +964,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetInfoResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0\u{3}provisioned_bytes\0\u{3}overcommit_ratio\0\u{3}creates_as_home\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_kind\0\u{3}exporter_kind\0\u{3}total_bytes\0\u{3}available_bytes\0\u{1}reflink\0\u{1}portals\0\u{1}version\0\u{3}provisioned_bytes\0\u{3}overcommit_ratio\0\u{3}places_as_home\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -974,7 +981,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
       case 7: try { try decoder.decodeSingularStringField(value: &self.version) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.provisionedBytes) }()
       case 9: try { try decoder.decodeSingularDoubleField(value: &self.overcommitRatio) }()
-      case 10: try { try decoder.decodeSingularBoolField(value: &self.createsAsHome) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.placesAsHome) }()
       default: break
       }
     }
@@ -1008,8 +1015,8 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if self.overcommitRatio.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.overcommitRatio, fieldNumber: 9)
     }
-    if self.createsAsHome != false {
-      try visitor.visitSingularBoolField(value: self.createsAsHome, fieldNumber: 10)
+    if self.placesAsHome != false {
+      try visitor.visitSingularBoolField(value: self.placesAsHome, fieldNumber: 10)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1024,7 +1031,7 @@ nonisolated extension Nvmecsi_Target_V1_GetInfoResponse: SwiftProtobuf.Message, 
     if lhs.version != rhs.version {return false}
     if lhs.provisionedBytes != rhs.provisionedBytes {return false}
     if lhs.overcommitRatio != rhs.overcommitRatio {return false}
-    if lhs.createsAsHome != rhs.createsAsHome {return false}
+    if lhs.placesAsHome != rhs.placesAsHome {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1374,7 +1381,7 @@ nonisolated extension Nvmecsi_Target_V1_CreateVolumeResponse: SwiftProtobuf.Mess
 
 nonisolated extension Nvmecsi_Target_V1_DeleteVolumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeleteVolumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}uuid\0\u{3}release_placement_as\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1383,6 +1390,7 @@ nonisolated extension Nvmecsi_Target_V1_DeleteVolumeRequest: SwiftProtobuf.Messa
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.uuid) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.releasePlacementAs) }()
       default: break
       }
     }
@@ -1392,11 +1400,15 @@ nonisolated extension Nvmecsi_Target_V1_DeleteVolumeRequest: SwiftProtobuf.Messa
     if !self.uuid.isEmpty {
       try visitor.visitSingularStringField(value: self.uuid, fieldNumber: 1)
     }
+    if !self.releasePlacementAs.isEmpty {
+      try visitor.visitSingularStringField(value: self.releasePlacementAs, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Nvmecsi_Target_V1_DeleteVolumeRequest, rhs: Nvmecsi_Target_V1_DeleteVolumeRequest) -> Bool {
     if lhs.uuid != rhs.uuid {return false}
+    if lhs.releasePlacementAs != rhs.releasePlacementAs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

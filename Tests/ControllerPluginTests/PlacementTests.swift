@@ -48,7 +48,8 @@ struct PlacementTests {
     }
   }
 
-  @Test("a create whose target is the name's home is one call to it, which records the placement; a repeat too")
+  @Test(
+    "on the name's home, a create is one call that records the placement, a repeat too, a delete one that releases it")
   func createOnHomeInOneCall() async throws {
     try await Fleet.with(targets: 1) { fleet in
       let home = fleet.targets[0]
@@ -58,17 +59,24 @@ struct PlacementTests {
       #expect(try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte)).volume == first)
       #expect(home.homeCreateCalls == 2)
       #expect(try await fleet.volumeCounts() == ["pvc-a": 1])
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = first.volumeID })
+      #expect(home.homeDeleteCalls == 1)
+      #expect(try await home.local.agent.placement(of: "pvc-a") == NamePlacement(target: nil, volumeHere: false))
+      #expect(try await fleet.volumeCounts().isEmpty)
     }
   }
 
-  @Test("a home older than create-as-home gets the lookup and the reservation first, as before")
+  @Test("a home older than create-as-home gets the lookup and the reservation first, and the release, as before")
   func olderHomeIsAskedInFull() async throws {
     try await Fleet.with(targets: 1) { fleet in
       let home = fleet.targets[0]
       home.isOlder = true
-      _ = try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte))
+      let volume = try await fleet.controller.createVolume(createRequest("pvc-a", bytes: mebibyte)).volume
       #expect(home.homeCreateCalls == 0)
       #expect(try await home.local.agent.placement(of: "pvc-a") == NamePlacement(target: home.name, volumeHere: true))
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = volume.volumeID })
+      #expect(home.homeDeleteCalls == 0)
+      #expect(try await home.local.agent.placement(of: "pvc-a") == NamePlacement(target: nil, volumeHere: false))
     }
   }
 
@@ -336,6 +344,9 @@ final class SwitchableTarget: TargetAPI {
   private let homeCreates = Mutex(0)
   /// `createVolume(_:asHome:)` calls answered so far.
   var homeCreateCalls: Int { homeCreates.withLock { $0 } }
+  private let homeDeletes = Mutex(0)
+  /// `deleteVolume(_:asHome:)` calls answered so far.
+  var homeDeleteCalls: Int { homeDeletes.withLock { $0 } }
 
   init(local: LocalTarget) { self.local = local }
 
@@ -348,7 +359,7 @@ final class SwitchableTarget: TargetAPI {
     try await call {
       infoCalls.withLock { $0 += 1 }
       var info = try await $0.info()
-      if isOlder { info.createsAsHome = false }
+      if isOlder { info.placesAsHome = false }
       return info
     }
   }
@@ -366,6 +377,13 @@ final class SwitchableTarget: TargetAPI {
     }
   }
   func deleteVolume(_ uuid: ObjectUUID) async throws { try await call { try await $0.deleteVolume(uuid) } }
+  func deleteVolume(_ uuid: ObjectUUID, asHome home: TargetName) async throws {
+    try await call {
+      homeDeletes.withLock { $0 += 1 }
+      guard !isOlder else { return try await $0.deleteVolume(uuid) }
+      try await $0.deleteVolume(uuid, asHome: home)
+    }
+  }
   func volume(_ uuid: ObjectUUID) async throws -> TargetVolume { try await call { try await $0.volume(uuid) } }
   func volumes(named name: String?) async throws -> [TargetVolume] {
     try await call { try await $0.volumes(named: name) }

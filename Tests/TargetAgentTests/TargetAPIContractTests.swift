@@ -31,7 +31,7 @@ struct TargetAPIContractTests {
     arguments: TargetAPIFactory.all)
   func createAsHome(_ factory: TargetAPIFactory) async throws {
     try await withTarget(factory) { api, target in
-      #expect(try await api.info().createsAsHome)
+      #expect(try await api.info().placesAsHome)
       let first = try await api.createVolume(newVolume("pvc-1"), asHome: target.name)
       guard case .volume(let volume, existed: false) = first else {
         Issue.record("expected a new volume, got \(first)")
@@ -58,6 +58,28 @@ struct TargetAPIContractTests {
       _ = try await api.reservePlacements([Placement(name: "pvc-2", target: other)])
       #expect(
         try await api.createVolume(newVolume("pvc-2"), asHome: target.name) == .volume(here.volume, existed: true))
+    }
+  }
+
+  @Test(
+    "Deleted as the name's home, the volume's placement here is released; one naming another target stays",
+    arguments: TargetAPIFactory.all)
+  func deleteAsHome(_ factory: TargetAPIFactory) async throws {
+    try await withTarget(factory) { api, target in
+      guard case .volume(let volume, _) = try await api.createVolume(newVolume("pvc-1"), asHome: target.name) else {
+        Issue.record("expected a volume")
+        return
+      }
+      try await api.deleteVolume(volume.uuid, asHome: target.name)
+      #expect(try await api.placement(of: "pvc-1") == NamePlacement(target: nil, volumeHere: false))
+      try await api.deleteVolume(volume.uuid, asHome: target.name)  // a repeat: done already
+      // A volume from before placements, its name recorded elsewhere meanwhile.
+      let other = try TargetName("store-other")
+      let older = try await api.createVolume(newVolume("pvc-2")).volume
+      _ = try await api.reservePlacements([Placement(name: "pvc-2", target: other)])
+      try await api.deleteVolume(older.uuid, asHome: target.name)
+      #expect(try await api.volumes(named: nil).isEmpty)
+      #expect(try await api.placement(of: "pvc-2") == NamePlacement(target: other, volumeHere: false))
     }
   }
 
