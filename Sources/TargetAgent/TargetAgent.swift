@@ -149,7 +149,8 @@ public final class TargetAgent: TargetAPI {
   public func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
     switch try await create(request, home: nil) {
     case .volume(let volume, let existed): return (volume, existed)
-    case .placedOn(let target): throw NVMeCSIError.internalError("a create not as home answered placed on \(target)")
+    case .placedOn(let target):
+      throw NVMeCSIError.internalError("a create with no home answered that the name is placed on \(target)")
     }
   }
 
