@@ -85,10 +85,9 @@ struct PlacementTests {
     try await Fleet.with(targets: 2) { fleet in
       let name = (0...).lazy.map { "pvc-\($0)" }.first { TargetSet.home(of: $0, among: fleet.names) == fleet.names[0] }!
       let (home, other) = (fleet.targets[0], fleet.targets[1])
-      // The other target holds more, so the home is the one chosen; an interrupted
-      // create (or another controller) recorded the name on the other target.
-      _ = try await other.local.agent.createVolume(
-        NewVolume(name: "filler", sizeBytes: 64 << 20, source: nil, attributes: [:]))
+      // The other target says it has less room, so the home is the one chosen; an
+      // interrupted create (or another controller) recorded the name on the other target.
+      other.availableBytesShown = 64 << 20
       _ = try await home.local.agent.reservePlacements([Placement(name: name, target: other.name)])
       _ = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte))
       #expect(home.homeCreateCalls == 1)
@@ -341,6 +340,12 @@ final class SwitchableTarget: TargetAPI {
     get { older.withLock { $0 } }
     set { older.withLock { $0 = newValue } }
   }
+  private let shownAvailable = Mutex<UInt64?>(nil)
+  /// The free space GetInfo answers, when set (the real one otherwise).
+  var availableBytesShown: UInt64? {
+    get { shownAvailable.withLock { $0 } }
+    set { shownAvailable.withLock { $0 = newValue } }
+  }
   private let homeCreates = Mutex(0)
   /// `createVolume(_:asHome:)` calls answered so far.
   var homeCreateCalls: Int { homeCreates.withLock { $0 } }
@@ -360,6 +365,7 @@ final class SwitchableTarget: TargetAPI {
       infoCalls.withLock { $0 += 1 }
       var info = try await $0.info()
       if isOlder { info.placesAsHome = false }
+      if let shown = availableBytesShown { info.availableBytes = shown }
       return info
     }
   }
