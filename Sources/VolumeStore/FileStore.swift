@@ -264,15 +264,16 @@ public final class FileStore: VolumeStore {
       }
     }
     // Finish an expansion whose data grew before its record did.
-    for var record in volumeRecords {
-      let uuid = record.uuid
+    for index in volumeRecords.indices {
+      let uuid = volumeRecords[index].uuid
       guard hasData(uuid) else { continue }
       let size = try FileOperations.size(of: dataPath(volumesDir, uuid))
-      if size > record.sizeBytes {
-        record.sizeBytes = size
-        try writeRecord(record, to: recordPath(volumesDir, uuid))
+      if size > volumeRecords[index].sizeBytes {
+        volumeRecords[index].sizeBytes = size
+        try writeRecord(volumeRecords[index], to: recordPath(volumesDir, uuid))
       }
     }
+    repairs.volumes = volumeRecords
     return repairs
   }
 

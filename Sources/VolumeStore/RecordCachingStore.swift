@@ -9,7 +9,8 @@ import Synchronization
 /// - each mutation passed on updates the cache once the store has committed it;
 /// - a mutation that fails may or may not have reached the disk, so that volume's
 ///   record is read again from the store; `reconcile()` (which may move records
-///   aside) empties the cache until the next `volumes()`.
+///   aside) fills the cache with the records it reconciled when the store reports
+///   them (`StoreRepairs.volumes`), else empties it until the next `volumes()`.
 /// Snapshots are not cached: the target keeps its own snapshot index.
 public final class RecordCachingStore: VolumeStore {
   private let base: any VolumeStore
@@ -77,13 +78,22 @@ public final class RecordCachingStore: VolumeStore {
   public func quarantinedVolumes() throws(NVMeCSIError) -> [ObjectUUID: String] { try base.quarantinedVolumes() }
 
   public func reconcile() throws(NVMeCSIError) -> StoreRepairs {
-    defer {
+    let repairs: StoreRepairs
+    do { repairs = try base.reconcile() } catch {
       cache.withLock { cache in
         cache.records = nil
         cache.generation += 1
       }
+      throw error
     }
-    return try base.reconcile()
+    // A start reads every record once: reconciling them, not again for the cache.
+    cache.withLock { cache in
+      cache.records = repairs.volumes.map { records in
+        Dictionary(records.map { ($0.uuid, $0) }, uniquingKeysWith: { first, _ in first })
+      }
+      cache.generation += 1
+    }
+    return repairs
   }
 
   /// Runs a mutation of volume `uuid` on the store, then caches the record it `leaves`

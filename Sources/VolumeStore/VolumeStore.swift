@@ -17,7 +17,13 @@ public struct StoreRepairs: Sendable, Equatable {
   /// What could not be explained (data without a record, a corrupt record): moved aside,
   /// never deleted, for a person to look at.
   public var quarantined: [Quarantined] = []
+  /// Every volume record as reconciled, when the store read them all to reconcile (the
+  /// file store does): what `volumes()` would answer now, without reading them again.
+  public var volumes: [VolumeRecord]?
   public init() {}
+
+  /// Nothing was repaired, finished, found missing or moved aside.
+  public var isEmpty: Bool { removedDebris.isEmpty && completed.isEmpty && missingData.isEmpty && quarantined.isEmpty }
 }
 
 /// A file moved aside by `reconcile()`.

@@ -134,7 +134,8 @@ struct FileStoreTests {
       let expected = SnapshotRecord(
         uuid: uuid, name: "snap-old", sourceVolume: source, sizeBytes: MiB, created: created, attributes: [:])
       #expect(try store.snapshots() == [expected])
-      #expect(try store.reconcile() == StoreRepairs())
+      let repairs = try store.reconcile()
+      #expect(repairs.isEmpty, "\(repairs)")
       // Written again, the record carries the key.
       let current = SnapshotRecord(
         uuid: .random(), name: "snap-new", sourceVolume: source, sizeBytes: MiB, created: created,

@@ -39,7 +39,7 @@ struct RecordCachingStoreTests {
   @Test("An update that failed is answered as the disk holds it: written or not")
   func failedUpdate() throws {
     try withTemporaryDirectory { directory in
-      let failing = FailingUpdates(try FileStore(root: directory))
+      let failing = InstrumentedStore(try FileStore(root: directory))
       let store = try cached(failing)
       let volume = try store.createVolume(record())
       var published = volume
@@ -55,13 +55,36 @@ struct RecordCachingStoreTests {
       #expect(try FileStore(root: directory).volume(volume.uuid) == published)
     }
   }
+
+  @Test("Reconciling fills it with the records as reconciled: a start reads each record once")
+  func reconcileFillsIt() throws {
+    try withTemporaryDirectory { directory in
+      let files = try FileStore(root: directory)
+      let volume = try files.createVolume(record())
+      let other = try files.createVolume(record(name: "pvc-2"))
+      // An expansion cut off after the data grew: reconciling finishes it.
+      #expect(truncate(files.devicePath(of: volume.uuid), off_t(8 * MiB)) == 0)
+      let instrumented = InstrumentedStore(try FileStore(root: directory))
+      let store = RecordCachingStore(instrumented)
+      _ = try store.reconcile()
+      var grown = volume
+      grown.sizeBytes = 8 * MiB
+      #expect(try store.volumes() == [grown, other].sorted { $0.uuid < $1.uuid })
+      #expect(try store.volume(volume.uuid) == grown)
+      #expect(instrumented.fullReads == 0)
+      #expect(try FileStore(root: directory).volume(volume.uuid) == grown)
+    }
+  }
 }
 
 /// A store whose `updateVolume` fails, before or after its write reached the disk (as
-/// when the directory's fsync fails after the rename).
-final class FailingUpdates: VolumeStore {
+/// when the directory's fsync fails after the rename), and which counts its full reads.
+final class InstrumentedStore: VolumeStore {
   enum Mode { case succeed, beforeWriting, afterWriting }
   let mode = Mutex(Mode.succeed)
+  private let reads = Mutex(0)
+  /// `volumes()` calls so far.
+  var fullReads: Int { reads.withLock { $0 } }
   private let base: any VolumeStore
   init(_ base: any VolumeStore) { self.base = base }
 
@@ -79,7 +102,10 @@ final class FailingUpdates: VolumeStore {
   var sharesBlocks: Bool { base.sharesBlocks }
   var isNew: Bool { base.isNew }
   func capacity() throws(NVMeCSIError) -> StoreCapacity { try base.capacity() }
-  func volumes() throws(NVMeCSIError) -> [VolumeRecord] { try base.volumes() }
+  func volumes() throws(NVMeCSIError) -> [VolumeRecord] {
+    reads.withLock { $0 += 1 }
+    return try base.volumes()
+  }
   func volume(_ uuid: ObjectUUID) throws(NVMeCSIError) -> VolumeRecord? { try base.volume(uuid) }
   func createVolume(_ record: VolumeRecord) throws(NVMeCSIError) -> VolumeRecord { try base.createVolume(record) }
   func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) throws(NVMeCSIError) -> VolumeRecord {
