@@ -293,7 +293,10 @@ class Bench:
         self.configfs.mkdir()
         if os.geteuid() == 0 and not a.configfs_on_disk:
             try:
-                run(["mount", "-t", "tmpfs", "-o", "size=1g,mode=0700", "bench-configfs", str(self.configfs)])
+                # About 12 pages (attribute files) per exported volume, and room to spare.
+                size_mib = max(1024, wanted_volumes * 80 // 1024 + 256)
+                run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "bench-configfs",
+                     str(self.configfs)])
                 self.stack.callback(self.unmount, self.configfs)
                 self.method["configfs"] = "simulated nvmet: a plain directory on a tmpfs mount"
             except BenchError as e:
