@@ -136,40 +136,25 @@ extension ControllerService {
   }
 
   /// Records every volume of each target not indexed yet at its name's home; a target
-  /// whose volumes are all recorded is indexed. Answers whether every target is.
+  /// whose volumes are all recorded is indexed. Answers whether every target is. Reads
+  /// each target a page (`pageSize` volumes) at a time, so memory stays flat however
+  /// many volumes it holds.
   @discardableResult
-  public func indexPlacements() async -> Bool {
+  public func indexPlacements(pageSize: Int = Placements.maximumBatch) async -> Bool {
     var complete = true
     for target in targets.all where !placements.isIndexed(target.name) {
       do {
-        let volumes = try await target.api.volumes(named: nil)
-        var byHome: [TargetName: [Placement]] = [:]
-        // A quarantined volume has no name to place (and is reported on its own).
-        // Nor has a replicated volume's leg other than leg 0 (found through leg 0).
-        for volume in volumes
-        where volume.problem == nil && !volume.record.name.isEmpty
-          && (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) == 0
-        {
-          guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
-          byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
-        }
-        for (homeName, entries) in byHome {
-          guard let home = targets[homeName] else { continue }
-          for start in stride(from: 0, to: entries.count, by: Placements.maximumBatch) {
-            let batch = Array(entries[start..<min(start + Placements.maximumBatch, entries.count)])
-            let recorded = try await home.api.reservePlacements(batch)
-            for (asked, got) in zip(batch, recorded) where asked.target != got.target {
-              logger.error(
-                """
-                a volume name is on two targets (created before placements were recorded): the home records the \
-                other one; inspect both and delete the one no PersistentVolume uses
-                """,
-                metadata: ["name": "\(asked.name)", "here": "\(asked.target)", "recorded": "\(got.target)"])
-            }
-          }
+        var after: ObjectUUID?
+        var count = 0
+        while true {
+          let page = try await target.api.volumes(after: after, limit: min(max(pageSize, 1), Placements.maximumBatch))
+          try await recordAtHomes(page.volumes, of: target)
+          count += page.volumes.count
+          guard page.more, let last = page.volumes.last else { break }
+          after = last.uuid
         }
         placements.markIndexed(target.name)
-        logger.info("placements indexed", metadata: ["target": "\(target.name)", "volumes": "\(volumes.count)"])
+        logger.info("placements indexed", metadata: ["target": "\(target.name)", "volumes": "\(count)"])
       } catch {
         complete = false
         logger.notice(
@@ -178,6 +163,32 @@ extension ControllerService {
       }
     }
     return complete
+  }
+
+  /// Records at their homes the names of these volumes of `target` (one batch per home).
+  private func recordAtHomes(_ volumes: [TargetVolume], of target: StorageTarget) async throws {
+    var byHome: [TargetName: [Placement]] = [:]
+    // A quarantined volume has no name to place (and is reported on its own).
+    // Nor has a replicated volume's leg other than leg 0 (found through leg 0).
+    for volume in volumes
+    where volume.problem == nil && !volume.record.name.isEmpty
+      && (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) == 0
+    {
+      guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
+      byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
+    }
+    for (homeName, batch) in byHome {
+      guard let home = targets[homeName] else { continue }
+      let recorded = try await home.api.reservePlacements(batch)
+      for (asked, got) in zip(batch, recorded) where asked.target != got.target {
+        logger.error(
+          """
+          a volume name is on two targets (created before placements were recorded): the home records the \
+          other one; inspect both and delete the one no PersistentVolume uses
+          """,
+          metadata: ["name": "\(asked.name)", "here": "\(asked.target)", "recorded": "\(got.target)"])
+      }
+    }
   }
 }
 

@@ -235,6 +235,25 @@ struct PlacementTests {
     }
   }
 
+  @Test("indexing reads a target a page at a time and records the names of every page at their homes")
+  func indexingPages() async throws {
+    try await Fleet.with(targets: 2, indexed: false) { fleet in
+      let (home, holder) = (fleet.targets[0], fleet.targets[1])
+      let names = (0...).lazy.map { "pvc-old-\($0)" }.filter { TargetSet.home(of: $0, among: fleet.names) == home.name }
+        .prefix(5)
+      // Volumes from before placements: created on the holder, their records at the home removed.
+      for name in names {
+        _ = try await fleet.controller.createVolume(
+          createRequest(name, bytes: mebibyte, parameters: ["target": holder.name.value]))
+        try await home.local.agent.releasePlacement(of: name, on: holder.name)
+      }
+      let pagesBefore = holder.volumePageCalls
+      #expect(await fleet.service.indexPlacements(pageSize: 2))
+      #expect(holder.volumePageCalls - pagesBefore == 3)
+      for name in names { #expect(try await home.local.agent.placement(of: name).target == holder.name, "\(name)") }
+    }
+  }
+
   @Test("real target processes: with one killed, names homed on the other are created; after restart no duplicates")
   func processKilled() async throws {
     try await Harness.with(processes: true) { harness in
