@@ -84,9 +84,16 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         try await chooseTarget(
           size: size, pinned: parameters.target, source: source, topology: request.accessibilityRequirements)
       }
-      if let (volume, existed) = try await createOnHome(newVolume, choice: try? await choose()) {
+      // Chosen once; nil when nothing fits (the name may exist already: looked up below).
+      let choice = try? await choose()
+      if let (home, volume, existed) = try await createOnHome(newVolume, choice: choice) {
         if existed { try requested.check(volume.record, name: name) }
-        return .with { $0.volume = csiVolume(volume, on: targets.home(of: name)!) }
+        return .with { $0.volume = csiVolume(volume, on: home) }
+      }
+      // The choice again when there is one; else choosing again says why nothing fits.
+      func chosen() async throws -> StorageTarget {
+        if let choice { return choice.target }
+        return try await choose().target
       }
       switch try await locate(name) {
       case .found(let holder, let existing):
@@ -102,23 +109,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
           target = placed
         } else {
           try await home.api.releasePlacement(of: name, on: placed.name)
-          target = try await reserve(name, on: try await choose().target, home: home)
+          target = try await reserve(name, on: try await chosen(), home: home)
         }
       case .absent(let home):
-        target = try await reserve(name, on: try await choose().target, home: home)
+        target = try await reserve(name, on: try await chosen(), home: home)
       }
-      let created: (volume: TargetVolume, existed: Bool)
-      do {
-        created = try await target.api.createVolume(newVolume)
-      } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
-        targetInfo.forget(target.name)  // it has less room than it said: ask it next time
-        throw error
-      }
-      if created.existed {
-        try requested.check(created.volume.record, name: name)
-      } else {
-        targetInfo.charge(created.volume.record.sizeBytes, to: target.name)
-      }
+      let created = try await targetInfo.creating(
+        on: target.name, { try await target.api.createVolume(newVolume) },
+        charging: { $0.existed ? nil : $0.volume.record.sizeBytes })
+      if created.existed { try requested.check(created.volume.record, name: name) }
       return .with { $0.volume = csiVolume(created.volume, on: target) }
     }
   }

@@ -79,25 +79,20 @@ extension ControllerService {
   /// placements may sit there), or the name is placed elsewhere already; the caller
   /// then locates the name in full. Charges what it creates to the home.
   func createOnHome(_ volume: NewVolume, choice: (target: StorageTarget, info: TargetInfo)?) async throws
-    -> (volume: TargetVolume, existed: Bool)?
+    -> (home: StorageTarget, volume: TargetVolume, existed: Bool)?
   {
     guard let choice, choice.info.placesAsHome, let home = targets.home(of: volume.name),
       choice.target.name == home.name,
       targets.all.allSatisfy({ $0.name == home.name || placements.isIndexed($0.name) })
     else { return nil }
-    let created: HomeCreation
-    do { created = try await home.api.createVolume(volume, asHome: home.name) } catch let error as NVMeCSIError
-      where error.kind == .resourceExhausted
-    {
-      targetInfo.forget(home.name)  // it has less room than it said: ask it next time
-      throw error
-    }
-    switch created {
-    case .placedOn: return nil
-    case .volume(let volume, let existed):
-      if !existed { targetInfo.charge(volume.record.sizeBytes, to: home.name) }
-      return (volume, existed)
-    }
+    let created = try await targetInfo.creating(
+      on: home.name, { try await home.api.createVolume(volume, asHome: home.name) },
+      charging: { created in
+        guard case .volume(let volume, existed: false) = created else { return nil }
+        return volume.record.sizeBytes
+      })
+    guard case .volume(let volume, let existed) = created else { return nil }  // placed elsewhere
+    return (home, volume, existed)
   }
 
   /// Whether the target takes `createVolume(_:asHome:)` and `deleteVolume(_:asHome:)`

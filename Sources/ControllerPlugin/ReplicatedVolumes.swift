@@ -114,22 +114,13 @@ extension ControllerService {
     var attributes = requested.attributes
     attributes[VolumeAttribute.replicaTargets] = legs.map(\.name.value).joined(separator: ",")
     attributes[VolumeAttribute.replicaIndex] = String(index)
-    let created: (volume: TargetVolume, existed: Bool)
-    do {
-      created = try await target.api.createVolume(
-        NewVolume(
-          name: ReplicaLayout.legName(name, index: index), sizeBytes: bytes,
-          source: index == 0 ? requested.source : nil, attributes: attributes,
-          sharing: sharing, uuid: set.map { ReplicaLayout.legUUID(of: $0, index: index) }))
-    } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
-      targetInfo.forget(target.name)
-      throw error
-    }
-    if created.existed {
-      try requested.check(created.volume.record, name: name)
-    } else {
-      targetInfo.charge(bytes, to: target.name)
-    }
+    let leg = NewVolume(
+      name: ReplicaLayout.legName(name, index: index), sizeBytes: bytes,
+      source: index == 0 ? requested.source : nil, attributes: attributes,
+      sharing: sharing, uuid: set.map { ReplicaLayout.legUUID(of: $0, index: index) })
+    let created = try await targetInfo.creating(
+      on: target.name, { try await target.api.createVolume(leg) }, charging: { $0.existed ? nil : bytes })
+    if created.existed { try requested.check(created.volume.record, name: name) }
     return created.volume
   }
 

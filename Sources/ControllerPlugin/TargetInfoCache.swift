@@ -50,6 +50,21 @@ final class TargetInfoCache: Sendable {
     }
   }
 
+  /// Runs a create on `target` and keeps this cache honest: a refusal for want of
+  /// space forgets what the target said (it is asked next time), and what a new volume
+  /// takes (`newBytes`, nil when the volume existed) is charged to it.
+  func creating<Result>(
+    on target: TargetName, _ create: () async throws -> Result, charging newBytes: (Result) -> UInt64?
+  ) async throws -> Result {
+    let result: Result
+    do { result = try await create() } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
+      forget(target)
+      throw error
+    }
+    if let bytes = newBytes(result) { charge(bytes, to: target) }
+    return result
+  }
+
   /// Forgets what a target said (it refused a volume for want of space).
   func forget(_ target: TargetName) { _ = entries.withLock { $0.removeValue(forKey: target) } }
 }

@@ -259,8 +259,9 @@ public final class TargetAgent: TargetAPI {
           }
         }
       }
+      guard home != nil else { return try await delete() }
       let name = try await onPool { [self] () throws(NVMeCSIError) in try store.volume(uuid)?.name }
-      guard home != nil, let name, !name.isEmpty else { return try await delete() }
+      guard let name, !name.isEmpty else { return try await delete() }
       try await locks.withLock("volume-name:" + name) { try await delete() }
     }
   }
