@@ -70,7 +70,11 @@ let package = Package(
     // format and its gRPC client.
     .target(
       name: "TargetContract",
-      dependencies: grpc + ["NVMeCSICore", "TargetProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+      dependencies: grpc + [
+        "NVMeCSICore", "TargetProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]),
     // `nvme-csi target`: the target API over a store and an exporter.
     .target(
       name: "TargetAgent",
@@ -121,7 +125,7 @@ let package = Package(
       name: "TargetAgentTests",
       dependencies: grpc + [
         "TargetAgent", "TargetContract", "TargetProto", "VolumeStore", "NVMetExporter", "NVMeCSICore", "CSIServer",
-        "TestSupport", log,
+        "TestSupport", log, .product(name: "NIOPosix", package: "swift-nio"),
       ]),
     .testTarget(
       name: "ControllerPluginTests",

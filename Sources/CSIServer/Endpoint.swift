@@ -45,9 +45,9 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case .unix(let path): .unixDomainSocket(path: path)
     case .tcp(let address):
       address.isIPv6
-        ? .ipv6(host: address.host, port: Int(address.port))
+        ? .ipv6(address: address.host, port: Int(address.port))
         : address.isNumeric
-          ? .ipv4(host: address.host, port: Int(address.port))
+          ? .ipv4(address: address.host, port: Int(address.port))
           : .dns(host: address.host, port: Int(address.port))
     }
   }

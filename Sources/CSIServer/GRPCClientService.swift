@@ -1,5 +1,6 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NVMeCSICore
 import ServiceLifecycle
 
 /// Keeps a gRPC client's connections running for the lifetime of a service group.

@@ -7,20 +7,21 @@ import TargetProto
 public struct RemoteTargetAPI<Transport: ClientTransport>: TargetAPI {
   let name: TargetName
   let client: Nvmecsi_Target_V1_Target.Client<Transport>
-  /// Every call is bounded: a hung target must not hang the sidecars.
-  let timeout: Duration
+  let deadline: CallDeadline
 
-  public init(name: TargetName, client: GRPCClient<Transport>, timeout: Duration = .seconds(30)) {
+  /// - Parameter eventLoop: where the client's connections run (`makeClient`); its
+  ///   calls and their timers run there too (nil: NIO's shared threads).
+  public init(
+    name: TargetName, client: GRPCClient<Transport>, timeout: Duration = .seconds(30), eventLoop: RPCEventLoop? = nil
+  ) {
     self.name = name
     self.client = .init(wrapping: client)
-    self.timeout = timeout
+    deadline = CallDeadline(timeout: timeout, eventLoop: eventLoop)
   }
 
   /// Runs one call: bounded, its errors in the domain and naming the target.
-  private func call<T: Sendable>(_ body: (CallOptions) async throws -> T) async throws -> T {
-    var options = CallOptions.defaults
-    options.timeout = timeout
-    do { return try await body(options) } catch let error as RPCError {
+  private func call<T: Sendable>(_ body: @escaping @Sendable (CallOptions) async throws -> T) async throws -> T {
+    do { return try await deadline.run { try await body(.defaults) } } catch let error as RPCError {
       throw Self.domainError(error, target: name)
     } catch let error as NVMeCSIError {
       // Only the wire decoding throws these: the target answered something malformed.

@@ -100,7 +100,7 @@ struct ControllerOptions: ParsableArguments {
       storageTargets.append(
         StorageTarget(
           name: entry.name, topology: entry.topology, failureDomain: entry.failureDomain,
-          api: RemoteTargetAPI(name: entry.name, client: client)))
+          api: RemoteTargetAPI(name: entry.name, client: client, eventLoop: eventLoop)))
     }
     let service = ControllerService(targets: TargetSet(storageTargets), logger: logger)
     clients.append(PlacementIndexingService(controller: service))

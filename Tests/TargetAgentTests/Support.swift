@@ -39,7 +39,7 @@ struct TargetAPIFactory: Sendable, CustomTestStringConvertible {
         logger: logger)
       try await withThrowingTaskGroup(of: Void.self) { tasks in
         tasks.addTask { try await group.run() }
-        let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10))
+        let api = RemoteTargetAPI(name: target.name, client: client, timeout: .seconds(10), eventLoop: eventLoop)
         do {
           try await waitUntilAnswering(api)
           try await body(api)

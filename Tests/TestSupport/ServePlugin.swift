@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import NVMeCSICore
 import ServiceLifecycle
 
 /// Serves CSI services on a real unix socket (plus any `alongside` services, such as

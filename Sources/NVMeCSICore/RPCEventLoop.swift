@@ -14,8 +14,9 @@ import NIOPosix
 /// For the controller and the target, whose handlers await and hand blocking work to
 /// pools; measured in bench/results (the controller → target round trip).
 public final class RPCEventLoop: TaskExecutor {
-  let group: MultiThreadedEventLoopGroup
-  private let loop: any EventLoop
+  public let group: MultiThreadedEventLoopGroup
+  /// The loop itself: its connections, handlers and timers.
+  public let loop: any EventLoop
 
   public init() {
     group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
