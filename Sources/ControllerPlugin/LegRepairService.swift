@@ -120,7 +120,8 @@ public struct LegRepairService: Service {
     var state = LegRepairState()
     while !Task.isCancelled && !Task.isShuttingDownGracefully {
       state = await controller.repairLostLegs(state, grace: grace)
-      try? await Task.sleep(for: interval)
+      // Ends at shutdown, not at the end of the interval (a pod's grace period is 30 s).
+      try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
     }
   }
 }

@@ -199,7 +199,7 @@ public struct PlacementIndexingService: Service {
 
   public func run() async throws {
     while !Task.isCancelled, !(await controller.indexPlacements()) {
-      try? await Task.sleep(for: retryInterval)
+      try? await cancelWhenGracefulShutdown { try await Task.sleep(for: retryInterval) }
       if Task.isShuttingDownGracefully { return }
     }
     try? await gracefulShutdown()

@@ -378,7 +378,7 @@ public struct MirrorReconcilerService: Service {
   public func run() async throws {
     while !Task.isCancelled && !Task.isShuttingDownGracefully {
       await node.reconcileMirrors()
-      try? await Task.sleep(for: interval)
+      try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
     }
   }
 }
