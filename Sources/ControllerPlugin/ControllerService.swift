@@ -86,9 +86,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       }
       // Chosen once; nil when nothing fits (the name may exist already: looked up below).
       let choice = try? await choose()
-      if let (home, volume, existed) = try await createOnHome(newVolume, choice: choice) {
+      // The common cases in one or two calls; nil: look the name up in full.
+      var done = try await createOnHome(newVolume, choice: choice)
+      if done == nil { done = try await createElsewhere(newVolume, choice: choice) }
+      if let (holder, volume, existed) = done {
         if existed { try requested.check(volume.record, name: name) }
-        return .with { $0.volume = csiVolume(volume, on: home) }
+        return .with { $0.volume = csiVolume(volume, on: holder) }
       }
       // The choice again when there is one; else choosing again says why nothing fits.
       func chosen() async throws -> StorageTarget {

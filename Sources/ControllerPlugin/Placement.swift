@@ -42,9 +42,7 @@ extension ControllerService {
     do { placement = try await home.api.placement(of: name) } catch let error as NVMeCSIError
       where error.kind == .unavailable
     {
-      throw NVMeCSIError.unavailable(
-        "volume name \(quoted(name)) is recorded on its home target \(home.name), which does not answer;"
-          + " names whose home is another target are unaffected: \(error.message)")
+      throw homeDoesNotAnswer(name, home: home, error)
     }
     if placement.volumeHere, let volume = try await home.api.volumes(named: name).first {
       return .found(home, volume)
@@ -79,7 +77,7 @@ extension ControllerService {
   /// placements may sit there), or the name is placed elsewhere already; the caller
   /// then locates the name in full. Charges what it creates to the home.
   func createOnHome(_ volume: NewVolume, choice: (target: StorageTarget, info: TargetInfo)?) async throws
-    -> (home: StorageTarget, volume: TargetVolume, existed: Bool)?
+    -> (target: StorageTarget, volume: TargetVolume, existed: Bool)?
   {
     guard let choice, choice.info.placesAsHome, let home = targets.home(of: volume.name),
       choice.target.name == home.name,
@@ -93,6 +91,37 @@ extension ControllerService {
       })
     guard case .volume(let volume, let existed) = created else { return nil }  // placed elsewhere
     return (home, volume, existed)
+  }
+
+  /// A new name on a target other than its home in two calls, instead of a lookup, a
+  /// reservation and a create: the reservation at the home answers where the name
+  /// lives, because once every target is indexed each volume's name is recorded at its
+  /// home. Nil when that does not apply (no choice, the home was chosen, a target not
+  /// indexed yet) or the name is placed on another target already; the caller then
+  /// locates the name in full. Charges what it creates to its target.
+  func createElsewhere(_ volume: NewVolume, choice: (target: StorageTarget, info: TargetInfo)?) async throws
+    -> (target: StorageTarget, volume: TargetVolume, existed: Bool)?
+  {
+    guard let choice, let home = targets.home(of: volume.name), choice.target.name != home.name,
+      targets.all.allSatisfy({ placements.isIndexed($0.name) })
+    else { return nil }
+    let placed: StorageTarget
+    do { placed = try await reserve(volume.name, on: choice.target, home: home) } catch let error as NVMeCSIError
+      where error.kind == .unavailable
+    {
+      throw homeDoesNotAnswer(volume.name, home: home, error)
+    }
+    guard placed.name == choice.target.name else { return nil }
+    let created = try await targetInfo.creating(
+      on: placed.name, { try await placed.api.createVolume(volume) },
+      charging: { $0.existed ? nil : $0.volume.record.sizeBytes })
+    return (placed, created.volume, created.existed)
+  }
+
+  private func homeDoesNotAnswer(_ name: String, home: StorageTarget, _ error: NVMeCSIError) -> NVMeCSIError {
+    .unavailable(
+      "volume name \(quoted(name)) is recorded on its home target \(home.name), which does not answer;"
+        + " names whose home is another target are unaffected: \(error.message)")
   }
 
   /// Whether the target takes `createVolume(_:asHome:)` and `deleteVolume(_:asHome:)`

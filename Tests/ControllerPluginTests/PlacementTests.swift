@@ -66,6 +66,23 @@ struct PlacementTests {
     }
   }
 
+  @Test("a new name on a target other than its home is two calls: the reservation at its home, the create there")
+  func createElsewhereInTwoCalls() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let name = (0...).lazy.map { "pvc-\($0)" }.first { TargetSet.home(of: $0, among: fleet.names) == fleet.names[0] }!
+      let (home, other) = (fleet.targets[0], fleet.targets[1])
+      home.availableBytesShown = 64 << 20  // so the other target is chosen
+      let first = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)).volume
+      #expect(first.volumeID.hasPrefix("v1.\(other.name)."))
+      #expect(home.placementCalls == 0 && home.homeCreateCalls == 0)
+      #expect(try await home.local.agent.placement(of: name) == NamePlacement(target: other.name, volumeHere: false))
+      // A retry finds the same volume the same way.
+      #expect(try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)).volume == first)
+      #expect(home.placementCalls == 0)
+      #expect(try await fleet.volumeCounts() == [name: 1])
+    }
+  }
+
   @Test("a home older than create-as-home gets the lookup and the reservation first, and the release, as before")
   func olderHomeIsAskedInFull() async throws {
     try await Fleet.with(targets: 1) { fleet in
@@ -365,6 +382,9 @@ final class SwitchableTarget: TargetAPI {
     get { shownAvailable.withLock { $0 } }
     set { shownAvailable.withLock { $0 = newValue } }
   }
+  private let placementLookups = Mutex(0)
+  /// `placement(of:)` calls answered so far.
+  var placementCalls: Int { placementLookups.withLock { $0 } }
   private let homeCreates = Mutex(0)
   /// `createVolume(_:asHome:)` calls answered so far.
   var homeCreateCalls: Int { homeCreates.withLock { $0 } }
@@ -457,7 +477,12 @@ final class SwitchableTarget: TargetAPI {
   func writeLegMap(_ map: LegMap, to volume: ObjectUUID) async throws {
     try await call { try await $0.writeLegMap(map, to: volume) }
   }
-  func placement(of name: String) async throws -> NamePlacement { try await call { try await $0.placement(of: name) } }
+  func placement(of name: String) async throws -> NamePlacement {
+    try await call {
+      placementLookups.withLock { $0 += 1 }
+      return try await $0.placement(of: name)
+    }
+  }
   func reservePlacements(_ placements: [Placement]) async throws -> [Placement] {
     try await call { try await $0.reservePlacements(placements) }
   }
