@@ -55,7 +55,8 @@ TARGET_API = "127.0.0.1:7610"
 PORTAL_ADDR, PORTAL_PORT = "127.0.0.1", "4430"
 MARK_BEGIN, MARK_END, MARK_LINE = "BENCH-VM-JSON-BEGIN", "BENCH-VM-JSON-END", "BVJ:"
 
-DEFAULTS = dict(rounds=20, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5, replication_rounds=3)
+DEFAULTS = dict(rounds=20, fio_rounds=4, fio_runtime=3, rss_volumes=20, startup_rounds=5, replication_rounds=3,
+                control_rounds=4, control_ops=100)
 
 # fio jobs: name, rw, block size, queue depth, what is compared (iops or bandwidth)
 FIO_JOBS = [
@@ -713,6 +714,117 @@ class Bench:
             rounds.append(figures)
         self.result["replication"] = {"rounds": rounds}
 
+    # The control plane against the kernel's nvmet and against the simulated one (issue
+    # 13: "run the same control-plane bench once inside the VM against real nvmet configfs
+    # too"). Two targets with the same flags but --configfs, each on its own XFS store,
+    # each behind its own `nvme-csi controller`; the rounds alternate which goes first.
+    CONTROL_SIDES = (("configfs", "the kernel's nvmet (configfs)"),
+                     ("directory", "simulated nvmet (a directory on tmpfs, as `make bench` runs it)"))
+
+    def phase_control(self) -> None:
+        import csi_pb2
+        import csi_pb2_grpc
+        from concurrent.futures import ThreadPoolExecutor
+        a = self.args
+        # Its own targets use the bench target's port and portal: that one goes first.
+        log("control: stopping the bench's target and plugin")
+        self.stop_all()
+        procs: list[Proc] = []
+        stubs = {}
+        try:
+            for index, (side, _) in enumerate(self.CONTROL_SIDES):
+                store = self.control_store(side)
+                api = f"127.0.0.1:{7620 + index}"
+                argv = [self.bin, "target", "--listen", api, "--store", f"file:{store}", "--name", f"cp-{side}",
+                        "--portal", f"{PORTAL_ADDR}:{PORTAL_PORT}", "--insecure-plaintext", "--log-level", "warning"]
+                if side == "directory":
+                    configfs = self.work / "simulated-configfs"
+                    for sub in ("ports", "subsystems", "hosts"):
+                        (configfs / "nvmet" / sub).mkdir(parents=True, exist_ok=True)
+                    argv += ["--configfs", str(configfs)]
+                procs.append(Proc(f"target {side}", argv, self.logs / f"control-target-{side}.log"))
+                targets = self.work / f"control-targets-{side}.json"
+                targets.write_text(json.dumps({"targets": [{"name": f"cp-{side}", "address": api}]}))
+                path = self.work / f"control-{side}.sock"
+                ctl = Proc(f"controller {side}", [self.bin, "controller", "--endpoint", f"unix://{path}", "--targets",
+                                                  str(targets), "--insecure-plaintext", "--log-level", "warning"],
+                           self.logs / f"control-controller-{side}.log")
+                procs.append(ctl)
+                wait_socket(path, ctl)
+                log(f"control: {side} controller serving; waiting for it to reach its target")
+                ch = self.channel(path)
+                stubs[side] = csi_pb2_grpc.ControllerStub(ch)
+                # Ready: the controller reaches its target (CreateVolume would answer Unavailable before).
+                deadline = time.perf_counter() + 120
+                while csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=60).ready.value is not True:
+                    target = procs[-2]
+                    if not target.alive() or time.perf_counter() > deadline:
+                        raise BenchError(f"controller {side} never reached its target:\n{target.tail()}\n{ctl.tail()}")
+                    time.sleep(0.1)
+            log("control: both sides ready")
+            cap = self.capability(block=False)
+            ops = {side: {k: [] for k in ("create", "publish", "unpublish", "delete")} for side, _ in self.CONTROL_SIDES}
+            concurrent = {side: [] for side, _ in self.CONTROL_SIDES}
+
+            def create(stub, name):
+                return stub.CreateVolume(csi_pb2.CreateVolumeRequest(
+                    name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=MiB),
+                    volume_capabilities=[cap]), timeout=120).volume.volume_id
+
+            def timed(bucket, call, *args, **kwargs):
+                t = time.perf_counter()
+                out = call(*args, **kwargs)
+                bucket.append(ms_since(t))
+                return out
+
+            for n in range(a.control_rounds):
+                order = self.CONTROL_SIDES if n % 2 == 0 else self.CONTROL_SIDES[::-1]
+                for side, _ in order:
+                    stub, o = stubs[side], ops[side]
+                    ids = [timed(o["create"], create, stub, f"cp-{n}-{i}") for i in range(a.control_ops)]
+                    for vid in ids:
+                        timed(o["publish"], stub.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+                            volume_id=vid, node_id=self.node_id, volume_capability=cap), timeout=120)
+                    for vid in ids:
+                        timed(o["unpublish"], stub.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest(
+                            volume_id=vid, node_id=self.node_id), timeout=120)
+                    for vid in ids:
+                        timed(o["delete"], stub.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=vid), timeout=120)
+                    # Throughput with 16 concurrent clients (threads on one channel, as the sidecars share one).
+                    with ThreadPoolExecutor(16) as pool:
+                        t = time.perf_counter()
+                        ids = list(pool.map(lambda i: create(stub, f"cp-{n}-c{i}"), range(a.control_ops)))
+                        concurrent[side].append(a.control_ops / (time.perf_counter() - t))
+                        list(pool.map(lambda vid: stub.DeleteVolume(
+                            csi_pb2.DeleteVolumeRequest(volume_id=vid), timeout=120), ids))
+                log(f"control round {n + 1}/{a.control_rounds}: create p50 "
+                    + ", ".join(f"{side} {percentile(ops[side]['create'], .5):.1f} ms" for side, _ in order))
+            self.result["control"] = {
+                "sides": [{"side": side, "what": what, "ops_ms": ops[side], "create_16_per_s": concurrent[side]}
+                          for side, what in self.CONTROL_SIDES],
+                "ops_per_round": a.control_ops, "rounds": a.control_rounds}
+        except Exception:
+            for proc in procs:
+                print(f"--- {proc.role} log (tail)\n{proc.tail(40)}", flush=True)
+            raise
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+
+    def control_store(self, side: str) -> Path:
+        """A fresh XFS store like the bench's (a store belongs to the target that made it)."""
+        image = self.work / f"control-store-{side}.img"
+        with open(image, "wb") as f:
+            f.truncate(2 << 30)
+        loop = run(["losetup", "-f", "--show", str(image)])
+        self.stack.callback(lambda: run(["losetup", "-d", loop], check=False))
+        run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", loop])
+        store = self.work / f"control-store-{side}"
+        store.mkdir(exist_ok=True)
+        run(["mount", loop, str(store)])
+        self.stack.callback(lambda: run(["umount", "-l", str(store)], check=False))
+        return store
+
     def cleanup_attach(self) -> None:
         self.unpublish_and_delete(self.attach_volume)
 
@@ -720,10 +832,12 @@ class Bench:
         a = self.args
         t0 = time.perf_counter()
         self.setup()
+        log("set up: store, nvmet, target")
         phases = [p for p in a.phases.split(",") if p]
         if "startup" in phases:
             self.phase_startup()
         self.start_plugin()
+        log("all-in-one plugin serving")
         self.result["all_in_one_idle"] = proc_status(self.plugin.pid)
         if "attach" in phases:
             self.phase_attach()
@@ -734,6 +848,8 @@ class Bench:
             self.phase_rss()
         if "attach" in phases:
             self.cleanup_attach()
+        if "control" in phases:
+            self.phase_control()
         if "replication" in phases:
             # Its own targets use the ports this bench's target has: that one goes first.
             self.stop_all()
@@ -1088,6 +1204,14 @@ def summary_md(r: dict) -> list[str]:
     if st:
         out.append("- Start to ready socket: " + ", ".join(
             f"`{role}` {fmt_ms(percentile(v['socket_ms'], .5))}" for role, v in st.items()) + f" (under {r.get('accel')}).")
+    cp = r.get("control")
+    if cp:
+        real, sim = cp["sides"]
+        p50 = lambda side, op: percentile(side["ops_ms"][op], .5)  # noqa: E731
+        out.append("- Control plane, the kernel's nvmet / simulated nvmet (p50 per call): " + ", ".join(
+            f"{op} {ratio(p50(real, op), p50(sim, op))}" for op in ("create", "publish", "unpublish", "delete"))
+            + f"; CreateVolume with 16 clients {percentile(real['create_16_per_s'], .5):.0f}/s against "
+            f"{percentile(sim['create_16_per_s'], .5):.0f}/s.")
     rep = r.get("replication")
     if rep and rep["rounds"]:
         med = lambda key: percentile([x[key] for x in rep["rounds"] if key in x], .5)  # noqa: E731
@@ -1295,6 +1419,27 @@ def render_md(r: dict, title: str) -> str:
                        f"{fmt_ms(percentile(v['socket_ms'], .9))} | {fmt_ms(percentile(v['answer_ms'], .5))} | "
                        f"{fmt_ms(percentile(v['answer_ms'], .9))} | {fmt_mib(percentile(v['rss_idle_kib'], .5))} |")
         out += ["", f"Binary size: {m['binary_bytes'] / 1e6:.1f} MB ({m['build']} build).", ""]
+    cp = r.get("control")
+    if cp:
+        real, sim = cp["sides"]
+        out += ["## 1b. Control plane against the kernel's nvmet", "",
+                f"Two `nvme-csi target`s with the same flags, each on its own XFS store (reflink), each behind its "
+                f"own `nvme-csi controller` (`--log-level warning`, plaintext on loopback); one writes the kernel's "
+                f"configfs (a namespace enabled opens its backing file; a publish links a host), the other a "
+                f"directory, as `make bench` runs. Per side and round: {cp['ops_per_round']} volumes of 1 MiB "
+                f"created, published, unpublished and deleted one at a time, then {cp['ops_per_round']} created by 16 "
+                f"concurrent clients and deleted; {cp['rounds']} rounds, alternating which side goes first.", "",
+                "| call | kernel nvmet p50 | p90 | simulated p50 | p90 | kernel / simulated |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for op, label in (("create", "CreateVolume"), ("publish", "ControllerPublishVolume"),
+                          ("unpublish", "ControllerUnpublishVolume"), ("delete", "DeleteVolume")):
+            a_, b_ = real["ops_ms"][op], sim["ops_ms"][op]
+            out.append(f"| {label} | {fmt_ms(percentile(a_, .5))} | {fmt_ms(percentile(a_, .9))} | "
+                       f"{fmt_ms(percentile(b_, .5))} | {fmt_ms(percentile(b_, .9))} | "
+                       f"{ratio(percentile(a_, .5), percentile(b_, .5))} |")
+        out += [f"| CreateVolume, 16 clients (per s, median of rounds) | "
+                f"{percentile(real['create_16_per_s'], .5):.0f}/s | | {percentile(sim['create_16_per_s'], .5):.0f}/s | | "
+                f"{percentile(real['create_16_per_s'], .5) / percentile(sim['create_16_per_s'], .5):.2f}× |", ""]
     rep = r.get("replication")
     if rep and rep["rounds"]:
         out += ["## 5. Replicated volumes (issue 11)", "",
@@ -1368,7 +1513,7 @@ def render(args: argparse.Namespace) -> None:
     print(f"bench-vm: wrote {out / stem}.md and .json")
 
 
-DEFAULT_PHASES = "startup,attach,fio,rss,replication"
+DEFAULT_PHASES = "startup,attach,fio,rss,control,replication"
 
 
 def main() -> int:
@@ -1396,6 +1541,10 @@ def main() -> int:
     m.add_argument("--e2e", default="", help="the nvme-csi-e2e harness (default: next to --bin)")
     m.add_argument("--replication-rounds", type=int, default=DEFAULTS["replication_rounds"],
                    help="runs of the replication suite (default %(default)s)")
+    m.add_argument("--control-rounds", type=int, default=DEFAULTS["control_rounds"],
+                   help="control-plane rounds, real configfs against simulated (default %(default)s)")
+    m.add_argument("--control-ops", type=int, default=DEFAULTS["control_ops"],
+                   help="volumes created, published, unpublished and deleted per side and round")
     r = sub.add_parser("render", help="on the host: results from the console log into bench/results")
     r.add_argument("--console", required=True)
     r.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
