@@ -63,8 +63,13 @@ public struct SystemMounter: Mounter {
   /// signature (exit code 2), and this process must then read the first and last MiB
   /// in full and find only zeros. blkid also answers 2 when it cannot read the device,
   /// so exit code 2 alone proves nothing: a read error here is an error, never "blank".
+  ///
+  /// A device that plainly holds ext4 or XFS is recognized in-process first
+  /// (`PlainFileSystem`: a restage needs no blkid process); that never answers blank.
   public func fileSystem(on device: String) async throws(NVMeCSIError) -> String? {
     try Self.checkReadable(device)
+    // Reads the device: on the pool, as a path in trouble can stall a read.
+    if let plain = try await runner.pool.run({ PlainFileSystem.recognize(device: device) }) { return plain }
     let result = try await runner.run(
       "blkid", ["-p", "-o", "export", device], timeout: Self.probeTimeout, acceptedExitCodes: [0, 2, 8])
     switch result.exitCode {
