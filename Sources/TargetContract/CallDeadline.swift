@@ -39,7 +39,8 @@ struct CallDeadline: Sendable {
       } onCancel: {
         task.cancel()
       }
-    } catch  where expired.withLockedValue({ $0 }) {
+    } catch {
+      guard expired.withLockedValue({ $0 }) else { throw error }
       throw RPCError(code: .deadlineExceeded, message: "no answer within \(timeout)")
     }
   }
