@@ -28,7 +28,10 @@ public final class LibNVMe: Sendable {
   /// already connected to it (not an error). Returns the controller's name.
   public func connect(_ connection: Connection) async throws(NVMeCSIError) -> (controller: String, already: Bool) {
     try await onQueue { () throws(NVMeCSIError) in
-      let root = try Self.scannedRoot()
+      // Not scanned: a connect needs no picture of the other connections (the kernel
+      // refuses a duplicate with EALREADY, which libnvme reports as ENVME_CONNECT_ALREADY),
+      // and scanning reads every attached subsystem's sysfs, so its cost grew with them.
+      let root = try Self.root()
       defer { nvme_free_tree(root) }
       guard let host = nvme_lookup_host(root, connection.host.nqn.value, connection.host.id.value) else {
         throw .internalError("libnvme could not set up host \(connection.host.nqn)")
@@ -124,9 +127,14 @@ public final class LibNVMe: Sendable {
     return try result.get()
   }
 
-  private static func scannedRoot() throws(NVMeCSIError) -> nvme_root_t {
+  private static func root() throws(NVMeCSIError) -> nvme_root_t {
     // LOG_ERR: libnvme prints only errors to stderr.
     guard let root = nvme_create_root(nil, 3) else { throw .internalError("libnvme could not create its root") }
+    return root
+  }
+
+  private static func scannedRoot() throws(NVMeCSIError) -> nvme_root_t {
+    let root = try root()
     // No NVMe devices at all (ENOENT) is an empty topology, not a failure.
     if nvme_scan_topology(root, nil, nil) != 0, case let error = Errno.current, error != .noEntry {
       nvme_free_tree(root)
