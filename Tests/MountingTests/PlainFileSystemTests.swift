@@ -94,13 +94,13 @@ struct PlainFileSystemTests {
   func xfsInDoubt() async throws {
     try await withTemporaryDirectory { directory in
       let image = try await image(in: directory, size: 512 * MiB, formattedAs: "xfs")
-      let sectorSize = try await sectorSizeOfXFS(image)
+      let sectorSize = try sectorSizeOfXFS(image)
       try overwrite(image, at: sectorSize, with: Array("XXXX".utf8))
       try await expectBlkidAsked(image, in: directory)
     }
   }
 
-  func sectorSizeOfXFS(_ image: String) async throws -> UInt64 {
+  func sectorSizeOfXFS(_ image: String) throws -> UInt64 {
     let handle = try #require(FileHandle(forReadingAtPath: image))
     defer { try? handle.close() }
     let superblock = try #require(try handle.read(upToCount: 104))
