@@ -1,5 +1,6 @@
 import Foundation
 import NVMeCSICore
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -220,19 +221,26 @@ public final class FileStore: VolumeStore {
       let names = try FileOperations.list(directory)
       // Records that decode; a corrupt one is moved aside with its data.
       var recorded: Set<String> = []
-      for name in names where name.hasSuffix(".json") && !name.hasPrefix(".") {
+      let recordNames = names.filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }
+      let paths = recordNames.map { directory + "/" + $0 }
+      let failures: [NVMeCSIError?]
+      if directory == volumesDir {
+        let decoded = Self.decodeAll(VolumeRecord.self, at: paths)
+        volumeRecords += decoded.compactMap { try? $0.get() }
+        failures = decoded.map { if case .failure(let error) = $0 { error } else { nil } }
+      } else {
+        failures = Self.decodeAll(SnapshotRecord.self, at: paths).map {
+          if case .failure(let error) = $0 { error } else { nil }
+        }
+      }
+      for (name, failure) in zip(recordNames, failures) {
         let base = String(name.dropLast(5))
-        do {
-          if directory == volumesDir {
-            volumeRecords.append(try Self.decode(VolumeRecord.self, at: directory + "/" + name))
-          } else {
-            _ = try Self.decode(SnapshotRecord.self, at: directory + "/" + name)
-          }
+        guard let failure else {
           recorded.insert(base)
-        } catch {
-          for file in [name, base + ".img"] where FileOperations.exists(directory + "/" + file) {
-            repairs.quarantined.append(try quarantine(directory + "/" + file, reason: error.message))
-          }
+          continue
+        }
+        for file in [name, base + ".img"] where FileOperations.exists(directory + "/" + file) {
+          repairs.quarantined.append(try quarantine(directory + "/" + file, reason: failure.message))
         }
       }
       for name in names where name.hasPrefix(".") {
@@ -408,6 +416,19 @@ public final class FileStore: VolumeStore {
     do { return try decoder.decode(R.self, from: data) } catch {
       throw .internalError("record \(path) is corrupt (\(error)); a target restart moves it to quarantine/")
     }
+  }
+
+  /// The records at `paths`, in their order, decoded on every core: at a target's
+  /// start with 100,000 volumes, decoding their records is most of the wait.
+  static func decodeAll<R: Decodable & Sendable>(_ type: R.Type, at paths: [String]) -> [Result<R, NVMeCSIError>] {
+    let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, paths.count))
+    let decoded = Mutex([[Result<R, NVMeCSIError>]](repeating: [], count: parts))
+    DispatchQueue.concurrentPerform(iterations: parts) { part in
+      let range = (paths.count * part / parts)..<(paths.count * (part + 1) / parts)
+      let results = paths[range].map { path in Result { () throws(NVMeCSIError) in try decode(type, at: path) } }
+      decoded.withLock { $0[part] = results }
+    }
+    return decoded.withLock { $0.flatMap { $0 } }
   }
 
   private func records<R: Decodable>(in directory: String) throws(NVMeCSIError) -> [R] {

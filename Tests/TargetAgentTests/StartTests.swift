@@ -55,6 +55,30 @@ struct StartTests {
     }
   }
 
+  @Test(
+    "A start with hundreds of volumes (read and exported on every core) exports each, finds each by name, and quarantines a corrupt record"
+  )
+  func manyVolumes() async throws {
+    try await withTemporaryDirectory { directory in
+      let first = try LocalTarget(name: "store-t", store: directory + "/store", configfs: directory + "/configfs")
+      var volumes: [TargetVolume] = []
+      for n in 0..<600 { volumes.append(try await first.api.createVolume(newVolume("pvc-\(n)", size: MiB)).volume) }
+      let corrupt = volumes[317]
+      try Data("{not json".utf8).write(
+        to: URL(fileURLWithPath: directory + "/store/volumes/\(corrupt.uuid.value).json"))
+
+      // nvmet's state is gone (a reboot): every export is made again at start.
+      let restarted = try LocalTarget(name: "store-t", store: directory + "/store", configfs: directory + "/rebooted")
+      let subsystems = try FileManager.default.contentsOfDirectory(atPath: directory + "/rebooted/nvmet/subsystems")
+      let healthy = volumes.filter { $0.uuid != corrupt.uuid }
+      #expect(Set(subsystems) == Set(healthy.map { SubsystemNaming.nqn(for: $0.uuid) }))
+      for volume in healthy {
+        #expect(try await restarted.api.volumes(named: volume.record.name).map(\.uuid) == [volume.uuid])
+      }
+      #expect(try await restarted.api.volume(corrupt.uuid).problem?.contains("quarantined") == true)
+    }
+  }
+
   @Test("Sizes beyond a file offset are OutOfRange, and clones need room for what they add")
   func sizeBounds() async throws {
     try await withTemporaryDirectory { directory in
