@@ -179,7 +179,11 @@ struct LegRepairTests {
       await expectError(.invalidArgument, mentioning: "not in the targets file") {
         _ = try await fleet.service.repairVolume(id, leg: 1, to: try TargetName("elsewhere"))
       }
-      let single = try await fleet.controller.createVolume(createRequest("pvc-single")).volume
+      // A name whose home is up: one homed on the down target is refused by design.
+      let name = (0...).lazy.map { "pvc-single-\($0)" }.first {
+        TargetSet.home(of: $0, among: fleet.names) != id.targets[1]
+      }!
+      let single = try await fleet.controller.createVolume(createRequest(name)).volume
       await expectError(.invalidArgument, mentioning: "single-copy") {
         _ = try await fleet.service.repairVolume(try VolumeID(parsing: single.volumeID), leg: 0, to: nil)
       }
