@@ -38,13 +38,14 @@ public enum DurableFile {
     try syncDirectory(directory)
   }
 
-  /// Removes a file and makes the removal durable; a missing file is success.
-  public static func remove(_ path: String) throws(NVMeCSIError) {
+  /// Removes a file and, when `durably`, makes the removal durable; a missing file is
+  /// success.
+  public static func remove(_ path: String, durably: Bool = true) throws(NVMeCSIError) {
     if unlink(path) != 0 {
       if errno == ENOENT { return }
       throw failure("cannot remove", path)
     }
-    try syncDirectory((path as NSString).deletingLastPathComponent)
+    if durably { try syncDirectory((path as NSString).deletingLastPathComponent) }
   }
 
   public static func syncDirectory(_ path: String) throws(NVMeCSIError) {

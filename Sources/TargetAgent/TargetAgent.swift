@@ -136,18 +136,12 @@ public final class TargetAgent: TargetAPI {
   /// Exports every volume that has data, on every core: with 100,000 volumes this is
   /// the longest step of a start. Throws the first failure, once all have run.
   private func applyExports(_ records: [VolumeRecord]) throws(NVMeCSIError) {
-    let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, records.count))
-    let failure = Mutex<NVMeCSIError?>(nil)
-    DispatchQueue.concurrentPerform(iterations: parts) { part in
-      for record in records[(records.count * part / parts)..<(records.count * (part + 1) / parts)]
-      where store.hasData(record.uuid) {
-        do throws(NVMeCSIError) { try exporter.apply(exportSpec(record)) } catch {
-          failure.withLock { $0 = $0 ?? error }
-          return
-        }
-      }
+    let failures = records.mapOnEveryCore { record -> NVMeCSIError? in
+      guard store.hasData(record.uuid) else { return nil }
+      do throws(NVMeCSIError) { try exporter.apply(exportSpec(record)) } catch { return error }
+      return nil
     }
-    if let failure = failure.withLock({ $0 }) { throw failure }
+    if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
   }
 
   /// What this target holds, from memory only (metrics read it at every scrape).

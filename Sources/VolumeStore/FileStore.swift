@@ -1,6 +1,5 @@
 import Foundation
 import NVMeCSICore
-import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -195,9 +194,7 @@ public final class FileStore: VolumeStore {
     try moveAside(data, to: Self.deleting(data))
     try DurableFile.remove(recordPath(directory, uuid))
     failpoints.reach(failpoint)
-    if unlink(Self.deleting(data)) != 0 && errno != ENOENT {
-      throw DurableFile.failure("cannot remove", Self.deleting(data))
-    }
+    try DurableFile.remove(Self.deleting(data), durably: false)
   }
 
   // MARK: startup
@@ -227,11 +224,9 @@ public final class FileStore: VolumeStore {
       if directory == volumesDir {
         let decoded = Self.decodeAll(VolumeRecord.self, at: paths)
         volumeRecords += decoded.compactMap { try? $0.get() }
-        failures = decoded.map { if case .failure(let error) = $0 { error } else { nil } }
+        failures = decoded.map(\.failure)
       } else {
-        failures = Self.decodeAll(SnapshotRecord.self, at: paths).map {
-          if case .failure(let error) = $0 { error } else { nil }
-        }
+        failures = Self.decodeAll(SnapshotRecord.self, at: paths).map(\.failure)
       }
       for (name, failure) in zip(recordNames, failures) {
         let base = String(name.dropLast(5))
@@ -332,18 +327,17 @@ public final class FileStore: VolumeStore {
   /// directory fsync saved is a quarter of a create's syncs.
   private func finishCreate(_ data: String) throws(NVMeCSIError) {
     guard !FileOperations.exists(data) else { return }
-    if rename(Self.building(data), data) != 0 && errno != ENOENT {
-      throw DurableFile.failure("cannot rename \(Self.building(data)) to", data)
-    }
+    try moveAside(Self.building(data), to: data, durably: false)
   }
 
-  /// Renames durably (the directory is fsynced); a missing source is success.
-  private func moveAside(_ path: String, to destination: String) throws(NVMeCSIError) {
+  /// Renames, durably unless asked not to (the directory is fsynced); a missing source
+  /// is success.
+  private func moveAside(_ path: String, to destination: String, durably: Bool = true) throws(NVMeCSIError) {
     if rename(path, destination) != 0 {
       if errno == ENOENT { return }
       throw DurableFile.failure("cannot rename \(path) to", destination)
     }
-    try DurableFile.syncDirectory((destination as NSString).deletingLastPathComponent)
+    if durably { try DurableFile.syncDirectory((destination as NSString).deletingLastPathComponent) }
   }
 
   /// Moves an unexplained file into quarantine/ (never over an earlier one).
@@ -421,14 +415,7 @@ public final class FileStore: VolumeStore {
   /// The records at `paths`, in their order, decoded on every core: at a target's
   /// start with 100,000 volumes, decoding their records is most of the wait.
   static func decodeAll<R: Decodable & Sendable>(_ type: R.Type, at paths: [String]) -> [Result<R, NVMeCSIError>] {
-    let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, paths.count))
-    let decoded = Mutex([[Result<R, NVMeCSIError>]](repeating: [], count: parts))
-    DispatchQueue.concurrentPerform(iterations: parts) { part in
-      let range = (paths.count * part / parts)..<(paths.count * (part + 1) / parts)
-      let results = paths[range].map { path in Result { () throws(NVMeCSIError) in try decode(type, at: path) } }
-      decoded.withLock { $0[part] = results }
-    }
-    return decoded.withLock { $0.flatMap { $0 } }
+    paths.mapOnEveryCore { path in Result { () throws(NVMeCSIError) in try decode(type, at: path) } }
   }
 
   private func records<R: Decodable>(in directory: String) throws(NVMeCSIError) -> [R] {
@@ -453,5 +440,11 @@ public struct StoreMarker: Codable, Sendable, Equatable {
     self.uuid = uuid
     self.created = created
     self.target = target
+  }
+}
+
+extension Result {
+  fileprivate var failure: Failure? {
+    if case .failure(let error) = self { error } else { nil }
   }
 }
