@@ -130,7 +130,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       return uuid
     }
 
+    let start = ContinuousClock.now
     return try await locks.withLock(volume.description) {
+      var steps = StepTimes(since: start)
+      steps.lap("lock")
       let earlier = try records.load(volume)
       // publish_context is fixed when the volume is attached: a leg map the reconciler
       // followed since (recorded, the node rebooted with the volume attached) is newer.
@@ -174,9 +177,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         record.mirror?.droppedLegs = dropped.isEmpty ? nil : dropped
       }
 
+      steps.lap("checks")
       var undo = UndoStack()
       do {
         try records.save(record)  // intent first: a crash from here on is recoverable
+        steps.lap("record")
         undo.push("restore the staging record") {
           // Keep what an earlier stage recorded, so a later unstage still cleans up.
           if let earlier { try records.save(earlier) } else { try records.remove(volume) }
@@ -185,28 +190,36 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         if volume.isReplicated {
           device = try await stageMirrored(
             volume, context: publishContext, seed: seed, parameters: parameters, record: record, undo: &undo)
+          steps.lap("mirror")
         } else {
           try await attacher.connect(publishContext, as: configuration.host, with: parameters)
           undo.push("disconnect \(publishContext.subsystemNQN)") { try await disconnectIfUnused(record) }
+          steps.lap("connect")
           configuration.failpoints.reach("node.stage.after-connect")
           device = try await attacher.waitForDevice(
             subsystemNQN: publishContext.subsystemNQN, namespaceUUID: publishContext.namespaceUUID,
             timeout: configuration.deviceTimeout)
+          steps.lap("device")
         }
         if access.type == .mount {
           try await prepareFileSystem(on: device, as: access.fsType, volume: volume)
+          steps.lap("filesystem")
           configuration.failpoints.reach("node.stage.after-format")
           try await mounter.mountFileSystem(
             device.path, at: stagingPath, fsType: access.fsType, options: access.mountOptions, readonly: access.readonly
           )
           undo.push("unmount \(stagingPath)") { try await mounter.unmount(stagingPath) }
+          steps.lap("mount")
         }
         record.state = .staged
         record.device = device.name
         try records.save(record)
+        steps.lap("record")
         logger.info(
           "volume staged",
-          metadata: ["volume": "\(volume)", "device": "\(device.path)", "bytes": "\(device.sizeBytes)"])
+          metadata: [
+            "volume": "\(volume)", "device": "\(device.path)", "bytes": "\(device.sizeBytes)", "step_ms": "\(steps)",
+          ])
         return .init()
       } catch {
         await undo.run(logger: logger)
@@ -223,7 +236,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     // An ID we cannot have staged has nothing to unstage.
     guard let volume = try? VolumeID(parsing: request.volumeID) else { return .init() }
 
+    let start = ContinuousClock.now
     return try await locks.withLock(volume.description) {
+      var steps = StepTimes(since: start)
+      steps.lap("lock")
       guard let record = try records.load(volume) else { return .init() }
       // Refuse before changing anything while a pod's target still holds the volume.
       let held = try record.targets.filter { try mounter.mount(at: $0) != nil }
@@ -233,14 +249,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
             + "unpublish it first (NodeUnpublishVolume)"
         )
       }
+      steps.lap("checks")
       if record.accessType == .mount, try mounter.mount(at: record.stagingPath) != nil {
         try await mounter.unmount(record.stagingPath)
+        steps.lap("unmount")
       }
       configuration.failpoints.reach("node.unstage.after-unmount")
       if record.mirror != nil { try await disconnectMirror(record) } else { try await disconnectIfUnused(record) }
+      steps.lap("disconnect")
       configuration.failpoints.reach("node.unstage.after-disconnect")
       try records.remove(volume)
-      logger.info("volume unstaged", metadata: ["volume": "\(volume)"])
+      steps.lap("record")
+      logger.info("volume unstaged", metadata: ["volume": "\(volume)", "step_ms": "\(steps)"])
       return .init()
     }
   }
@@ -259,7 +279,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let readonly = request.readonly || access.readonly
     let targetPath = request.targetPath
 
+    let start = ContinuousClock.now
     return try await locks.withLock(volume.description) {
+      var steps = StepTimes(since: start)
+      steps.lap("lock")
       guard var record = try records.load(volume), record.state == .staged,
         record.stagingPath == request.stagingTargetPath
       else {
@@ -279,10 +302,12 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
             + " unpublish it there first")
       }
       let device = try currentDevice(of: record)
+      steps.lap("checks")
       // Recorded before mounting, so a crash mid-publish leaves a target this volume owns.
       if !record.targets.contains(targetPath) {
         record.targets.append(targetPath)
         try records.save(record)
+        steps.lap("record")
       }
       switch access.type {
       case .mount:
@@ -299,6 +324,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       case .block:
         try await mounter.bindMount(device.path, at: targetPath, readonly: readonly)
       }
+      steps.lap("mount")
+      logger.debug(
+        "volume published", metadata: ["volume": "\(volume)", "target": "\(targetPath)", "step_ms": "\(steps)"])
       return .init()
     }
   }
@@ -312,7 +340,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard let volume = try? VolumeID(parsing: request.volumeID) else { return .init() }
     let targetPath = request.targetPath
 
+    let start = ContinuousClock.now
     return try await locks.withLock(volume.description) {
+      var steps = StepTimes(since: start)
+      steps.lap("lock")
       let record = try records.load(volume)
       let ours = record?.targets.contains(targetPath) ?? false
       let mounted = try mounter.mount(at: targetPath) != nil
@@ -322,12 +353,17 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           "target_path \(targetPath) holds \(mounted ? "a mount" : "files") that this node's records do not"
             + " attribute to volume \(volume): refusing to touch it")
       }
+      steps.lap("checks")
       if mounted { try await mounter.unmount(targetPath) }
       try removeTarget(targetPath)
+      steps.lap("unmount")
       if var record, ours {
         record.targets.removeAll { $0 == targetPath }
         try records.save(record)
+        steps.lap("record")
       }
+      logger.debug(
+        "volume unpublished", metadata: ["volume": "\(volume)", "target": "\(targetPath)", "step_ms": "\(steps)"])
       return .init()
     }
   }

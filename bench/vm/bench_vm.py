@@ -15,7 +15,7 @@ Two modes:
              footprint node plugin RSS idle and with N volumes staged, start to ready
                        socket of `nvme-csi node` and `nvme-csi all-in-one`, binary size;
            and where the attach time goes on both sides, from the kernel's trace (ftrace) of
-           the measured rounds: the driver logs no per-step timings.
+           the measured rounds, and from the driver's own per-step timings (its log).
            The VM's file system is a throw-away overlay, so the results leave it on the
            console: base64 JSON between markers.
   render   (on the host; bench/vm/run.sh) takes that JSON out of the console log and
@@ -430,6 +430,7 @@ class Bench:
         self.result["startup"] = out
 
     def phase_attach(self) -> None:
+        import csi_pb2
         a = self.args
         vol = self.create_and_publish("bench-attach", a.attach_size_mib, block=False)
         # Format once (the driver's mkfs), then measure attaching the formatted volume.
@@ -473,6 +474,10 @@ class Bench:
                     steps.setdefault("NodePublishVolume (client)", []).append((t2 - t1) * 1000)
                     steps.setdefault("NodeUnpublishVolume (client)", []).append((t3 - t2) * 1000)
                     steps.setdefault("NodeUnstageVolume (client)", []).append((t4 - t3) * 1000)
+                    # The floor under each of those: a call that does no work (untimed in the rounds).
+                    t = time.perf_counter()
+                    self.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=60)
+                    steps.setdefault("NodeGetCapabilities (client; an RPC that does no work)", []).append(ms_since(t))
                     f["attach_ms"].append((t2 - t0) * 1000)
                     f["detach_ms"].append((t4 - t2) * 1000)
                 elif variant == "exec":
@@ -535,9 +540,26 @@ class Bench:
         names = {"stage": "NodeStageVolume", "publish": "NodePublishVolume",
                  "unpublish": "NodeUnpublishVolume", "unstage": "NodeUnstageVolume"}
         self.result["attach"]["driver"]["server_ms"] = {names[k]: v for k, v in per.items()}
-        # Does the plugin log anything per step? (It logs one line per RPC with its ms.)
+        # The plugin's own steps: `step_ms=name:ms,...` on its "volume staged" (info),
+        # "volume published", "volume unpublished" (debug) and "volume unstaged" (info)
+        # lines. The timed rounds are the last `rounds` of each (the first stage formats).
+        steps: dict[str, list[dict[str, float]]] = {}
+        for line in text.splitlines():
+            m = re.search(r"step_ms=([a-z]+:[0-9.]+(?:,[a-z]+:[0-9.]+)*)", line)
+            kind = next((k for k in ("staged", "published", "unpublished", "unstaged") if f"volume {k}" in line), None)
+            if m and kind:
+                laps: dict[str, float] = {}
+                for part in m.group(1).split(","):
+                    name, ms = part.split(":")
+                    laps[name] = laps.get(name, 0.0) + float(ms)  # "record" can come twice
+                steps.setdefault(kind, []).append(laps)
+        rpc = {"staged": "NodeStageVolume", "published": "NodePublishVolume",
+               "unpublished": "NodeUnpublishVolume", "unstaged": "NodeUnstageVolume"}
+        self.result["attach"]["driver"]["own_steps"] = {
+            rpc[k]: v[-self.args.rounds:] for k, v in steps.items()}
         self.result["attach"]["driver"]["log_lines_per_stage"] = [
-            line.split(" ", 3)[-1][:300] for line in text.splitlines() if "request_id=a0-stage-" in line]
+            line.split(" ", 3)[-1][:300] for line in text.splitlines()
+            if "request_id=a0-stage-" in line or ("volume staged" in line and "step_ms=" in line)][:3]
 
     def fio(self, path: str, job: tuple, runtime: int) -> dict:
         name, rw, bs, qd, _ = job
@@ -1297,10 +1319,23 @@ def render_md(r: dict, title: str) -> str:
                     "client-side minus this is gRPC and Python):", "", "| RPC | server p50 | p90 |", "| --- | --- | --- |"]
             for k, v in sv.items():
                 out.append(f"| {k} | {fmt_ms(md(v))} | {fmt_ms(p9(v))} |")
-        out += ["", "**Where the driver's time goes.** The plugin logs no per-step timings: at debug level a stage "
-                "writes one line per RPC (`ok`, with `ms=`), plus `volume staged` at info. These are the log "
-                "lines of the first timed stage:", "", "```"]
+        own = d.get("own_steps") or {}
+        out += ["", "**Where the driver's time goes.** The plugin logs the time of each step of a stage, publish, "
+                "unpublish and unstage (`step_ms=`; stage and unstage at info, publish and unpublish at debug), "
+                "e.g.:", "", "```"]
         out += [ln for ln in d.get("log_lines_per_stage", [])] + ["```", ""]
+        if own:
+            out += ["Its steps over the timed rounds (`lock`: validation and the volume's lock; `checks`: records "
+                    "and kernel state read before acting; `record`: the staging record's durable writes):", "",
+                    "| RPC | step | p50 | p90 |", "| --- | --- | --- | --- |"]
+            for rpc_name, rounds in own.items():
+                names_seen: list[str] = []
+                for laps in rounds:
+                    names_seen += [n for n in laps if n not in names_seen]
+                for n in names_seen:
+                    vals = [laps[n] for laps in rounds if n in laps]
+                    out.append(f"| {rpc_name} | {n} | {fmt_ms(md(vals))} | {fmt_ms(p9(vals))} |")
+            out.append("")
         kt = r.get("ktrace")
         if kt and kt.get("breakdown"):
             out += ["So the steps come from the kernel's trace (ftrace) of these same rounds, on both sides: "
