@@ -12,7 +12,7 @@ import ServiceLifecycle
 /// SIGINT the group asks it to stop, and in-flight RPCs finish first.
 public struct GRPCService: Service {
   public let endpoint: Endpoint
-  let server: GRPCServer<HTTP2ServerTransport.Posix>
+  let server: GRPCServer<DeadlineServerTransport<HTTP2ServerTransport.Posix>>
   let eventLoop: RPCEventLoop?
   let logger: Logger
 
@@ -47,10 +47,12 @@ public struct GRPCService: Service {
     self.endpoint = endpoint
     self.eventLoop = eventLoop
     self.logger = logger
+    let group = eventLoop?.group ?? .singletonMultiThreadedEventLoopGroup
     self.server = GRPCServer(
-      transport: .http2NIOPosix(
-        address: endpoint.serverAddress, transportSecurity: transportSecurity,
-        eventLoopGroup: eventLoop?.group ?? .singletonMultiThreadedEventLoopGroup),
+      transport: DeadlineServerTransport(
+        base: .http2NIOPosix(
+          address: endpoint.serverAddress, transportSecurity: transportSecurity, eventLoopGroup: group),
+        timers: eventLoop?.loop ?? group.any()),
       services: services,
       interceptors: interceptors)
   }
