@@ -24,34 +24,32 @@ public struct RequestLoggingInterceptor: ServerInterceptor {
     context: ServerContext,
     next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
   ) async throws -> StreamingServerResponse<Output> {
-    var logger = self.logger
-    logger[metadataKey: "rpc"] = "\(context.descriptor.method)"
-    let requestID =
-      request.metadata[stringValues: "x-request-id"].first(where: { _ in true })
-      ?? String(UUID().uuidString.prefix(8)).lowercased()
-    logger[metadataKey: "request_id"] = "\(requestID)"
+    // The call's fields go on its lines, not on the logger: setting logger metadata makes
+    // swift-log's stream handler render all of it again, and a request ID is drawn only
+    // for a line that is written (at the default level, a failed call's).
+    let line = CallLine(logger: logger, request: request.metadata, method: context.descriptor.method)
     let start = ContinuousClock.now
     do {
       let response = try await next(request, context)
       if case .failure(let error) = response.accepted {
-        log(logger, code: error.code, message: error.message, since: start)
+        line.log(code: error.code, message: error.message, since: start)
         count(context, error.code, since: start)
       } else {
-        logger.debug("ok", metadata: ["ms": "\(milliseconds(since: start))"])
+        line.ok(since: start)
         count(context, nil, since: start)
       }
       return response
     } catch let error as RPCError {
-      log(logger, code: error.code, message: error.message, since: start)
+      line.log(code: error.code, message: error.message, since: start)
       count(context, error.code, since: start)
       throw error
     } catch let error as any RPCErrorConvertible {
-      log(logger, code: error.rpcErrorCode, message: error.rpcErrorMessage, since: start)
+      line.log(code: error.rpcErrorCode, message: error.rpcErrorMessage, since: start)
       count(context, error.rpcErrorCode, since: start)
       throw RPCError(code: error.rpcErrorCode, message: error.rpcErrorMessage)
     } catch {
       let mapped = RPCError(code: .internalError, message: "internal error: \(error)")
-      log(logger, code: mapped.code, message: mapped.message, since: start)
+      line.log(code: mapped.code, message: mapped.message, since: start)
       count(context, mapped.code, since: start)
       throw mapped
     }
@@ -64,13 +62,32 @@ public struct RequestLoggingInterceptor: ServerInterceptor {
       code: code.map { "\($0)" } ?? "ok", duration: ContinuousClock.now - start)
   }
 
-  private func log(_ logger: Logger, code: RPCError.Code, message: String, since start: ContinuousClock.Instant) {
-    let level: Logger.Level = code == .internalError || code == .unknown ? .error : .info
-    logger.log(level: level, "\(code): \(message)", metadata: ["ms": "\(milliseconds(since: start))"])
+}
+
+/// One call's log line: its method, its request ID (the client's `x-request-id`, or a
+/// new one) and how long it took.
+private struct CallLine {
+  let logger: Logger
+  let request: Metadata
+  let method: String
+
+  func ok(since start: ContinuousClock.Instant) {
+    guard logger.logLevel <= .debug else { return }
+    logger.debug("ok", metadata: metadata(since: start))
   }
 
-  private func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
+  func log(code: RPCError.Code, message: String, since start: ContinuousClock.Instant) {
+    let level: Logger.Level = code == .internalError || code == .unknown ? .error : .info
+    guard logger.logLevel <= level else { return }
+    logger.log(level: level, "\(code): \(message)", metadata: metadata(since: start))
+  }
+
+  private func metadata(since start: ContinuousClock.Instant) -> Logger.Metadata {
+    let requestID =
+      request[stringValues: "x-request-id"].first(where: { _ in true })
+      ?? String(UUID().uuidString.prefix(8)).lowercased()
     let d = ContinuousClock.now - start
-    return d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+    let milliseconds = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+    return ["rpc": "\(method)", "request_id": "\(requestID)", "ms": "\(milliseconds)"]
   }
 }
