@@ -180,10 +180,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let id = try VolumeID(parsing: request.volumeID)
     let node = try NodeID(parsing: request.nodeID)
     // Every leg of a replicated volume: the node mirrors them all.
-    let map = try await currentLegMap(of: id)
-    let exports = try await onEveryLeg(map) { leg, target in
-      try await target.api.publishVolume(
-        leg.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
+    let (map, exports) = try await withLegsLocked(id) {
+      let map = try await currentLegMap(of: id)
+      let exports = try await onEveryLeg(map) { leg, target in
+        try await target.api.publishVolume(
+          leg.uuid, to: node, readonly: request.readonly, exclusive: access.mode.isSingleNode)
+      }
+      return (map, exports)
     }
     let legs = exports.map {
       PublishContext.Leg(paths: $0.portals, subsystemNQN: $0.subsystemNQN, namespaceUUID: $0.namespaceUUID.value)
@@ -211,13 +214,15 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     // a target no longer configured cannot be published.
     // A current leg's target must answer (retried); a leg the volume no longer uses (its
     // target lost, or replaced) is revoked where it answers.
-    let map = (try? await currentLegMap(of: id)) ?? LegMap(implied: id)
-    let current = Set(map.legIDs)
-    for leg in Set(id.legs + map.legIDs + map.replacedIDs).sorted(by: { $0.description < $1.description }) {
-      guard let target = targets[leg.target] else { continue }
-      do { try await target.api.unpublishVolume(leg.uuid, from: node) } catch let error as NVMeCSIError
-        where error.kind == .notFound || (error.kind == .unavailable && !current.contains(leg))
-      {}
+    try await withLegsLocked(id) { [node] in
+      let map = (try? await currentLegMap(of: id)) ?? LegMap(implied: id)
+      let current = Set(map.legIDs)
+      for leg in Set(id.legs + map.legIDs + map.replacedIDs).sorted(by: { $0.description < $1.description }) {
+        guard let target = targets[leg.target] else { continue }
+        do { try await target.api.unpublishVolume(leg.uuid, from: node) } catch let error as NVMeCSIError
+          where error.kind == .notFound || (error.kind == .unavailable && !current.contains(leg))
+        {}
+      }
     }
     return .init()
   }

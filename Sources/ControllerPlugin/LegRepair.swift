@@ -102,7 +102,7 @@ extension ControllerService {
       throw NVMeCSIError.invalidArgument(
         "\(id) is a single-copy volume: only a replicated volume's leg can be replaced")
     }
-    return try await locks.withLock("volume-repair:" + id.uuid.value) {
+    return try await withLegsLocked(id) {
       let map = try await currentLegMap(of: id)
       guard map.legs.indices.contains(index) else {
         throw NVMeCSIError.invalidArgument("\(id) has legs 0 to \(map.legs.count - 1), not \(index)")
@@ -152,6 +152,16 @@ extension ControllerService {
       legMaps.remember(next)
       return next
     }
+  }
+
+  /// Runs `body` while no repair (nor another publish or unpublish) changes a
+  /// replicated volume's legs or who they allow: a repair allows the volume's nodes on
+  /// its new leg from what the legs said when it began, so an unpublish in between
+  /// would leave its node allowed there. A busy volume is Aborted (the CO retries).
+  /// Single-copy volumes have no legs to change and run at once.
+  func withLegsLocked<T: Sendable>(_ id: VolumeID, _ body: @Sendable () async throws -> T) async throws -> T {
+    guard id.isReplicated else { return try await body() }
+    return try await locks.withLock("volume-legs:" + id.uuid.value, body)
   }
 
   /// What each current leg's target says of it.

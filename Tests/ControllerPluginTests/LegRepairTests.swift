@@ -68,6 +68,38 @@ struct LegRepairTests {
     }
   }
 
+  @Test("an unpublish while a repair runs is refused (retried), and after it no leg allows the node")
+  func unpublishDuringRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      fleet.target(id.targets[1]).isDown = true
+      // The repair stops just before it makes the new leg (and allows the volume's
+      // nodes on it): the moment an unpublish used to slip through.
+      spare.holdsCreates = true
+      let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
+      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+      // The CO unpublishes, and retries only what was refused.
+      let unpublish = unpublishRequest(id.description, node: 1)
+      let refused: Bool
+      do {
+        _ = try await fleet.controller.controllerUnpublishVolume(unpublish)
+        refused = false
+      } catch let error as RPCError where error.code == .aborted {
+        refused = true
+      }
+      #expect(refused, "an unpublish while the repair allows the nodes on the new leg must wait for it")
+      spare.holdsCreates = false
+      let map = try await repair.value
+      if refused { _ = try await fleet.controller.controllerUnpublishVolume(unpublish) }
+
+      for leg in map.legIDs {
+        let volume = try await fleet.target(leg.target).local.agent.volume(leg.uuid)
+        #expect(volume.record.publications.isEmpty, "\(leg) still allows \(volume.record.publications)")
+      }
+    }
+  }
+
   @Test("a new controller finds the repaired legs through the ID's surviving leg, even with the lost target back")
   func resolvedAfterRestart() async throws {
     try await Fleet.with(targets: 3) { fleet in

@@ -392,6 +392,23 @@ final class SwitchableTarget: TargetAPI {
   /// `deleteVolume(_:asHome:)` calls answered so far.
   var homeDeleteCalls: Int { homeDeletes.withLock { $0 } }
 
+  private let heldCreates = Mutex<(held: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+  /// While set, `createVolume(_:)` waits (before it reaches the target) until cleared.
+  var holdsCreates: Bool {
+    get { heldCreates.withLock { $0.held } }
+    set {
+      let released: [CheckedContinuation<Void, Never>] = heldCreates.withLock { state in
+        state.held = newValue
+        guard !newValue else { return [] }
+        defer { state.waiting = [] }
+        return state.waiting
+      }
+      for create in released { create.resume() }
+    }
+  }
+  /// Creates waiting for `holdsCreates` to be cleared.
+  var waitingCreates: Int { heldCreates.withLock { $0.waiting.count } }
+
   init(local: LocalTarget) { self.local = local }
 
   private func call<T: Sendable>(_ body: (any TargetAPI) async throws -> T) async throws -> T {
@@ -409,7 +426,14 @@ final class SwitchableTarget: TargetAPI {
     }
   }
   func createVolume(_ request: NewVolume) async throws -> (volume: TargetVolume, existed: Bool) {
-    try await call { try await $0.createVolume(request) }
+    await withCheckedContinuation { create in
+      let waits = heldCreates.withLock { state in
+        if state.held { state.waiting.append(create) }
+        return state.held
+      }
+      if !waits { create.resume() }
+    }
+    return try await call { try await $0.createVolume(request) }
   }
   func createVolume(_ request: NewVolume, asHome home: TargetName) async throws -> HomeCreation {
     try await call {

@@ -51,3 +51,10 @@ func publishRequest(
     $0.readonly = readonly
   }
 }
+
+func unpublishRequest(_ volumeID: String, node: Int) -> Csi_V1_ControllerUnpublishVolumeRequest {
+  .with {
+    $0.volumeID = volumeID
+    $0.nodeID = nodeID(node)
+  }
+}
