@@ -216,8 +216,13 @@ extension ControllerService {
   /// ones go. A current leg on a target that does not answer fails the call (the
   /// provisioner retries); a replaced leg there is left and logged (its target was
   /// declared lost: waiting for it would leave the volume stuck); a leg on a target no
-  /// longer configured is gone.
+  /// longer configured is gone. Not while a repair of the volume runs (Aborted): it
+  /// would make its new leg after the delete.
   func deleteReplicated(_ id: VolumeID) async throws -> Csi_V1_DeleteVolumeResponse {
+    try await withLegsLocked(id) { try await deleteLegs(of: id) }
+  }
+
+  private func deleteLegs(of id: VolumeID) async throws -> Csi_V1_DeleteVolumeResponse {
     let map = try await currentLegMap(of: id)
     let records = await legStates(map).compactMap { state -> VolumeRecord? in
       if case .present(let volume) = state { return volume.record }

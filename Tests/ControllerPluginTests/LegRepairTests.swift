@@ -100,6 +100,36 @@ struct LegRepairTests {
     }
   }
 
+  @Test("a delete while a repair runs is refused (retried), and after it no leg of the volume is left")
+  func deleteDuringRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      _ = try await fleet.controller.controllerUnpublishVolume(unpublishRequest(id.description, node: 1))
+      fleet.target(id.targets[1]).isDown = true
+      spare.holdsCreates = true
+      let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
+      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+      // The provisioner deletes, and retries only what was refused.
+      let delete = Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id.description }
+      let refused: Bool
+      do {
+        _ = try await fleet.controller.deleteVolume(delete)
+        refused = false
+      } catch let error as RPCError where error.code == .aborted {
+        refused = true
+      }
+      #expect(refused, "a delete while the repair makes its new leg must wait for it")
+      spare.holdsCreates = false
+      _ = try? await repair.value
+      if refused { _ = try await fleet.controller.deleteVolume(delete) }
+
+      let left = try await spare.local.agent.volumes(named: nil).map(\.record.name)
+      #expect(left.isEmpty, "the repair's new leg outlived its volume: \(left)")
+      #expect(try await fleet.target(id.targets[0]).local.agent.volumes(named: nil).isEmpty)
+    }
+  }
+
   @Test("a new controller finds the repaired legs through the ID's surviving leg, even with the lost target back")
   func resolvedAfterRestart() async throws {
     try await Fleet.with(targets: 3) { fleet in
