@@ -1325,7 +1325,7 @@ def render_md(r: dict, title: str) -> str:
                 "e.g.:", "", "```"]
         out += [ln for ln in d.get("log_lines_per_stage", [])] + ["```", ""]
         if own:
-            out += ["Its steps over the timed rounds (`lock`: validation and the volume's lock; `checks`: records "
+            out += ["Its steps over the timed rounds (`lock`: taking the volume's lock, which waits only for a background check; `checks`: records "
                     "and kernel state read before acting; `record`: the staging record's durable writes):", "",
                     "| RPC | step | p50 | p90 |", "| --- | --- | --- | --- |"]
             for rpc_name, rounds in own.items():
