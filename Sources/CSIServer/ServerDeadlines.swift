@@ -4,7 +4,7 @@ import NIOCore
 import Synchronization
 
 /// Serves each call's deadline (the client's `grpc-timeout` header) with one timer on
-/// an event loop, which cancels the call when it passes, as grpc-swift would.
+/// an event loop, which marks the call cancelled when it passes, as grpc-swift would.
 ///
 /// grpc-swift races every call that has a deadline against a child task sleeping until
 /// it. A call that answers first cancels the sleep, but a sleep that had begun (any call
