@@ -73,26 +73,10 @@ struct LegRepairTests {
     try await Fleet.with(targets: 3) { fleet in
       let (id, spareTarget) = try await publishedVolume(fleet)
       let spare = try #require(spareTarget)
-      fleet.target(id.targets[1]).isDown = true
-      // The repair stops just before it makes the new leg (and allows the volume's
-      // nodes on it): the moment an unpublish used to slip through.
-      spare.holdsCreates = true
-      let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
-      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
-      // The CO unpublishes, and retries only what was refused.
       let unpublish = unpublishRequest(id.description, node: 1)
-      let refused: Bool
-      do {
-        _ = try await fleet.controller.controllerUnpublishVolume(unpublish)
-        refused = false
-      } catch let error as RPCError where error.code == .aborted {
-        refused = true
+      let map = try await duringHeldRepair(of: id, lost: fleet.target(id.targets[1]), spare: spare, fleet: fleet) {
+        try await fleet.controller.controllerUnpublishVolume(unpublish)
       }
-      #expect(refused, "an unpublish while the repair allows the nodes on the new leg must wait for it")
-      spare.holdsCreates = false
-      let map = try await repair.value
-      if refused { _ = try await fleet.controller.controllerUnpublishVolume(unpublish) }
-
       for leg in map.legIDs {
         let volume = try await fleet.target(leg.target).local.agent.volume(leg.uuid)
         #expect(volume.record.publications.isEmpty, "\(leg) still allows \(volume.record.publications)")
@@ -106,28 +90,40 @@ struct LegRepairTests {
       let (id, spareTarget) = try await publishedVolume(fleet)
       let spare = try #require(spareTarget)
       _ = try await fleet.controller.controllerUnpublishVolume(unpublishRequest(id.description, node: 1))
-      fleet.target(id.targets[1]).isDown = true
-      spare.holdsCreates = true
-      let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
-      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
-      // The provisioner deletes, and retries only what was refused.
       let delete = Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id.description }
-      let refused: Bool
-      do {
-        _ = try await fleet.controller.deleteVolume(delete)
-        refused = false
-      } catch let error as RPCError where error.code == .aborted {
-        refused = true
+      _ = try await duringHeldRepair(of: id, lost: fleet.target(id.targets[1]), spare: spare, fleet: fleet) {
+        try await fleet.controller.deleteVolume(delete)
       }
-      #expect(refused, "a delete while the repair makes its new leg must wait for it")
-      spare.holdsCreates = false
-      _ = try? await repair.value
-      if refused { _ = try await fleet.controller.deleteVolume(delete) }
-
       let left = try await spare.local.agent.volumes(named: nil).map(\.record.name)
       #expect(left.isEmpty, "the repair's new leg outlived its volume: \(left)")
       #expect(try await fleet.target(id.targets[0]).local.agent.volumes(named: nil).isEmpty)
     }
+  }
+
+  /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
+  /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
+  /// refused with Aborted then. Like the CO, calls it again after the repair if it was
+  /// refused. Answers the repaired map.
+  private func duringHeldRepair(
+    of id: VolumeID, lost: SwitchableTarget, spare: SwitchableTarget, fleet: Fleet,
+    _ call: () async throws -> some Any
+  ) async throws -> LegMap {
+    lost.isDown = true
+    spare.holdsCreates = true
+    let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
+    while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+    let refused: Bool
+    do {
+      _ = try await call()
+      refused = false
+    } catch let error as RPCError where error.code == .aborted {
+      refused = true
+    }
+    #expect(refused, "a call that changes the legs' access while a repair runs must wait for it")
+    spare.holdsCreates = false
+    let map = try await repair.value
+    if refused { _ = try await call() }
+    return map
   }
 
   @Test("a new controller finds the repaired legs through the ID's surviving leg, even with the lost target back")
