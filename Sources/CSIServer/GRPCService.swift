@@ -12,8 +12,13 @@ import ServiceLifecycle
 /// SIGINT the group asks it to stop, and in-flight RPCs finish first.
 public struct GRPCService: Service {
   public let endpoint: Endpoint
+  /// How long a shutdown waits for each connection to finish its calls and close, after
+  /// which the connection is closed: below the 30 s Kubernetes gives a pod, so an
+  /// endpoint still exits by itself when a client never closes (or never even speaks).
+  public static let shutdownGrace: Duration = .seconds(20)
   let server: GRPCServer<DeadlineServerTransport<HTTP2ServerTransport.Posix>>
   let eventLoop: RPCEventLoop?
+  let shutdownGrace: Duration
   let logger: Logger
 
   /// - Parameters:
@@ -25,7 +30,7 @@ public struct GRPCService: Service {
   public init(
     endpoint: Endpoint, security: TransportSecurity = .plaintext, authorization: PeerAuthorization? = nil,
     services: [any RegistrableRPCService], metrics: DriverMetrics? = nil, eventLoop: RPCEventLoop? = nil,
-    logger: Logger
+    shutdownGrace: Duration = GRPCService.shutdownGrace, logger: Logger
   ) throws(NVMeCSIError) {
     try security.check(serving: endpoint)
     var interceptors: [any ServerInterceptor] = [RequestLoggingInterceptor(logger: logger, metrics: metrics)]
@@ -46,6 +51,7 @@ public struct GRPCService: Service {
     if case .unix(let path) = endpoint { try Self.prepareSocketPath(path) }
     self.endpoint = endpoint
     self.eventLoop = eventLoop
+    self.shutdownGrace = shutdownGrace
     self.logger = logger
     let group = eventLoop?.group ?? .singletonMultiThreadedEventLoopGroup
     self.server = GRPCServer(
@@ -58,16 +64,33 @@ public struct GRPCService: Service {
   }
 
   public func run() async throws {
-    try await withGracefulShutdownHandler {
-      try await withThrowingDiscardingTaskGroup { group in
-        group.addTask(executorPreference: eventLoop) { try await server.serve() }
-        if let address = try await server.listeningAddress {
-          logger.info("serving", metadata: ["endpoint": "\(endpoint)", "address": "\(address)"])
-        }
+    try await withThrowingTaskGroup(of: Bool.self) { group in
+      group.addTask(executorPreference: eventLoop) {
+        try await server.serve()
+        return true
       }
-    } onGracefulShutdown: {
-      logger.info("shutting down", metadata: ["endpoint": "\(endpoint)"])
-      server.beginGracefulShutdown()
+      // At shutdown: no new calls; calls in flight finish within the grace time.
+      group.addTask { [server, logger, endpoint, shutdownGrace] in
+        do { try await gracefulShutdown() } catch { return false }  // the server stopped first
+        logger.info("shutting down", metadata: ["endpoint": "\(endpoint)"])
+        server.beginGracefulShutdown()
+        try? await Task.sleep(for: shutdownGrace)
+        return false
+      }
+      if let address = try await server.listeningAddress {
+        logger.info("serving", metadata: ["endpoint": "\(endpoint)", "address": "\(address)"])
+      }
+      if try await group.next() == false {
+        // A connection that never closes, or never even spoke HTTP/2, would hold the
+        // process until Kubernetes kills it.
+        logger.warning(
+          "connections still open after the shutdown grace time: closing them",
+          metadata: ["endpoint": "\(endpoint)", "grace": "\(shutdownGrace)"])
+      }
+      group.cancelAll()
+      while true {
+        do { guard try await group.next() != nil else { break } } catch {}  // stopped by cancellation
+      }
     }
   }
 
