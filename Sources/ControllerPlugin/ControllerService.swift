@@ -482,22 +482,25 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let range = try CapacityBounds(request.capacityRange, given: true)
     let access = request.hasVolumeCapability ? try VolumeAccess(request.volumeCapability) : nil
     let id = try VolumeID(parsing: request.volumeID)
-    let map = try await currentLegMap(of: id)
-    let primary = map.legIDs[0]
-    let current = try await targets.holding(primary).api.volume(primary.uuid).record
-    let currentBytes = VolumeAttribute.volumeBytes(of: current)
-    if range.limit != 0 && currentBytes > range.limit {
-      throw NVMeCSIError.outOfRange(
-        "volume \(id) is already \(currentBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
+    // Not beside a repair, which makes its new leg the size the legs had when it began.
+    let grown = try await withLegsLocked(id) {
+      let map = try await currentLegMap(of: id)
+      let primary = map.legIDs[0]
+      let current = try await targets.holding(primary).api.volume(primary.uuid).record
+      let currentBytes = VolumeAttribute.volumeBytes(of: current)
+      if range.limit != 0 && currentBytes > range.limit {
+        throw NVMeCSIError.outOfRange(
+          "volume \(id) is already \(currentBytes) bytes, above limit_bytes \(range.limit): volumes cannot shrink")
+      }
+      let size = try Capacity.resolve(required: range.required, limit: range.limit)
+      // Every leg of a replicated volume grows (the node then grows the mirror); a leg
+      // already grown by an earlier attempt is left as it is.
+      let legBytes = id.isReplicated ? ReplicaLayout.legBytes(forVolume: size) : size
+      return try await onEveryLeg(map) { leg, target in
+        let record = try await target.api.volume(leg.uuid).record
+        return record.sizeBytes < legBytes ? try await target.api.expandVolume(leg.uuid, to: legBytes).record : record
+      }[0]
     }
-    let size = try Capacity.resolve(required: range.required, limit: range.limit)
-    // Every leg of a replicated volume grows (the node then grows the mirror); a leg
-    // already grown by an earlier attempt is left as it is.
-    let legBytes = id.isReplicated ? ReplicaLayout.legBytes(forVolume: size) : size
-    let grown = try await onEveryLeg(map) { leg, target in
-      let record = try await target.api.volume(leg.uuid).record
-      return record.sizeBytes < legBytes ? try await target.api.expandVolume(leg.uuid, to: legBytes).record : record
-    }[0]
     // Block volumes need nothing on the node, unless mirrored (md must grow);
     // file systems must be grown there.
     let isBlock = try access.map { $0.type == .block } ?? VolumeAttribute.capabilities(of: grown).isBlockOnly

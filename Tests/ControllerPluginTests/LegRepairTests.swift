@@ -100,6 +100,25 @@ struct LegRepairTests {
     }
   }
 
+  @Test("an expand while a repair runs is refused (retried), and after it every leg has the new size")
+  func expandDuringRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      let expand = Csi_V1_ControllerExpandVolumeRequest.with {
+        $0.volumeID = id.description
+        $0.capacityRange = .with { $0.requiredBytes = 128 * mebibyte }
+      }
+      let map = try await duringHeldRepair(of: id, lost: fleet.target(id.targets[1]), spare: spare, fleet: fleet) {
+        try await fleet.controller.controllerExpandVolume(expand)
+      }
+      for leg in map.legIDs {
+        let volume = try await fleet.target(leg.target).local.agent.volume(leg.uuid)
+        #expect(volume.record.sizeBytes == ReplicaLayout.legBytes(forVolume: 128 << 20), "\(leg)")
+      }
+    }
+  }
+
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
   /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
   /// refused with Aborted then. Like the CO, calls it again after the repair if it was
