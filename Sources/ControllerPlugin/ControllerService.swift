@@ -518,16 +518,24 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw NVMeCSIError.invalidArgument("mutable_parameters is empty: name the settings to change")
     }
     let changes = try MutableParameters(parsing: request.mutableParameters)
-    // A replicated volume's settings live with its leg 0, which every publish reads.
-    let id = try await primaryLeg(of: try VolumeID(parsing: request.volumeID))
-    let target = try targets.holding(id)
+    let id = try VolumeID(parsing: request.volumeID)
     // One change at a time per volume: each is checked against the settings it replaces.
-    try await locks.withLock("volume-modify:" + id.description) {
-      let current = try await target.api.volume(id.uuid).record
-      _ = try changes.applied(to: VolumeAttribute.effectiveContext(of: current))
-      // Recorded with the volume; the node applies them at the next attach (the kernel
-      // fixes them when it connects), through ControllerPublishVolume's publish_context.
-      _ = try await target.api.updateVolumeAttributes(id.uuid, setting: VolumeAttribute.modified(changes.values))
+    // A replicated volume's: none beside a repair, which copies a survivor's settings.
+    try await withLegsLocked(id) {
+      try await locks.withLock("volume-modify:" + id.description) {
+        // Publishes read leg 0's settings; every leg records them, so that a repair of
+        // leg 0 copies them from a survivor.
+        let map = try await currentLegMap(of: id)
+        let primary = map.legIDs[0]
+        let current = try await targets.holding(primary).api.volume(primary.uuid).record
+        _ = try changes.applied(to: VolumeAttribute.effectiveContext(of: current))
+        // Recorded with the volume; the node applies them at the next attach (the kernel
+        // fixes them when it connects), through ControllerPublishVolume's publish_context.
+        let modified = VolumeAttribute.modified(changes.values)
+        _ = try await onEveryLeg(map) { leg, target in
+          try await target.api.updateVolumeAttributes(leg.uuid, setting: modified)
+        }
+      }
     }
     logger.info(
       "volume modified; the node applies it at the next attach",

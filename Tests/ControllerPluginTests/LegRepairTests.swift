@@ -119,6 +119,25 @@ struct LegRepairTests {
     }
   }
 
+  @Test("settings changed with ControllerModifyVolume survive a repair of leg 0")
+  func modifiedSettingsSurviveRepairOfLegZero() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, _) = try await publishedVolume(fleet)
+      _ = try await fleet.controller.controllerModifyVolume(
+        .with {
+          $0.volumeID = id.description
+          $0.mutableParameters = ["ctrlLossTmo": "-1"]
+        })
+      _ = try await fleet.controller.controllerUnpublishVolume(unpublishRequest(id.description, node: 1))
+      fleet.target(id.targets[0]).isDown = true
+      _ = try await fleet.service.repairVolume(id, leg: 0, to: nil)
+
+      let context = try await fleet.controller.controllerPublishVolume(publishRequest(id.description, node: 1))
+        .publishContext
+      #expect(context["ctrlLossTmo"] == "-1")
+    }
+  }
+
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
   /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
   /// refused with Aborted then. Like the CO, calls it again after the repair if it was
