@@ -64,23 +64,24 @@ public struct GRPCService: Service {
   }
 
   public func run() async throws {
-    try await withThrowingTaskGroup(of: Bool.self) { group in
+    // true: the server stopped; false: the shutdown grace time passed first; nil: cancelled.
+    try await withThrowingTaskGroup(of: Bool?.self) { group in
       group.addTask(executorPreference: eventLoop) {
         try await server.serve()
         return true
       }
       // At shutdown: no new calls; calls in flight finish within the grace time.
       group.addTask { [server, logger, endpoint, shutdownGrace] in
-        do { try await gracefulShutdown() } catch { return false }  // the server stopped first
+        do { try await gracefulShutdown() } catch { return nil }
         logger.info("shutting down", metadata: ["endpoint": "\(endpoint)"])
         server.beginGracefulShutdown()
-        try? await Task.sleep(for: shutdownGrace)
+        do { try await Task.sleep(for: shutdownGrace) } catch { return nil }
         return false
       }
       if let address = try await server.listeningAddress {
         logger.info("serving", metadata: ["endpoint": "\(endpoint)", "address": "\(address)"])
       }
-      if try await group.next() == false {
+      if try await group.next() == .some(false) {
         // A connection that never closes, or never even spoke HTTP/2, would hold the
         // process until Kubernetes kills it.
         logger.warning(
