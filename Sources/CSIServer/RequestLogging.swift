@@ -61,7 +61,6 @@ public struct RequestLoggingInterceptor: ServerInterceptor {
       service: context.descriptor.service.fullyQualifiedService, method: context.descriptor.method,
       code: code.map { "\($0)" } ?? "ok", duration: ContinuousClock.now - start)
   }
-
 }
 
 /// One call's log line: its method, its request ID (the client's `x-request-id`, or a
@@ -71,14 +70,13 @@ private struct CallLine {
   let request: Metadata
   let method: String
 
+  // swift-log builds the metadata only for a line its level lets through.
   func ok(since start: ContinuousClock.Instant) {
-    guard logger.logLevel <= .debug else { return }
     logger.debug("ok", metadata: metadata(since: start))
   }
 
   func log(code: RPCError.Code, message: String, since start: ContinuousClock.Instant) {
     let level: Logger.Level = code == .internalError || code == .unknown ? .error : .info
-    guard logger.logLevel <= level else { return }
     logger.log(level: level, "\(code): \(message)", metadata: metadata(since: start))
   }
 
