@@ -384,10 +384,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         throw NVMeCSIError.alreadyExists(
           "snapshot \(quoted(name)) already exists on target \(holder.name) for a different source volume")
       }
-      // A replicated volume's snapshot is one in-sync leg's, and records the set it is of.
-      let (leg, target) = sourceID.isReplicated ? try await currentLeg(of: sourceID) : legs[0]
+      // A replicated volume's snapshot is one in-sync leg's, and records the set it is of;
+      // not beside a repair, whose new leg is in the map before it exists.
       let attributes = sourceID.isReplicated ? [VolumeAttribute.replicaSet: sourceID.description] : [:]
-      let created = try await target.api.createSnapshot(named: name, of: leg.uuid, attributes: attributes)
+      let (created, leg, target) = try await withLegsLocked(sourceID) {
+        let (leg, target) = sourceID.isReplicated ? try await currentLeg(of: sourceID) : legs[0]
+        return (try await target.api.createSnapshot(named: name, of: leg.uuid, attributes: attributes), leg, target)
+      }
       guard created.snapshot.sourceVolume == leg.uuid else {
         throw NVMeCSIError.alreadyExists("snapshot \(quoted(name)) already exists for a different source volume")
       }

@@ -138,6 +138,23 @@ struct LegRepairTests {
     }
   }
 
+  @Test("a snapshot while a repair runs is refused (retried), and after it is taken of a leg in sync")
+  func snapshotDuringRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      let snapshot = Csi_V1_CreateSnapshotRequest.with {
+        $0.name = "snap-during-repair"
+        $0.sourceVolumeID = id.description
+      }
+      _ = try await duringHeldRepair(of: id, lost: fleet.target(id.targets[1]), spare: spare, fleet: fleet) {
+        try await fleet.controller.createSnapshot(snapshot)
+      }
+      let taken = try await fleet.target(id.targets[0]).local.agent.snapshots(matching: .init())
+      #expect(taken.map(\.sourceVolume) == [id.legs[0].uuid], "the surviving leg, not the blank new one")
+    }
+  }
+
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
   /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
   /// refused with Aborted then. Like the CO, calls it again after the repair if it was
