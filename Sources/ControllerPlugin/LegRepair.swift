@@ -154,11 +154,12 @@ extension ControllerService {
     }
   }
 
-  /// Runs `body` while no repair (nor another publish or unpublish) changes a
-  /// replicated volume's legs or who they allow: a repair allows the volume's nodes on
-  /// its new leg from what the legs said when it began, so an unpublish in between
-  /// would leave its node allowed there. A busy volume is Aborted (the CO retries).
-  /// Single-copy volumes have no legs to change and run at once.
+  /// Runs `body` alone among the calls that read or change a replicated volume's legs:
+  /// a repair, publish, unpublish, expand, modify, snapshot and delete. A repair makes
+  /// its new leg from what the legs said when it began (their nodes, size, settings)
+  /// and names it in the map before it exists, so none of the others may run beside
+  /// it. A busy volume is Aborted (the CO retries). Single-copy volumes have no legs to
+  /// change and run at once.
   func withLegsLocked<T: Sendable>(_ id: VolumeID, _ body: @Sendable () async throws -> T) async throws -> T {
     guard id.isReplicated else { return try await body() }
     return try await locks.withLock("volume-legs:" + id.uuid.value, body)
