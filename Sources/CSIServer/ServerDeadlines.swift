@@ -37,7 +37,7 @@ struct DeadlineServerTransport<Base: ListeningServerTransport>: ListeningServerT
     streamHandler: @escaping @Sendable (_ stream: RPCStream<Inbound, Outbound>, _ context: ServerContext) async -> Void
   ) async throws {
     try await base.listen { [timers] stream, context in
-      let deadline = CallDeadlineTimer(timers: timers, cancellation: context.cancellation)
+      let deadline = ServerDeadlineTimer(timers: timers, cancellation: context.cancellation)
       let inbound = RPCAsyncSequence(wrapping: DeadlineTakingSequence(base: stream.inbound, deadline: deadline))
       await streamHandler(
         RPCStream(descriptor: stream.descriptor, inbound: inbound, outbound: stream.outbound), context)
@@ -47,7 +47,7 @@ struct DeadlineServerTransport<Base: ListeningServerTransport>: ListeningServerT
 }
 
 /// One call's deadline timer: started when its metadata arrives, stopped when it ends.
-final class CallDeadlineTimer: Sendable {
+final class ServerDeadlineTimer: Sendable {
   private let timers: any EventLoop
   private let cancellation: ServerContext.RPCCancellationHandle
   private let state = Mutex<(timer: Scheduled<Void>?, stopped: Bool)>((nil, false))
@@ -81,13 +81,13 @@ struct DeadlineTakingSequence<Bytes: GRPCContiguousBytes & Sendable>: AsyncSeque
   typealias Failure = any Error
 
   let base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>
-  let deadline: CallDeadlineTimer
+  let deadline: ServerDeadlineTimer
 
   func makeAsyncIterator() -> Iterator { Iterator(base: base.makeAsyncIterator(), deadline: deadline) }
 
   struct Iterator: AsyncIteratorProtocol {
     var base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>.AsyncIterator
-    let deadline: CallDeadlineTimer
+    let deadline: ServerDeadlineTimer
     var first = true
 
     mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> Element? {
