@@ -120,6 +120,8 @@ extension ControllerService {
             + " lost leg only (a target that is merely down comes back by itself)")
       default: break
       }
+      // Its target, lost, must not be chosen for new volumes from what it said before.
+      targetInfo.forget(map.legs[index].target)
       var survivors: [TargetVolume] = []
       for (other, state) in states.enumerated() where other != index {
         guard case .present(let volume) = state else {
@@ -155,7 +157,7 @@ extension ControllerService {
   }
 
   /// Runs `body` alone among the calls that read or change a replicated volume's legs:
-  /// a repair, publish, unpublish, expand, modify, snapshot and delete. A repair makes
+  /// a repair, publish, unpublish, expand, modify, snapshot, clone and delete. A repair makes
   /// its new leg from what the legs said when it began (their nodes, size, settings)
   /// and names it in the map before it exists, so none of the others may run beside
   /// it. A busy volume is Aborted (the CO retries). Single-copy volumes have no legs to

@@ -51,13 +51,16 @@ final class TargetInfoCache: Sendable {
   }
 
   /// Runs a create on `target` and keeps this cache honest: a refusal for want of
-  /// space forgets what the target said (it is asked next time), and what a new volume
-  /// takes (`newBytes`, nil when the volume existed) is charged to it.
+  /// space, or no answer, forgets what the target said (it is asked next time, and left
+  /// out while it does not answer), and what a new volume takes (`newBytes`, nil when
+  /// the volume existed) is charged to it.
   func creating<Result>(
     on target: TargetName, _ create: () async throws -> Result, charging newBytes: (Result) -> UInt64?
   ) async throws -> Result {
     let result: Result
-    do { result = try await create() } catch let error as NVMeCSIError where error.kind == .resourceExhausted {
+    do { result = try await create() } catch let error as NVMeCSIError
+      where error.kind == .resourceExhausted || error.kind == .unavailable
+    {
       forget(target)
       throw error
     }
@@ -65,6 +68,6 @@ final class TargetInfoCache: Sendable {
     return result
   }
 
-  /// Forgets what a target said (it refused a volume for want of space).
+  /// Forgets what a target said (it refused a volume for want of space, or is lost).
   func forget(_ target: TargetName) { _ = entries.withLock { $0.removeValue(forKey: target) } }
 }

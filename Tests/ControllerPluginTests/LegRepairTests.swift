@@ -155,6 +155,26 @@ struct LegRepairTests {
     }
   }
 
+  @Test("a clone while a repair runs is refused (retried), and after it is copied from the surviving leg")
+  func cloneDuringRepair() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      // A name whose home is up: one homed on the lost target is refused by design.
+      let name = (0...).lazy.map { "pvc-clone-\($0)" }.first {
+        TargetSet.home(of: $0, among: fleet.names) != id.targets[1]
+      }!
+      var clone = createRequest(name, bytes: 64 * mebibyte, parameters: Self.replicated)
+      clone.volumeContentSource = .with { $0.volume = .with { $0.volumeID = id.description } }
+      _ = try await duringHeldRepair(of: id, lost: fleet.target(id.targets[1]), spare: spare, fleet: fleet) {
+        try await fleet.controller.createVolume(clone)
+      }
+      let copy = try await fleet.controller.createVolume(clone).volume
+      let copyID = try VolumeID(parsing: copy.volumeID)
+      #expect(copyID.targets[0] == id.targets[0], "seeded from the surviving leg, not the blank new one")
+    }
+  }
+
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
   /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
   /// refused with Aborted then. Like the CO, calls it again after the repair if it was

@@ -155,6 +155,30 @@ struct PlacementTests {
     }
   }
 
+  @Test("a target that stops answering between two creates is not chosen again from the free space it last reported")
+  func downTargetNotChosenFromItsLastAnswer() async throws {
+    try await Fleet.with(targets: 2) { fleet in
+      let first = try await fleet.controller.createVolume(createRequest("pvc-before", bytes: mebibyte)).volume
+      // What both said of their room for the first create chooses the same target again.
+      let down = try #require(fleet.targets.first { first.volumeID.hasPrefix("v1.\($0.name).") })
+      down.isDown = true
+      let names = (0..<40).map { "pvc-after-\($0)" }.filter { TargetSet.home(of: $0, among: fleet.names) != down.name }
+      let unlucky = try #require(names.first)
+      // The first create after it went down tries it (its name's placement now waits for it).
+      await expectStatus(.unavailable, mentioning: down.name.value) {
+        try await fleet.controller.createVolume(createRequest(unlucky, bytes: mebibyte))
+      }
+      // Later names are created on the target that answers, not sent after the first.
+      for name in names.dropFirst().prefix(5) {
+        let volume = try await fleet.controller.createVolume(createRequest(name, bytes: mebibyte)).volume
+        #expect(!volume.volumeID.hasPrefix("v1.\(down.name)."))
+      }
+      down.isDown = false
+      _ = try await fleet.controller.createVolume(createRequest(unlucky, bytes: mebibyte))
+      #expect(try await fleet.volumeCounts()[unlucky] == 1)
+    }
+  }
+
   @Test("a placement recorded before a crash is where the retried create goes")
   func reservationBeforeCrash() async throws {
     try await Fleet.with(targets: 3) { fleet in
