@@ -118,9 +118,9 @@ public final class FileStore: VolumeStore {
     let data = dataPath(volumesDir, uuid)
     try buildData(at: Self.building(data), size: record.sizeBytes, copying: sourcePath)
     failpoints.reach("store.create-volume.after-data")
-    try writeRecord(record, to: recordPath(volumesDir, uuid))
+    let written = try writeRecord(record, to: recordPath(volumesDir, uuid))
     try finishCreate(data)
-    return try readBack(volume(uuid), path: recordPath(volumesDir, uuid))
+    return try Self.decode(VolumeRecord.self, from: written, path: recordPath(volumesDir, uuid))
   }
 
   public func updateVolume(_ record: VolumeRecord) throws(NVMeCSIError) {
@@ -178,9 +178,9 @@ public final class FileStore: VolumeStore {
     let source = dataPath(volumesDir, record.sourceVolume)
     try buildData(at: Self.building(data), size: record.sizeBytes, copying: source)
     failpoints.reach("store.create-snapshot.after-data")
-    try writeRecord(record, to: path)
+    let written = try writeRecord(record, to: path)
     try finishCreate(data)
-    return try readBack(self.record(at: path), path: path)
+    return try Self.decode(SnapshotRecord.self, from: written, path: path)
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError) {
@@ -374,16 +374,15 @@ public final class FileStore: VolumeStore {
   }
 
   /// What was just written, as every later read will see it (dates round to ms).
-  private func readBack<R>(_ record: R?, path: String) throws(NVMeCSIError) -> R {
-    guard let record else { throw .internalError("record \(path) vanished right after it was written") }
-    return record
-  }
-
-  private func writeRecord<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) {
+  /// Writes the record durably; answers the bytes written, which decode to exactly what
+  /// a later read returns (dates are stored in milliseconds), without reading it back.
+  @discardableResult
+  private func writeRecord<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) -> Data {
     try Self.write(record, to: path)
   }
 
-  static func write<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) {
+  @discardableResult
+  static func write<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) -> Data {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     encoder.dateEncodingStrategy = .millisecondsSince1970
@@ -392,6 +391,7 @@ public final class FileStore: VolumeStore {
       throw .internalError("cannot encode record for \(path): \(error)")
     }
     try DurableFile.write(data, to: path)
+    return data
   }
 
   private func record<R: Decodable>(at path: String) throws(NVMeCSIError) -> R? {
@@ -405,6 +405,11 @@ public final class FileStore: VolumeStore {
     guard let data = FileManager.default.contents(atPath: path) else {
       throw .internalError("cannot read record \(path)")
     }
+    return try decode(type, from: data, path: path)
+  }
+
+  /// A record from the bytes of its file at `path`.
+  static func decode<R: Decodable>(_ type: R.Type, from data: Data, path: String) throws(NVMeCSIError) -> R {
     let decoder = JSONDecoder()
     decoder.dateDecodingStrategy = .millisecondsSince1970
     do { return try decoder.decode(R.self, from: data) } catch {

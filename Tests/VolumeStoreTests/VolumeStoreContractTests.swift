@@ -51,6 +51,21 @@ struct VolumeStoreContractTests {
     }
   }
 
+  @Test(
+    "A create answers exactly what later reads return, a date finer than the store keeps included",
+    arguments: makeStores())
+  func createAnswersWhatIsStored(_ factory: StoreFactory) throws {
+    try withStore(factory) { (store, _) throws in
+      let now = Date(timeIntervalSince1970: 1_700_000_000.123_456_7)
+      let record = VolumeRecord(uuid: .random(), name: "pvc-now", sizeBytes: 4 * MiB, created: now)
+      let created = try store.createVolume(record)
+      #expect(try store.volume(record.uuid) == created)
+      let snapshot = try store.createSnapshot(
+        SnapshotRecord(uuid: .random(), name: "snap-now", sourceVolume: record.uuid, sizeBytes: 4 * MiB, created: now))
+      #expect(try store.snapshots() == [snapshot])
+    }
+  }
+
   @Test("Creating a volume again with the same UUID returns the existing one unchanged", arguments: makeStores())
   func createIsIdempotent(_ factory: StoreFactory) throws {
     try withStore(factory) { store, _ in
