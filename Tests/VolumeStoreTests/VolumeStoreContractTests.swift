@@ -56,7 +56,8 @@ struct VolumeStoreContractTests {
     arguments: makeStores())
   func createAnswersWhatIsStored(_ factory: StoreFactory) throws {
     try withStore(factory) { (store, _) throws in
-      let now = Date(timeIntervalSince1970: 1_700_000_000.123_456_7)
+      // One of the instants whose milliseconds do not survive JSON's round trip exactly.
+      let now = Date(timeIntervalSince1970: 1_700_000_000.0056)
       let record = VolumeRecord(uuid: .random(), name: "pvc-now", sizeBytes: 4 * MiB, created: now)
       let created = try store.createVolume(record)
       #expect(try store.volume(record.uuid) == created)
