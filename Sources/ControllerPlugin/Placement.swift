@@ -198,7 +198,8 @@ extension ControllerService {
     where volume.problem == nil && !volume.record.name.isEmpty
       && (VolumeAttribute.replicaIndex(of: volume.record) ?? 0) == 0
     {
-      guard let home = targets.home(of: volume.record.name), home.name != target.name else { continue }
+      // On its home too: a reservation there for another target must find it.
+      guard let home = targets.home(of: volume.record.name) else { continue }
       byHome[home.name, default: []].append(Placement(name: volume.record.name, target: target.name))
     }
     for (homeName, batch) in byHome {

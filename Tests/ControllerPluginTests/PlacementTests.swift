@@ -276,6 +276,31 @@ struct PlacementTests {
     }
   }
 
+  @Test("a volume from before placements on its own home is recorded there too; a create sent elsewhere finds it")
+  func volumesFromBeforePlacementsOnTheirHome() async throws {
+    try await Fleet.with(targets: 2, indexed: false) { fleet in
+      let name = "pvc-legacy-home"
+      let home = try #require(TargetSet.home(of: name, among: fleet.names))
+      let other = try #require(fleet.targets.first { $0.name != home })
+      // Made on the home by the target alone: no placement recorded, as before placements.
+      let legacy = try await fleet.target(home).local.agent.createVolume(
+        NewVolume(name: name, sizeBytes: UInt64(mebibyte), source: nil))
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == nil)
+      #expect(await fleet.service.indexPlacements())
+      #expect(try await fleet.target(home).local.agent.placement(of: name).target == home)
+      // A create of the name sent to another target (pinned there) finds it, and, as it
+      // differs, is told the name is taken: no reservation there, no second volume.
+      await expectStatus(.alreadyExists, mentioning: name) {
+        try await fleet.controller.createVolume(
+          createRequest(name, bytes: mebibyte, parameters: ["target": other.name.value]))
+      }
+      #expect(try await fleet.volumeCounts()[name] == 1)
+      #expect(try await other.local.agent.volumes(named: name).isEmpty)
+      #expect(
+        try await fleet.target(home).local.agent.volumes(named: name).map(\.record.uuid) == [legacy.volume.record.uuid])
+    }
+  }
+
   @Test("indexing reads a target a page at a time and records the names of every page at their homes")
   func indexingPages() async throws {
     try await Fleet.with(targets: 2, indexed: false) { fleet in
