@@ -13,12 +13,27 @@ import TargetContract
 /// most of its lines are superseded (create/delete churn), so its size follows the
 /// live names: one rewrite per as many changes as there are names, at most.
 ///
+/// A volume created here as its name's home needs no line: its own record says so
+/// (`homeAttribute`), and it is durable before the create answers. Such placements
+/// (`claim`) live in memory beside the journal's, are rebuilt from the records at
+/// start, and count the same for `reserve` (an earlier record wins).
+///
 /// A crash can leave a last line half written: it was never acknowledged (the sync
 /// comes before the answer), so loading drops it.
 final class PlacementJournal: Sendable {
   let path: String
+  /// The attribute of a volume record created here as its name's home, naming the
+  /// home (this target, as the controller calls it): the record is the placement.
+  static let homeAttribute = "placement/home"
+
+  private struct Recorded {
+    /// Name → target, from the journal's lines and from records here.
+    var placements: [String: TargetName] = [:]
+    /// The names whose placement is a volume record here, not a journal line.
+    var inRecords: Set<String> = []
+  }
   /// What is recorded: read without waiting for a write in progress.
-  private let placements: Mutex<[String: TargetName]>
+  private let recorded: Mutex<Recorded>
   /// The open journal, held across a write and its sync (writers take turns).
   private struct Writer: ~Copyable {
     var fd: Int32
@@ -38,10 +53,12 @@ final class PlacementJournal: Sendable {
     var t: String?
   }
 
-  /// Loads the journal (a missing one is empty) and rewrites it compactly. Only a
-  /// last line without its newline may be unreadable (a crash mid-append); any other
-  /// unreadable line stops the target rather than forget what it acknowledged.
-  init(path: String) throws(NVMeCSIError) {
+  /// Loads the journal (a missing one is empty) and rewrites it compactly, and adds
+  /// the placements of the volumes here created as their names' home (`placedHere`:
+  /// name → home; a journal line for the name wins). Only a last line without its
+  /// newline may be unreadable (a crash mid-append); any other unreadable line stops
+  /// the target rather than forget what it acknowledged.
+  init(path: String, placedHere: [(name: String, home: TargetName)] = []) throws(NVMeCSIError) {
     self.path = path
     var placements: [String: TargetName] = [:]
     if let data = FileManager.default.contents(atPath: path) {
@@ -65,7 +82,12 @@ final class PlacementJournal: Sendable {
     try DurableFile.write(try Self.compact(placements), to: path)
     let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
     guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
-    self.placements = Mutex(placements)
+    var recorded = Recorded(placements: placements)
+    for (name, home) in placedHere where recorded.placements[name] == nil {
+      recorded.placements[name] = home
+      recorded.inRecords.insert(name)
+    }
+    self.recorded = Mutex(recorded)
     self.writer = Mutex(Writer(fd: fd, broken: nil, lines: placements.count))
   }
 
@@ -79,37 +101,72 @@ final class PlacementJournal: Sendable {
 
   deinit { writer.withLock { close($0.fd) } }
 
-  func placement(of name: String) -> TargetName? { placements.withLock { $0[name] } }
+  func placement(of name: String) -> TargetName? { recorded.withLock { $0.placements[name] } }
 
-  var count: Int { placements.withLock { $0.count } }
+  var count: Int { recorded.withLock { $0.placements.count } }
+
+  /// For a create here as the name's `home`, whose record will say so: places the name
+  /// here unless it is recorded already; answers where it is placed. Nothing is
+  /// written: the volume's record is the placement. `unclaim` if no volume came of it.
+  func claim(_ name: String, for home: TargetName) -> TargetName {
+    writer.withLock { _ in
+      recorded.withLock { recorded in
+        if let placed = recorded.placements[name] { return placed }
+        recorded.placements[name] = home
+        recorded.inRecords.insert(name)
+        return home
+      }
+    }
+  }
+
+  /// Takes back a `claim` whose create made no volume.
+  func unclaim(_ name: String, for home: TargetName) {
+    writer.withLock { _ in
+      recorded.withLock { recorded in
+        guard recorded.inRecords.contains(name), recorded.placements[name] == home else { return }
+        recorded.placements[name] = nil
+        recorded.inRecords.remove(name)
+      }
+    }
+  }
 
   /// Records the names not recorded yet (one sync for all); answers what is recorded.
   func reserve(_ requested: [Placement]) throws(NVMeCSIError) -> [Placement] {
     try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
       var lines = Data()
       var added: [String: TargetName] = [:]
-      let recorded = placements.withLock { current in requested.map { current[$0.name] } }
-      for (placement, existing) in zip(requested, recorded) where existing == nil && added[placement.name] == nil {
+      let existing = recorded.withLock { current in requested.map { current.placements[$0.name] } }
+      for (placement, existing) in zip(requested, existing) where existing == nil && added[placement.name] == nil {
         added[placement.name] = placement.target
         lines += try Self.encode(Line(n: placement.name, t: placement.target.value))
       }
       if !lines.isEmpty {
         try append(lines, with: &writer)
-        placements.withLock { $0.merge(added) { old, _ in old } }
+        recorded.withLock { $0.placements.merge(added) { old, _ in old } }
         writer.lines += added.count
         compactIfMostlySuperseded(&writer)
       }
-      return zip(requested, recorded).map { placement, existing in
+      return zip(requested, existing).map { placement, existing in
         Placement(name: placement.name, target: existing ?? added[placement.name] ?? placement.target)
       }
     }
   }
 
+  /// Forgets the name's placement if it names `target`: a journal line for it is
+  /// superseded by a release line; one held by a record here (deleted by now) just goes.
   func release(_ name: String, on target: TargetName) throws(NVMeCSIError) {
     try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
-      guard placements.withLock({ $0[name] }) == target else { return }
+      let (placed, inRecord) = recorded.withLock { ($0.placements[name], $0.inRecords.contains(name)) }
+      guard placed == target else { return }
+      if inRecord {
+        recorded.withLock {
+          $0.placements[name] = nil
+          $0.inRecords.remove(name)
+        }
+        return
+      }
       try append(try Self.encode(Line(n: name, t: nil)), with: &writer)
-      _ = placements.withLock { $0.removeValue(forKey: name) }
+      recorded.withLock { $0.placements[name] = nil }
       writer.lines += 1
       compactIfMostlySuperseded(&writer)
     }
@@ -119,8 +176,9 @@ final class PlacementJournal: Sendable {
   /// superseded. The change that triggers it is durable already, so a failure here
   /// costs nothing but the space: appends go on to whichever file is at `path`.
   private func compactIfMostlySuperseded(_ writer: inout Writer) {
-    let live = placements.withLock { $0 }
-    guard writer.broken == nil, writer.lines > max(Self.compactionFloor, 2 * live.count) else { return }
+    let lines = recorded.withLock { $0.placements.count - $0.inRecords.count }
+    guard writer.broken == nil, writer.lines > max(Self.compactionFloor, 2 * lines) else { return }
+    let live = recorded.withLock { recorded in recorded.placements.filter { !recorded.inRecords.contains($0.key) } }
     let rewritten = (try? DurableFile.write(try Self.compact(live), to: path)) != nil
     // The rename may have happened even when a later step failed: appends must go to
     // the file at `path`, never to the one it replaced.

@@ -109,7 +109,10 @@ public final class TargetAgent: TargetAPI {
     }
     names.withLock { $0 = VolumeNames(records) }
     snapshotIndex.load(try store.snapshots())
-    let journal = try PlacementJournal(path: placementsPath)
+    let placedHere = records.compactMap { record in
+      record.attributes[PlacementJournal.homeAttribute].flatMap { try? TargetName($0) }.map { (record.name, $0) }
+    }
+    let journal = try PlacementJournal(path: placementsPath, placedHere: placedHere)
     placements.withLock { $0 = journal }
     let recorded = Set(records.map(\.uuid))
     let unexplained = exporter.exportedVolumes().filter { !recorded.contains($0) }
@@ -168,7 +171,8 @@ public final class TargetAgent: TargetAPI {
   }
 
   /// Creates the volume, or finds it; as the name's `home` (this target's name in the
-  /// controller's targets file), records the placement first, under the name's lock.
+  /// controller's targets file), places the name here first (unless it is placed
+  /// elsewhere already), under the name's lock: the new volume's record says so.
   private func create(_ request: NewVolume, home: TargetName?) async throws -> HomeCreation {
     try validateName(request.name, what: "volume")
     try validateSize(request.sizeBytes)
@@ -183,50 +187,63 @@ public final class TargetAgent: TargetAPI {
           }
           return .volume(status(existing), existed: true)
         }
-        if let home, let placements {
-          // An earlier record wins: the volume is (to be) created where it says.
-          let recorded = try placements.reserve([Placement(name: request.name, target: home)])
-          if let placed = recorded.first?.target, placed != home { return .placedOn(placed) }
-        }
-        if let uuid = request.uuid, let other = try store.volume(uuid) {
-          throw NVMeCSIError.alreadyExists("volume \(uuid) exists already, named \(quoted(other.name))")
-        }
-        let sourceSize = try sourceSize(request.source)
-        if let sourceSize, request.sizeBytes < sourceSize {
-          throw NVMeCSIError.outOfRange(
-            "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
-        }
-        // A clone that shares blocks costs only what it adds beyond its source.
-        let needed = store.sharesBlocks ? request.sizeBytes - (sourceSize ?? 0) : request.sizeBytes
-        let capacity = try store.capacity()
-        if needed > capacity.availableBytes {
-          throw NVMeCSIError.resourceExhausted(
-            "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
-        }
-        try reserve(request.sizeBytes, total: capacity.totalBytes)
-        let record = VolumeRecord(
-          uuid: request.uuid ?? .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
-          attributes: request.attributes, sharing: request.sharing)
-        let created: VolumeRecord
-        do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {
-          // A failure after the volume came to exist leaves it counted and findable by
-          // name, so a retry returns it instead of creating a second one.
-          if (try? store.volume(record.uuid)) != nil {
-            names.withLock { $0.set(record.name, record.uuid) }
-          } else {
-            release(request.sizeBytes)
-          }
+        guard let home, let placements else { return try createNew(request, home: nil) }
+        // An earlier record wins: the volume is (to be) created where it says. Else the
+        // new volume's record is its placement (no journal line; `claim`).
+        let placed = placements.claim(request.name, for: home)
+        if placed != home { return .placedOn(placed) }
+        do throws(NVMeCSIError) { return try createNew(request, home: home) } catch {
+          if names.withLock({ $0[request.name] }) == nil { placements.unclaim(request.name, for: home) }
           throw error
         }
-        names.withLock { $0.set(created.name, created.uuid) }
-        adjust(by: Int64(created.sizeBytes) - Int64(request.sizeBytes))  // a store may round up
-        try exporter.apply(exportSpec(created))
-        logger.info(
-          "volume created",
-          metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
-        return .volume(status(created), existed: false)
       }
     }
+  }
+
+  /// Creates a volume of a name this target has none of (under the name's lock, on
+  /// the pool); as the name's `home`, its record says so.
+  private func createNew(_ request: NewVolume, home: TargetName?) throws(NVMeCSIError) -> HomeCreation {
+    if let uuid = request.uuid, let other = try store.volume(uuid) {
+      throw NVMeCSIError.alreadyExists("volume \(uuid) exists already, named \(quoted(other.name))")
+    }
+    let sourceSize = try sourceSize(request.source)
+    if let sourceSize, request.sizeBytes < sourceSize {
+      throw NVMeCSIError.outOfRange(
+        "requested size \(request.sizeBytes) bytes is smaller than the source (\(sourceSize) bytes)")
+    }
+    // A clone that shares blocks costs only what it adds beyond its source.
+    let needed = store.sharesBlocks ? request.sizeBytes - (sourceSize ?? 0) : request.sizeBytes
+    let capacity = try store.capacity()
+    if needed > capacity.availableBytes {
+      throw NVMeCSIError.resourceExhausted(
+        "target has \(capacity.availableBytes) bytes free, volume needs \(needed): free space or add a target")
+    }
+    try reserve(request.sizeBytes, total: capacity.totalBytes)
+    // The home attribute is this target's own: one in the request (a leg copied from
+    // another, say) says nothing about this volume.
+    var attributes = request.attributes
+    attributes[PlacementJournal.homeAttribute] = home?.value
+    let record = VolumeRecord(
+      uuid: request.uuid ?? .random(), name: request.name, sizeBytes: request.sizeBytes, source: request.source,
+      attributes: attributes, sharing: request.sharing)
+    let created: VolumeRecord
+    do throws(NVMeCSIError) { created = try store.createVolume(record) } catch {
+      // A failure after the volume came to exist leaves it counted and findable by
+      // name, so a retry returns it instead of creating a second one.
+      if (try? store.volume(record.uuid)) != nil {
+        names.withLock { $0.set(record.name, record.uuid) }
+      } else {
+        release(request.sizeBytes)
+      }
+      throw error
+    }
+    names.withLock { $0.set(created.name, created.uuid) }
+    adjust(by: Int64(created.sizeBytes) - Int64(request.sizeBytes))  // a store may round up
+    try exporter.apply(exportSpec(created))
+    logger.info(
+      "volume created",
+      metadata: ["volume": "\(created.uuid)", "name": "\(created.name)", "bytes": "\(created.sizeBytes)"])
+    return .volume(status(created), existed: false)
   }
 
   /// Removes a volume; an unknown one is success. Refuses while any host may use it.
@@ -357,12 +374,14 @@ public final class TargetAgent: TargetAPI {
     -> TargetVolume
   {
     try validateAttributes(changes)
+    // The home attribute is this target's own (set at create), never changed by a request.
+    let changes = changes.filter { $0.key != PlacementJournal.homeAttribute }
     return try await locks.withLock("volume:" + uuid.value) { [self] in
       try await onPool { [self] () throws(NVMeCSIError) in
         var record = try record(uuid)
         let updated = record.attributes.merging(changes) { $1 }
         guard updated != record.attributes else { return status(record) }  // a repeat
-        try validateAttributes(updated)
+        try validateAttributes(updated.filter { $0.key != PlacementJournal.homeAttribute })
         record.attributes = updated
         try store.updateVolume(record)
         logger.info(

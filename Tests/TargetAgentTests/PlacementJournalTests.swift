@@ -107,4 +107,71 @@ struct PlacementJournalTests {
       #expect(try await restarted.agent.placement(of: "pvc-1499").target == nil)
     }
   }
+
+  @Test("a volume created as its name's home is placed by its record: no journal line, and the same answers")
+  func homeCreateIsPlacedByItsRecord() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      let journal = target.store + "/placements.journal"
+      let before = try Data(contentsOf: URL(fileURLWithPath: journal))
+      let created = try await target.agent.createVolume(
+        NewVolume(name: "pvc-home", sizeBytes: 1 << 20, source: nil), asHome: a)
+      guard case .volume(let volume, existed: false) = created else {
+        Issue.record("expected a new volume, got \(created)")
+        return
+      }
+      #expect(try Data(contentsOf: URL(fileURLWithPath: journal)) == before, "no journal line for it")
+      // Placed here: a reservation for another target answers this one, before and after a restart.
+      #expect(try await target.agent.placement(of: "pvc-home") == NamePlacement(target: a, volumeHere: true))
+      #expect(try await target.agent.reservePlacements([Placement(name: "pvc-home", target: b)]).map(\.target) == [a])
+      let restarted = try LocalTarget(name: "home", directory: directory)
+      #expect(try await restarted.agent.placement(of: "pvc-home") == NamePlacement(target: a, volumeHere: true))
+      #expect(
+        try await restarted.agent.reservePlacements([Placement(name: "pvc-home", target: b)]).map(\.target) == [a])
+      // Deleted as its home: the placement goes with it, and stays gone after a restart.
+      try await restarted.agent.deleteVolume(volume.record.uuid, asHome: a)
+      #expect(try await restarted.agent.placement(of: "pvc-home").target == nil)
+      let again = try LocalTarget(name: "home", directory: directory)
+      #expect(try await again.agent.placement(of: "pvc-home").target == nil)
+      #expect(try Data(contentsOf: URL(fileURLWithPath: journal)) == before, "no journal line for any of it")
+    }
+  }
+
+  @Test("a create as home that makes nothing leaves no placement; one placed elsewhere is not taken over")
+  func failedHomeCreateLeavesNoPlacement() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      await expectError(.resourceExhausted) {
+        _ = try await target.agent.createVolume(
+          NewVolume(name: "pvc-huge", sizeBytes: 1 << 60, source: nil), asHome: a)
+      }
+      #expect(try await target.agent.placement(of: "pvc-huge").target == nil)
+      #expect(try await target.agent.reservePlacements([Placement(name: "pvc-huge", target: b)]).map(\.target) == [b])
+      // Placed on b: a create as home answers b and creates nothing here.
+      let answer = try await target.agent.createVolume(
+        NewVolume(name: "pvc-huge", sizeBytes: 1 << 20, source: nil), asHome: a)
+      guard case .placedOn(let placed) = answer else {
+        Issue.record("expected the placement, got \(answer)")
+        return
+      }
+      #expect(placed == b)
+      #expect(try await target.agent.volumes(named: "pvc-huge").isEmpty)
+    }
+  }
+
+  @Test("a request cannot set the home attribute: only a create as home does")
+  func homeAttributeIsTheTargets() async throws {
+    try await withTemporaryDirectory { directory in
+      let target = try LocalTarget(name: "home", directory: directory)
+      let forged = NewVolume(
+        name: "pvc-plain", sizeBytes: 1 << 20, source: nil, attributes: ["placement/home": "store-a"])
+      let created = try await target.agent.createVolume(forged)
+      #expect(created.volume.record.attributes["placement/home"] == nil)
+      let updated = try await target.agent.updateVolumeAttributes(
+        created.volume.record.uuid, setting: ["placement/home": "store-a"])
+      #expect(updated.record.attributes["placement/home"] == nil)
+      let restarted = try LocalTarget(name: "home", directory: directory)
+      #expect(try await restarted.agent.placement(of: "pvc-plain").target == nil)
+    }
+  }
 }
