@@ -8,10 +8,17 @@ import TargetContract
 #endif
 
 /// The placements recorded on this target as the names' home: name → target. Kept in
-/// memory; on disk an append-only journal of JSON lines, one `fdatasync` per change
-/// (a batch of reservations is one change), rewritten compactly at start and whenever
-/// most of its lines are superseded (create/delete churn), so its size follows the
-/// live names: one rewrite per as many changes as there are names, at most.
+/// memory; on disk an append-only journal of JSON lines, rewritten compactly at start
+/// and whenever most of its lines are superseded (create/delete churn), so its size
+/// follows the live names: one rewrite per as many changes as there are names, at most.
+///
+/// Group commit: the changes that arrive while one append is being written and synced
+/// are queued, and the next append writes them all with one `fdatasync`. So there is
+/// at most one unsynced append at a time, as with one change per append, and
+/// concurrent reservations do not wait for each other's syncs one by one. A change
+/// answers only once its append is synced; until then a queued reservation is seen by
+/// other reservations (the earlier one wins, and they wait for it too) but not by
+/// `placement(of:)`.
 ///
 /// A volume created here as its name's home needs no line: its own record says so
 /// (`homeAttribute`), and it is durable before the create answers. Such placements
@@ -34,17 +41,33 @@ final class PlacementJournal: Sendable {
   }
   /// What is recorded: read without waiting for a write in progress.
   private let recorded: Mutex<Recorded>
-  /// The open journal, held across a write and its sync (writers take turns).
+  /// One append of queued lines and its sync; answered to every change queued in it.
+  private final class Batch: Sendable {
+    let outcome = Mutex<Result<Void, NVMeCSIError>?>(nil)
+  }
+
+  /// The open journal and the changes queued for its next append. Never held across
+  /// I/O but a compaction's.
   private struct Writer: ~Copyable {
     var fd: Int32
     /// Why the file can no longer be trusted (an append that could not be undone).
     var broken: String?
     /// Lines in the file, live or superseded.
     var lines: Int
+    /// The lines of the next append, and its batch.
+    var queued = Data()
+    var queuedLines = 0
+    var queuedBatch = Batch()
+    /// Reservations queued or being written, not durable yet.
+    var unsynced: [String: (target: TargetName, batch: Batch)] = [:]
   }
   /// Below this many lines the journal is never rewritten between starts.
   static let compactionFloor = 1024
   private let writer: Mutex<Writer>
+  /// Held across one batch's append and sync: batches are written one at a time.
+  private let committing = Mutex(())
+  /// Called with the number of lines before each append (tests hold an append with it).
+  private let beforeAppend: @Sendable (Int) -> Void
 
   private struct Line: Codable {
     /// The name.
@@ -58,8 +81,12 @@ final class PlacementJournal: Sendable {
   /// name → home; a journal line for the name wins). Only a last line without its
   /// newline may be unreadable (a crash mid-append); any other unreadable line stops
   /// the target rather than forget what it acknowledged.
-  init(path: String, placedHere: [(name: String, home: TargetName)] = []) throws(NVMeCSIError) {
+  init(
+    path: String, placedHere: [(name: String, home: TargetName)] = [],
+    beforeAppend: @escaping @Sendable (Int) -> Void = { _ in }
+  ) throws(NVMeCSIError) {
     self.path = path
+    self.beforeAppend = beforeAppend
     var placements: [String: TargetName] = [:]
     if let data = FileManager.default.contents(atPath: path) {
       let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
@@ -105,12 +132,17 @@ final class PlacementJournal: Sendable {
 
   var count: Int { recorded.withLock { $0.placements.count } }
 
+  /// Changes queued for the next append.
+  var queuedChanges: Int { writer.withLock { $0.queuedLines } }
+
   /// For a create here as the name's `home`, whose record will say so: places the name
-  /// here unless it is recorded already; answers where it is placed. Nothing is
-  /// written: the volume's record is the placement. `unclaim` if no volume came of it.
+  /// here unless it is recorded (or queued) already; answers where it is placed.
+  /// Nothing is written: the volume's record is the placement. `unclaim` if no volume
+  /// came of it.
   func claim(_ name: String, for home: TargetName) -> TargetName {
-    writer.withLock { _ in
-      recorded.withLock { recorded in
+    writer.withLock { writer in
+      if let queued = writer.unsynced[name] { return queued.target }
+      return recorded.withLock { recorded in
         if let placed = recorded.placements[name] { return placed }
         recorded.placements[name] = home
         recorded.inRecords.insert(name)
@@ -130,46 +162,102 @@ final class PlacementJournal: Sendable {
     }
   }
 
-  /// Records the names not recorded yet (one sync for all); answers what is recorded.
+  /// Records the names not recorded yet (one append, synced, for all); answers what is
+  /// recorded, once it is durable.
   func reserve(_ requested: [Placement]) throws(NVMeCSIError) -> [Placement] {
-    try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
-      var lines = Data()
-      var added: [String: TargetName] = [:]
-      let existing = recorded.withLock { current in requested.map { current.placements[$0.name] } }
-      for (placement, existing) in zip(requested, existing) where existing == nil && added[placement.name] == nil {
-        added[placement.name] = placement.target
-        lines += try Self.encode(Line(n: placement.name, t: placement.target.value))
+    let (answers, waits) = try writer.withLock {
+      (writer: inout Writer) throws(NVMeCSIError) -> ([Placement], [ObjectIdentifier: Batch]) in
+      if let broken = writer.broken { throw unusable(broken) }
+      var answers: [Placement] = []
+      var waits: [ObjectIdentifier: Batch] = [:]
+      let durable = recorded.withLock { current in requested.map { current.placements[$0.name] } }
+      for (placement, durable) in zip(requested, durable) {
+        if let durable {
+          answers.append(Placement(name: placement.name, target: durable))
+        } else if let queued = writer.unsynced[placement.name] {
+          // Queued by this or another reservation: it wins, once its batch is synced.
+          answers.append(Placement(name: placement.name, target: queued.target))
+          waits[ObjectIdentifier(queued.batch)] = queued.batch
+        } else {
+          writer.queued += try Self.encode(Line(n: placement.name, t: placement.target.value))
+          writer.queuedLines += 1
+          writer.unsynced[placement.name] = (placement.target, writer.queuedBatch)
+          answers.append(placement)
+          waits[ObjectIdentifier(writer.queuedBatch)] = writer.queuedBatch
+        }
       }
-      if !lines.isEmpty {
-        try append(lines, with: &writer)
-        recorded.withLock { $0.placements.merge(added) { old, _ in old } }
-        writer.lines += added.count
+      return (answers, waits)
+    }
+    for batch in waits.values { try commit(batch) }
+    return answers
+  }
+
+  /// Returns once `batch` is written and synced (or throws why it is not). The first
+  /// caller to find it unwritten writes it, with every change queued by then.
+  private func commit(_ batch: Batch) throws(NVMeCSIError) {
+    try committing.withLock { _ throws(NVMeCSIError) in
+      if let outcome = batch.outcome.withLock({ $0 }) { return try outcome.get() }
+      // Unwritten, so it is the queued batch (one is taken only to be written here).
+      let (lines, count, fd, broken) = writer.withLock { writer in
+        defer {
+          writer.queued = Data()
+          writer.queuedLines = 0
+          writer.queuedBatch = Batch()
+        }
+        return (writer.queued, writer.queuedLines, writer.fd, writer.broken)
+      }
+      var outcome: Result<Void, NVMeCSIError> = .success(())
+      var unrecoverable: String?
+      if let broken {
+        outcome = .failure(unusable(broken))
+      } else {
+        beforeAppend(count)
+        if let failure = Self.appendDurably(lines, to: fd, path: path) {
+          outcome = .failure(failure.error)
+          unrecoverable = failure.unrecoverable
+        }
+      }
+      writer.withLock { writer in
+        if let unrecoverable { writer.broken = unrecoverable }
+        let written = writer.unsynced.filter { $0.value.batch === batch }
+        for name in written.keys { writer.unsynced[name] = nil }
+        guard case .success = outcome else { return }
+        recorded.withLock { recorded in
+          for (name, queued) in written where recorded.placements[name] == nil {
+            recorded.placements[name] = queued.target
+          }
+        }
+        writer.lines += count
         compactIfMostlySuperseded(&writer)
       }
-      return zip(requested, existing).map { placement, existing in
-        Placement(name: placement.name, target: existing ?? added[placement.name] ?? placement.target)
-      }
+      batch.outcome.withLock { $0 = outcome }
+      try outcome.get()
     }
   }
 
   /// Forgets the name's placement if it names `target`: a journal line for it is
   /// superseded by a release line; one held by a record here (deleted by now) just goes.
+  /// A line's release is forgotten in memory at once (a crash before its sync only
+  /// leaves the name pointing at `target` again: the safe side) and answered once synced.
   func release(_ name: String, on target: TargetName) throws(NVMeCSIError) {
-    try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) in
+    let line = try Self.encode(Line(n: name, t: nil))
+    let batch = try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) -> Batch? in
       let (placed, inRecord) = recorded.withLock { ($0.placements[name], $0.inRecords.contains(name)) }
-      guard placed == target else { return }
+      guard placed == target else { return nil }
       if inRecord {
         recorded.withLock {
           $0.placements[name] = nil
           $0.inRecords.remove(name)
         }
-        return
+        return nil
       }
-      try append(try Self.encode(Line(n: name, t: nil)), with: &writer)
+      if let broken = writer.broken { throw unusable(broken) }
+      writer.queued += line
+      writer.queuedLines += 1
       recorded.withLock { $0.placements[name] = nil }
-      writer.lines += 1
-      compactIfMostlySuperseded(&writer)
+      return writer.queuedBatch
     }
+    if let batch { try commit(batch) }
   }
 
   /// Rewrites the journal with the live placements once more than half its lines are
@@ -207,16 +295,19 @@ final class PlacementJournal: Sendable {
     }
   }
 
-  /// Appends whole lines or nothing: a failed append is cut off again, so the next
-  /// line never joins a half-written one. When even that fails, the journal takes no
-  /// more changes until the target restarts (and re-reads what is really there).
-  private func append(_ data: Data, with writer: inout Writer) throws(NVMeCSIError) {
-    if let broken = writer.broken {
-      throw .unavailable("placement journal \(path) takes no changes until the target restarts: \(broken)")
-    }
-    let fd = writer.fd
+  private func unusable(_ broken: String) -> NVMeCSIError {
+    .unavailable("placement journal \(path) takes no changes until the target restarts: \(broken)")
+  }
+
+  /// Appends whole lines and syncs them, or appends nothing: a failed append is cut off
+  /// again, so the next line never joins a half-written one. When even that fails
+  /// (`unrecoverable`), the journal takes no more changes until the target restarts
+  /// (and re-reads what is really there).
+  private static func appendDurably(_ data: Data, to fd: Int32, path: String) -> (
+    error: NVMeCSIError, unrecoverable: String?
+  )? {
     let start = lseek(fd, 0, SEEK_END)
-    guard start >= 0 else { throw DurableFile.failure("cannot seek in", path) }
+    guard start >= 0 else { return (DurableFile.failure("cannot seek in", path), nil) }
     var offset = 0
     var failure: NVMeCSIError?
     while offset < data.count {
@@ -229,10 +320,10 @@ final class PlacementJournal: Sendable {
       offset += written
     }
     if failure == nil, fdatasync(fd) != 0 { failure = DurableFile.failure("cannot sync", path) }
-    guard let failure else { return }
-    if ftruncate(fd, start) != 0 || fdatasync(fd) != 0 {
-      writer.broken = "an append failed (\(failure.message)) and could not be undone"
+    guard let failure else { return nil }
+    guard ftruncate(fd, start) == 0, fdatasync(fd) == 0 else {
+      return (failure, "an append failed (\(failure.message)) and could not be undone")
     }
-    throw failure
+    return (failure, nil)
   }
 }

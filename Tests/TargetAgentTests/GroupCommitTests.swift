@@ -1,0 +1,69 @@
+import Dispatch
+import Foundation
+import NVMeCSICore
+import Synchronization
+import TargetContract
+import TestSupport
+import Testing
+
+@testable import TargetAgent
+
+/// The placement journal's group commit: reservations that arrive while an append is
+/// being written share the next append and its sync, and answer only once it is durable.
+@Suite("Placement journal: group commit")
+struct GroupCommitTests {
+  let a = try! TargetName("store-a")
+  let b = try! TargetName("store-b")
+
+  @Test("ten reservations made while the first append is held go to disk in one more append, all durable")
+  func reservationsShareAnAppend() async throws {
+    try await withTemporaryDirectory { directory in
+      let path = directory + "/placements.journal"
+      let gate = DispatchSemaphore(value: 0)
+      let appends = Mutex<[Int]>([])  // lines per append
+      let journal = try PlacementJournal(
+        path: path,
+        beforeAppend: { lines in
+          let first = appends.withLock { appends in
+            appends.append(lines)
+            return appends.count == 1
+          }
+          if first { gate.wait() }
+        })
+      let answers = Mutex<[String: TargetName]>([:])
+      let finished = DispatchSemaphore(value: 0)
+      // Threads of their own: each blocks in `reserve`, as the target's pool threads do.
+      for n in 0..<10 {
+        Thread {
+          let name = "pvc-\(n)"
+          // The same name twice: the earlier reservation wins, and both wait for it.
+          let placed = try? journal.reserve([Placement(name: name, target: a), Placement(name: name, target: b)])
+          answers.withLock { $0[name] = placed?.allSatisfy { $0.target == a } == true ? a : nil }
+          finished.signal()
+        }.start()
+      }
+      // The first append is held; every other reservation is queued behind it.
+      while appends.withLock({ $0.first ?? 0 }) + journal.queuedChanges < 10 { usleep(1000) }
+      gate.signal()
+      for _ in 0..<10 { finished.wait() }
+      let lines = appends.withLock { $0 }
+      #expect(lines.count == 2 && lines.reduce(0, +) == 10, "appends (lines each): \(lines)")
+      #expect(answers.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<10).map { ("pvc-\($0)", a) }))
+      let reloaded = try PlacementJournal(path: path)
+      #expect((0..<10).allSatisfy { reloaded.placement(of: "pvc-\($0)") == a })
+    }
+  }
+
+  @Test("a release answers once synced, and a reservation of the name after it is recorded anew")
+  func releaseThenReserve() async throws {
+    try await withTemporaryDirectory { directory in
+      let path = directory + "/placements.journal"
+      let journal = try PlacementJournal(path: path)
+      #expect(try journal.reserve([Placement(name: "pvc-1", target: a)]).map(\.target) == [a])
+      try journal.release("pvc-1", on: a)
+      #expect(journal.placement(of: "pvc-1") == nil)
+      #expect(try journal.reserve([Placement(name: "pvc-1", target: b)]).map(\.target) == [b])
+      #expect(try PlacementJournal(path: path).placement(of: "pvc-1") == b)
+    }
+  }
+}
