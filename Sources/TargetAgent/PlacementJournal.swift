@@ -34,10 +34,26 @@ final class PlacementJournal: Sendable {
   static let homeAttribute = "placement/home"
 
   private struct Recorded {
-    /// Name → target, from the journal's lines and from records here.
-    var placements: [String: TargetName] = [:]
-    /// The names whose placement is a volume record here, not a journal line.
-    var inRecords: Set<String> = []
+    /// Name → target, from the journal's lines and (`inRecord`) from records here.
+    private(set) var placements: [String: (target: TargetName, inRecord: Bool)] = [:]
+    /// How many of them a record here holds.
+    private(set) var inRecords = 0
+
+    func target(of name: String) -> TargetName? { placements[name]?.target }
+    func isInRecord(_ name: String) -> Bool { placements[name]?.inRecord ?? false }
+    /// The placements the journal's lines hold.
+    var journaled: [String: TargetName] { placements.filter { !$0.value.inRecord }.mapValues(\.target) }
+    var journaledCount: Int { placements.count - inRecords }
+
+    mutating func place(_ name: String, on target: TargetName, inRecord: Bool) {
+      remove(name)
+      placements[name] = (target, inRecord)
+      if inRecord { inRecords += 1 }
+    }
+
+    mutating func remove(_ name: String) {
+      if placements.removeValue(forKey: name)?.inRecord == true { inRecords -= 1 }
+    }
   }
   /// What is recorded: read without waiting for a write in progress.
   private let recorded: Mutex<Recorded>
@@ -78,9 +94,12 @@ final class PlacementJournal: Sendable {
 
   /// Loads the journal (a missing one is empty) and rewrites it compactly, and adds
   /// the placements of the volumes here created as their names' home (`placedHere`:
-  /// name → home; a journal line for the name wins). Only a last line without its
-  /// newline may be unreadable (a crash mid-append); any other unreadable line stops
-  /// the target rather than forget what it acknowledged.
+  /// name → home; a journal line for the name wins). A crash mid-append can leave the
+  /// last line without its newline, or, when the append held several lines, NUL bytes
+  /// where the kernel had not written them yet: neither was acknowledged (a sync covers
+  /// everything written before it, so nothing after a hole was synced), and reading
+  /// stops there. Any other unreadable line stops the target rather than forget what
+  /// it acknowledged (JSON lines never hold a NUL byte).
   init(
     path: String, placedHere: [(name: String, home: TargetName)] = [],
     beforeAppend: @escaping @Sendable (Int) -> Void = { _ in }
@@ -95,7 +114,7 @@ final class PlacementJournal: Sendable {
         guard let entry = try? JSONDecoder().decode(Line.self, from: Data(line)),
           entry.t == nil || (try? TargetName(entry.t!)) != nil
         else {
-          if index == lines.count - 1 { break }  // unterminated: never acknowledged
+          if index == lines.count - 1 || line.contains(0) { break }  // never acknowledged
           throw .failedPrecondition(
             "placement journal \(path) line \(index + 1) is unreadable: refusing to start rather than forget where"
               + " volume names live; restore the file from a backup, or move it aside to have the controller"
@@ -109,10 +128,10 @@ final class PlacementJournal: Sendable {
     try DurableFile.write(try Self.compact(placements), to: path)
     let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
     guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
-    var recorded = Recorded(placements: placements)
-    for (name, home) in placedHere where recorded.placements[name] == nil {
-      recorded.placements[name] = home
-      recorded.inRecords.insert(name)
+    var recorded = Recorded()
+    for (name, target) in placements { recorded.place(name, on: target, inRecord: false) }
+    for (name, home) in placedHere where recorded.target(of: name) == nil {
+      recorded.place(name, on: home, inRecord: true)
     }
     self.recorded = Mutex(recorded)
     self.writer = Mutex(Writer(fd: fd, broken: nil, lines: placements.count))
@@ -128,7 +147,7 @@ final class PlacementJournal: Sendable {
 
   deinit { writer.withLock { close($0.fd) } }
 
-  func placement(of name: String) -> TargetName? { recorded.withLock { $0.placements[name] } }
+  func placement(of name: String) -> TargetName? { recorded.withLock { $0.target(of: name) } }
 
   var count: Int { recorded.withLock { $0.placements.count } }
 
@@ -143,9 +162,8 @@ final class PlacementJournal: Sendable {
     writer.withLock { writer in
       if let queued = writer.unsynced[name] { return queued.target }
       return recorded.withLock { recorded in
-        if let placed = recorded.placements[name] { return placed }
-        recorded.placements[name] = home
-        recorded.inRecords.insert(name)
+        if let placed = recorded.target(of: name) { return placed }
+        recorded.place(name, on: home, inRecord: true)
         return home
       }
     }
@@ -155,9 +173,8 @@ final class PlacementJournal: Sendable {
   func unclaim(_ name: String, for home: TargetName) {
     writer.withLock { _ in
       recorded.withLock { recorded in
-        guard recorded.inRecords.contains(name), recorded.placements[name] == home else { return }
-        recorded.placements[name] = nil
-        recorded.inRecords.remove(name)
+        guard recorded.isInRecord(name), recorded.target(of: name) == home else { return }
+        recorded.remove(name)
       }
     }
   }
@@ -170,7 +187,7 @@ final class PlacementJournal: Sendable {
       if let broken = writer.broken { throw unusable(broken) }
       var answers: [Placement] = []
       var waits: [ObjectIdentifier: Batch] = [:]
-      let durable = recorded.withLock { current in requested.map { current.placements[$0.name] } }
+      let durable = recorded.withLock { current in requested.map { current.target(of: $0.name) } }
       for (placement, durable) in zip(requested, durable) {
         if let durable {
           answers.append(Placement(name: placement.name, target: durable))
@@ -223,8 +240,8 @@ final class PlacementJournal: Sendable {
         for name in written.keys { writer.unsynced[name] = nil }
         guard case .success = outcome else { return }
         recorded.withLock { recorded in
-          for (name, queued) in written where recorded.placements[name] == nil {
-            recorded.placements[name] = queued.target
+          for (name, queued) in written where recorded.target(of: name) == nil {
+            recorded.place(name, on: queued.target, inRecord: false)
           }
         }
         writer.lines += count
@@ -242,19 +259,16 @@ final class PlacementJournal: Sendable {
   func release(_ name: String, on target: TargetName) throws(NVMeCSIError) {
     let line = try Self.encode(Line(n: name, t: nil))
     let batch = try writer.withLock { (writer: inout Writer) throws(NVMeCSIError) -> Batch? in
-      let (placed, inRecord) = recorded.withLock { ($0.placements[name], $0.inRecords.contains(name)) }
+      let (placed, inRecord) = recorded.withLock { ($0.target(of: name), $0.isInRecord(name)) }
       guard placed == target else { return nil }
       if inRecord {
-        recorded.withLock {
-          $0.placements[name] = nil
-          $0.inRecords.remove(name)
-        }
+        recorded.withLock { $0.remove(name) }
         return nil
       }
       if let broken = writer.broken { throw unusable(broken) }
       writer.queued += line
       writer.queuedLines += 1
-      recorded.withLock { $0.placements[name] = nil }
+      recorded.withLock { $0.remove(name) }
       return writer.queuedBatch
     }
     if let batch { try commit(batch) }
@@ -264,9 +278,9 @@ final class PlacementJournal: Sendable {
   /// superseded. The change that triggers it is durable already, so a failure here
   /// costs nothing but the space: appends go on to whichever file is at `path`.
   private func compactIfMostlySuperseded(_ writer: inout Writer) {
-    let lines = recorded.withLock { $0.placements.count - $0.inRecords.count }
+    let lines = recorded.withLock { $0.journaledCount }
     guard writer.broken == nil, writer.lines > max(Self.compactionFloor, 2 * lines) else { return }
-    let live = recorded.withLock { recorded in recorded.placements.filter { !recorded.inRecords.contains($0.key) } }
+    let live = recorded.withLock { $0.journaled }
     let rewritten = (try? DurableFile.write(try Self.compact(live), to: path)) != nil
     // The rename may have happened even when a later step failed: appends must go to
     // the file at `path`, never to the one it replaced.

@@ -66,4 +66,25 @@ struct GroupCommitTests {
       #expect(try PlacementJournal(path: path).placement(of: "pvc-1") == b)
     }
   }
+
+  @Test("a crash in a many-line append can leave NUL bytes before its last lines: they and all after are dropped")
+  func holeInTheLastAppend() async throws {
+    try await withTemporaryDirectory { directory in
+      let path = directory + "/placements.journal"
+      _ = try PlacementJournal(path: path).reserve([Placement(name: "pvc-synced", target: a)])
+      // What a crash mid-append can leave: the start of the append never written.
+      let handle = try #require(FileHandle(forWritingAtPath: path))
+      handle.seekToEndOfFile()
+      handle.write(Data(repeating: 0, count: 40) + Data(#"9","t":"store-b"}"#.utf8) + Data("\n".utf8))
+      handle.write(Data(#"{"n":"pvc-after","t":"store-b"}"#.utf8) + Data("\n".utf8))
+      try handle.close()
+      let reloaded = try PlacementJournal(path: path)
+      #expect(reloaded.placement(of: "pvc-synced") == a)
+      #expect(reloaded.placement(of: "pvc-after") == nil, "written after the hole: never acknowledged")
+      // Other garbage before the last line is still refused.
+      let text = try String(contentsOfFile: path, encoding: .utf8)
+      try ("garbage\n" + text).write(toFile: path, atomically: true, encoding: .utf8)
+      #expect(throws: NVMeCSIError.self) { try PlacementJournal(path: path) }
+    }
+  }
 }
