@@ -581,11 +581,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         seed: source.uuid)
     case .volume(let v)?:
       let sourceID = try VolumeID(parsing: v.volumeID)
-      // Not beside a repair of the source, whose new leg is in the map before it exists.
-      // The leg chosen is in sync and a repair never removes one, so the copy may follow.
-      let (leg, target) = try await withLegsLocked(sourceID) {
+      let (leg, target) =
         sourceID.isReplicated ? try await currentLeg(of: sourceID) : try legTargets(of: LegMap(implied: sourceID))[0]
-      }
       let volume = try await target.api.volume(leg.uuid)
       return ContentSource(
         id: leg, sizeBytes: VolumeAttribute.volumeBytes(of: volume.record), csiID: v.volumeID,

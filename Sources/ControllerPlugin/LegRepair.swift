@@ -157,7 +157,7 @@ extension ControllerService {
   }
 
   /// Runs `body` alone among the calls that read or change a replicated volume's legs:
-  /// a repair, publish, unpublish, expand, modify, snapshot, clone and delete. A repair makes
+  /// a repair, publish, unpublish, expand, modify, snapshot and delete. A repair makes
   /// its new leg from what the legs said when it began (their nodes, size, settings)
   /// and names it in the map before it exists, so none of the others may run beside
   /// it. A busy volume is Aborted (the CO retries). Single-copy volumes have no legs to

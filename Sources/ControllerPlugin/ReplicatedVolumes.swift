@@ -323,13 +323,21 @@ extension ControllerService {
   /// The leg to copy a replicated volume from (snapshot or clone): md's freshest member
   /// in sync, by the superblock each leg's target reads from its data. Every leg must
   /// answer: the one that does not may be the only current one. A volume never staged
-  /// (no superblock on any leg) is blank, and so is leg 0.
+  /// (no superblock on any leg) is blank, and so is leg 0. A replacement leg its target
+  /// does not hold yet (a repair names it in the map before making it) is blank too.
   func currentLeg(of id: VolumeID) async throws -> (leg: ObjectID, target: StorageTarget) {
     let map = try await currentLegMap(of: id)
     let legs = try legTargets(of: map)
+    let replacements = Set(zip(map.legIDs, map.legs).filter { $0.1.generation > 0 }.map(\.0.uuid))
     let superblocks: [MDSuperblock?]
     do {
-      superblocks = try await onEveryLeg(map) { leg, target in try await target.api.mdSuperblock(of: leg.uuid) }
+      superblocks = try await onEveryLeg(map) { leg, target in
+        do { return try await target.api.mdSuperblock(of: leg.uuid) } catch let error as NVMeCSIError
+          where error.kind == .notFound && replacements.contains(leg.uuid)
+        {
+          return nil
+        }
+      }
     } catch let error as NVMeCSIError where error.kind == .unavailable {
       throw NVMeCSIError.unavailable(
         "cannot tell which leg of \(id) is in sync while a leg's target does not answer (\(error.message)): retried")
