@@ -213,11 +213,12 @@ extension ControllerService {
 
   /// Deletes the legs, the ID's leg 0 last: it carries the name, so while it is there a
   /// retry finds whatever is left. The current legs (the leg map's) and the replaced
-  /// ones go. A current leg on a target that does not answer fails the call (the
-  /// provisioner retries); a replaced leg there is left and logged (its target was
-  /// declared lost: waiting for it would leave the volume stuck); a leg on a target no
-  /// longer configured is gone. Not while a repair of the volume runs (Aborted): it
-  /// would make its new leg after the delete.
+  /// ones go (a replaced one with the nodes it still allows revoked first). A current
+  /// leg on a target that does not answer fails the call (the provisioner retries); a
+  /// replaced leg there is left and logged (its target was declared lost: waiting for it
+  /// would leave the volume stuck), and a DeleteVolume of the same ID once its target is
+  /// back deletes it; a leg on a target no longer configured is gone. Not while a
+  /// repair of the volume runs (Aborted): it would make its new leg after the delete.
   func deleteReplicated(_ id: VolumeID) async throws -> Csi_V1_DeleteVolumeResponse {
     try await withLegsLocked(id) { try await deleteLegs(of: id) }
   }
@@ -248,11 +249,17 @@ extension ControllerService {
             metadata: ["volume": "\(id)", "target": "\(leg.target)", "leg": "\(leg.uuid)"])
           continue
         }
-        do { try await target.api.deleteVolume(leg.uuid) } catch let error as NVMeCSIError
-          where replaced.contains(leg) && error.kind == .unavailable
-        {
+        do {
+          // A replaced leg may still allow the nodes it had when its target was lost (an
+          // unpublish meanwhile could not reach it); the volume they used is going.
+          if replaced.contains(leg) { try await target.api.unpublishVolume(leg.uuid, from: nil) }
+          try await target.api.deleteVolume(leg.uuid)
+        } catch let error as NVMeCSIError where replaced.contains(leg) && error.kind == .unavailable {
           logger.warning(
-            "a replaced leg's target does not answer: that leg is left behind; delete it when its target returns",
+            """
+            a replaced leg's target does not answer: that leg is left behind; when its target is back, delete the \
+            volume's ID again (nvme-csi ctl delete-volume <volume>)
+            """,
             metadata: ["volume": "\(id)", "target": "\(leg.target)", "leg": "\(leg.uuid)", "error": "\(error.message)"])
         }
       }

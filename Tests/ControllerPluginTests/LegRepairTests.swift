@@ -242,6 +242,47 @@ struct LegRepairTests {
       let left = try await fleet.volumeCounts()
       #expect(left == ["pvc-repair~replica-1": 1], "only the lost leg, whose target was down, is left: \(left)")
       #expect(try await spare.local.agent.volumes(named: nil).isEmpty)
+      // What the warning says to do: delete the volume's ID again. The left leg still
+      // allows the node the unpublish could not reach; it is revoked and deleted.
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
+      #expect(try await fleet.volumeCounts().isEmpty)
+    }
+  }
+
+  @Test("a controller that never saw the repair cannot tell the left leg was replaced: it asks for the unpublish first")
+  func deleteLeftLegFromAnotherController() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, _) = try await publishedVolume(fleet)
+      let lost = fleet.target(id.targets[1])
+      lost.isDown = true
+      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+      _ = try await fleet.controller.controllerUnpublishVolume(
+        .with {
+          $0.volumeID = id.description
+          $0.nodeID = nodeID(1)
+        })
+      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
+      lost.isDown = false
+      // The map naming the leg as replaced went with the deleted legs: to this controller
+      // the left leg is a current one, which a node may still use.
+      let fresh = ControllerService(
+        targets: TargetSet(fleet.targets.map { StorageTarget(name: $0.name, topology: [:], api: $0) }),
+        logger: Logger(label: "test.fresh") { _ in SwiftLogNoOpLogHandler() })
+      await expectError(.failedPrecondition, mentioning: "unpublish it first") {
+        _ = try await fresh.deleteReplicated(id)
+      }
+      #expect(try await fleet.volumeCounts() == ["pvc-repair~replica-1": 1], "nothing deleted on doubt")
+      // As the operator would: `nvme-csi ctl unpublish` for the node the message names.
+      let context = ServerContext(
+        descriptor: MethodDescriptor(fullyQualifiedService: "test", method: "ControllerUnpublishVolume"),
+        remotePeer: "in-process:test", localPeer: "in-process:test", cancellation: .init())
+      _ = try await fresh.controllerUnpublishVolume(
+        request: .with {
+          $0.volumeID = id.description
+          $0.nodeID = nodeID(1)
+        }, context: context)
+      _ = try await fresh.deleteReplicated(id)
+      #expect(try await fleet.volumeCounts().isEmpty)
     }
   }
 
