@@ -353,8 +353,14 @@ extension ControllerService {
     var newest: UInt64 = 0
     if superblocks.dropFirst().allSatisfy({ $0 == nil }) {
       // A copy never staged: leg 0 still carries its source's superblock (its seed).
-      let seed = try await legs[0].target.api.volume(legs[0].leg.uuid).record.attributes[
-        VolumeAttribute.contextPrefix + ReplicaLayout.seedKey]
+      let primary: TargetVolume
+      do { primary = try await legs[0].target.api.volume(legs[0].leg.uuid) } catch let error as NVMeCSIError
+        where error.kind == .notFound && replacements.contains(legs[0].leg.uuid)
+      {
+        throw NVMeCSIError.unavailable(
+          "leg 0 of \(id) is being replaced and no other leg carries md's superblock: retried after the repair")
+      }
+      let seed = primary.record.attributes[VolumeAttribute.contextPrefix + ReplicaLayout.seedKey]
       if let seed, superblocks[0]?.arrayUUID.value == seed { return legs[0] }
     }
     for (index, superblock) in superblocks.enumerated() {

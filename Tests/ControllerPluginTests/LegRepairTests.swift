@@ -181,6 +181,21 @@ struct LegRepairTests {
     }
   }
 
+  @Test("a copy while leg 0 of a volume never staged is being replaced waits for the repair: that leg held its data")
+  func copyDuringRepairOfLegZero() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let (id, spareTarget) = try await publishedVolume(fleet)
+      let spare = try #require(spareTarget)
+      fleet.target(id.targets[0]).isDown = true
+      spare.holdsCreates = true
+      let repair = Task { try await fleet.service.repairVolume(id, leg: 0, to: nil) }
+      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+      await expectError(.unavailable, mentioning: "being replaced") { _ = try await fleet.service.currentLeg(of: id) }
+      spare.holdsCreates = false
+      _ = try await repair.value
+    }
+  }
+
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
   /// makes the new leg on `spare` (and allows the volume's nodes there): `call` must be
   /// refused with Aborted then. Like the CO, calls it again after the repair if it was
