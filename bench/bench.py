@@ -43,6 +43,7 @@ NODE_UUID = "0f8e1c2a-1111-4222-8333-000000000001"
 # A node ID as `nvme-csi node` reports it: n1.<host-id>.<host-nqn> (docs/architecture.md).
 NODE_ID = f"n1.{NODE_UUID}.nqn.2014-08.org.nvmexpress:uuid:{NODE_UUID}"
 TARGET_NAME = "bench"
+SECOND_TARGET_NAME = "bench-2"
 TARGET_SERVER_NAME = "nvme-csi-target"  # what deploy/certs/make-certs.sh puts in the target's certificate
 
 DEFAULTS = dict(repeats=3, ops=200, clients=16, scale=1000, list_volumes=10000, probes=1000)
@@ -222,6 +223,8 @@ class Bench:
         self.breakdown: dict[str, dict] = {}  # op -> server-side time and CPU per call (sequential, per repeat)
         self.failures: list[str] = []
         self.target: Proc | None = None
+        self.second_target: Proc | None = None  # the two-target stage's
+        self.second_target_port = 0
         self.controller: Proc | None = None
         self.target_port = free_port()
         self.target_metrics = free_port()
@@ -359,10 +362,26 @@ class Bench:
         self.target = Proc("target", argv, self.logs / "target.log")
         return self.target
 
+    def start_second_target(self) -> Proc:
+        """Another target on the same machine, its store beside the first on the same file
+        system, its simulated configfs apart."""
+        store = Path(tempfile.mkdtemp(prefix="store-second-", dir=self.store.parent))
+        self.stack.callback(shutil.rmtree, store, True)
+        configfs = self.work / "configfs-second"
+        configfs.mkdir(exist_ok=True)
+        self.second_target_port = free_port()
+        argv = [str(self.bin), "target", "--listen", f"127.0.0.1:{self.second_target_port}", "--store",
+                f"file:{store}", "--configfs", str(configfs), "--portal", "127.0.0.1:4421", "--name",
+                SECOND_TARGET_NAME, "--log-level", self.args.log_level, *self.tls_args("target")]
+        self.second_target = Proc("target-2", argv, self.logs / "target-2.log")
+        return self.second_target
+
     def start_controller(self) -> Proc:
         targets = self.work / "targets.json"
-        targets.write_text(json.dumps({"targets": [{"name": TARGET_NAME,
-                                                    "address": f"127.0.0.1:{self.target_port}"}]}))
+        listed = [{"name": TARGET_NAME, "address": f"127.0.0.1:{self.target_port}"}]
+        if self.second_target is not None:
+            listed.append({"name": SECOND_TARGET_NAME, "address": f"127.0.0.1:{self.second_target_port}"})
+        targets.write_text(json.dumps({"targets": listed}))
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         argv = [str(self.bin), "controller", "--endpoint", f"unix://{self.socket_path}", "--targets", str(targets),
@@ -372,7 +391,7 @@ class Bench:
         return self.controller
 
     def stop_all(self) -> None:
-        for p in (self.controller, self.target):
+        for p in (self.controller, self.target, self.second_target):
             if p is not None:
                 p.stop()
 
@@ -385,9 +404,9 @@ class Bench:
             ("grpc.use_local_subchannel_pool", 1),  # every client its own connection
         ])
 
-    def target_channel(self):
+    def target_channel(self, port: int | None = None):
         import grpc
-        address = f"127.0.0.1:{self.target_port}"
+        address = f"127.0.0.1:{port or self.target_port}"
         options = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1),
                    ("grpc.max_receive_message_length", 512 * MiB)]
         if self.args.plaintext:
@@ -419,15 +438,16 @@ class Bench:
 
     # -- readiness ----------------------------------------------------------
 
-    async def wait_target(self, proc: Proc, timeout: float) -> tuple[float, float]:
+    async def wait_target(self, proc: Proc, timeout: float, port: int | None = None) -> tuple[float, float]:
         """Seconds from the process start to a listening socket, and to a first GetInfo answer."""
         import grpc
         from nvmecsi.target.v1 import target_pb2, target_pb2_grpc
         deadline = time.perf_counter() + timeout
+        port = port or self.target_port
         while True:
             proc.check_alive()
             try:
-                socket.create_connection(("127.0.0.1", self.target_port), timeout=0.5).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
                 pass
@@ -435,7 +455,7 @@ class Bench:
                 raise BenchError(f"target did not listen within {timeout:.0f} s; log:\n{proc.tail()}")
             await asyncio.sleep(0.001)
         listening = time.perf_counter() - proc.started
-        channel = self.target_channel()
+        channel = self.target_channel(port)
         try:
             stub = target_pb2_grpc.TargetStub(channel)
             while True:
@@ -548,11 +568,11 @@ class Bench:
                     errors.append(f"{e.code().name}: {e.details()}")
 
         before = self.scrape() if detail else None
-        cpu0 = (self.controller.cpu(), self.target.cpu(), own_cpu_seconds())
+        cpu0 = (self.controller.cpu(), self.targets_cpu(), own_cpu_seconds())
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(clients)))
         wall = time.perf_counter() - t0
-        cpu1 = (self.controller.cpu(), self.target.cpu(), own_cpu_seconds())
+        cpu1 = (self.controller.cpu(), self.targets_cpu(), own_cpu_seconds())
         after = self.scrape(after=True) if detail else None
         latencies.sort()
         ok = len(latencies)
@@ -581,6 +601,9 @@ class Bench:
         log(f"  {label}: {fmt_rate(value['per_s'])}, p50 {fmt_ms(value['p50_ms'])}, p99 {fmt_ms(value['p99_ms'])}"
             f" ({ok} ops, {wall:.2f} s)")
         return results
+
+    def targets_cpu(self) -> float:
+        return self.target.cpu() + (self.second_target.cpu() if self.second_target is not None else 0.0)
 
     # -- requests -----------------------------------------------------------
 
@@ -896,6 +919,11 @@ class Bench:
         await self.round_trips()
         for r in range(a.repeats):
             await self.lifecycle(r)
+        try:
+            await self.two_targets()
+        except BenchError as e:
+            self.failures.append(f"stage 'two targets' failed: {e}")
+            log(f"stage 'two targets' FAILED: {e}")
         stages = [
             (f"{a.scale:,} volumes present", self.scale_stage),
             (f"{a.list_volumes:,} volumes", self.list_stage),
@@ -909,6 +937,42 @@ class Bench:
                 self.failures.append(f"stage '{name}' failed: {e}")
                 log(f"stage '{name}' FAILED: {e}")
                 break
+
+    async def two_targets(self) -> None:
+        """Creates and deletes with a second target beside the first: a name whose home is
+        one target and that goes to the other is reserved at its home first (the home's
+        placement journal, group-committed), then created; on its home, one call."""
+        a = self.args
+        clients = max(1, a.clients)
+        log("two targets: a second target, the controller restarted over both")
+        await self.close_clients()
+        self.controller.stop()
+        await self.wait_target(self.start_second_target(), a.startup_timeout, port=self.second_target_port)
+        await self.wait_controller(self.start_controller(), a.startup_timeout)
+        await self.open_clients()
+        placed: dict[str, int] = {}
+        for r in range(a.repeats):
+            names = [f"bench-two-{r}-{i:05d}" for i in range(a.ops)]
+            created = await self.batch("two_create", f"CreateVolume, {clients} clients, two targets", a.ops, clients,
+                                       self.create_call(names))
+            ids: list[str | None] = created
+            for volume_id in ids:
+                if volume_id:
+                    target = volume_id.split(".")[1]
+                    placed[target] = placed.get(target, 0) + 1
+            await self.batch("two_delete", f"DeleteVolume, {clients} clients, two targets", a.ops, clients,
+                             self.delete_call(ids))
+        self.method["two_targets"] = (f"after the lifecycle repeats (the stores hold no volume), a second target "
+                                      f"process beside the first (its store a directory on the same file system, "
+                                      f"its nvmet simulated apart), the controller restarted over both; volumes "
+                                      f"created per target: {placed}; then the second target stopped and the "
+                                      f"controller restarted over the first alone")
+        await self.close_clients()
+        self.controller.stop()
+        self.second_target.stop()
+        self.second_target = None
+        await self.wait_controller(self.start_controller(), a.startup_timeout)
+        await self.open_clients()
 
     async def scale_stage(self) -> None:
         await self.fill(self.args.scale, "api")
@@ -1081,6 +1145,8 @@ def build_table(b: Bench, s: dict[str, dict]) -> list[dict]:
                 "delete_snapshot_seq", "delete_snapshot_conc", "publish_seq", "publish_conc", "unpublish_seq",
                 "unpublish_conc"):
         rate_row(fid)
+    rate_row("two_create", note="a name whose home is the other target is reserved there first")
+    rate_row("two_delete")
     for fid, goal_ms in ((f"list_{a.list_volumes}_paged", 1000), (f"list_{a.list_volumes}_unpaged", 1000),
                          (f"list_{a.large_volumes}_paged", None), (f"list_{a.large_volumes}_unpaged", None)):
         x = get(fid)
@@ -1257,6 +1323,8 @@ def write_results(b: Bench, started: datetime.datetime, elapsed: float) -> tuple
           "next_token is empty.",
           "- **Resident memory**: VmRSS from /proc/<pid>/status, after "
           f"{a.settle:.0f} s idle; anonymous and file-backed parts (RssAnon, RssFile) in the note.",
+          f"- **Two targets**: {meth.get('two_targets', 'not run')}. The rows' target CPU is both "
+          "targets'.",
           "- **Start-up**: from exec to the target's TCP port accepting a connection / answering GetInfo "
           "(a fresh gRPC connection), and to the controller's socket accepting / answering GetPluginInfo / "
           "Probe ready=true (the target reached).",
