@@ -160,10 +160,7 @@ struct LegRepairTests {
     try await Fleet.with(targets: 3) { fleet in
       let (id, spareTarget) = try await publishedVolume(fleet)
       let spare = try #require(spareTarget)
-      fleet.target(id.targets[1]).isDown = true
-      spare.holdsCreates = true
-      let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
-      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+      let repair = try await heldRepair(of: id, leg: 1, spare: spare, fleet: fleet)
       // The map names the replacement on the spare, which does not hold it yet. Before,
       // this answered NotFound ("volume … does not exist") for a source that exists.
       let source = try await fleet.service.currentLeg(of: id)
@@ -186,14 +183,23 @@ struct LegRepairTests {
     try await Fleet.with(targets: 3) { fleet in
       let (id, spareTarget) = try await publishedVolume(fleet)
       let spare = try #require(spareTarget)
-      fleet.target(id.targets[0]).isDown = true
-      spare.holdsCreates = true
-      let repair = Task { try await fleet.service.repairVolume(id, leg: 0, to: nil) }
-      while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+      let repair = try await heldRepair(of: id, leg: 0, spare: spare, fleet: fleet)
       await expectError(.unavailable, mentioning: "being replaced") { _ = try await fleet.service.currentLeg(of: id) }
       spare.holdsCreates = false
       _ = try await repair.value
     }
+  }
+
+  /// Loses leg `index`'s target and starts its repair, held just before it makes the new
+  /// leg on `spare`; `spare.holdsCreates = false` lets it go on.
+  private func heldRepair(of id: VolumeID, leg index: Int, spare: SwitchableTarget, fleet: Fleet) async throws
+    -> Task<LegMap, any Error>
+  {
+    fleet.target(id.targets[index]).isDown = true
+    spare.holdsCreates = true
+    let repair = Task { try await fleet.service.repairVolume(id, leg: index, to: nil) }
+    while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+    return repair
   }
 
   /// Loses `lost`, and runs `call` while the repair of its leg is held just before it
@@ -204,10 +210,7 @@ struct LegRepairTests {
     of id: VolumeID, lost: SwitchableTarget, spare: SwitchableTarget, fleet: Fleet,
     _ call: () async throws -> some Any
   ) async throws -> LegMap {
-    lost.isDown = true
-    spare.holdsCreates = true
-    let repair = Task { try await fleet.service.repairVolume(id, leg: 1, to: nil) }
-    while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+    let repair = try await heldRepair(of: id, leg: id.targets.firstIndex(of: lost.name)!, spare: spare, fleet: fleet)
     let refused: Bool
     do {
       _ = try await call()
@@ -239,21 +242,24 @@ struct LegRepairTests {
     }
   }
 
+  /// A published volume whose leg 1's target is lost and repaired, then unpublished and
+  /// deleted while that target is still down; the target back (its leg left there).
+  private func deletedWhileLost(_ fleet: Fleet) async throws -> (VolumeID, SwitchableTarget?) {
+    let (id, spare) = try await publishedVolume(fleet)
+    let lost = fleet.target(id.targets[1])
+    lost.isDown = true
+    _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
+    _ = try await fleet.controller.controllerUnpublishVolume(unpublishRequest(id.description, node: 1))
+    _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
+    lost.isDown = false
+    return (id, spare)
+  }
+
   @Test("delete removes the current legs and the replaced one; a replaced leg on a target still down is left")
   func deleteAfterRepair() async throws {
     try await Fleet.with(targets: 3) { fleet in
-      let (id, spareTarget) = try await publishedVolume(fleet)
+      let (id, spareTarget) = try await deletedWhileLost(fleet)
       let spare = try #require(spareTarget)
-      let lost = fleet.target(id.targets[1])
-      lost.isDown = true
-      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
-      _ = try await fleet.controller.controllerUnpublishVolume(
-        .with {
-          $0.volumeID = id.description
-          $0.nodeID = nodeID(1)
-        })
-      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
-      lost.isDown = false
       let left = try await fleet.volumeCounts()
       #expect(left == ["pvc-repair~replica-1": 1], "only the lost leg, whose target was down, is left: \(left)")
       #expect(try await spare.local.agent.volumes(named: nil).isEmpty)
@@ -267,17 +273,7 @@ struct LegRepairTests {
   @Test("a controller that never saw the repair cannot tell the left leg was replaced: it asks for the unpublish first")
   func deleteLeftLegFromAnotherController() async throws {
     try await Fleet.with(targets: 3) { fleet in
-      let (id, _) = try await publishedVolume(fleet)
-      let lost = fleet.target(id.targets[1])
-      lost.isDown = true
-      _ = try await fleet.service.repairVolume(id, leg: 1, to: nil)
-      _ = try await fleet.controller.controllerUnpublishVolume(
-        .with {
-          $0.volumeID = id.description
-          $0.nodeID = nodeID(1)
-        })
-      _ = try await fleet.controller.deleteVolume(.with { $0.volumeID = id.description })
-      lost.isDown = false
+      let (id, _) = try await deletedWhileLost(fleet)
       // The map naming the leg as replaced went with the deleted legs: to this controller
       // the left leg is a current one, which a node may still use.
       let fresh = ControllerService(
@@ -292,10 +288,7 @@ struct LegRepairTests {
         descriptor: MethodDescriptor(fullyQualifiedService: "test", method: "ControllerUnpublishVolume"),
         remotePeer: "in-process:test", localPeer: "in-process:test", cancellation: .init())
       _ = try await fresh.controllerUnpublishVolume(
-        request: .with {
-          $0.volumeID = id.description
-          $0.nodeID = nodeID(1)
-        }, context: context)
+        request: unpublishRequest(id.description, node: 1), context: context)
       _ = try await fresh.deleteReplicated(id)
       #expect(try await fleet.volumeCounts().isEmpty)
     }
