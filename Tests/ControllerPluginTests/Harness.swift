@@ -52,8 +52,9 @@ final class Harness: Sendable {
       TestTarget(name: "store-a", zone: "a", directory: directory, asProcess: asProcesses),
       TestTarget(name: "store-b", zone: "b", directory: directory, asProcess: asProcesses),
     ]
-    for target in targets { try await target.start(environment: failpoints) }
+    // Before starting: a target that started is stopped even if the next one fails to.
     defer { for target in targets { target.stop() } }
+    for target in targets { try await target.start(environment: failpoints) }
 
     var logger = Logger(label: "test.controller") { _ in SwiftLogNoOpLogHandler() }
     logger.logLevel = .critical
@@ -112,7 +113,7 @@ final class TestTarget: @unchecked Sendable {
   let socket: String
   let asProcess: Bool
   // Replaced on restart; only touched by the test's own task.
-  private var process: Process?
+  private var process: ChildProcess?
   private(set) var local: LocalTarget?
 
   init(name: String, zone: String, directory: String, asProcess: Bool) {
@@ -147,18 +148,20 @@ final class TestTarget: @unchecked Sendable {
       Issue.record("\(binary) is missing: run `swift build` before `swift test` (make test does)")
       throw CancellationError()
     }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = [
-      "target", "--listen", "unix://" + socket, "--store", "file:" + store, "--configfs", configfs,
-      "--portal", "127.0.0.1:4420", "--log-level", "warning", "--insecure-plaintext",
-    ]
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    self.process = process
+    // Its standard error goes to a file, not to the test runner's output: a target left
+    // running by a crashed test run would hold that open, and swift-test would wait.
+    process = try ChildProcess(
+      path: binary,
+      arguments: [
+        "target", "--listen", "unix://" + socket, "--store", "file:" + store, "--configfs", configfs,
+        "--portal", "127.0.0.1:4420", "--log-level", "warning", "--insecure-plaintext",
+      ],
+      environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, errorLog: logPath)
     try await waitUntilServing()
   }
+
+  /// What the target processes printed (warnings and errors), restarts included.
+  var logPath: String { directory + "/target.log" }
 
   private func waitUntilServing() async throws {
     let deadline = ContinuousClock.now + .seconds(20)
@@ -171,7 +174,9 @@ final class TestTarget: @unchecked Sendable {
           }) ?? false
         if ok { return }
       }
-      guard process?.isRunning == true else { throw HarnessError("target \(name) exited during start") }
+      guard process?.isRunning == true else {
+        throw HarnessError("target \(name) exited during start: \(logTail(logPath))")
+      }
       try await Task.sleep(for: .milliseconds(50))
     }
     throw HarnessError("target \(name) did not serve within 20 s")
@@ -180,22 +185,13 @@ final class TestTarget: @unchecked Sendable {
   /// Kills the process like a crash would (SIGKILL) and waits for it.
   func kill() {
     precondition(asProcess, "killing a target needs Harness.with(processes: true)")
-    guard let process, process.isRunning else { return }
-    Glibc.kill(process.processIdentifier, SIGKILL)
-    process.waitUntilExit()
+    process?.signal(SIGKILL)
+    process?.waitForExit()
   }
 
-  func stop() {
-    guard let process, process.isRunning else { return }
-    process.terminate()
-    process.waitUntilExit()
-  }
+  func stop() { process?.stop() }
 
-  func waitForExit() -> Int32 {
-    guard let process else { return -1 }
-    process.waitUntilExit()
-    return process.terminationStatus
-  }
+  func waitForExit() -> Int32 { process?.waitForExit() ?? -1 }
 
   // MARK: what a user could inspect on the storage node
 
@@ -224,6 +220,12 @@ enum TargetInfoProbe {
     _ = try await api.info()
     return true
   }
+}
+
+/// The last lines a target process wrote to its standard error log, for an error message.
+func logTail(_ path: String, lines: Int = 20) -> String {
+  let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+  return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
 }
 
 struct HarnessError: Error, CustomStringConvertible {

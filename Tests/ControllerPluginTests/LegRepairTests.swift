@@ -198,7 +198,15 @@ struct LegRepairTests {
     fleet.target(id.targets[index]).isDown = true
     spare.holdsCreates = true
     let repair = Task { try await fleet.service.repairVolume(id, leg: index, to: nil) }
-    while spare.waitingCreates == 0 { try await Task.sleep(for: .milliseconds(5)) }
+    let deadline = ContinuousClock.now + .seconds(30)
+    while spare.waitingCreates == 0 {
+      guard ContinuousClock.now < deadline else {
+        spare.holdsCreates = false
+        _ = try await repair.value  // its error, if it failed before making the new leg
+        throw HarnessError("the repair made its new leg elsewhere than on \(spare.name)")
+      }
+      try await Task.sleep(for: .milliseconds(5))
+    }
     return repair
   }
 

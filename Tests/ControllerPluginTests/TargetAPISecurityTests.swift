@@ -170,13 +170,12 @@ struct TargetAPISecurityTests {
 final class SecureTarget: Sendable {
   let directory: String
   let port: Int
-  private let process: Process
+  private let process: ChildProcess
 
   var certificates: String { directory + "/certs" }
   var ca: String { certificates + "/ca.crt" }
-  private var served: String { directory + "/served" }
 
-  private init(directory: String, port: Int, process: Process) {
+  private init(directory: String, port: Int, process: ChildProcess) {
     self.directory = directory
     self.port = port
     self.process = process
@@ -190,22 +189,18 @@ final class SecureTarget: Sendable {
       try FileManager.default.createDirectory(atPath: directory + "/" + sub, withIntermediateDirectories: true)
     }
     let port = try freeLoopbackPort()
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: TestTarget.binary)
-    process.arguments = [
-      "target", "--listen", "127.0.0.1:\(port)", "--store", "file:\(directory)/store", "--configfs",
-      "\(directory)/configfs", "--portal", "127.0.0.1:4420", "--log-level", "warning",
-      "--tls-ca", "\(directory)/certs/ca.crt", "--tls-cert", "\(directory)/served/tls.crt",
-      "--tls-key", "\(directory)/served/tls.key", "--tls-reload-seconds", "1",
-    ]
-    process.standardOutput = FileHandle.nullDevice
+    installServerCertificate(in: directory)
+    let process = try ChildProcess(
+      path: TestTarget.binary,
+      arguments: [
+        "target", "--listen", "127.0.0.1:\(port)", "--store", "file:\(directory)/store", "--configfs",
+        "\(directory)/configfs", "--portal", "127.0.0.1:4420", "--log-level", "warning",
+        "--tls-ca", "\(directory)/certs/ca.crt", "--tls-cert", "\(directory)/served/tls.crt",
+        "--tls-key", "\(directory)/served/tls.key", "--tls-reload-seconds", "1",
+      ],
+      environment: ProcessInfo.processInfo.environment, errorLog: directory + "/target.log")
+    defer { process.stop() }
     let target = SecureTarget(directory: directory, port: port, process: process)
-    target.installServerCertificate()
-    try process.run()
-    defer {
-      process.terminate()
-      process.waitUntilExit()
-    }
     try await target.waitUntilListening()
     try await body(target)
   }
@@ -213,11 +208,13 @@ final class SecureTarget: Sendable {
   var isRunning: Bool { process.isRunning }
 
   /// Puts certs/target's pair where the target reads it, each file replaced whole.
-  func installServerCertificate() {
+  func installServerCertificate() { Self.installServerCertificate(in: directory) }
+
+  private static func installServerCertificate(in directory: String) {
     for file in ["tls.key", "tls.crt"] {
-      let data = FileManager.default.contents(atPath: certificates + "/target/" + file)!
-      FileManager.default.createFile(atPath: served + "/." + file, contents: data)
-      _ = rename(served + "/." + file, served + "/" + file)
+      let data = FileManager.default.contents(atPath: directory + "/certs/target/" + file)!
+      FileManager.default.createFile(atPath: directory + "/served/." + file, contents: data)
+      _ = rename(directory + "/served/." + file, directory + "/served/" + file)
     }
   }
 
@@ -253,7 +250,9 @@ final class SecureTarget: Sendable {
   private func waitUntilListening() async throws {
     let deadline = ContinuousClock.now + .seconds(20)
     while ContinuousClock.now < deadline {
-      guard process.isRunning else { throw HarnessError("the TLS target exited during start") }
+      guard process.isRunning else {
+        throw HarnessError("the TLS target exited during start: \(logTail(directory + "/target.log"))")
+      }
       if canConnect(port: port) { return }
       try await Task.sleep(for: .milliseconds(50))
     }
