@@ -265,28 +265,27 @@ final class SecureTarget: Sendable {
 func makeCertificates(in directory: String, renew: Bool = false, names: [String] = []) throws -> String {
   let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("deploy/certs/make-certs.sh").path
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: "/bin/bash")
-  process.arguments = [script, directory] + (renew ? ["--renew"] : []) + names.flatMap { ["--name", $0] }
-  process.standardOutput = FileHandle.nullDevice
-  try process.run()
-  process.waitUntilExit()
-  guard process.terminationStatus == 0 else { throw HarnessError("make-certs.sh failed (is openssl installed?)") }
+  let log = directory + ".log"
+  defer { unlink(log) }
+  let run = try ChildProcess(
+    path: "/bin/bash", arguments: [script, directory] + (renew ? ["--renew"] : []) + names.flatMap { ["--name", $0] },
+    environment: ProcessInfo.processInfo.environment, errorLog: log)
+  guard run.waitForExit() == 0 else {
+    throw HarnessError("make-certs.sh failed (is openssl installed?): \(logTail(log))")
+  }
   return directory
 }
 
 /// Runs the binary to its end; its exit status and everything it printed.
 func runTarget(_ arguments: [String]) throws -> (status: Int32, output: String) {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: TestTarget.binary)
-  process.arguments = arguments
-  let pipe = Pipe()
-  process.standardOutput = pipe
-  process.standardError = pipe
-  try process.run()
-  let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-  process.waitUntilExit()
-  return (process.terminationStatus, output)
+  let directory = try makeTemporaryDirectory()
+  defer { try? FileManager.default.removeItem(atPath: directory) }
+  let log = directory + "/output"
+  let status = try ChildProcess(
+    path: TestTarget.binary, arguments: arguments, environment: ProcessInfo.processInfo.environment, errorLog: log,
+    outputToLog: true
+  ).waitForExit()
+  return (status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
 func freeLoopbackPort() throws -> Int {

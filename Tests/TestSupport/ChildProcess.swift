@@ -5,22 +5,30 @@ import Synchronization
   import Glibc
 #endif
 
-/// A long-lived child process of a test (a `nvme-csi target`), reaped with waitpid.
+/// A child process of a test (a `nvme-csi target`, a script), reaped with waitpid.
 ///
-/// Not Foundation's `Process`: on Linux it learns of an exit when the last copy of a
-/// socket it gives the child closes, and a child another test spawns at the same moment
-/// can inherit that socket (Foundation closes the descriptors it saw open before the
-/// spawn, not those opened meanwhile). A test then waited for its target's exit until
-/// the other test's target exited, blocking a thread of the concurrency pool, of which
-/// this 2-core machine has two. Here the child gets exactly standard input (/dev/null),
-/// output (/dev/null) and error (appended to `errorLog`), and every other descriptor is
-/// closed in it.
+/// Not Foundation's `Process`, for two faults of it on Linux seen in this suite:
+/// - before each spawn it lists /proc/self/fd, copying every entry's full 256-byte name,
+///   and an entry at the end of the kernel's buffer can sit at the end of a mapped page:
+///   the test process crashed (SIGSEGV in Process.run) now and then, with 1,300
+///   descriptors open;
+/// - it learns of an exit when the last copy of a socket it gives the child closes, and
+///   a child spawned by another test at the same moment can inherit that socket: a test
+///   then waited for its target's exit until the other test's target exited, blocking a
+///   thread of the concurrency pool (this 2-core machine has two).
+/// Here the child gets standard input from /dev/null, output and error as asked, and
+/// every other descriptor is closed in it.
 public final class ChildProcess: Sendable {
   public let pid: pid_t
   /// The wait status once reaped.
   private let reaped = Mutex<Int32?>(nil)
 
-  public init(path: String, arguments: [String], environment: [String: String], errorLog: String) throws {
+  /// - Parameters:
+  ///   - errorLog: the file its standard error is appended to.
+  ///   - outputToLog: its standard output goes there too (else to /dev/null).
+  public init(
+    path: String, arguments: [String], environment: [String: String], errorLog: String, outputToLog: Bool = false
+  ) throws {
     let log = open(errorLog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
     guard log >= 0 else { throw ChildProcessError("cannot open \(errorLog): \(String(cString: strerror(errno)))") }
     defer { close(log) }
@@ -28,7 +36,11 @@ public final class ChildProcess: Sendable {
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    if outputToLog {
+      posix_spawn_file_actions_adddup2(&actions, log, 1)
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    }
     posix_spawn_file_actions_adddup2(&actions, log, 2)
     guard let closeFrom = Self.addCloseFrom, closeFrom(&actions, 3) == 0 else {
       throw ChildProcessError("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later is needed)")
