@@ -7,15 +7,16 @@ import Synchronization
 
 /// A child process of a test (a `nvme-csi target`, a script), reaped with waitpid.
 ///
-/// Not Foundation's `Process`, for two faults of it on Linux seen in this suite:
+/// Not Foundation's `Process`, for two faults of it on Linux:
 /// - before each spawn it lists /proc/self/fd, copying every entry's full 256-byte name,
 ///   and an entry at the end of the kernel's buffer can sit at the end of a mapped page:
-///   the test process crashed (SIGSEGV in Process.run) now and then, with 1,300
-///   descriptors open;
+///   the test process crashed in Process.run now and then (SIGSEGV, seen with ~1,300
+///   descriptors open);
 /// - it learns of an exit when the last copy of a socket it gives the child closes, and
-///   a child spawned by another test at the same moment can inherit that socket: a test
-///   then waited for its target's exit until the other test's target exited, blocking a
-///   thread of the concurrency pool (this 2-core machine has two).
+///   a child spawned at the same moment can inherit that socket (it closes only the
+///   descriptors open when it listed them): a test could wait for its target's exit
+///   until another test's target exited, blocking a thread of the concurrency pool
+///   (this 2-core machine has two).
 /// Here the child gets standard input from /dev/null, output and error as asked, and
 /// every other descriptor is closed in it.
 public final class ChildProcess: Sendable {
