@@ -101,8 +101,8 @@ demo-local: build
 .PHONY: bench
 BENCH_ARGS ?=
 bench: $(DEPS_STAMP)
-	$(SWIFT) build -c release --product nvme-csi
-	bench/run.sh --bin "$$($(SWIFT) build -c release --show-bin-path)/nvme-csi" --build release $(BENCH_ARGS)
+	$(SWIFT) build -c release --static-swift-stdlib --product nvme-csi
+	bench/run.sh --bin "$$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/nvme-csi" --build release $(BENCH_ARGS)
 
 ## The in-VM bench (issue 13, items 2-4; not part of make test): boots the VM (as make
 ## e2e) with the release binary and measures attach (NodeStage + NodePublish against

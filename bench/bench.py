@@ -913,7 +913,8 @@ class Bench:
         a = self.args
         self.setup_store()
         self.setup_tls()
-        self.method["binary"] = {"path": str(self.bin), "bytes": self.bin.stat().st_size, "build": self.build}
+        self.method["binary"] = {"path": str(self.bin), "bytes": self.bin.stat().st_size, "build": self.build,
+                                 "swift_runtime": swift_runtime_linkage(self.bin)}
         await self.startup_empty()
         await self.memory("idle", "idle (no volumes)")
         await self.round_trips()
@@ -1092,6 +1093,12 @@ def summarize(fig: dict) -> dict:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b and b == b and a == a else float("nan")
+
+
+def swift_runtime_linkage(binary: Path) -> str:
+    """'linked statically' or 'shared libraries', from the binary's dynamic dependencies."""
+    out = run(["ldd", str(binary)], check=False)
+    return "shared libraries" if "libswiftCore.so" in out else "linked statically"
 
 
 def build_table(b: Bench, s: dict[str, dict]) -> list[dict]:
@@ -1298,7 +1305,8 @@ def write_results(b: Bench, started: datetime.datetime, elapsed: float) -> tuple
           f"at the end {m['load_average']['end']}: anything above the bench's own load is other work on the "
           "machine, and noise in these figures.",
           f"- **Build**: {b.build}; binary {meth['binary']['path']}, {meth['binary']['bytes']:,} bytes"
-          f"{' (unstripped debug build: not comparable)' if b.build == 'debug' else ''}.",
+          f"{' (unstripped debug build: not comparable)' if b.build == 'debug' else ''}; Swift runtime and "
+          f"Foundation {meth['binary'].get('swift_runtime', '?')} (the image links them statically).",
           f"- **Store**: {meth.get('store', 'directory ' + str(meth.get('store_path')))}; mounted as "
           f"`{meth.get('store_fs', '?')}`. Records are fsync'd (the target's own durable commits). "
           f"Volumes of {a.volume_size_mib} MiB (sparse); each snapshot or clone source first gets "
