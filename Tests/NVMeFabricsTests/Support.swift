@@ -3,14 +3,6 @@ import NVMeCSICore
 import TestSupport
 import Testing
 
-/// A fresh directory, removed after `body`.
-func withTemporaryDirectory<R>(_ body: (String) async throws -> R) async throws -> R {
-  let path = FileManager.default.temporaryDirectory.path + "/nvme-csi-fabrics-test-" + UUID().uuidString.lowercased()
-  try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-  defer { try? FileManager.default.removeItem(atPath: path) }
-  return try await body(path)
-}
-
 /// Well-formed names shared by the suites.
 enum Sample {
   static let uuidA = "0f8e2c3a-1b4d-4e5f-8a6b-7c8d9e0f1a2b"

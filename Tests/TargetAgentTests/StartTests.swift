@@ -97,10 +97,3 @@ struct StartTests {
     }
   }
 }
-
-func withTemporaryDirectory(_ body: (String) async throws -> Void) async throws {
-  let directory = FileManager.default.temporaryDirectory.path + "/nvme-csi-target-test-" + UUID().uuidString.prefix(8)
-  try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-  defer { try? FileManager.default.removeItem(atPath: directory) }
-  try await body(directory)
-}
