@@ -48,11 +48,7 @@ extension ControllerService {
       return .found(home, volume)
     }
     if let placed = placement.target {
-      guard let target = targets[placed] else {
-        throw NVMeCSIError.failedPrecondition(
-          "volume name \(quoted(name)) is recorded on its home target \(home.name) as placed on target \(placed),"
-            + " which is not in the targets file: add that target back to the targets file")
-      }
+      guard let target = targets[placed] else { throw placedOnUnlistedTarget(name, home: home, placed: placed) }
       if target.name != home.name, let volume = try await target.api.volumes(named: name).first {
         return .found(target, volume)
       }
@@ -124,6 +120,16 @@ extension ControllerService {
         + " names whose home is another target are unaffected: \(error.message)")
   }
 
+  /// A name placed on a target since taken out of the targets file. A claim whose volume
+  /// was never made there is stuck on it; a new claim has a new name (the provisioner
+  /// names volumes after the claim's UID), placed afresh.
+  private func placedOnUnlistedTarget(_ name: String, home: StorageTarget, placed: TargetName) -> NVMeCSIError {
+    .failedPrecondition(
+      "volume name \(quoted(name)) is recorded on its home target \(home.name) as placed on target \(placed),"
+        + " which is not in the targets file: add that target back to the targets file; if it is gone for good,"
+        + " delete the claim and create it again (a new claim's volume has a new name)")
+  }
+
   /// Whether the target takes `createVolume(_:asHome:)` and `deleteVolume(_:asHome:)`
   /// (from its cached GetInfo; false when it does not answer).
   func placesAsHome(_ target: StorageTarget) async -> Bool {
@@ -139,11 +145,7 @@ extension ControllerService {
     guard let placed = recorded.first?.target else {
       throw NVMeCSIError.internalError("home target \(home.name) answered no placement for \(quoted(name))")
     }
-    guard let chosen = targets[placed] else {
-      throw NVMeCSIError.failedPrecondition(
-        "volume name \(quoted(name)) is recorded on its home target \(home.name) as placed on target \(placed),"
-          + " which is not in the targets file: add that target back to the targets file")
-    }
+    guard let chosen = targets[placed] else { throw placedOnUnlistedTarget(name, home: home, placed: placed) }
     return chosen
   }
 

@@ -155,6 +155,38 @@ struct PlacementTests {
     }
   }
 
+  @Test("a name placed on a target since taken out of the targets file is refused, saying what to do; nothing is made")
+  func placedOnUnlistedTarget() async throws {
+    try await Fleet.with(targets: 3) { fleet in
+      let listed = Array(fleet.targets.prefix(2))
+      let gone = fleet.targets[2]
+      // A name with the same home among all three targets and among the two still listed.
+      let name = try #require(
+        (0..<1000).map { "pvc-stuck-\($0)" }.first {
+          let home = TargetSet.home(of: $0, among: fleet.names)
+          return home != gone.name && home == TargetSet.home(of: $0, among: listed.map(\.name))
+        })
+      let home = fleet.target(try #require(TargetSet.home(of: name, among: fleet.names)))
+      // Its claim was placed on the third target, which then went for good before the create.
+      _ = try await home.reservePlacements([Placement(name: name, target: gone.name)])
+      let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+      let service = ControllerService(
+        targets: TargetSet(listed.map { StorageTarget(name: $0.name, topology: [:], api: $0) }), logger: logger)
+      let directory = try makeTemporaryDirectory()
+      defer { try? FileManager.default.removeItem(atPath: directory) }
+      let identity = IdentityService(
+        driverName: "nvme.csi.dev", version: "test", capabilities: IdentityService.controllerCapabilities,
+        isReady: { true })
+      try await withServedPlugin(socket: directory + "/csi.sock", services: [identity, service], logger: logger) {
+        client in
+        await expectStatus(.failedPrecondition, mentioning: "if it is gone for good, delete the claim and create it") {
+          try await Csi_V1_Controller.Client(wrapping: client).createVolume(createRequest(name, bytes: mebibyte))
+        }
+      }
+      #expect(try await fleet.volumeCounts()[name] == nil)
+    }
+  }
+
   @Test("a target that stops answering between two creates is not chosen again from the free space it last reported")
   func downTargetNotChosenFromItsLastAnswer() async throws {
     try await Fleet.with(targets: 2) { fleet in
