@@ -32,7 +32,11 @@ struct ChildProcessTests {
         path: "/bin/sh", arguments: ["-c", "trap '' TERM; echo ready; while true; do sleep 1; done"],
         environment: [:], errorLog: directory + "/log", outputToLog: true)
       // The trap is set before it says so.
-      while (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) != "ready\n" { usleep(1_000) }
+      let deadline = ContinuousClock.now + .seconds(30)
+      while (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) != "ready\n" {
+        try #require(ContinuousClock.now < deadline, "the child never said it was ready")
+        try await Task.sleep(for: .milliseconds(1))
+      }
       stubborn.stop(grace: .milliseconds(200))
       #expect(stubborn.waitForExit() == 128 + SIGKILL)
     }
