@@ -117,9 +117,9 @@ bench-vm: $(DEPS_STAMP)
 	@command -v nvme >/dev/null || { sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nvme-cli >/dev/null || \
 	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nvme-cli >/dev/null; }; }
-	$(SWIFT) build -c release --product nvme-csi
-	$(SWIFT) build -c release --product nvme-csi-e2e
-	bench/vm/run.sh --bin "$$($(SWIFT) build -c release --show-bin-path)/nvme-csi" --build release $(BENCH_VM_ARGS)
+	$(SWIFT) build -c release --static-swift-stdlib --product nvme-csi
+	$(SWIFT) build -c release --static-swift-stdlib --product nvme-csi-e2e
+	bench/vm/run.sh --bin "$$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/nvme-csi" --build release $(BENCH_VM_ARGS)
 
 plugins: $(DEPS_STAMP) $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2
 $(PLUGINS)/protoc-gen-swift $(PLUGINS)/protoc-gen-grpc-swift-2:
