@@ -43,6 +43,9 @@ format:
 lint:
 	@$(SWIFT) format lint --strict --parallel $(SWIFT_SOURCES)
 	@echo "formatting is clean"
+	@# Foundation's Process crashed the test process now and then (TestSupport/ChildProcess.swift says why).
+	@! grep -rnE '(^|[^A-Za-z])Process\(\)' --include='*.swift' Sources Tests --exclude-dir=e2e \
+	  || { echo "use ChildProcess (tests) or CommandRunner, not Foundation's Process"; exit 1; }
 
 ## Render deploy/kubernetes, validate it against the Kubernetes schemas, cross-check
 ## it with the binary and feed its StorageClasses to CreateVolume (Tests/deploy).
