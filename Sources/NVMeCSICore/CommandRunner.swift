@@ -474,7 +474,7 @@ enum ChildProcess {
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_adddup2(&actions, stdout, 1)
     posix_spawn_file_actions_adddup2(&actions, stderr, 2)
-    if let closeFrom = addCloseFrom { _ = closeFrom(&actions, 3) }
+    _ = closeDescriptors(from: 3, in: &actions)
 
     var noSignals = sigset_t()
     sigemptyset(&noSignals)
@@ -496,16 +496,6 @@ enum ChildProcess {
     let result = posix_spawn(&pid, path, &actions, &attributes, cArguments, cEnvironment)
     return result == 0 ? .success(pid) : .failure(Errno(result))
   }
-
-  /// glibc ≥ 2.34 closes every other descriptor in the child; Swift does not import the
-  /// declaration (it needs _GNU_SOURCE), so look it up. Without it, O_CLOEXEC (which
-  /// this module and Foundation/NIO use) is what keeps descriptors from leaking.
-  private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
-  private static let addCloseFrom: AddCloseFrom? = {
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-    else { return nil }
-    return unsafeBitCast(symbol, to: AddCloseFrom.self)
-  }()
 }
 
 /// Keeps the first quarter and the last three quarters of `limit` bytes of a stream.

@@ -1,4 +1,5 @@
 import Foundation
+import NVMeCSICore
 import Synchronization
 
 #if canImport(Glibc)
@@ -43,7 +44,7 @@ public final class ChildProcess: Sendable {
       posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
     }
     posix_spawn_file_actions_adddup2(&actions, log, 2)
-    guard let closeFrom = Self.addCloseFrom, closeFrom(&actions, 3) == 0 else {
+    guard closeDescriptors(from: 3, in: &actions) else {
       throw ChildProcessError("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later is needed)")
     }
     let cArguments = ([path] + arguments).map { strdup($0) } + [nil]
@@ -101,12 +102,6 @@ public final class ChildProcess: Sendable {
     }
   }
 
-  private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
-  private static let addCloseFrom: AddCloseFrom? = {
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-    else { return nil }
-    return unsafeBitCast(symbol, to: AddCloseFrom.self)
-  }()
 }
 
 public struct ChildProcessError: Error, CustomStringConvertible {
