@@ -101,7 +101,6 @@ public final class ChildProcess: Sendable {
       }
     }
   }
-
 }
 
 public struct ChildProcessError: Error, CustomStringConvertible {
