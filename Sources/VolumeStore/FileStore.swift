@@ -34,8 +34,11 @@ public final class FileStore: VolumeStore {
   public let identity: StoreMarker
   private let failpoints: Failpoints
 
-  private var volumesDir: String { root + "/volumes" }
-  private var snapshotsDir: String { root + "/snapshots" }
+  /// volumes/ and snapshots/: the records' commits there share directory syncs.
+  private let volumesDirectory: DirectorySync
+  private let snapshotsDirectory: DirectorySync
+  private var volumesDir: String { volumesDirectory.path }
+  private var snapshotsDir: String { snapshotsDirectory.path }
   private var quarantineDir: String { root + "/quarantine" }
   static let markerName = "store.json"
 
@@ -49,6 +52,8 @@ public final class FileStore: VolumeStore {
     }
     self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
     self.failpoints = failpoints
+    volumesDirectory = DirectorySync(path: self.root + "/volumes")
+    snapshotsDirectory = DirectorySync(path: self.root + "/snapshots")
     // A missing directory is a file system not mounted yet or a typo, never "start afresh".
     guard FileOperations.exists(self.root) else {
       throw .failedPrecondition(
@@ -118,7 +123,7 @@ public final class FileStore: VolumeStore {
     let data = dataPath(volumesDir, uuid)
     try buildData(at: Self.building(data), size: record.sizeBytes, copying: sourcePath)
     failpoints.reach("store.create-volume.after-data")
-    let written = try writeRecord(record, to: recordPath(volumesDir, uuid))
+    let written = try writeRecord(record, uuid, in: volumesDirectory)
     try finishCreate(data)
     return try Self.decode(VolumeRecord.self, from: written, path: recordPath(volumesDir, uuid))
   }
@@ -126,7 +131,7 @@ public final class FileStore: VolumeStore {
   public func updateVolume(_ record: VolumeRecord) throws(NVMeCSIError) {
     let uuid = record.uuid
     guard try volume(uuid) != nil else { throw .notFound("volume \(uuid) does not exist on this target") }
-    try writeRecord(record, to: recordPath(volumesDir, uuid))
+    try writeRecord(record, uuid, in: volumesDirectory)
   }
 
   public func expandVolume(_ uuid: ObjectUUID, to sizeBytes: UInt64) throws(NVMeCSIError) -> VolumeRecord {
@@ -134,27 +139,18 @@ public final class FileStore: VolumeStore {
     let path = dataPath(volumesDir, uuid)
     // The data may already be larger than the record after a crash mid-expansion.
     let current = try FileOperations.size(of: path)
-    if sizeBytes > current {
-      guard let length = off_t(exactly: sizeBytes) else {
-        throw .outOfRange("size \(sizeBytes) bytes is larger than a file can be (\(off_t.max) bytes)")
-      }
-      let fd = open(path, O_RDWR | O_CLOEXEC)
-      guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
-      defer { close(fd) }
-      guard ftruncate(fd, length) == 0 else { throw DurableFile.failure("cannot grow", path) }
-      guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", path) }
-    }
+    if sizeBytes > current { try grow(path, to: sizeBytes) }
     failpoints.reach("store.expand-volume.after-data")
     let newSize = max(sizeBytes, current)
     if newSize > record.sizeBytes {
       record.sizeBytes = newSize
-      try writeRecord(record, to: recordPath(volumesDir, uuid))
+      try writeRecord(record, uuid, in: volumesDirectory)
     }
     return record
   }
 
   public func deleteVolume(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try delete(uuid, in: volumesDir, failpoint: "store.delete-volume.after-record")
+    try delete(uuid, in: volumesDirectory, failpoint: "store.delete-volume.after-record")
   }
 
   public func devicePath(of uuid: ObjectUUID) -> String { dataPath(volumesDir, uuid) }
@@ -178,21 +174,21 @@ public final class FileStore: VolumeStore {
     let source = dataPath(volumesDir, record.sourceVolume)
     try buildData(at: Self.building(data), size: record.sizeBytes, copying: source)
     failpoints.reach("store.create-snapshot.after-data")
-    let written = try writeRecord(record, to: path)
+    let written = try writeRecord(record, uuid, in: snapshotsDirectory)
     try finishCreate(data)
     return try Self.decode(SnapshotRecord.self, from: written, path: path)
   }
 
   public func deleteSnapshot(_ uuid: ObjectUUID) throws(NVMeCSIError) {
-    try delete(uuid, in: snapshotsDir, failpoint: "store.delete-snapshot.after-record")
+    try delete(uuid, in: snapshotsDirectory, failpoint: "store.delete-snapshot.after-record")
   }
 
   /// Data aside under its hidden name, record removed (the commit), data unlinked.
   /// The unlink is not synced: if a crash loses it, `reconcile` removes the hidden data.
-  private func delete(_ uuid: ObjectUUID, in directory: String, failpoint: String) throws(NVMeCSIError) {
-    let data = dataPath(directory, uuid)
-    try moveAside(data, to: Self.deleting(data))
-    try DurableFile.remove(recordPath(directory, uuid))
+  private func delete(_ uuid: ObjectUUID, in directory: DirectorySync, failpoint: String) throws(NVMeCSIError) {
+    let data = dataPath(directory.path, uuid)
+    try moveAside(data, to: Self.deleting(data), syncing: directory)
+    try DurableFile.remove(named: recordName(uuid), in: directory)
     failpoints.reach(failpoint)
     try DurableFile.remove(Self.deleting(data), durably: false)
   }
@@ -269,14 +265,21 @@ public final class FileStore: VolumeStore {
         repairs.missingData.append(directory + "/" + base + ".img")
       }
     }
-    // Finish an expansion whose data grew before its record did.
     for index in volumeRecords.indices {
       let uuid = volumeRecords[index].uuid
       guard hasData(uuid) else { continue }
-      let size = try FileOperations.size(of: dataPath(volumesDir, uuid))
+      let path = dataPath(volumesDir, uuid)
+      let size = try FileOperations.size(of: path)
       if size > volumeRecords[index].sizeBytes {
+        // Finish an expansion whose data grew before its record did.
         volumeRecords[index].sizeBytes = size
-        try writeRecord(volumeRecords[index], to: recordPath(volumesDir, uuid))
+        try writeRecord(volumeRecords[index], uuid, in: volumesDirectory)
+      } else if size < volumeRecords[index].sizeBytes {
+        // A new blank volume whose size a crash lost before its first sync (buildData).
+        try grow(path, to: volumeRecords[index].sizeBytes)
+        repairs.completed.append(
+          "\(path) grown from \(size) to its recorded \(volumeRecords[index].sizeBytes) bytes"
+            + " (a crash lost its size before its first sync)")
       }
     }
     repairs.volumes = volumeRecords
@@ -286,10 +289,29 @@ public final class FileStore: VolumeStore {
   // MARK: internals
 
   private func dataPath(_ directory: String, _ uuid: ObjectUUID) -> String { "\(directory)/\(uuid.value).img" }
-  private func recordPath(_ directory: String, _ uuid: ObjectUUID) -> String { "\(directory)/\(uuid.value).json" }
+  private func recordPath(_ directory: String, _ uuid: ObjectUUID) -> String { "\(directory)/\(recordName(uuid))" }
+  private func recordName(_ uuid: ObjectUUID) -> String { "\(uuid.value).json" }
 
-  /// Builds complete, fsynced data at `temp` (a hidden name) for `finishCreate` to
-  /// rename into place once the record is written.
+  /// Grows the file at `path` to `size` bytes, durably.
+  private func grow(_ path: String, to size: UInt64) throws(NVMeCSIError) {
+    guard let length = off_t(exactly: size) else {
+      throw .outOfRange("size \(size) bytes is larger than a file can be (\(off_t.max) bytes)")
+    }
+    let fd = open(path, O_RDWR | O_CLOEXEC)
+    guard fd >= 0 else { throw DurableFile.failure("cannot open", path) }
+    defer { close(fd) }
+    guard ftruncate(fd, length) == 0 else { throw DurableFile.failure("cannot grow", path) }
+    guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", path) }
+  }
+
+  /// Builds complete data at `temp` (a hidden name) for `finishCreate` to rename into
+  /// place once the record is written.
+  ///
+  /// A copy is fsynced. Blank data is not: zeros are zeros whatever a crash keeps, its
+  /// name is made durable by the record's directory sync (same directory, later), and
+  /// a size lost in a crash before the first sync is restored by `reconcile`, which
+  /// grows data shorter than its record (never legitimately so: an expansion grows the
+  /// data, durably, before the record). One fsync fewer per create.
   private func buildData(at temp: String, size: UInt64, copying source: String?) throws(NVMeCSIError) {
     guard let length = off_t(exactly: size) else {
       throw .outOfRange("size \(size) bytes is larger than a file can be (\(off_t.max) bytes)")
@@ -312,7 +334,9 @@ public final class FileStore: VolumeStore {
       if try FileOperations.size(ofDescriptor: fd, path: temp) < size {
         guard ftruncate(fd, length) == 0 else { throw DurableFile.failure("cannot size", temp) }
       }
-      guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", temp) }
+      if source != nil {
+        guard fsync(fd) == 0 else { throw DurableFile.failure("cannot fsync", temp) }
+      }
     } catch {
       unlink(temp)
       throw error
@@ -338,6 +362,14 @@ public final class FileStore: VolumeStore {
       throw DurableFile.failure("cannot rename \(path) to", destination)
     }
     if durably { try DurableFile.syncDirectory((destination as NSString).deletingLastPathComponent) }
+  }
+
+  /// Renames within `directory`, durably, its sync shared with concurrent commits there.
+  private func moveAside(_ path: String, to destination: String, syncing directory: DirectorySync)
+    throws(NVMeCSIError)
+  {
+    try moveAside(path, to: destination, durably: false)
+    try directory.sync()
   }
 
   /// Moves an unexplained file into quarantine/ (never over an earlier one).
@@ -377,21 +409,28 @@ public final class FileStore: VolumeStore {
   /// Writes the record durably; answers the bytes written, which decode to exactly what
   /// a later read returns (dates are stored in milliseconds), without reading it back.
   @discardableResult
-  private func writeRecord<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) -> Data {
-    try Self.write(record, to: path)
+  private func writeRecord<R: Encodable>(_ record: R, _ uuid: ObjectUUID, in directory: DirectorySync)
+    throws(NVMeCSIError) -> Data
+  {
+    let data = try Self.encode(record, for: recordPath(directory.path, uuid))
+    try DurableFile.write(data, named: recordName(uuid), in: directory)
+    return data
   }
 
   @discardableResult
   static func write<R: Encodable>(_ record: R, to path: String) throws(NVMeCSIError) -> Data {
+    let data = try encode(record, for: path)
+    try DurableFile.write(data, to: path)
+    return data
+  }
+
+  private static func encode<R: Encodable>(_ record: R, for path: String) throws(NVMeCSIError) -> Data {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     encoder.dateEncodingStrategy = .millisecondsSince1970
-    let data: Data
-    do { data = try encoder.encode(record) } catch {
+    do { return try encoder.encode(record) } catch {
       throw .internalError("cannot encode record for \(path): \(error)")
     }
-    try DurableFile.write(data, to: path)
-    return data
   }
 
   private func record<R: Decodable>(at path: String) throws(NVMeCSIError) -> R? {

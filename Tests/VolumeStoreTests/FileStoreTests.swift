@@ -303,6 +303,32 @@ struct FileStoreTests {
     }
   }
 
+  @Test("Reconcile grows a new volume's data whose size a crash lost back to its record, keeping its name")
+  func reconcileRestoresLostSize() throws {
+    try withFileStore { store, root in
+      let building = ObjectUUID.random()
+      let placed = ObjectUUID.random()
+      for uuid in [building, placed] {
+        _ = try store.createVolume(VolumeRecord(uuid: uuid, name: uuid.value, sizeBytes: 2 * MiB, created: created))
+        // As a crash before the data's first sync can leave it: the file, empty.
+        #expect(truncate(store.devicePath(of: uuid), 0) == 0)
+      }
+      try FileManager.default.moveItem(
+        atPath: store.devicePath(of: building), toPath: root + "/volumes/.\(building.value).img.tmp")
+
+      let repairs = try store.reconcile()
+      #expect(repairs.completed.count == 3)  // one rename, two sizes
+      #expect(repairs.completed.filter { $0.contains("grown from 0 to its recorded 2097152 bytes") }.count == 2)
+      #expect(repairs.removedDebris.isEmpty && repairs.quarantined.isEmpty && repairs.missingData.isEmpty)
+      for uuid in [building, placed] {
+        var st = stat()
+        #expect(stat(store.devicePath(of: uuid), &st) == 0 && UInt64(st.st_size) == 2 * MiB)
+        #expect(try store.volume(uuid)?.sizeBytes == 2 * MiB)
+      }
+      #expect(try store.reconcile().isEmpty)
+    }
+  }
+
   @Test("A corrupt record is an internal error naming the file")
   func corruptRecord() throws {
     try withFileStore { store, root in
