@@ -17,9 +17,10 @@ import NVMeCSICore
 ///
 /// Crash safety: the record is the commit point, and every unfinished step lives under
 /// a hidden name, so a visible data file without a record is never debris.
-/// - Create: data is built under `.<uuid>.img.tmp` and fsynced, the record is written
-///   (atomically), then the data is renamed into place. A crash before the record
-///   leaves a hidden temp file (removed); after it, reconcile finishes the rename.
+/// - Create: data is built under `.<uuid>.img.tmp` (a copy is fsynced, blank data need
+///   not be: `buildData`), the record is written (atomically), then the data is renamed
+///   into place. A crash before the record leaves a hidden temp file (removed); after
+///   it, reconcile finishes the rename.
 /// - Delete: the data is renamed to `.<uuid>.img.deleting`, the record removed, the
 ///   data unlinked. A crash before the record is removed is undone (renamed back);
 ///   after it, the hidden file is removed.
