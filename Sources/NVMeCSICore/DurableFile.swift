@@ -9,20 +9,6 @@ import Foundation
 public enum DurableFile {
   public static func write(_ data: Data, to path: String) throws(NVMeCSIError) {
     let directory = (path as NSString).deletingLastPathComponent
-    try write(data, to: path, in: directory) { () throws(NVMeCSIError) in try syncDirectory(directory) }
-  }
-
-  /// Like `write(_:to:)` for the file `name` in `directory`, whose fsync is shared with
-  /// the writers and removers there at the same time.
-  public static func write(_ data: Data, named name: String, in directory: DirectorySync) throws(NVMeCSIError) {
-    try write(data, to: directory.path + "/" + name, in: directory.path) { () throws(NVMeCSIError) in
-      try directory.sync()
-    }
-  }
-
-  private static func write(
-    _ data: Data, to path: String, in directory: String, committing commit: () throws(NVMeCSIError) -> Void
-  ) throws(NVMeCSIError) {
     let temp = directory + "/." + (path as NSString).lastPathComponent + ".tmp"
     let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw failure("cannot create", temp) }
@@ -49,7 +35,7 @@ public enum DurableFile {
       unlink(temp)
       throw error
     }
-    try commit()
+    try syncDirectory(directory)
   }
 
   /// Removes a file and, when `durably`, makes the removal durable; a missing file is
@@ -60,17 +46,6 @@ public enum DurableFile {
       throw failure("cannot remove", path)
     }
     if durably { try syncDirectory((path as NSString).deletingLastPathComponent) }
-  }
-
-  /// Removes the file `name` in `directory` durably, its fsync shared as in
-  /// `write(_:named:in:)`; a missing file is success.
-  public static func remove(named name: String, in directory: DirectorySync) throws(NVMeCSIError) {
-    let path = directory.path + "/" + name
-    if unlink(path) != 0 {
-      if errno == ENOENT { return }
-      throw failure("cannot remove", path)
-    }
-    try directory.sync()
   }
 
   public static func syncDirectory(_ path: String) throws(NVMeCSIError) {
