@@ -223,6 +223,7 @@ class Bench:
         self.breakdown: dict[str, dict] = {}  # op -> server-side time and CPU per call (sequential, per repeat)
         self.failures: list[str] = []
         self.target: Proc | None = None
+        self.store_device: str | None = None  # the loop device under the store, for its flush count
         self.second_target: Proc | None = None  # the two-target stage's
         self.second_target_port = 0
         self.controller: Proc | None = None
@@ -315,6 +316,7 @@ class Bench:
             f.truncate(gib << 30)
         dev = run(["losetup", "--find", "--show", str(image)])
         self.stack.callback(lambda: run(["losetup", "-d", dev], check=False))
+        self.store_device = Path(dev).name
         run(["mkfs.xfs", "-q", "-m", "reflink=1", dev])
         mnt = self.work / "xfs"
         mnt.mkdir()
@@ -568,11 +570,13 @@ class Bench:
                     errors.append(f"{e.code().name}: {e.details()}")
 
         before = self.scrape() if detail else None
+        flushes0 = self.device_flushes()
         cpu0 = (self.controller.cpu(), self.targets_cpu(), own_cpu_seconds())
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(clients)))
         wall = time.perf_counter() - t0
         cpu1 = (self.controller.cpu(), self.targets_cpu(), own_cpu_seconds())
+        flushes1 = self.device_flushes()
         after = self.scrape(after=True) if detail else None
         latencies.sort()
         ok = len(latencies)
@@ -582,6 +586,8 @@ class Bench:
                  "mean_ms": (sum(latencies) / ok * 1000) if ok else float("nan"),
                  "cpu_ms_per_op": {"controller": (cpu1[0] - cpu0[0]) * 1000 / n, "target": (cpu1[1] - cpu0[1]) * 1000 / n,
                                    "client": (cpu1[2] - cpu0[2]) * 1000 / n}}
+        if flushes0 is not None and flushes1 is not None:
+            value["device_flushes_per_op"] = (flushes1 - flushes0) / n
         if errors:
             value["first_error"] = errors[0]
             self.failures.append(f"{label}: {len(errors)} of {n} calls failed, first: {errors[0]}")
@@ -596,11 +602,23 @@ class Bench:
                                                       "mean_ms": (secs - s0) / (count - c0) * 1000}
             value["server"] = server
             self.breakdown.setdefault(detail, []).append({"cpu_ms_per_op": value["cpu_ms_per_op"], "server": server,
-                                                          "client_p50_ms": value["p50_ms"]})
+                                                          "client_p50_ms": value["p50_ms"],
+                                                          "device_flushes_per_op": value.get("device_flushes_per_op")})
         self.record(fid, label, "rate", value)
         log(f"  {label}: {fmt_rate(value['per_s'])}, p50 {fmt_ms(value['p50_ms'])}, p99 {fmt_ms(value['p99_ms'])}"
             f" ({ok} ops, {wall:.2f} s)")
         return results
+
+    def device_flushes(self) -> int | None:
+        """Flush requests the store's loop device has completed (field 16 of its stat):
+        what durability costs the disk, free of the timing noise. None without one."""
+        if not self.store_device:
+            return None
+        try:
+            fields = (Path("/sys/block") / self.store_device / "stat").read_text().split()
+            return int(fields[15]) if len(fields) > 15 else None
+        except OSError:
+            return None
 
     def targets_cpu(self) -> float:
         return self.target.cpu() + (self.second_target.cpu() if self.second_target is not None else 0.0)
@@ -1070,9 +1088,13 @@ def summarize(fig: dict) -> dict:
     reps = fig["repeats"]
     kind = fig["kind"]
     if kind == "rate":
-        return {"per_s": med([r["per_s"] for r in reps]), "p50_ms": med([r["p50_ms"] for r in reps]),
-                "p99_ms": med([r["p99_ms"] for r in reps]), "errors": sum(r["errors"] for r in reps),
-                "ops": reps[0]["ops"], "repeats": len(reps)}
+        out = {"per_s": med([r["per_s"] for r in reps]), "p50_ms": med([r["p50_ms"] for r in reps]),
+               "p99_ms": med([r["p99_ms"] for r in reps]), "errors": sum(r["errors"] for r in reps),
+               "ops": reps[0]["ops"], "repeats": len(reps)}
+        flushes = [r["device_flushes_per_op"] for r in reps if "device_flushes_per_op" in r]
+        if flushes:
+            out["device_flushes_per_op"] = med(flushes)
+        return out
     if kind == "latency":
         return {"p50_ms": med([r["p50_ms"] for r in reps]), "p99_ms": med([r["p99_ms"] for r in reps]),
                 "repeats": len(reps)}
@@ -1114,6 +1136,9 @@ def build_table(b: Bench, s: dict[str, dict]) -> list[dict]:
         if not x:
             return
         result = fmt_rate(x["per_s"]) + (f" ({x['errors']} errors)" if x["errors"] else "")
+        if "device_flushes_per_op" in x:
+            flushes = f"{x['device_flushes_per_op']:.2f} device flushes per call"
+            note = f"{note}; {flushes}" if note else flushes
         rows.append({"id": fid, "figure": b.figures[fid]["label"], "result": result, "p50": fmt_ms(x["p50_ms"]),
                      "p99": fmt_ms(x["p99_ms"]), "goal": goal or "", "met": met, "note": note})
 
@@ -1223,9 +1248,11 @@ def breakdown_rows(b: Bench) -> list[dict]:
             vals = [r["server"][m] for r in reps if m in r["server"]]
             server[m] = {"calls_per_op": med([v["calls_per_op"] for v in vals]),
                          "mean_ms": med([v["mean_ms"] for v in vals])}
+        flushes = [r["device_flushes_per_op"] for r in reps if r.get("device_flushes_per_op") is not None]
         rows.append({"op": op, "client_p50_ms": med([r["client_p50_ms"] for r in reps]), "server": server,
                      "cpu_ms_per_op": {k: med([r["cpu_ms_per_op"][k] for r in reps])
-                                       for k in ("controller", "target", "client")}})
+                                       for k in ("controller", "target", "client")},
+                     "device_flushes_per_op": med(flushes) if flushes else None})
     return rows
 
 
@@ -1285,9 +1312,11 @@ def write_results(b: Bench, started: datetime.datetime, elapsed: float) -> tuple
         L += ["## Where the time goes (sequential calls)", "",
               "Server-side mean per RPC from each process's own `nvmecsi_rpc_duration_seconds` histogram "
               "(calls per operation in brackets), and CPU time per operation from /proc/<pid>/stat "
-              "(client: this Python process).", "",
-              "| Operation | client p50 | controller | target | CPU ms/op controller / target / client |",
-              "| --- | --- | --- | --- | --- |"]
+              "(client: this Python process); device flushes per operation are the flush requests the "
+              "store's loop device completed (/sys/block/<dev>/stat), what the syncs cost the disk.", "",
+              "| Operation | client p50 | controller | target | CPU ms/op controller / target / client "
+              "| device flushes/op |",
+              "| --- | --- | --- | --- | --- | --- |"]
         for r in breakdown:
             parts = {"controller": [], "target": []}
             for name, v in r["server"].items():
@@ -1295,8 +1324,10 @@ def write_results(b: Bench, started: datetime.datetime, elapsed: float) -> tuple
                 calls = f" [×{v['calls_per_op']:.2f}]" if abs(v["calls_per_op"] - 1) > 0.01 else ""
                 parts[role].append(f"{method} {v['mean_ms']:.2f} ms{calls}")
             c = r["cpu_ms_per_op"]
+            f = r.get("device_flushes_per_op")
             L.append(f"| {r['op']} | {fmt_ms(r['client_p50_ms'])} | {'; '.join(parts['controller'])} | "
-                     f"{'; '.join(parts['target'])} | {c['controller']:.2f} / {c['target']:.2f} / {c['client']:.2f} |")
+                     f"{'; '.join(parts['target'])} | {c['controller']:.2f} / {c['target']:.2f} / {c['client']:.2f} "
+                     f"| {'' if f is None else f'{f:.2f}'} |")
         L.append("")
     meth = b.method
     L += ["## Method", "",
