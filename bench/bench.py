@@ -717,6 +717,57 @@ class Bench:
             self.record(fid, label, "latency", v)
             log(f"  {label}: p50 {fmt_ms(v['p50_ms'])}, p99 {fmt_ms(v['p99_ms'])}")
 
+    def disk_floors(self) -> None:
+        """What durability costs on the store's file system with nothing else in the way
+        (no RPC, no process of ours): a record's commit as the target makes it (temp
+        file, fsync, rename, fsync of the directory) and one fdatasync'd append (a
+        journal's commit). The floor under every durable create."""
+        directory = self.store.parent / "disk-floors"
+        directory.mkdir(exist_ok=True)
+        record = b"x" * 600  # about a volume record's size
+        n = self.args.probes
+        log(f"disk floors ({n} commits each, in {directory})")
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        jfd = os.open(directory / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            def commit(i: int) -> None:
+                temp, final = directory / f".r{i}.json.tmp", directory / f"r{i}.json"
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, record)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temp, final)
+                os.fsync(dfd)
+
+            def append(_: int) -> None:
+                os.write(jfd, record + b"\n")
+                os.fdatasync(jfd)
+
+            for fid, label, step in (
+                    ("disk_record_commit", "a record commit alone on the store's file system "
+                                           "(temp, fsync, rename, fsync dir)", commit),
+                    ("disk_append", "an fdatasync'd append alone on the store's file system", append)):
+                latencies = []
+                flushes0 = self.device_flushes()
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    step(i)
+                    latencies.append(time.perf_counter() - t0)
+                flushes1 = self.device_flushes()
+                latencies.sort()
+                v = {"calls": n, "p50_ms": percentile(latencies, 0.5) * 1000,
+                     "p99_ms": percentile(latencies, 0.99) * 1000}
+                if flushes0 is not None and flushes1 is not None:
+                    v["device_flushes_per_op"] = (flushes1 - flushes0) / n
+                self.record(fid, label, "latency", v)
+                log(f"  {label}: p50 {fmt_ms(v['p50_ms'])}, p99 {fmt_ms(v['p99_ms'])}")
+        finally:
+            os.close(jfd)
+            os.close(dfd)
+            shutil.rmtree(directory, ignore_errors=True)
+
     def fill_data(self, volume_ids: list[str]) -> None:
         """Writes --data-kib of data into each volume's file, so that snapshots and
         clones copy (reflink) real extents, not only a hole."""
@@ -936,6 +987,7 @@ class Bench:
         await self.startup_empty()
         await self.memory("idle", "idle (no volumes)")
         await self.round_trips()
+        self.disk_floors()
         for r in range(a.repeats):
             await self.lifecycle(r)
         try:
@@ -1096,8 +1148,12 @@ def summarize(fig: dict) -> dict:
             out["device_flushes_per_op"] = med(flushes)
         return out
     if kind == "latency":
-        return {"p50_ms": med([r["p50_ms"] for r in reps]), "p99_ms": med([r["p99_ms"] for r in reps]),
-                "repeats": len(reps)}
+        out = {"p50_ms": med([r["p50_ms"] for r in reps]), "p99_ms": med([r["p99_ms"] for r in reps]),
+               "repeats": len(reps)}
+        flushes = [r["device_flushes_per_op"] for r in reps if "device_flushes_per_op" in r]
+        if flushes:
+            out["device_flushes_per_op"] = med(flushes)
+        return out
     if kind == "startup":
         out = {k: med([r[k] for r in reps]) for k in reps[0]}
         out["repeats"] = len(reps)
@@ -1204,6 +1260,21 @@ def build_table(b: Bench, s: dict[str, dict]) -> list[dict]:
         rows.append({"id": "hop", "figure": "controller → target round trip (Probe p50 − GetPluginInfo p50)",
                      "result": fmt_ms(hop), "p50": "", "p99": "", "goal": "≤ 0.5 ms on loopback", "met": hop <= 0.5,
                      "note": "the target's GetInfo work (one statvfs) included"})
+    for fid in ("disk_record_commit", "disk_append"):
+        x = get(fid)
+        if x:
+            flushes = x.get("device_flushes_per_op")
+            rows.append({"id": fid, "figure": b.figures[fid]["label"], "result": fmt_ms(x["p50_ms"]),
+                         "p50": fmt_ms(x["p50_ms"]), "p99": fmt_ms(x["p99_ms"]), "goal": "", "met": None,
+                         "note": "" if flushes is None else f"{flushes:.2f} device flushes each"})
+    commit = get("disk_record_commit")
+    if probe and commit:
+        floor = probe["p50_ms"] + commit["p50_ms"]
+        rows.append({"id": "create_floor", "figure": "a sequential create's floor here: Probe p50 (the two hops) "
+                                                     "+ a record commit p50",
+                     "result": f"{fmt_ms(floor)} ({fmt_rate(1000 / floor)})", "p50": "", "p99": "",
+                     "goal": "", "met": None,
+                     "note": "no work of the target's but the commit; ≥ 650/s needs ≤ 1.54 ms per create"})
     for role in ("controller", "target"):
         for suffix, goal in (("idle", "≤ 20 MB" if role == "controller" else ""), (f"{a.list_volumes}", ""),
                              (f"{a.list_volumes}_fresh", ""), (f"{a.large_volumes}", "")):
