@@ -44,7 +44,9 @@ public struct ObjectUUID: Hashable, Comparable, Sendable, TextCodable {
 
   /// A new random (version 4) UUID.
   public static func random() -> ObjectUUID {
-    var bytes = (0..<16).map { _ in UInt8.random(in: 0...255) }
+    // Two draws of the system generator (each a getrandom call), not one per byte.
+    var generator = SystemRandomNumberGenerator()
+    var bytes = withUnsafeBytes(of: (generator.next() as UInt64, generator.next() as UInt64)) { Array($0) }
     bytes[6] = (bytes[6] & 0x0f) | 0x40
     bytes[8] = (bytes[8] & 0x3f) | 0x80
     return ObjectUUID(bytes: bytes)!
