@@ -1136,6 +1136,14 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def with_device_flushes(out: dict, reps: list[dict]) -> dict:
+    """`out` with the median of the repeats' device flushes per operation, if counted."""
+    flushes = [r["device_flushes_per_op"] for r in reps if "device_flushes_per_op" in r]
+    if flushes:
+        out["device_flushes_per_op"] = med(flushes)
+    return out
+
+
 def summarize(fig: dict) -> dict:
     reps = fig["repeats"]
     kind = fig["kind"]
@@ -1143,17 +1151,11 @@ def summarize(fig: dict) -> dict:
         out = {"per_s": med([r["per_s"] for r in reps]), "p50_ms": med([r["p50_ms"] for r in reps]),
                "p99_ms": med([r["p99_ms"] for r in reps]), "errors": sum(r["errors"] for r in reps),
                "ops": reps[0]["ops"], "repeats": len(reps)}
-        flushes = [r["device_flushes_per_op"] for r in reps if "device_flushes_per_op" in r]
-        if flushes:
-            out["device_flushes_per_op"] = med(flushes)
-        return out
+        return with_device_flushes(out, reps)
     if kind == "latency":
         out = {"p50_ms": med([r["p50_ms"] for r in reps]), "p99_ms": med([r["p99_ms"] for r in reps]),
                "repeats": len(reps)}
-        flushes = [r["device_flushes_per_op"] for r in reps if "device_flushes_per_op" in r]
-        if flushes:
-            out["device_flushes_per_op"] = med(flushes)
-        return out
+        return with_device_flushes(out, reps)
     if kind == "startup":
         out = {k: med([r[k] for r in reps]) for k in reps[0]}
         out["repeats"] = len(reps)
